@@ -1,0 +1,147 @@
+"""`MaskedSFTConfig`: TRL's `SFTConfig` with the homework's defaults and the masking policy fields."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers.utils import is_torch_bf16_gpu_available
+from trl import SFTConfig
+
+__all__ = ["MaskedSFTConfig", "homework_lora_config"]
+
+
+@dataclass
+class MaskedSFTConfig(SFTConfig):
+    r"""
+    Configuration of [`MaskedSFTTrainer`]: everything [`~trl.SFTConfig`] has, plus the fields below.
+
+    The defaults mirror the course homework this package grew from (LoRA SFT of SmolLM2-360M-Instruct on unit
+    conversions): learning_rate 2e-4, num_train_epochs 3, per_device_train_batch_size 32, activation checkpointing
+    on, save_strategy "epoch", save_total_limit 1, logging_steps 10, report_to "tensorboard", label_names
+    ["labels"], max_length 128, completion_only_loss True. `bf16` defaults to True only where the hardware supports
+    it, so the config constructs on a CPU-only machine.
+
+    Args:
+        masked_row_policy (`str`, *optional*, defaults to `"error"`):
+            What the pre-flight pass does with rows that have no supervised token (prompt truncated at `max_length`,
+            empty completion, response template not found): `"error"` stops before training and names the rows;
+            `"drop"` drops them; `"warn"` drops them with a warning naming the rows. Dropping fails when more than
+            `max_masked_row_fraction` of a dataset would go.
+        max_masked_row_fraction (`float`, *optional*, defaults to `0.1`):
+            Largest share of a dataset's rows (0 to 1) that `masked_row_policy="drop"` or `"warn"` may drop before
+            it fails.
+        prompt_column (`str`, *optional*, defaults to `"prompt"`):
+            Column holding the prompt; renamed to `prompt` before preparation (e.g. `"question"`). Homework rows
+            given as `[question, answer]` lists fill this column and `completion_column`.
+        completion_column (`str`, *optional*, defaults to `"completion"`):
+            Column holding the completion (the answer, the only part trained); renamed to `completion` before
+            preparation (e.g. `"answer"`). Numbers are written with `str()`.
+    """
+
+    # Parameters whose default values differ from SFTConfig (the homework's settings)
+    learning_rate: float = field(default=2e-4, metadata={"help": "The initial learning rate for AdamW."})
+    num_train_epochs: float = field(default=3.0, metadata={"help": "Total number of training epochs to perform."})
+    per_device_train_batch_size: int = field(
+        default=32, metadata={"help": "Batch size per device accelerator core/CPU for training."}
+    )
+    activation_checkpointing: bool | None = field(
+        default=True,
+        metadata={"help": "Trade compute for memory by recomputing activations in the backward pass."},
+    )
+    gradient_checkpointing: bool | None = field(
+        default=None, metadata={"help": "Deprecated alias of `activation_checkpointing`, will be removed in v6."}
+    )
+    bf16: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Whether to use bf16 mixed precision. If not set, True only where the hardware supports it."
+        },
+    )
+    save_strategy: str = field(default="epoch", metadata={"help": "The checkpoint save strategy to use."})
+    save_total_limit: int | None = field(default=1, metadata={"help": "Keep at most this many checkpoints."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every X updates steps."})
+    report_to: str | list[str] | None = field(
+        default="tensorboard", metadata={"help": "The list of integrations to report the results and logs to."}
+    )
+    label_names: list[str] | None = field(
+        default_factory=lambda: ["labels"],
+        metadata={"help": "The list of keys in your dictionary of inputs that correspond to the labels."},
+    )
+    max_length: int | None = field(
+        default=128, metadata={"help": "Maximum length of the tokenized sequence; longer rows are truncated."}
+    )
+    completion_only_loss: bool | None = field(
+        default=True,
+        metadata={"help": "Compute the loss on the completion only. False trains on the whole sequence."},
+    )
+
+    # New parameters
+    masked_row_policy: str = field(
+        default="error",
+        metadata={
+            "help": "What the pre-flight pass does with rows that have no supervised token (prompt truncated at "
+            '`max_length`, empty completion, response template not found): `"error"` stops before training and '
+            'names the rows; `"drop"` drops them; `"warn"` drops them with a warning naming the rows. Dropping fails '
+            "when more than `max_masked_row_fraction` of a dataset would go.",
+            "choices": ["error", "drop", "warn"],
+        },
+    )
+    max_masked_row_fraction: float = field(
+        default=0.1,
+        metadata={
+            "help": 'Largest share of a dataset\'s rows (0 to 1) that `masked_row_policy="drop"` or `"warn"` may '
+            "drop before it fails."
+        },
+    )
+    prompt_column: str = field(
+        default="prompt",
+        metadata={
+            "help": 'Column holding the prompt; renamed to `prompt` before preparation (e.g. `"question"`). '
+            "Homework rows given as `[question, answer]` lists fill this column and `completion_column`."
+        },
+    )
+    completion_column: str = field(
+        default="completion",
+        metadata={
+            "help": "Column holding the completion (the answer, the only part trained); renamed to `completion` "
+            'before preparation (e.g. `"answer"`). Numbers are written with `str()`.'
+        },
+    )
+
+    def __post_init__(self):
+        if self.bf16 is None and not self.fp16:
+            self.bf16 = not self.use_cpu and is_torch_bf16_gpu_available()
+        super().__post_init__()
+        if self.masked_row_policy not in ("error", "drop", "warn"):
+            raise ValueError(
+                f"`masked_row_policy` must be 'error', 'drop' or 'warn', got {self.masked_row_policy!r}. Use 'error' "
+                "to stop on rows with no supervised token, 'drop' or 'warn' to drop them."
+            )
+        if not isinstance(self.max_masked_row_fraction, (int, float)) or not 0 <= self.max_masked_row_fraction <= 1:
+            raise ValueError(
+                f"`max_masked_row_fraction` must be a share between 0 and 1, got {self.max_masked_row_fraction!r}. "
+                "E.g. 0.1 lets `masked_row_policy='drop'` drop up to 10% of the rows."
+            )
+        for name in ("prompt_column", "completion_column"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"`{name}` must be a non-empty column name, got {value!r}.")
+        if self.prompt_column == self.completion_column:
+            raise ValueError(
+                f"`prompt_column` and `completion_column` are both {self.prompt_column!r}; they must name two "
+                "different columns."
+            )
+        if self.max_length is not None and self.max_length < 2:
+            raise ValueError(
+                f"`max_length` must be at least 2 (one prompt token and one trained token) or None, got "
+                f"{self.max_length}."
+            )
+
+
+def homework_lora_config(**overrides):
+    """The homework's LoRA setup: r 8, lora_alpha 32, all linear layers, no bias, causal LM. Overrides win."""
+    from peft import LoraConfig
+
+    settings = {"r": 8, "lora_alpha": 32, "target_modules": "all-linear", "bias": "none", "task_type": "CAUSAL_LM"}
+    settings.update(overrides)
+    return LoraConfig(**settings)

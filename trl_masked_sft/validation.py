@@ -1,0 +1,166 @@
+"""Checks that stop a run from training on nothing: `validate_batch` (every batch) and the row audit (pre-flight)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .errors import AllMaskedBatchError, UnsupervisedRowsError
+from .masking import count_supervised, first_supervised
+
+__all__ = ["RowAudit", "audit_labels", "validate_batch"]
+
+MASKED_ROW_POLICIES = ("error", "drop", "warn")
+
+
+def validate_batch(
+    batch: Mapping[str, Any] | torch.Tensor,
+    *,
+    ignore_index: int = -100,
+    where: str = "batch",
+    tokenizer=None,
+) -> None:
+    """Raise `AllMaskedBatchError` when no label in the batch is trained after the causal shift.
+
+    `batch` is a collated batch (a mapping with `labels`) or the labels tensor itself. Position 0 of a row is never
+    a target, so it never counts. The check is one reduction on the labels tensor and one scalar read; the message
+    (built only on failure) names the batch's rows and, given `tokenizer`, shows the end of each.
+    """
+    labels = batch["labels"] if isinstance(batch, Mapping) else batch
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"`labels` must be a torch.Tensor, got {type(labels).__name__}.")
+    if labels.dim() == 1:
+        labels = labels.unsqueeze(0)
+    if bool((labels[..., 1:] != ignore_index).any()):
+        return
+    rows = labels.shape[0]
+    detail = ""
+    if tokenizer is not None and isinstance(batch, Mapping) and "input_ids" in batch:
+        ids = batch["input_ids"].detach().cpu()
+        mask = batch.get("attention_mask")
+        shown = []
+        for i in range(min(rows, 3)):
+            row = ids[i][mask[i].bool().cpu()] if mask is not None else ids[i]
+            shown.append(f"  row {i}: ...{tokenizer.decode(row.tolist())[-80:]!r}")
+        detail = "\nFirst rows (end of text):\n" + "\n".join(shown)
+    raise AllMaskedBatchError(
+        f"The {where} has no supervised token: all labels of its {rows} rows (rows 0-{rows - 1}) are "
+        f"{ignore_index} after the causal shift, so this step would log loss 0.0 and grad_norm 0 and train on "
+        "nothing. Likely causes: prompts truncated at `max_length` before the answer starts, a response template "
+        "that does not match the data, or a data collator that overwrites the labels. Fix: raise `max_length`, "
+        "check the template against a decoded row, or let `MaskedSFTTrainer` build the labels (pass no "
+        f"`data_collator`).{detail}"
+    )
+
+
+@dataclass
+class RowAudit:
+    """What the pre-flight pass found in one prepared dataset."""
+
+    dataset_name: str
+    num_rows: int
+    max_length: int | None
+    #: dataset index -> why the row has no supervised token
+    unsupervised: dict[int, str] = field(default_factory=dict)
+    #: dataset index -> decoded end of the prompt, for the message
+    prompt_tails: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def share(self) -> float:
+        return len(self.unsupervised) / self.num_rows if self.num_rows else 0.0
+
+    def describe(self, limit: int = 5) -> str:
+        """How many rows, which (first few, with the end of their prompt), and why."""
+        counts: dict[str, int] = {}
+        for reason in self.unsupervised.values():
+            kind = "prompt truncated at max_length" if reason.startswith("prompt of") else reason
+            counts[kind] = counts.get(kind, 0) + 1
+        lines = [
+            f"{len(self.unsupervised)} of {self.num_rows} rows ({self.share:.1%}) of the {self.dataset_name} "
+            "dataset have no supervised token: "
+            + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+            + "."
+        ]
+        for index in list(self.unsupervised)[:limit]:
+            tail = self.prompt_tails.get(index, "")
+            lines.append(f"  row {index}: {self.unsupervised[index]}; prompt ends {tail!r}")
+        if len(self.unsupervised) > limit:
+            lines.append(f"  ... and {len(self.unsupervised) - limit} more")
+        return "\n".join(lines)
+
+    def fix(self) -> str:
+        reasons = " ".join(self.unsupervised.values())
+        fixes = []
+        if "truncated at max_length" in reasons:
+            fixes.append(
+                f"raise `max_length` (now {self.max_length}) above the longest prompt plus a few answer tokens, or "
+                "shorten those prompts"
+            )
+        if "empty completion" in reasons:
+            fixes.append("fill in or remove the rows with an empty completion")
+        if "template not found" in reasons:
+            fixes.append("make `response_template` match the data exactly (spaces and newlines count)")
+        if "labels are all" in reasons:
+            fixes.append("check how the `labels` column was built: those rows mask every token")
+        fixes.append("or set `masked_row_policy='drop'` (with `max_masked_row_fraction`) to drop such rows knowingly")
+        return "Fix: " + "; ".join(fixes) + "."
+
+    def enforce(self, policy: str, max_fraction: float) -> set[int]:
+        """Apply `policy`; return the dataset indices to drop (empty when nothing is wrong). Raises on failure."""
+        if not self.unsupervised:
+            return set()
+        if policy == "error":
+            raise UnsupervisedRowsError(
+                f"{self.describe()}\nWith `masked_row_policy='error'` (the default) training stops here instead of "
+                f"training on nothing. {self.fix()}"
+            )
+        if len(self.unsupervised) == self.num_rows:
+            raise UnsupervisedRowsError(
+                f"{self.describe()}\nEvery row would be dropped (`masked_row_policy={policy!r}`), leaving nothing "
+                f"to train on. {self.fix()}"
+            )
+        if self.share > max_fraction:
+            raise UnsupervisedRowsError(
+                f"{self.describe()}\nThat is more than `max_masked_row_fraction` ({max_fraction:.1%}) allows with "
+                f"`masked_row_policy={policy!r}`. {self.fix()} (or raise `max_masked_row_fraction`)."
+            )
+        return set(self.unsupervised)
+
+
+def audit_labels(
+    labels_column: Sequence[Sequence[int]],
+    *,
+    full_supervised: Sequence[int],
+    full_first: Sequence[int | None],
+    dataset_name: str,
+    max_length: int | None,
+    preset_reasons: Mapping[int, str] | None = None,
+    ignore_index: int = -100,
+) -> RowAudit:
+    """Find rows of a prepared (truncated) labels column with no supervised token and say why.
+
+    `full_supervised` / `full_first` are each row's supervised count and first supervised position *before*
+    truncation, which tells a truncated prompt from a row that never had an answer. `preset_reasons` names rows
+    already known to be bad (empty completion, template not found).
+    """
+    audit = RowAudit(dataset_name=dataset_name, num_rows=len(labels_column), max_length=max_length)
+    preset_reasons = preset_reasons or {}
+    for index, labels in enumerate(labels_column):
+        if index in preset_reasons:
+            audit.unsupervised[index] = preset_reasons[index]
+        elif count_supervised(labels, ignore_index) == 0:
+            if full_supervised[index] > 0:
+                audit.unsupervised[index] = (
+                    f"prompt of {full_first[index]} tokens truncated at max_length {max_length}"
+                )
+            else:
+                audit.unsupervised[index] = f"labels are all {ignore_index} (no completion token)"
+    return audit
+
+
+def supervision_stats(labels: Sequence[int], ignore_index: int = -100) -> tuple[int, int | None]:
+    """`(count, first position)` of supervised labels after the causal shift."""
+    return count_supervised(labels, ignore_index), first_supervised(labels, ignore_index)
