@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from transformers.trainer_utils import SaveStrategy
 from transformers.utils import is_torch_bf16_gpu_available
 from trl import SFTConfig
 
@@ -57,10 +58,10 @@ class MaskedSFTConfig(SFTConfig):
             "help": "Whether to use bf16 mixed precision. If not set, True only where the hardware supports it."
         },
     )
-    save_strategy: str = field(default="epoch", metadata={"help": "The checkpoint save strategy to use."})
+    save_strategy: SaveStrategy | str = field(default="epoch", metadata={"help": "The checkpoint save strategy to use."})
     save_total_limit: int | None = field(default=1, metadata={"help": "Keep at most this many checkpoints."})
     logging_steps: float = field(default=10, metadata={"help": "Log every X updates steps."})
-    report_to: str | list[str] | None = field(
+    report_to: None | str | list[str] = field(
         default="tensorboard", metadata={"help": "The list of integrations to report the results and logs to."}
     )
     label_names: list[str] | None = field(

@@ -70,9 +70,14 @@ def build_tiny_model(
     num_hidden_layers: int = 2,
     num_attention_heads: int = 4,
     intermediate_size: int | None = None,
+    initializer_range: float = 0.2,
     seed: int = 0,
 ) -> LlamaForCausalLM:
-    """A randomly initialised Llama sized for CPU tests, its vocabulary matching `tokenizer`."""
+    """A randomly initialised Llama sized for CPU tests, its vocabulary matching `tokenizer`.
+
+    The weights are drawn wider than a real model's (`initializer_range` 0.2, not 0.02) so that its random features
+    are varied enough for a LoRA adapter alone to learn a small task in a few dozen steps.
+    """
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=hidden_size,
@@ -85,6 +90,7 @@ def build_tiny_model(
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
         tie_word_embeddings=False,
+        initializer_range=initializer_range,
     )
     with torch.random.fork_rng():
         torch.manual_seed(seed)

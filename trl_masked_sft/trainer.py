@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -342,9 +343,14 @@ class MaskedSFTTrainer(SFTTrainer):
         features = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows]
         try:
             batch = self.data_collator(features)
-        except Exception:  # a collator that needs other columns is checked by the batch validator instead
-            return
-        labels = batch.get("labels") if isinstance(batch, dict) else None
+        except Exception:
+            # Collators built for raw `input_ids` (e.g. transformers' DataCollatorForLanguageModeling) fail on
+            # ragged `labels`; what they do with `input_ids` alone is what they would train on.
+            try:
+                batch = self.data_collator([{"input_ids": f["input_ids"]} for f in features])
+            except Exception:  # needs other columns: the batch validator still checks every batch
+                return
+        labels = batch.get("labels") if isinstance(batch, Mapping) else None
         if not isinstance(labels, torch.Tensor) or labels.dim() != 2 or labels.shape[0] != len(features):
             return
         extra = missing = 0

@@ -1,0 +1,53 @@
+"""Shared fixtures: a tiny tokenizer and model built locally (no download), and a fast training config."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from trl_masked_sft import MaskedSFTConfig  # noqa: E402
+from trl_masked_sft.tiny import build_tiny_model, build_tiny_tokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def _base_tokenizer():
+    return build_tiny_tokenizer()
+
+
+@pytest.fixture
+def tokenizer(_base_tokenizer):
+    """A fresh copy per test, so a test that changes the pad token can't leak into another."""
+    import copy
+
+    return copy.deepcopy(_base_tokenizer)
+
+
+@pytest.fixture
+def model(tokenizer):
+    return build_tiny_model(tokenizer)
+
+
+@pytest.fixture
+def make_config(tmp_path):
+    """MaskedSFTConfig sized for tests: no checkpoints, no TensorBoard, a few steps."""
+
+    def make(**overrides):
+        settings = {
+            "output_dir": str(tmp_path / "out"),
+            "report_to": "none",
+            "save_strategy": "no",
+            "per_device_train_batch_size": 4,
+            "max_steps": 2,
+            "logging_steps": 1,
+            "disable_tqdm": True,
+            "dataloader_pin_memory": False,
+        }
+        settings.update(overrides)
+        return MaskedSFTConfig(**settings)
+
+    return make
