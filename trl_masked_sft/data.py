@@ -18,6 +18,16 @@ __all__ = ["coerce_dataset", "normalize_dataset", "prepare_pretokenized"]
 _CONVERSATION_COLUMNS = ("messages", "conversations")
 
 
+def column_names(dataset: Dataset | IterableDataset) -> list[str]:
+    """The dataset's columns; for a streaming dataset with unknown features, the keys of its first row."""
+    if dataset.column_names:
+        return list(dataset.column_names)
+    if isinstance(dataset, IterableDataset):
+        first = next(iter(dataset), None)
+        return list(first) if first else []
+    return []
+
+
 def _describe(value: Any) -> str:
     text = repr(value)
     return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
@@ -81,7 +91,7 @@ def normalize_dataset(
     Returns the dataset and the indices of rows whose completion is empty (they are reported by the pre-flight pass
     under `masked_row_policy`). Pre-tokenized, conversational and text datasets pass through unchanged.
     """
-    columns = list(dataset.column_names or [])
+    columns = column_names(dataset)
     if "input_ids" in columns or any(c in columns for c in _CONVERSATION_COLUMNS):
         return dataset, set()
     has_prompt, has_completion = prompt_column in columns, completion_column in columns
@@ -164,7 +174,7 @@ def prepare_pretokenized(
       train on the prompt) and a `prompt_length` column masks that many leading tokens;
     - rows padded in advance are trimmed with `attention_mask`, so no compute is spent on padding.
     """
-    columns = list(dataset.column_names or [])
+    columns = column_names(dataset)
     if "input_ids" not in columns:
         return dataset
     extra = [c for c in ("labels", "completion_mask", "attention_mask", "prompt_length") if c in columns]

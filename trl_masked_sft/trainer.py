@@ -20,7 +20,7 @@ from trl import SFTConfig, SFTTrainer
 
 from .collator import DataCollatorForCompletionOnlyLM
 from .config import MaskedSFTConfig
-from .data import coerce_dataset, normalize_dataset, prepare_pretokenized
+from .data import coerce_dataset, column_names, normalize_dataset, prepare_pretokenized
 from .errors import LabelsOverwrittenError, MaskedSFTWarning
 from .masking import spans_to_labels
 from .validation import audit_labels, supervision_stats, validate_batch
@@ -190,7 +190,7 @@ class MaskedSFTTrainer(SFTTrainer):
         if getattr(self, "_skip_prepare_dataset", False):
             return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
         formatting_func = formatting_func or self._msft_formatting_func
-        columns = list(dataset.column_names or [])
+        columns = column_names(dataset)
         if formatting_func is not None and "input_ids" not in columns:
             kwargs = {"desc": f"Applying formatting function to {dataset_name} dataset"}
             dataset = dataset.map(
@@ -230,7 +230,7 @@ class MaskedSFTTrainer(SFTTrainer):
         """Text or full-sequence pre-tokenized rows with no template have no prompt to mask: say so once."""
         if self._msft_said_no_boundary or not self._completion_only:
             return
-        columns = set(dataset.column_names or [])
+        columns = set(column_names(dataset))
         collator = self._msft_collator
         if isinstance(collator, DataCollatorForCompletionOnlyLM) and collator.has_template:
             return

@@ -1,0 +1,151 @@
+"""Drop-in: the scenarios of TRL's own SFTTrainer tests, run with both trainers side by side on the same inputs.
+
+Where both train on the same tokens, the prepared labels and the training loss must be identical.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from datasets import Dataset, IterableDataset
+from trl import SFTConfig, SFTTrainer
+
+from trl_masked_sft import MaskedSFTTrainer
+from trl_masked_sft.tiny import build_tiny_model
+
+PROMPTS = [f"How many grams are there in {i} kg?" for i in range(1, 17)]
+COMPLETIONS = [f" <answer>{i * 1000}</answer>" for i in range(1, 17)]
+
+
+def sft_args(tmp_path, **overrides) -> SFTConfig:
+    settings = {
+        "output_dir": str(tmp_path),
+        "bf16": False,
+        "report_to": "none",
+        "save_strategy": "no",
+        "max_steps": 3,
+        "per_device_train_batch_size": 4,
+        "logging_steps": 1,
+        "max_length": 64,
+        "learning_rate": 1e-3,
+        "disable_tqdm": True,
+        "dataloader_pin_memory": False,
+    }
+    settings.update(overrides)
+    return SFTConfig(**settings)
+
+
+def run_both(tokenizer, tmp_path, data_fn, **config):
+    """Train the same model and data with SFTTrainer and MaskedSFTTrainer; return both trainers."""
+    trainers = []
+    for cls in (SFTTrainer, MaskedSFTTrainer):
+        trainer = cls(
+            build_tiny_model(tokenizer),
+            args=sft_args(tmp_path / cls.__name__, **config),
+            train_dataset=data_fn(),
+            processing_class=tokenizer,
+        )
+        trainer.train()
+        trainers.append(trainer)
+    return trainers
+
+
+def losses(trainer) -> list[float]:
+    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+
+
+def test_prompt_completion_trains_identically_to_sfttrainer(tokenizer, tmp_path):
+    """Prompt/completion rows: same labels, same loss curve as plain TRL."""
+    trl_trainer, ours = run_both(
+        tokenizer, tmp_path, lambda: Dataset.from_dict({"prompt": PROMPTS, "completion": COMPLETIONS})
+    )
+    assert trl_trainer.train_dataset["labels"] == ours.train_dataset["labels"]
+    assert losses(ours) == pytest.approx(losses(trl_trainer), abs=1e-6)
+
+
+def test_conversational_prompt_completion_trains_identically_to_sfttrainer(tokenizer, tmp_path):
+    """Prompt/completion given as messages: same labels and loss as plain TRL."""
+
+    def data():
+        return Dataset.from_dict(
+            {
+                "prompt": [[{"role": "user", "content": p}] for p in PROMPTS],
+                "completion": [[{"role": "assistant", "content": c.strip()}] for c in COMPLETIONS],
+            }
+        )
+
+    trl_trainer, ours = run_both(tokenizer, tmp_path, data)
+    assert trl_trainer.train_dataset["labels"] == ours.train_dataset["labels"]
+    assert losses(ours) == pytest.approx(losses(trl_trainer), abs=1e-6)
+
+
+def test_language_modeling_text_trains_identically_to_sfttrainer(tokenizer, tmp_path):
+    """Plain text (no prompt to mask) trains on the whole text, like TRL."""
+    texts = [p + c for p, c in zip(PROMPTS, COMPLETIONS, strict=True)]
+    trl_trainer, ours = run_both(tokenizer, tmp_path, lambda: Dataset.from_dict({"text": texts}))
+    assert losses(ours) == pytest.approx(losses(trl_trainer), abs=1e-6)
+
+
+def test_messages_dataset_trains_like_sfttrainer(tokenizer, tmp_path):
+    """Conversational `messages` rows train as in TRL (every turn, unless assistant_only_loss)."""
+
+    def data():
+        return Dataset.from_dict(
+            {
+                "messages": [
+                    [{"role": "user", "content": p}, {"role": "assistant", "content": c.strip()}]
+                    for p, c in zip(PROMPTS, COMPLETIONS, strict=True)
+                ]
+            }
+        )
+
+    trl_trainer, ours = run_both(tokenizer, tmp_path, data)
+    assert losses(ours) == pytest.approx(losses(trl_trainer), abs=1e-6)
+
+
+def test_pretokenized_rows_with_labels_train_identically_to_sfttrainer(tokenizer, tmp_path):
+    """Pre-tokenized rows with their own labels: used as given by both trainers."""
+    ids = [tokenizer(p + c)["input_ids"] for p, c in zip(PROMPTS, COMPLETIONS, strict=True)]
+    labels = [[-100] * 8 + row[8:] for row in ids]
+    trl_trainer, ours = run_both(tokenizer, tmp_path, lambda: Dataset.from_dict({"input_ids": ids, "labels": labels}))
+    assert losses(ours) == pytest.approx(losses(trl_trainer), abs=1e-6)
+
+
+def test_streaming_dataset_trains(tokenizer, tmp_path):
+    """An IterableDataset (streaming) trains with max_steps, rows checked as they are read."""
+
+    def data():
+        return IterableDataset.from_generator(
+            lambda: ({"prompt": p, "completion": c} for p, c in zip(PROMPTS, COMPLETIONS, strict=True))
+        )
+
+    trl_trainer, ours = run_both(tokenizer, tmp_path, data)
+    assert losses(ours) == pytest.approx(losses(trl_trainer), abs=1e-6)
+
+
+def test_packing_trains_on_the_same_tokens(tokenizer, tmp_path):
+    """With packing, the packed rows carry the same supervised tokens as TRL's."""
+    data = lambda: Dataset.from_dict({"prompt": PROMPTS, "completion": COMPLETIONS})  # noqa: E731
+    trainers = []
+    for cls in (SFTTrainer, MaskedSFTTrainer):
+        trainer = cls(
+            build_tiny_model(tokenizer),
+            args=sft_args(tmp_path / cls.__name__, packing=True, packing_strategy="wrapped"),
+            train_dataset=data(),
+            processing_class=tokenizer,
+        )
+        trainers.append(trainer)
+    theirs, ours = (sorted(t for row in tr.train_dataset["labels"] for t in row) for tr in trainers)
+    assert theirs == ours
+
+
+def test_evaluate_prepares_a_freshly_passed_eval_dataset(tokenizer, tmp_path):
+    """evaluate(eval_dataset=raw rows) prepares and checks them, as SFTTrainer.evaluate does."""
+    trainer = MaskedSFTTrainer(
+        build_tiny_model(tokenizer),
+        args=sft_args(tmp_path),
+        train_dataset=Dataset.from_dict({"prompt": PROMPTS, "completion": COMPLETIONS}),
+        processing_class=tokenizer,
+    )
+    metrics = trainer.evaluate(Dataset.from_dict({"prompt": PROMPTS[:4], "completion": COMPLETIONS[:4]}))
+    assert torch.isfinite(torch.tensor(metrics["eval_loss"]))
