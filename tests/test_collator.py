@@ -138,12 +138,6 @@ def test_single_template_trains_only_after_its_last_occurrence(tok):
     assert _trained(collator([{"input_ids": row}]), 0) == _ids(tok, " 300")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the text fallback runs only when no token variant matches anywhere in the row, so an occurrence "
-    "in another form (after a space) is missed when one earlier occurrence matched a variant; the prompt after the "
-    "first occurrence is then trained.",
-)
 def test_single_template_trains_after_the_last_occurrence_when_occurrences_tokenize_differently(tok):
     """The last "Answer:" is found even when it follows a space and an earlier one follows a newline."""
     row = _ids(tok, "Example:", "\n", "Answer:", " 4.", " Now", " 3+3?", " Answer:", " 6")
@@ -167,11 +161,6 @@ def test_multi_turn_with_instruction_template_trains_every_response(tok):
     assert batch["labels"][0].tolist() == labels
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the instruction template's text fallback runs only when no token variant matches anywhere, so a "
-    "user turn starting after a space is not found when the first one matched a variant; that user turn is trained.",
-)
 def test_multi_turn_never_trains_a_user_turn_whose_template_follows_a_space(tok):
     """A user turn is masked even when its instruction template follows a space rather than the row start."""
     pieces = ["Question:", " a?", "\n", "Answer:", " b", " Question:", " c?", "\n", "Answer:", " d"]

@@ -171,11 +171,6 @@ def test_find_template_prefers_the_longest_variant_at_a_position():
     assert find_template([1, 8, 9, 7, 2], [[8, 9, 7], [8, 9]]) == [(1, 4)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG (latent): find_template lets the *first* listed variant win at a position, not the longest as its "
-    "docstring says; correct only because template_variants sorts longest first.",
-)
 def test_find_template_prefers_the_longest_variant_whatever_the_order_given():
     """The longest variant wins at a position even when a shorter one is listed first."""
     assert find_template([1, 8, 9, 7, 2], [[8, 9], [8, 9, 7]]) == [(1, 4)]

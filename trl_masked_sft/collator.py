@@ -14,6 +14,7 @@ from .masking import (
     apply_keep_mask,
     find_template,
     find_template_in_text,
+    merge_occurrences,
     response_spans,
     spans_to_labels,
     template_variants,
@@ -144,17 +145,27 @@ class DataCollatorForCompletionOnlyLM:
         """Whether this collator masks by template (else it relies on the rows' own boundary)."""
         return self.response_template is not None
 
+    def _occurrences(self, ids: list[int], template, variants) -> list[tuple[int, int]]:
+        """Where `template` occurs: token variants first; a string template is also counted in the decoded text,
+        and when the text holds more occurrences than the variants matched (some merged with their neighbours into
+        other tokens), the text positions fill in the rest."""
+        found = find_template(ids, variants)
+        if isinstance(template, str) and self.tokenizer.decode(ids).count(template) > len(found):
+            extra = [s for s in find_template_in_text(self.tokenizer, ids, template) if s not in found]
+            found = merge_occurrences(sorted(found + extra))
+        return found
+
     def template_spans(self, ids: Sequence[int]) -> list[tuple[int, int]] | None:
         """The spans of `ids` to train on by the templates; `None` when the response template is not found."""
         ids = list(ids)
-        responses = find_template(ids, self._response_variants)
-        if not responses and isinstance(self.response_template, str):
-            responses = find_template_in_text(self.tokenizer, ids, self.response_template)
+        responses = self._occurrences(ids, self.response_template, self._response_variants)
         if not responses:
             return None
-        instructions = find_template(ids, self._instruction_variants) if self._instruction_variants else []
-        if not instructions and isinstance(self.instruction_template, str):
-            instructions = find_template_in_text(self.tokenizer, ids, self.instruction_template)
+        instructions = (
+            self._occurrences(ids, self.instruction_template, self._instruction_variants)
+            if self.instruction_template is not None
+            else []
+        )
         return response_spans(len(ids), responses, instructions)
 
     def row_labels(self, example: dict[str, Any], row: int = 0) -> tuple[list[int], list[int]]:

@@ -58,7 +58,9 @@ class MaskedSFTConfig(SFTConfig):
             "help": "Whether to use bf16 mixed precision. If not set, True only where the hardware supports it."
         },
     )
-    save_strategy: SaveStrategy | str = field(default="epoch", metadata={"help": "The checkpoint save strategy to use."})
+    save_strategy: SaveStrategy | str = field(
+        default="epoch", metadata={"help": "The checkpoint save strategy to use."}
+    )
     save_total_limit: int | None = field(default=1, metadata={"help": "Keep at most this many checkpoints."})
     logging_steps: float = field(default=10, metadata={"help": "Log every X updates steps."})
     report_to: None | str | list[str] = field(

@@ -249,7 +249,9 @@ def generate_rows(n: int, seed: int = 0) -> list[list[Any]]:
     return [[example.question, example.answer] for example in generate_examples(n, seed)]
 
 
-def homework_splits(n_train: int = 1000, n_valid: int = 1000, seed: int = 0) -> tuple[list[list[Any]], list[list[Any]]]:
+def homework_splits(
+    n_train: int = 1000, n_valid: int = 1000, seed: int = 0
+) -> tuple[list[list[Any]], list[list[Any]]]:
     """Generated `(train, valid)` rows, the homework's 1000 + 1000 by default. One seeded stream, split in two."""
     rows = generate_rows(n_train + n_valid, seed)
     return rows[:n_train], rows[n_train:]

@@ -14,6 +14,7 @@ __all__ = [
     "find_subsequence",
     "find_template",
     "find_template_in_text",
+    "merge_occurrences",
     "first_supervised",
     "response_spans",
     "spans_to_labels",
@@ -61,13 +62,17 @@ def find_template(ids: Sequence[int], variants: Sequence[Sequence[int]]) -> list
     found: dict[int, int] = {}
     for variant in variants:
         for p in find_subsequence(ids, variant):
-            found.setdefault(p, p + len(variant))
-    spans, last_end = [], -1
-    for start in sorted(found):
-        if start >= last_end:
-            spans.append((start, found[start]))
-            last_end = found[start]
-    return spans
+            found[p] = max(found.get(p, p), p + len(variant))
+    return merge_occurrences(sorted(found.items()))
+
+
+def merge_occurrences(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Keep the spans (sorted by start) that do not overlap an earlier kept one."""
+    kept: list[tuple[int, int]] = []
+    for start, end in spans:
+        if not kept or start >= kept[-1][1]:
+            kept.append((start, end))
+    return kept
 
 
 def find_template_in_text(tokenizer, ids: Sequence[int], template: str) -> list[tuple[int, int]]:
