@@ -12,7 +12,18 @@ from transformers import HfArgumentParser
 
 from trl_masked_sft import MaskedSFTConfig, homework_lora_config
 
-NEW_FIELDS = ("masked_row_policy", "max_masked_row_fraction", "prompt_column", "completion_column")
+NEW_FIELDS = (
+    "masked_row_policy",
+    "max_masked_row_fraction",
+    "prompt_column",
+    "completion_column",
+    "response_template",
+    "instruction_template",
+    "assistant_turns",
+    "train_on_eot",
+    "min_completion_tokens",
+    "health_checks",
+)
 
 
 def test_defaults_mirror_the_homework(tmp_path):
@@ -67,7 +78,8 @@ def test_new_fields_are_documented_identically_in_docstring_and_help(name):
     help_text = dataclasses.fields(MaskedSFTConfig)[
         [f.name for f in dataclasses.fields(MaskedSFTConfig)].index(name)
     ].metadata["help"]
-    assert " ".join(help_text.split()) == _docstring_entry(name)
+    # argparse needs `%` written as `%%` in help strings
+    assert " ".join(help_text.replace("%%", "%").split()) == _docstring_entry(name)
 
 
 def test_argument_parser_accepts_the_new_fields(tmp_path):

@@ -86,20 +86,50 @@ def test_language_modeling_text_trains_identically_to_sfttrainer(tokenizer, tmp_
     assert losses(ours) == pytest.approx(losses(trl_trainer), abs=1e-6)
 
 
-def test_messages_dataset_trains_like_sfttrainer(tokenizer, tmp_path):
-    """Conversational `messages` rows train as in TRL (every turn, unless assistant_only_loss)."""
+MARKED_CHATML = (
+    "{% for message in messages %}{% if message['role'] == 'assistant' %}{{ '<|im_start|>assistant\\n' }}"
+    "{% generation %}{{ message['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\\n' }}"
+    "{% else %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
 
-    def data():
-        return Dataset.from_dict(
-            {
-                "messages": [
-                    [{"role": "user", "content": p}, {"role": "assistant", "content": c.strip()}]
-                    for p, c in zip(PROMPTS, COMPLETIONS, strict=True)
-                ]
-            }
-        )
 
-    trl_trainer, ours = run_both(tokenizer, tmp_path, data)
+def conversations() -> Dataset:
+    return Dataset.from_dict(
+        {
+            "messages": [
+                [{"role": "user", "content": p}, {"role": "assistant", "content": c.strip()}]
+                for p, c in zip(PROMPTS, COMPLETIONS, strict=True)
+            ]
+        }
+    )
+
+
+def test_messages_with_completion_only_loss_false_train_like_sfttrainer(tokenizer, tmp_path):
+    """Conversational rows with `completion_only_loss=False` train on every turn, exactly as TRL does."""
+    trl_trainer, ours = run_both(tokenizer, tmp_path, conversations, completion_only_loss=False)
+    assert losses(ours) == pytest.approx(losses(trl_trainer), abs=1e-6)
+
+
+def test_messages_train_assistant_only_like_trl_with_generation_markers(tokenizer, tmp_path):
+    """By default `messages` train the assistant turns only: the same labels and loss as TRL's
+    `assistant_only_loss=True` on a template with generation markers (which TRL needs and we don't)."""
+    tokenizer.chat_template = MARKED_CHATML
+    trl_trainer = SFTTrainer(
+        build_tiny_model(tokenizer),
+        args=sft_args(tmp_path / "trl", assistant_only_loss=True),
+        train_dataset=conversations(),
+        processing_class=tokenizer,
+    )
+    ours = MaskedSFTTrainer(
+        build_tiny_model(tokenizer),
+        args=sft_args(tmp_path / "ours"),
+        train_dataset=conversations(),
+        processing_class=tokenizer,
+    )
+    assert ours.train_dataset["labels"] == trl_trainer.train_dataset["labels"]
+    trl_trainer.train()
+    ours.train()
     assert losses(ours) == pytest.approx(losses(trl_trainer), abs=1e-6)
 
 

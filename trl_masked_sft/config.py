@@ -37,6 +37,29 @@ class MaskedSFTConfig(SFTConfig):
         completion_column (`str`, *optional*, defaults to `"completion"`):
             Column holding the completion (the answer, the only part trained); renamed to `completion` before
             preparation (e.g. `"answer"`). Numbers are written with `str()`.
+        response_template (`str`, *optional*):
+            For `text` datasets: the text right before each answer (e.g. `"### Answer:"`); only what follows it is
+            trained, found in context as `DataCollatorForCompletionOnlyLM` does. Rows without it are reported by the
+            pre-flight pass.
+        instruction_template (`str`, *optional*):
+            For multi-turn `text` rows, with `response_template`: the text before each user turn; every response is
+            trained up to the next instruction template.
+        assistant_turns (`str`, *optional*, defaults to `"all"`):
+            For conversational (`messages`) datasets, which assistant turns are trained: `"all"` or `"last"`. Turns
+            are located by rendering the conversation prefix by prefix, so any chat template works, with or without
+            `{% generation %}` markers; system, user and tool turns are masked.
+        train_on_eot (`bool`, *optional*, defaults to `True`):
+            Whether each trained assistant turn's end-of-turn token (e.g. `<|im_end|>`) is trained; a model that
+            never sees it never learns to stop.
+        min_completion_tokens (`int`, *optional*):
+            When set, a row longer than `max_length` is cut from the left of its prompt (rather than only at the end)
+            so that at least this many completion tokens are kept; the end of a longer completion is still cut. Rows
+            whose completion was partly cut are counted in the audit either way.
+        health_checks (`bool`, *optional*, defaults to `True`):
+            Install `TrainingHealthGuard`: stop at the first step whose loss or gradient norm is not finite or that
+            has no supervised token, before the optimizer applies it, with an error naming the step, the cause and the
+            fix; with checkpoints on, the last good weights are saved first. Also checks, at the first step, that the
+            trainable parameters received a gradient.
     """
 
     # Parameters whose default values differ from SFTConfig (the homework's settings)
@@ -111,6 +134,55 @@ class MaskedSFTConfig(SFTConfig):
         },
     )
 
+    response_template: str | None = field(
+        default=None,
+        metadata={
+            "help": 'For `text` datasets: the text right before each answer (e.g. `"### Answer:"`); only what follows '
+            "it is trained, found in context as `DataCollatorForCompletionOnlyLM` does. Rows without it are reported "
+            "by the pre-flight pass."
+        },
+    )
+    instruction_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "For multi-turn `text` rows, with `response_template`: the text before each user turn; every "
+            "response is trained up to the next instruction template."
+        },
+    )
+    assistant_turns: str = field(
+        default="all",
+        metadata={
+            "help": 'For conversational (`messages`) datasets, which assistant turns are trained: `"all"` or `"last"`. '
+            "Turns are located by rendering the conversation prefix by prefix, so any chat template works, with or "
+            "without `{%% generation %%}` markers; system, user and tool turns are masked.",
+            "choices": ["all", "last"],
+        },
+    )
+    train_on_eot: bool = field(
+        default=True,
+        metadata={
+            "help": "Whether each trained assistant turn's end-of-turn token (e.g. `<|im_end|>`) is trained; a model "
+            "that never sees it never learns to stop."
+        },
+    )
+    min_completion_tokens: int | None = field(
+        default=None,
+        metadata={
+            "help": "When set, a row longer than `max_length` is cut from the left of its prompt (rather than only at "
+            "the end) so that at least this many completion tokens are kept; the end of a longer completion is "
+            "still cut. Rows whose completion was partly cut are counted in the audit either way."
+        },
+    )
+    health_checks: bool = field(
+        default=True,
+        metadata={
+            "help": "Install `TrainingHealthGuard`: stop at the first step whose loss or gradient norm is not finite "
+            "or that has no supervised token, before the optimizer applies it, with an error naming the step, the "
+            "cause and the fix; with checkpoints on, the last good weights are saved first. Also checks, at the "
+            "first step, that the trainable parameters received a gradient."
+        },
+    )
+
     def __post_init__(self):
         if self.bf16 is None and not self.fp16:
             self.bf16 = not self.use_cpu and is_torch_bf16_gpu_available()
@@ -134,6 +206,27 @@ class MaskedSFTConfig(SFTConfig):
                 f"`prompt_column` and `completion_column` are both {self.prompt_column!r}; they must name two "
                 "different columns."
             )
+        if self.assistant_turns not in ("all", "last"):
+            raise ValueError(f"`assistant_turns` must be 'all' or 'last', got {self.assistant_turns!r}.")
+        if self.instruction_template is not None and self.response_template is None:
+            raise ValueError(
+                f"`instruction_template` is {self.instruction_template!r} but `response_template` is None: the "
+                "instruction template only marks user turns. Set `response_template` too."
+            )
+        for name in ("response_template", "instruction_template"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"`{name}` must be a non-empty string or None, got {value!r}.")
+        if self.min_completion_tokens is not None:
+            if not isinstance(self.min_completion_tokens, int) or self.min_completion_tokens < 1:
+                raise ValueError(
+                    f"`min_completion_tokens` must be a positive int or None, got {self.min_completion_tokens!r}."
+                )
+            if self.max_length is not None and self.min_completion_tokens >= self.max_length:
+                raise ValueError(
+                    f"`min_completion_tokens` ({self.min_completion_tokens}) must be below `max_length` "
+                    f"({self.max_length}) to leave room for at least one prompt token."
+                )
         if self.max_length is not None and self.max_length < 2:
             raise ValueError(
                 f"`max_length` must be at least 2 (one prompt token and one trained token) or None, got "

@@ -1,18 +1,22 @@
 """The exceptions and the warning class of `trl_masked_sft`.
 
-Every error is a `ValueError` or `TypeError` subclass, so code that already catches those keeps working, and each
-message says what was given, the value seen, and the fix.
+Every error about the inputs (data, config, model, checkpoint) is a `ValueError` or `TypeError` subclass, so code
+that already catches those keeps working; `TrainingHealthError`, raised when a training step goes wrong, is a
+`RuntimeError`. Each message says what was given, the value seen, and the fix.
 """
 
 from __future__ import annotations
 
 __all__ = [
     "AllMaskedBatchError",
+    "CheckpointError",
     "DatasetFormatError",
     "DatasetTypeError",
     "LabelsOverwrittenError",
     "MaskedSFTWarning",
+    "ModelSetupError",
     "TemplateNotFoundError",
+    "TrainingHealthError",
     "UnsupervisedRowsError",
 ]
 
@@ -43,3 +47,15 @@ class DatasetTypeError(TypeError):
 
 class LabelsOverwrittenError(ValueError):
     """The data collator supervises tokens that the prepared dataset masks (it overwrote the labels)."""
+
+
+class ModelSetupError(ValueError):
+    """The model can't learn as set up: no trainable parameter, frozen adapters, or no gradient reaching them."""
+
+
+class TrainingHealthError(RuntimeError):
+    """A training step went wrong (non-finite loss or gradient norm, no supervised token); it was not applied."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint to resume from is missing or incomplete (e.g. the run was killed while saving it)."""

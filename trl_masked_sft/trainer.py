@@ -7,8 +7,10 @@ the data checks in `data.py`.
 from __future__ import annotations
 
 import contextlib
+import json
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -18,20 +20,24 @@ from transformers import PreTrainedTokenizerBase, ProcessorMixin, TrainingArgume
 from transformers.utils import logging
 from trl import SFTConfig, SFTTrainer
 
+from .audit import AUDIT_COLUMNS, COUNT, FULL_COUNT, FULL_FIRST, LENGTH, REASON, STOP_OK, AuditReport, audit_dataset
+from .chat import chat_labels
+from .checkpoints import resolve_resume_checkpoint
 from .collator import DataCollatorForCompletionOnlyLM
 from .config import MaskedSFTConfig
 from .data import coerce_dataset, column_names, normalize_dataset, prepare_pretokenized
+from .distributed import run_on_main, validate_batch_across_ranks
 from .errors import LabelsOverwrittenError, MaskedSFTWarning
+from .health import TrainingHealthGuard
 from .masking import spans_to_labels
-from .validation import audit_labels, supervision_stats, validate_batch
+from .model_checks import check_model_before_training
+from .validation import audit_labels, supervision_stats
 
 __all__ = ["MaskedSFTTrainer"]
 
 logger = logging.get_logger(__name__)
 
 _IGNORE = -100
-# Columns used by the pre-flight pass; removed before training.
-_FULL_COUNT, _FULL_FIRST, _TEMPLATE_MISSING = "_msft_full_count", "_msft_full_first", "_msft_template_missing"
 
 
 def _setting(args: Any, name: str) -> Any:
@@ -39,6 +45,51 @@ def _setting(args: Any, name: str) -> Any:
     if hasattr(args, name):
         return getattr(args, name)
     return MaskedSFTConfig.__dataclass_fields__[name].default
+
+
+def _template_masker(args: Any, data_collator: Any, tokenizer: Any) -> DataCollatorForCompletionOnlyLM | None:
+    """The template masking to bake into the labels: the user's template collator, else the config's template."""
+    if isinstance(data_collator, DataCollatorForCompletionOnlyLM) and data_collator.has_template:
+        return data_collator
+    response = _setting(args, "response_template")
+    if response is None or tokenizer is None:
+        return None
+    return DataCollatorForCompletionOnlyLM(response, _setting(args, "instruction_template"), tokenizer=tokenizer)
+
+
+def _stop_token_ids(tokenizer) -> set[int]:
+    """Tokens that end a completion: eos and the special end-of-turn tokens of chat templates."""
+    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+    ids = {i for i, token in added.items() if getattr(token, "special", False)}
+    ids |= set(tokenizer.all_special_ids)
+    ids.discard(tokenizer.bos_token_id)
+    if tokenizer.pad_token_id != tokenizer.eos_token_id:
+        ids.discard(tokenizer.pad_token_id)
+    return ids
+
+
+def truncate_row(
+    ids: list[int],
+    labels: list[int],
+    max_length: int | None,
+    *,
+    keep_end: bool = False,
+    min_completion: int | None = None,
+) -> tuple[list[int], list[int]]:
+    """Cut a row to `max_length`: its end (`keep_start`), its start (`keep_end`), or, with `min_completion`, the
+    start of its prompt first so that at least that many completion tokens stay."""
+    if max_length is None or len(ids) <= max_length:
+        return ids, labels
+    if keep_end:
+        return ids[-max_length:], labels[-max_length:]
+    if min_completion:
+        prompt = next((i for i, lab in enumerate(labels) if lab != _IGNORE), len(labels))
+        completion = len(ids) - prompt
+        keep = min(completion, max(min_completion, max_length - prompt))
+        cut = max(0, prompt + keep - max_length)
+        cut = min(cut, max(prompt - 1, 0))  # keep one prompt token: position 0 is never trained
+        ids, labels = ids[cut:], labels[cut:]
+    return ids[:max_length], labels[:max_length]
 
 
 @contextlib.contextmanager
@@ -139,6 +190,12 @@ class MaskedSFTTrainer(SFTTrainer):
         self._msft_formatting_func = formatting_func
         self._msft_collator = data_collator
         self._msft_said_no_boundary = False
+        self._msft_audits: dict[str, AuditReport] = {}
+        self._msft_template = _template_masker(args, data_collator, tokenizer)
+        # Assistant-only loss is done here for any chat template (TRL's needs `{% generation %}` markers and swaps
+        # in patched templates for known families only), so TRL's own path is turned off.
+        self._msft_chat = self._completion_only or bool(args.assistant_only_loss)
+        args.assistant_only_loss = False
 
         if peft_config is not None or is_peft_model(model):
             if args.label_names is None:
@@ -175,6 +232,9 @@ class MaskedSFTTrainer(SFTTrainer):
         )
         if data_collator is not None and self._completion_only:
             self._check_collator_keeps_labels()
+        self._msft_health = TrainingHealthGuard(self) if _setting(self.args, "health_checks") else None
+        if self._msft_health is not None:
+            self.add_callback(self._msft_health)
 
     # ------------------------------------------------------------------ dataset preparation and pre-flight pass
 
@@ -210,6 +270,8 @@ class MaskedSFTTrainer(SFTTrainer):
             dataset_name=dataset_name,
         )
         dataset = prepare_pretokenized(dataset, dataset_name=dataset_name, completion_only=self._completion_only)
+        if self._msft_chat and "messages" in column_names(dataset):
+            dataset = self._tokenize_conversations(dataset, args, dataset_name)
         self._say_if_nothing_to_mask(dataset)
 
         # TRL tokenizes and builds labels; truncation is left to us so that no row is dropped silently.
@@ -228,80 +290,89 @@ class MaskedSFTTrainer(SFTTrainer):
 
     def _say_if_nothing_to_mask(self, dataset) -> None:
         """Text or full-sequence pre-tokenized rows with no template have no prompt to mask: say so once."""
-        if self._msft_said_no_boundary or not self._completion_only:
+        if self._msft_said_no_boundary or not self._completion_only or self._msft_template is not None:
             return
         columns = set(column_names(dataset))
-        collator = self._msft_collator
-        if isinstance(collator, DataCollatorForCompletionOnlyLM) and collator.has_template:
+        if {"prompt", "completion"} <= columns or columns & {"labels", "completion_mask", "messages"}:
             return
-        if {"prompt", "completion"} <= columns or "labels" in columns or "completion_mask" in columns:
-            return
-        if columns & {"messages", "conversations"}:
-            what = "conversational `messages` rows are trained on every turn unless `assistant_only_loss=True`"
-        else:
-            what = "these rows have no prompt/completion boundary, so the whole text is trained"
         logger.warning(
-            f"Completion-only loss is on, but {what}. To train on answers only, use prompt/completion columns "
-            "(`prompt_column`, `completion_column`) or pass DataCollatorForCompletionOnlyLM(response_template=...)."
+            "Completion-only loss is on, but these rows have no prompt/completion boundary, so the whole text is "
+            "trained. To train on answers only, use prompt/completion columns (`prompt_column`, "
+            "`completion_column`), `messages`, or a `response_template`."
         )
         self._msft_said_no_boundary = True
 
-    def _preflight(self, dataset, args, dataset_name: str, empty_rows: set[int], max_length: int | None):
-        """Apply the template collator's masks, truncate, count rows with no supervised token, apply the policy."""
-        collator = self._msft_collator
-        template = (
-            collator if isinstance(collator, DataCollatorForCompletionOnlyLM) and collator.has_template else None
-        )
-        keep_end = args.truncation_mode == "keep_end"
+    def _tokenize_conversations(self, dataset, args, dataset_name: str):
+        """Assistant-only labels for `messages` rows under any chat template (see `chat.chat_labels`)."""
+        tokenizer = self._tokenizer
+        turns, train_eot = _setting(args, "assistant_turns"), _setting(args, "train_on_eot")
 
-        def mask_and_truncate(example):
-            labels = example["labels"]
-            missing = False
-            if template is not None:
-                spans = template.template_spans(example["input_ids"])
-                missing = spans is None
+        def tokenize(example):
+            tools = example.get("tools")
+            tools = json.loads(tools) if isinstance(tools, str) else tools
+            kwargs = {"tools": tools} if tools else {}
+            kwargs.update(example.get("chat_template_kwargs") or {})
+            mask = chat_labels(tokenizer, example["messages"], assistant_turns=turns, train_eot=train_eot, **kwargs)
+            reason = f"chat turns not located: {mask.problem}" if mask.problem else ""
+            return {"input_ids": mask.input_ids, "labels": mask.labels, REASON: reason}
+
+        columns = column_names(dataset)
+        kwargs = {"desc": f"Masking assistant turns of {dataset_name} dataset"} if isinstance(dataset, Dataset) else {}
+        return dataset.map(tokenize, remove_columns=columns, **kwargs)
+
+    def _preflight(self, dataset, args, dataset_name: str, empty_rows: set[int], max_length: int | None):
+        """Apply template masks, truncate, audit what each row trains on, apply `masked_row_policy`."""
+        template = self._msft_template
+        keep_end = args.truncation_mode == "keep_end"
+        min_completion = _setting(args, "min_completion_tokens")
+        stop_ids = _stop_token_ids(self._tokenizer)
+
+        def mask_and_truncate(example, index):
+            ids, labels = example["input_ids"], example["labels"]
+            reason = example.get(REASON) or ("empty completion" if index in empty_rows else "")
+            if template is not None and not reason:
+                spans = template.template_spans(ids)
+                if spans is None:
+                    reason = "response template not found"
                 labels = spans_to_labels(labels, spans or [], _IGNORE)
-            count, first = supervision_stats(labels)
-            ids = example["input_ids"]
-            if max_length is not None and len(ids) > max_length:
-                cut = slice(-max_length, None) if keep_end else slice(None, max_length)
-                ids, labels = ids[cut], labels[cut]
+            full_count, first = supervision_stats(labels)
+            ids, labels = truncate_row(ids, labels, max_length, keep_end=keep_end, min_completion=min_completion)
+            count = 0 if reason else supervision_stats(labels)[0]
+            last = next((lab for lab in reversed(labels) if lab != _IGNORE), None)
             return {
                 "input_ids": ids,
                 "labels": labels,
-                _FULL_COUNT: count,
-                _FULL_FIRST: first,
-                _TEMPLATE_MISSING: missing,
+                FULL_COUNT: full_count,
+                FULL_FIRST: first,
+                REASON: reason,
+                COUNT: count,
+                STOP_OK: last in stop_ids,
+                LENGTH: len(ids),
             }
 
-        helper_columns = [_FULL_COUNT, _FULL_FIRST, _TEMPLATE_MISSING]
         if isinstance(dataset, IterableDataset):
             return self._preflight_streaming(
-                dataset.map(mask_and_truncate), args, dataset_name, helper_columns, max_length
+                dataset.map(mask_and_truncate, with_indices=True), args, dataset_name, max_length
             )
-
-        dataset = dataset.map(mask_and_truncate, desc=f"Checking supervised tokens of {dataset_name} dataset")
-        preset = {i: "empty completion" for i in empty_rows}
-        preset.update({i: "response template not found" for i, m in enumerate(dataset[_TEMPLATE_MISSING]) if m})
-        audit = audit_labels(
-            dataset["labels"],
-            full_supervised=dataset[_FULL_COUNT],
-            full_first=dataset[_FULL_FIRST],
-            dataset_name=dataset_name,
-            max_length=max_length,
-            preset_reasons=preset,
+        dataset = dataset.map(
+            mask_and_truncate, with_indices=True, desc=f"Checking supervised tokens of {dataset_name} dataset"
         )
-        dataset = dataset.remove_columns(helper_columns)
-        if audit.unsupervised:
-            for index in list(audit.unsupervised)[:5]:
-                labels, ids = dataset[index]["labels"], dataset[index]["input_ids"]
-                first = next((i for i, lab in enumerate(labels) if lab != _IGNORE), len(ids))
-                audit.prompt_tails[index] = self._tokenizer.decode(ids[:first])[-60:]
         policy = _setting(args, "masked_row_policy")
-        drop = audit.enforce(policy, _setting(args, "max_masked_row_fraction"))
-        self._last_audit = audit
+        # Audited once, on the main process; every rank gets the same verdict (and raises the same error).
+        report, verdict = run_on_main(
+            lambda: audit_dataset(dataset, dataset_name=dataset_name, max_length=max_length, policy=policy)
+        )
+        dataset = dataset.remove_columns([c for c in AUDIT_COLUMNS if c in dataset.column_names])
+        for index in list(verdict.unsupervised)[:5]:
+            labels, ids = dataset[index]["labels"], dataset[index]["input_ids"]
+            first = next((i for i, lab in enumerate(labels) if lab != _IGNORE), len(ids))
+            verdict.prompt_tails[index] = self._tokenizer.decode(ids[:first])[-60:]
+        drop = verdict.enforce(policy, _setting(args, "max_masked_row_fraction"))
+        report.rows_dropped = len(drop)
+        self._msft_audits[dataset_name] = report
+        logger.warning(report.summary())
         if drop:
-            message = f"{audit.describe()}\nDropped them (`masked_row_policy={policy!r}`). {audit.fix()}"
+            message = f"{verdict.describe()}\nDropped them (`masked_row_policy={policy!r}`). {verdict.fix()}"
             if policy == "warn":
                 warnings.warn(message, MaskedSFTWarning, stacklevel=2)
             else:
@@ -309,28 +380,40 @@ class MaskedSFTTrainer(SFTTrainer):
             dataset = dataset.select([i for i in range(len(dataset)) if i not in drop])
         return dataset
 
-    def _preflight_streaming(
-        self, dataset, args, dataset_name: str, helper_columns: list[str], max_length: int | None
-    ):
+    def _preflight_streaming(self, dataset, args, dataset_name: str, max_length: int | None):
         """A streaming dataset can't be counted up front: rows are checked as they are read."""
         policy = _setting(args, "masked_row_policy")
 
         def check(example):
-            if example[_TEMPLATE_MISSING] or supervision_stats(example["labels"])[0] == 0:
+            if example[REASON] or example[COUNT] == 0:
                 if policy == "error":
-                    audit = audit_labels(
-                        [example["labels"]],
-                        full_supervised=[example[_FULL_COUNT]],
-                        full_first=[example[_FULL_FIRST]],
+                    verdict = audit_labels(
+                        supervised_counts=[example[COUNT]],
+                        full_supervised=[example[FULL_COUNT]],
+                        full_first=[example[FULL_FIRST]],
                         dataset_name=dataset_name,
                         max_length=max_length,
-                        preset_reasons={0: "response template not found"} if example[_TEMPLATE_MISSING] else None,
+                        preset_reasons={0: example[REASON]} if example[REASON] else None,
                     )
-                    audit.enforce("error", 0.0)
+                    verdict.enforce("error", 0.0)
                 return False
             return True
 
-        return dataset.filter(check).remove_columns(helper_columns)
+        return dataset.filter(check).remove_columns(AUDIT_COLUMNS)
+
+    @property
+    def audit_reports(self) -> dict[str, AuditReport]:
+        """The pre-flight audit of each prepared dataset (`"train"`, `"eval"`, ...)."""
+        return dict(self._msft_audits)
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
+        check_model_before_training(self.model, self.args)
+        resume_from_checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        if self.is_world_process_zero() and self._msft_audits:
+            path = Path(self.args.output_dir) / "masked_sft_audit.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({k: v.to_dict() for k, v in self._msft_audits.items()}, indent=2) + "\n")
+        return super().train(resume_from_checkpoint, *args, **kwargs)
 
     # ------------------------------------------------------------------ checks around training
 
@@ -380,7 +463,7 @@ class MaskedSFTTrainer(SFTTrainer):
         labels = inputs.get("labels")
         if labels is not None:
             mode = "train" if model.training else "eval"
-            validate_batch(
+            validate_batch_across_ranks(
                 inputs,
                 where=f"{mode} batch at step {self.state.global_step}",
                 tokenizer=self._tokenizer,
@@ -388,3 +471,17 @@ class MaskedSFTTrainer(SFTTrainer):
         return super().compute_loss(
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        labels = inputs.get("labels") if isinstance(inputs, Mapping) else None
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if getattr(self, "_msft_health", None) is not None:  # the raw loss: the logged one hides NaN
+            self._msft_health.observe_loss(loss, num_items_in_batch, labels)
+        return loss
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        # Private in transformers 5.x; were it renamed, the health guard computes the norm from the gradients itself.
+        grad_norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        if getattr(self, "_msft_health", None) is not None:
+            self._msft_health.observe_grad_norm(grad_norm)
+        return grad_norm

@@ -131,8 +131,9 @@ class RowAudit:
 
 
 def audit_labels(
-    labels_column: Sequence[Sequence[int]],
+    labels_column: Sequence[Sequence[int]] | None = None,
     *,
+    supervised_counts: Sequence[int] | None = None,
     full_supervised: Sequence[int],
     full_first: Sequence[int | None],
     dataset_name: str,
@@ -144,14 +145,17 @@ def audit_labels(
 
     `full_supervised` / `full_first` are each row's supervised count and first supervised position *before*
     truncation, which tells a truncated prompt from a row that never had an answer. `preset_reasons` names rows
-    already known to be bad (empty completion, template not found).
+    already known to be bad (empty completion, template not found). Pass `supervised_counts` instead of
+    `labels_column` when the per-row counts are already known.
     """
-    audit = RowAudit(dataset_name=dataset_name, num_rows=len(labels_column), max_length=max_length)
+    if supervised_counts is None:
+        supervised_counts = [count_supervised(labels, ignore_index) for labels in labels_column]
+    audit = RowAudit(dataset_name=dataset_name, num_rows=len(supervised_counts), max_length=max_length)
     preset_reasons = preset_reasons or {}
-    for index, labels in enumerate(labels_column):
+    for index, count in enumerate(supervised_counts):
         if index in preset_reasons:
             audit.unsupervised[index] = preset_reasons[index]
-        elif count_supervised(labels, ignore_index) == 0:
+        elif count == 0:
             if full_supervised[index] > 0:
                 audit.unsupervised[index] = (
                     f"prompt of {full_first[index]} tokens truncated at max_length {max_length}"

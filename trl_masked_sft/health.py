@@ -1,0 +1,201 @@
+"""`TrainingHealthGuard`: stop a run at the first bad step, before the optimizer applies it, and keep the last good one.
+
+A step is bad when a micro-batch's loss or the step's gradient norm is not finite (NaN, inf), or when the step has
+no supervised token. `Trainer` logs such steps quietly: `logging_nan_inf_filter=True` (the default) logs the running
+mean instead of a NaN loss, and an all-masked step logs loss 0.0 and grad_norm 0. The guard checks the raw values in
+`on_pre_optimizer_step`, after the backward pass and before `optimizer.step()`, so the bad update is never applied
+and never saved over the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from transformers import TrainerCallback
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import logging
+
+from .checkpoints import last_complete_checkpoint
+from .distributed import process_info
+from .errors import TrainingHealthError
+from .model_checks import check_gradients_reached
+
+__all__ = ["TrainingHealthGuard"]
+
+logger = logging.get_logger(__name__)
+
+_IGNORE = -100
+
+
+def _scalar(value) -> torch.Tensor | None:
+    if value is None:
+        return None
+    if hasattr(value, "full_tensor"):  # a DTensor (FSDP2)
+        value = value.full_tensor()
+    return value.detach().float().reshape(()) if isinstance(value, torch.Tensor) else torch.tensor(float(value))
+
+
+class TrainingHealthGuard(TrainerCallback):
+    """Stop training at the first step with a non-finite loss or gradient norm, or with no supervised token.
+
+    The error names the step, the value seen, the likely cause and the fix, and where the last good weights are. The
+    bad step's update is not applied (the check runs before `optimizer.step()`), so the last good checkpoint stays
+    intact. Given the `trainer` and with checkpoints on (`save_strategy` not `"no"`), the last good weights (those
+    of the previous step) are saved as `checkpoint-<step - 1>` first, unless that checkpoint exists.
+
+    At the first step of each `train()` call it also checks that the trainable parameters received a gradient
+    (`model_checks.check_gradients_reached`; skipped under DeepSpeed and FSDP, which keep gradients elsewhere).
+
+    `MaskedSFTTrainer` installs it (`health_checks=True`) and feeds it each micro-batch's raw loss
+    (`observe_loss`) and the step's pre-clipping gradient norm (`observe_grad_norm`). Added to a plain `Trainer`,
+    it computes the gradient norm itself from the model's gradients. In a multi-process run the verdict is reduced
+    across ranks (one all-reduce per step), so every rank stops at the same step. With fp16 loss scaling a
+    non-finite gradient norm is the scaler's business (it skips the step); only a non-finite loss stops the run.
+    """
+
+    def __init__(self, trainer=None, *, save_last_good: bool = True):
+        self._trainer = trainer
+        self._save_last_good = save_last_good
+        self._grads_checked = False
+        self._reset_step()
+
+    def _reset_step(self) -> None:
+        self._loss: torch.Tensor | None = None
+        self._tokens: torch.Tensor | None = None
+        self._grad_norm: torch.Tensor | None = None
+
+    # --------------------------------------------------------------------------------- fed by the trainer
+
+    def observe_loss(self, loss: torch.Tensor, num_items_in_batch=None, labels: torch.Tensor | None = None) -> None:
+        """Record one micro-batch's raw loss and the step's supervised-token count (no host sync)."""
+        loss = loss.detach().float().sum()
+        self._loss = loss if self._loss is None else self._loss + loss
+        if num_items_in_batch is not None:  # counted by Trainer over the whole accumulation window (and ranks)
+            self._tokens = _scalar(num_items_in_batch)
+        elif isinstance(labels, torch.Tensor):
+            count = (labels[..., 1:] != _IGNORE).sum().float()
+            self._tokens = count if self._tokens is None else self._tokens + count
+
+    def observe_grad_norm(self, grad_norm) -> None:
+        """Record the step's gradient norm before clipping."""
+        self._grad_norm = _scalar(grad_norm)
+
+    # --------------------------------------------------------------------------------- callback events
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._grads_checked = False
+        self._reset_step()
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        try:
+            self._check_step(args, state, model)
+            if not self._grads_checked and model is not None and not self._gradients_elsewhere(args):
+                check_gradients_reached(model)
+            self._grads_checked = True
+        finally:
+            self._reset_step()
+
+    # --------------------------------------------------------------------------------- the check
+
+    def _gradients_elsewhere(self, args) -> bool:
+        trainer = self._trainer
+        if trainer is not None:
+            return bool(getattr(trainer, "is_deepspeed_enabled", False) or getattr(trainer, "is_fsdp_enabled", False))
+        return bool(getattr(args, "deepspeed", None) or getattr(args, "fsdp", None))
+
+    def _own_grad_norm(self, model) -> torch.Tensor | None:
+        grads = [p.grad for p in model.parameters() if p.grad is not None] if model is not None else []
+        if not grads or any(hasattr(g, "full_tensor") for g in grads):
+            return None
+        return torch.nn.utils.get_total_norm(grads).float()
+
+    def _scaler_active(self) -> bool:
+        accelerator = getattr(self._trainer, "accelerator", None)
+        return getattr(accelerator, "scaler", None) is not None
+
+    def _check_step(self, args, state, model) -> None:
+        grad_norm = self._grad_norm if self._grad_norm is not None else self._own_grad_norm(model)
+        values = [self._loss, grad_norm, self._tokens]
+        device = next((v.device for v in values if v is not None), torch.device("cpu"))
+        known = [v is not None for v in values]
+        stats = torch.stack([v.to(device) if v is not None else torch.zeros((), device=device) for v in values])
+        bad = torch.stack(
+            [
+                ~torch.isfinite(stats[0]) if known[0] else torch.zeros((), dtype=torch.bool, device=device),
+                ~torch.isfinite(stats[1]) if known[1] and not self._scaler_active() else torch.zeros((), dtype=torch.bool, device=device),
+                (stats[2] == 0) if known[2] else torch.zeros((), dtype=torch.bool, device=device),
+            ]
+        ).float()
+        rank, world = process_info()
+        if world > 1:
+            flags = torch.zeros(world, 3, device=device)
+            flags[rank] = bad
+            torch.distributed.all_reduce(flags)
+            bad = flags.amax(0)
+            bad_ranks = [r for r in range(world) if flags[r].any()]
+        else:
+            bad_ranks = [rank]
+        loss, norm, tokens, *flags_seen = torch.cat([stats, bad]).tolist()  # the one host sync of the check
+        if not any(flags_seen):
+            return
+        self._stop(args, state, flags_seen, loss, norm, tokens, bad_ranks, world)
+
+    def _stop(self, args, state, flags, loss, norm, tokens, bad_ranks, world) -> None:
+        step = state.global_step + 1
+        where = f" on rank {', '.join(map(str, bad_ranks))} (of {world})" if world > 1 else ""
+        accumulation = getattr(args, "gradient_accumulation_steps", 1)
+        if flags[0]:
+            what = f"the loss is {loss} (not finite){where}"
+            cause = (
+                "a learning rate too high for this model, fp16 overflow, NaN/inf in the model's weights or inputs, "
+                "or a custom loss that divides by zero or takes the log of 0"
+            )
+            fix = (
+                f"lower `learning_rate` (now {args.learning_rate:g}), keep `max_grad_norm` > 0 (now "
+                f"{args.max_grad_norm:g}), prefer bf16 or fp32 to fp16, and check the model's weights are finite"
+            )
+        elif flags[1]:
+            what = f"the gradient norm is {norm} (not finite) while the loss is {loss:.6g}{where}"
+            cause = "exploding gradients (learning rate too high), fp16 overflow without loss scaling, or an operation with an infinite derivative (e.g. `sqrt` of 0) in a custom loss"
+            fix = (
+                f"lower `learning_rate` (now {args.learning_rate:g}), keep `max_grad_norm` > 0 (now "
+                f"{args.max_grad_norm:g}), or use bf16 / fp32"
+            )
+        else:
+            what = f"it has no supervised token in its {accumulation} micro-batch(es){where}: every label is {_IGNORE}"
+            cause = (
+                "prompts truncated at `max_length` before the answer starts, a response template that does not match "
+                "the data, or a data collator that overwrites the labels"
+            )
+            fix = "raise `max_length`, check the template against a decoded row, or pass no `data_collator`"
+        saved = self._save(args, state)
+        last, _ = last_complete_checkpoint(args.output_dir)
+        if saved:
+            kept = f"The last good weights (step {state.global_step}) were saved to {saved}."
+        elif last:
+            kept = f"The last good checkpoint is {last}; it was not overwritten."
+        else:
+            kept = "No checkpoint was saved (set `save_strategy` and `save_steps` to keep one)."
+        resume = " Then resume with `trainer.train(resume_from_checkpoint=True)`." if (saved or last) else ""
+        raise TrainingHealthError(
+            f"Training stopped at step {step}: {what}. The update of step {step} was not applied. {kept} Likely "
+            f"cause: {cause}. Fix: {fix}.{resume}"
+        )
+
+    def _save(self, args, state) -> str | None:
+        """Save the last good weights through the trainer when checkpoints are on and that step has none yet."""
+        trainer = self._trainer
+        if not self._save_last_good or trainer is None or state.global_step == 0:
+            return None
+        if getattr(args, "save_strategy", "no") == "no":
+            return None
+        path = os.path.join(args.output_dir, f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        if os.path.isdir(path):
+            return None
+        try:
+            trainer._save_checkpoint(trainer.model_wrapped, trial=None)
+        except Exception as exc:  # saving must not hide the health error
+            logger.warning(f"Could not save the last good weights to {path}: {exc}")
+            return None
+        return path

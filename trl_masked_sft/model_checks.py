@@ -1,0 +1,191 @@
+"""Checks that the model can learn, run before step 1 and after the first backward pass.
+
+- `check_model_before_training` (at `train()`): some parameter trains; a PeftModel's active adapter is not frozen
+  (an adapter loaded with `PeftModel.from_pretrained(...)`, whose `is_trainable` defaults to False); with activation
+  checkpointing and frozen input embeddings, the embedding output requires grad (fixed with
+  `enable_input_require_grads()`, and said so).
+- `check_gradients_reached` (after the first backward pass, before the optimizer step): every trainable parameter
+  received a gradient.
+
+Each failure raises `ModelSetupError` naming the parameters and the fix; a partial problem warns (`MaskedSFTWarning`).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+
+import torch
+from transformers.utils import logging
+
+from .errors import MaskedSFTWarning, ModelSetupError
+
+__all__ = ["adapter_parameters", "check_gradients_reached", "check_model_before_training"]
+
+logger = logging.get_logger(__name__)
+
+
+def _is_peft_model(model) -> bool:
+    try:
+        from peft import PeftModel
+    except ImportError:  # pragma: no cover - peft is a dependency
+        return False
+    return isinstance(model, PeftModel)
+
+
+def _names(names: list[str], limit: int = 5) -> str:
+    shown = ", ".join(f"`{n}`" for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def adapter_parameters(model) -> Iterator[tuple[str, torch.nn.Parameter]]:
+    """`(name, parameter)` of the active adapters' weights of a PeftModel (LoRA A/B, IA3 vectors, ...)."""
+    try:
+        from peft.tuners.tuners_utils import BaseTunerLayer
+    except ImportError:  # pragma: no cover
+        return
+    active = set(getattr(model, "active_adapters", None) or [])
+    seen: set[int] = set()
+    for module_name, module in model.named_modules():
+        if not isinstance(module, BaseTunerLayer):
+            continue
+        for layer_name in module.adapter_layer_names:
+            holder = getattr(module, layer_name, None)
+            if not isinstance(holder, (torch.nn.ModuleDict, torch.nn.ParameterDict)):
+                continue
+            for adapter, sub in holder.items():
+                if active and adapter not in active:
+                    continue
+                params = [(layer_name, sub)] if isinstance(sub, torch.nn.Parameter) else sub.named_parameters()
+                for param_name, param in params:
+                    if id(param) not in seen:
+                        seen.add(id(param))
+                        yield f"{module_name}.{layer_name}.{adapter}.{param_name}".replace("..", "."), param
+
+
+def _check_something_trains(model) -> None:
+    total = trainable = 0
+    for param in model.parameters():
+        total += param.numel()
+        trainable += param.numel() if param.requires_grad else 0
+    if trainable:
+        return
+    if _is_peft_model(model):
+        frozen = [name for name, config in (model.peft_config or {}).items() if getattr(config, "inference_mode", 0)]
+        how = (
+            f"adapter {', '.join(repr(n) for n in frozen)} is in inference mode, which is what "
+            "`PeftModel.from_pretrained(model, path)` gives (`is_trainable` defaults to False)"
+            if frozen
+            else "its adapter weights have `requires_grad=False`"
+        )
+        raise ModelSetupError(
+            f"The PeftModel has no trainable parameter (0 of {total:,} require grad): {how}, so training would "
+            "change nothing. Fix: load the adapter with `PeftModel.from_pretrained(model, path, is_trainable=True)` "
+            "to keep training it, or pass the base model with `peft_config=` to train a new adapter."
+        )
+    raise ModelSetupError(
+        f"The model has no trainable parameter (0 of {total:,} require grad), so training would change nothing. "
+        "Fix: unfreeze what you mean to train (`param.requires_grad_(True)`), or pass `peft_config=` (e.g. "
+        "`homework_lora_config()`) to train a LoRA adapter."
+    )
+
+
+def _check_adapters_trainable(model) -> None:
+    if not _is_peft_model(model):
+        return
+    adapter = list(adapter_parameters(model))
+    if not adapter:
+        return  # prompt learning and other adapters without tuner layers: `_check_something_trains` covers them
+    frozen = [name for name, param in adapter if not param.requires_grad]
+    if len(frozen) == len(adapter):
+        others = [name for name, param in model.named_parameters() if param.requires_grad]
+        raise ModelSetupError(
+            f"The active adapter of the PeftModel ({', '.join(repr(a) for a in model.active_adapters)}) is frozen: "
+            f"0 of its {len(adapter)} weight tensors require grad, while {len(others)} other tensors train (e.g. "
+            f"{_names(others, 3)}); the run would leave the adapter unchanged. Fix: load it with "
+            "`PeftModel.from_pretrained(model, path, is_trainable=True)`, or unfreeze it with "
+            "`for n, p in model.named_parameters(): p.requires_grad_('lora_' in n)`."
+        )
+    if frozen:
+        warnings.warn(
+            f"{len(frozen)} of the {len(adapter)} adapter weight tensors are frozen and will not train: "
+            f"{_names(frozen)}. Fix: `param.requires_grad_(True)` on them, or ignore this if it is intended.",
+            MaskedSFTWarning,
+            stacklevel=3,
+        )
+
+
+def _checkpointing_on(model, args) -> bool:
+    if getattr(args, "activation_checkpointing", False) or getattr(args, "gradient_checkpointing", False):
+        return True
+    base = model.get_base_model() if _is_peft_model(model) else model
+    return bool(getattr(base, "is_activation_checkpointing", False))
+
+
+def _ensure_input_grads(model, args) -> None:
+    """With checkpointing and frozen embeddings, reentrant checkpointing passes no gradient into the blocks."""
+    if not _checkpointing_on(model, args) or not hasattr(model, "get_input_embeddings"):
+        return
+    try:
+        embeddings = model.get_input_embeddings()
+    except (NotImplementedError, AttributeError):
+        return
+    weight = getattr(embeddings, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.requires_grad or weight.numel() == 0:
+        return  # trainable embeddings carry the gradient; an empty weight is sharded (DeepSpeed ZeRO-3): skip
+    try:
+        with torch.enable_grad():
+            probe = embeddings(torch.zeros(1, 1, dtype=torch.long, device=weight.device))
+    except Exception:  # an embedding that can't run outside the model: nothing to check
+        return
+    if probe.requires_grad or not hasattr(model, "enable_input_require_grads"):
+        return
+    model.enable_input_require_grads()
+    logger.warning(
+        "Activation checkpointing is on and the input embeddings are frozen, so their output did not require grad: "
+        "with reentrant checkpointing no gradient would reach the layers inside the checkpointed blocks (LoRA "
+        "adapters included) and the run would train nothing. Called `model.enable_input_require_grads()` to fix "
+        "it; call it yourself before building the trainer to silence this message."
+    )
+
+
+def check_model_before_training(model, args=None) -> None:
+    """Raise `ModelSetupError` when nothing would train; fix missing input grads under checkpointing (said in the log).
+
+    Rejects: a model with no trainable parameter (e.g. a LoRA adapter loaded with `is_trainable=False`); a PeftModel
+    whose active adapter is frozen while other weights train. Warns when only some adapter tensors are frozen.
+    """
+    _check_something_trains(model)
+    _check_adapters_trainable(model)
+    _ensure_input_grads(model, args)
+
+
+def check_gradients_reached(model) -> None:
+    """After the first backward pass: raise when no trainable parameter got a gradient, warn when some did not.
+
+    A parameter "received no gradient" when its `.grad` is None (a zero gradient counts as received: LoRA's A matrix
+    gets exactly zero at step 1 because B starts at zero). Not meaningful under DeepSpeed or FSDP, which hold the
+    gradients elsewhere; the caller skips it there.
+    """
+    trainable = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
+    if not trainable:
+        return
+    missing = [name for name, param in trainable if param.grad is None]
+    if not missing:
+        return
+    if len(missing) == len(trainable):
+        raise ModelSetupError(
+            f"No trainable parameter received a gradient in the first step (0 of {len(trainable)} tensors, e.g. "
+            f"{_names(missing, 3)}): the loss does not depend on them, so training would change nothing. Likely "
+            "causes: activation checkpointing (reentrant) with frozen input embeddings and no input grads, a forward "
+            "pass run under `torch.no_grad()`, or adapters on modules the loss never uses. Fix: call "
+            "`model.enable_input_require_grads()` before training (or use `activation_checkpointing_kwargs="
+            "{'use_reentrant': False}`), and check `target_modules`."
+        )
+    warnings.warn(
+        f"{len(missing)} of {len(trainable)} trainable tensors received no gradient in the first step and will "
+        f"never train: {_names(missing)}. Likely: adapters or unfrozen weights on modules the forward pass does not "
+        "use (check `target_modules` / which weights you unfroze).",
+        MaskedSFTWarning,
+        stacklevel=2,
+    )
