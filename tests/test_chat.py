@@ -1,0 +1,214 @@
+"""Assistant-only masks for conversations under the chat templates of the major families, without markers."""
+
+from __future__ import annotations
+
+import pytest
+from datasets import Dataset
+
+from trl_masked_sft import MaskedSFTTrainer, UnsupervisedRowsError
+from trl_masked_sft.chat import END_OF_TURN, SYSTEM, TOOL, TRAINED, USER, chat_labels
+from trl_masked_sft.tiny import build_tiny_model, build_tiny_tokenizer
+
+# Templates written for these tests in the layout of each family (not copied from any model repository).
+CHATML = (
+    "{% for m in messages %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+LLAMA3 = (
+    "{{ '<|begin_of_text|>' }}{% for m in messages %}"
+    "{{ '<|start_header_id|>' + m['role'] + '<|end_header_id|>\n\n' + m['content'] + '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+GEMMA = (
+    "{{ '<bos>' }}{% set sys = messages[0]['content'] + '\n\n' if messages and messages[0]['role'] == 'system' "
+    "else '' %}{% for m in messages if m['role'] != 'system' %}"
+    "{% set role = 'model' if m['role'] == 'assistant' else m['role'] %}"
+    "{{ '<start_of_turn>' + role + '\n' + (sys if loop.first else '') + m['content'] + '<end_of_turn>\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
+)
+MISTRAL = (
+    "{{ '<|bos|>' }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + ' [/INST]' }}"
+    "{% elif m['role'] == 'assistant' %}{{ m['content'] + '<|eos|>' }}{% endif %}{% endfor %}"
+)
+PHI3 = (
+    "{% for m in messages %}{{ '<|' + m['role'] + '|>\n' + m['content'] + '<|end|>\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
+)
+CHATML_MARKED = (
+    "{% for m in messages %}{% if m['role'] == 'assistant' %}{{ '<|im_start|>assistant\n' }}"
+    "{% generation %}{{ m['content'] + '<|im_end|>' }}{% endgeneration %}{{ '\n' }}"
+    "{% else %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+EOT = {
+    "chatml": "<|im_end|>",
+    "llama3": "<|eot_id|>",
+    "gemma": "<end_of_turn>",
+    "mistral": "<|eos|>",
+    "phi3": "<|end|>",
+}
+TEMPLATES = {"chatml": CHATML, "llama3": LLAMA3, "gemma": GEMMA, "mistral": MISTRAL, "phi3": PHI3}
+
+CONVERSATION = [
+    {"role": "system", "content": "Answer briefly."},
+    {"role": "user", "content": "How many grams in 2 kg?"},
+    {"role": "assistant", "content": "2000 grams."},
+    {"role": "user", "content": "And in 3 kg?"},
+    {"role": "assistant", "content": "3000 grams."},
+]
+
+
+@pytest.fixture(scope="module")
+def chat_tokenizer():
+    tokenizer = build_tiny_tokenizer()
+    specials = ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<bos>"]
+    specials += ["<start_of_turn>", "<end_of_turn>", "<|end|>", "<|user|>", "<|assistant|>", "<|system|>"]
+    specials += ["<|im_start|>", "<|im_end|>"]
+    tokenizer.add_special_tokens({"additional_special_tokens": specials})
+    return tokenizer
+
+
+def trained_text(tokenizer, mask) -> list[str]:
+    """The trained pieces of a conversation, one string per contiguous trained run."""
+    runs, current = [], []
+    for token, reason in zip(mask.input_ids, mask.reasons, strict=True):
+        if reason == TRAINED:
+            current.append(token)
+        elif current:
+            runs.append(tokenizer.decode(current))
+            current = []
+    if current:
+        runs.append(tokenizer.decode(current))
+    return runs
+
+
+@pytest.mark.parametrize("family", sorted(TEMPLATES))
+def test_every_assistant_turn_and_its_end_of_turn_token_is_trained(chat_tokenizer, family):
+    """For each family's template: exactly the assistant replies plus their end-of-turn token are trained."""
+    mask = chat_labels(chat_tokenizer, CONVERSATION, chat_template=TEMPLATES[family])
+    assert mask.problem is None
+    eot = EOT[family]
+    assert trained_text(chat_tokenizer, mask) == [f"2000 grams.{eot}", f"3000 grams.{eot}"]
+    assert all((label == -100) == (reason != TRAINED) for label, reason in zip(mask.labels, mask.reasons, strict=True))
+
+
+@pytest.mark.parametrize("family", sorted(TEMPLATES))
+def test_end_of_turn_token_can_be_left_untrained(chat_tokenizer, family):
+    """`train_eot=False` trains the replies without their end-of-turn token, marked with its own reason."""
+    mask = chat_labels(chat_tokenizer, CONVERSATION, chat_template=TEMPLATES[family], train_eot=False)
+    assert trained_text(chat_tokenizer, mask) == ["2000 grams.", "3000 grams."]
+    assert END_OF_TURN in mask.reasons
+
+
+@pytest.mark.parametrize("family", sorted(TEMPLATES))
+def test_last_turn_only_masks_earlier_replies(chat_tokenizer, family):
+    """`assistant_turns='last'` trains the final reply only."""
+    mask = chat_labels(chat_tokenizer, CONVERSATION, chat_template=TEMPLATES[family], assistant_turns="last")
+    assert trained_text(chat_tokenizer, mask) == [f"3000 grams.{EOT[family]}"]
+
+
+def test_system_user_and_tool_turns_are_masked_with_their_reason(chat_tokenizer):
+    """Each masked token says which turn it belongs to."""
+    conversation = [
+        {"role": "system", "content": "S"},
+        {"role": "user", "content": "U"},
+        {"role": "assistant", "content": "call"},
+        {"role": "tool", "content": "T"},
+        {"role": "assistant", "content": "done"},
+    ]
+    mask = chat_labels(chat_tokenizer, conversation, chat_template=CHATML)
+    tokens = chat_tokenizer.convert_ids_to_tokens(mask.input_ids)
+    by_reason = {
+        reason: "".join(t for t, r in zip(tokens, mask.reasons, strict=True) if r == reason)
+        for reason in (SYSTEM, USER, TOOL)
+    }
+    assert "S" in by_reason[SYSTEM] and "U" in by_reason[USER] and "T" in by_reason[TOOL]
+    assert trained_text(chat_tokenizer, mask) == ["call<|im_end|>", "done<|im_end|>"]
+
+
+def test_prefix_diff_agrees_with_generation_markers(chat_tokenizer):
+    """On a template with `{% generation %}` markers, the prefix-diff mask equals the marker mask."""
+    ours = chat_labels(chat_tokenizer, CONVERSATION, chat_template=CHATML)
+    marked = chat_labels(chat_tokenizer, CONVERSATION, chat_template=CHATML_MARKED)
+    assert marked.problem is None  # checked against the markers inside
+    out = chat_tokenizer.apply_chat_template(
+        CONVERSATION, chat_template=CHATML_MARKED, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+    )
+    assert [int(label != -100) for label in marked.labels] == list(out["assistant_masks"])
+    assert ours.labels == marked.labels
+
+
+def test_a_template_that_renders_the_last_turn_differently_is_reported(chat_tokenizer):
+    """When a prefix renders differently inside the whole conversation, the row is reported, not masked."""
+    # Marks the final message specially: rendering a prefix moves the mark, so prefixes disagree.
+    template = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] }}{% if loop.last %}{{ ' END' }}{% endif %}\n{% endfor %}"
+    mask = chat_labels(chat_tokenizer, CONVERSATION, chat_template=template)
+    assert mask.problem and "render differently" in mask.problem
+    assert set(mask.labels) == {-100}
+
+
+def test_conversation_without_assistant_turn_is_reported(chat_tokenizer):
+    """A conversation with no assistant reply has nothing to train and says so."""
+    mask = chat_labels(chat_tokenizer, CONVERSATION[:2], chat_template=CHATML)
+    assert mask.problem == "no assistant turn in the conversation"
+
+
+def _conversations(n: int = 8) -> Dataset:
+    rows = []
+    for i in range(n):
+        rows.append(
+            [
+                {"role": "system", "content": "Be brief."},
+                {"role": "user", "content": f"What is {i} + {i}?"},
+                {"role": "assistant", "content": f"{2 * i}"},
+                {"role": "user", "content": "And doubled?"},
+                {"role": "assistant", "content": f"{4 * i}"},
+            ]
+        )
+    return Dataset.from_dict({"messages": rows})
+
+
+def test_trainer_masks_multi_turn_chat_without_markers_like_a_marker_template(chat_tokenizer, make_config):
+    """A template without generation markers trains the same tokens as its marker-based twin."""
+    labels = {}
+    for name, template in (("plain", CHATML), ("marked", CHATML_MARKED)):
+        chat_tokenizer.chat_template = template
+        trainer = MaskedSFTTrainer(
+            build_tiny_model(chat_tokenizer),
+            args=make_config(max_length=256),
+            train_dataset=_conversations(),
+            processing_class=chat_tokenizer,
+        )
+        labels[name] = trainer.train_dataset["labels"]
+    assert labels["plain"] == labels["marked"]
+    assert any(label != -100 for label in labels["plain"][0])
+    trainer.train()
+
+
+def test_trainer_assistant_only_loss_works_with_an_unknown_template(chat_tokenizer, make_config):
+    """`assistant_only_loss=True` no longer needs markers or a known model family."""
+    chat_tokenizer.chat_template = PHI3
+    trainer = MaskedSFTTrainer(
+        build_tiny_model(chat_tokenizer),
+        args=make_config(max_length=256, assistant_only_loss=True),
+        train_dataset=_conversations(),
+        processing_class=chat_tokenizer,
+    )
+    row = trainer.train_dataset[1]
+    kept = chat_tokenizer.decode([t for t, lab in zip(row["input_ids"], row["labels"], strict=True) if lab != -100])
+    assert kept == "2<|end|>4<|end|>"
+
+
+def test_trainer_reports_conversations_it_cannot_locate(chat_tokenizer, make_config):
+    """A chat row whose turns can't be located stops the run with the reason, instead of masking it silently."""
+    chat_tokenizer.chat_template = (
+        "{% for m in messages %}{{ m['role'] + ': ' + m['content'] }}{% if loop.last %}{{ ' END' }}{% endif %}\n"
+        "{% endfor %}"
+    )
+    with pytest.raises(UnsupervisedRowsError, match="chat turns not located"):
+        MaskedSFTTrainer(
+            build_tiny_model(chat_tokenizer),
+            args=make_config(max_length=256),
+            train_dataset=_conversations(),
+            processing_class=chat_tokenizer,
+        )
