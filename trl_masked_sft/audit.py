@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .validation import RowAudit
 
-__all__ = ["AuditReport", "audit_dataset"]
+__all__ = ["AuditReport", "audit_dataset", "build_report", "prepare_dataset"]
 
 # Per-row columns the trainer's pre-flight pass adds to a prepared dataset (removed before training).
 FULL_COUNT, FULL_FIRST, REASON = "_msft_full_count", "_msft_full_first", "_msft_reason"
@@ -35,6 +35,8 @@ class AuditReport:
     unsupervised_rows: dict[int, str] = field(default_factory=dict)
     rows_dropped: int = 0
     policy: str = "error"
+    #: what `masked_row_policy` would say (the error message), or `None` when training may start
+    policy_error: str | None = None
 
     def summary(self) -> str:
         """One line for the log."""
@@ -58,14 +60,13 @@ class AuditReport:
         return path
 
 
-def audit_dataset(
+def build_report(
     dataset, *, dataset_name: str, max_length: int | None, policy: str = "error"
 ) -> tuple[AuditReport, RowAudit]:
     """Build the report and the per-row verdict from a dataset carrying the pre-flight columns.
 
     `dataset` is what the trainer's pre-flight pass produces (truncated `input_ids`/`labels` plus the per-row
-    columns named in `AUDIT_COLUMNS`); use `MaskedSFTTrainer.audit(...)` or `trl_masked_sft.audit_raw_dataset` to
-    audit raw rows.
+    columns named in `AUDIT_COLUMNS`); `audit_dataset` audits raw rows.
     """
     from .validation import audit_labels
 
@@ -98,3 +99,45 @@ def audit_dataset(
         policy=policy,
     )
     return report, verdict
+
+
+def prepare_dataset(dataset, tokenizer, config=None, *, data_collator=None, dataset_name: str = "train"):
+    """Prepare raw rows exactly as `MaskedSFTTrainer` would, without a model and without enforcing the policy.
+
+    Returns `(prepared dataset, AuditReport, RowAudit)`. `config` is a `MaskedSFTConfig` (defaults when `None`).
+    """
+    from .config import MaskedSFTConfig
+    from .data import coerce_dataset
+    from .trainer import _preparer, _setting
+
+    if config is None:
+        config = MaskedSFTConfig(output_dir="masked-sft-audit", report_to="none")
+    dataset = coerce_dataset(
+        dataset,
+        prompt_column=_setting(config, "prompt_column"),
+        completion_column=_setting(config, "completion_column"),
+        dataset_name=dataset_name,
+    )
+    preparer = _preparer(tokenizer, config, data_collator)
+    prepared = preparer._prepare_dataset(dataset, tokenizer, config, config.packing, None, dataset_name)
+    return prepared, preparer._msft_audits[dataset_name], preparer._msft_verdicts[dataset_name]
+
+
+def audit_dataset(dataset, tokenizer, config=None, *, data_collator=None, dataset_name: str = "train") -> AuditReport:
+    """The pre-flight audit of raw rows, as `MaskedSFTTrainer` runs it before training, as a report.
+
+    `report.policy_error` holds the error `masked_row_policy` would raise (`None` when training may start).
+    """
+    from .errors import UnsupervisedRowsError
+    from .trainer import _setting
+
+    _, report, verdict = prepare_dataset(
+        dataset, tokenizer, config, data_collator=data_collator, dataset_name=dataset_name
+    )
+    policy = _setting(config, "masked_row_policy") if config is not None else "error"
+    fraction = _setting(config, "max_masked_row_fraction") if config is not None else 0.1
+    try:
+        report.rows_dropped = len(verdict.enforce(policy, fraction))
+    except UnsupervisedRowsError as error:
+        report.policy_error = str(error)
+    return report

@@ -20,7 +20,7 @@ from transformers import PreTrainedTokenizerBase, ProcessorMixin, TrainingArgume
 from transformers.utils import logging
 from trl import SFTConfig, SFTTrainer
 
-from .audit import AUDIT_COLUMNS, COUNT, FULL_COUNT, FULL_FIRST, LENGTH, REASON, STOP_OK, AuditReport, audit_dataset
+from .audit import AUDIT_COLUMNS, COUNT, FULL_COUNT, FULL_FIRST, LENGTH, REASON, STOP_OK, AuditReport, build_report
 from .chat import chat_labels
 from .checkpoints import resolve_resume_checkpoint
 from .collator import DataCollatorForCompletionOnlyLM
@@ -31,7 +31,7 @@ from .errors import LabelsOverwrittenError, MaskedSFTWarning
 from .health import TrainingHealthGuard
 from .masking import spans_to_labels
 from .model_checks import check_model_before_training
-from .validation import audit_labels, supervision_stats
+from .validation import RowAudit, audit_labels, supervision_stats
 
 __all__ = ["MaskedSFTTrainer"]
 
@@ -90,6 +90,26 @@ def truncate_row(
         cut = min(cut, max(prompt - 1, 0))  # keep one prompt token: position 0 is never trained
         ids, labels = ids[cut:], labels[cut:]
     return ids[:max_length], labels[:max_length]
+
+
+def _preparer(tokenizer, args: Any, data_collator: Any = None) -> MaskedSFTTrainer:
+    """A trainer without a model, for preparing and auditing data exactly as training would (`audit_dataset`, the
+    mask inspector, the CLI). Only the preparation methods may be called on it."""
+    self = MaskedSFTTrainer.__new__(MaskedSFTTrainer)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token
+    self._tokenizer = tokenizer
+    self.chat_template = None
+    self._skip_prepare_dataset = False
+    self.completion_only_loss = self._completion_only = bool(args.completion_only_loss)
+    self._msft_chat = self._completion_only or bool(args.assistant_only_loss)
+    self._msft_formatting_func = None
+    self._msft_collator = data_collator
+    self._msft_said_no_boundary = True
+    self._msft_audits, self._msft_verdicts = {}, {}
+    self._msft_template = _template_masker(args, data_collator, tokenizer)
+    self._msft_audit_only = True
+    return self
 
 
 @contextlib.contextmanager
@@ -191,6 +211,7 @@ class MaskedSFTTrainer(SFTTrainer):
         self._msft_collator = data_collator
         self._msft_said_no_boundary = False
         self._msft_audits: dict[str, AuditReport] = {}
+        self._msft_verdicts: dict[str, RowAudit] = {}
         self._msft_template = _template_masker(args, data_collator, tokenizer)
         # Assistant-only loss is done here for any chat template (TRL's needs `{% generation %}` markers and swaps
         # in patched templates for known families only), so TRL's own path is turned off.
@@ -360,13 +381,16 @@ class MaskedSFTTrainer(SFTTrainer):
         policy = _setting(args, "masked_row_policy")
         # Audited once, on the main process; every rank gets the same verdict (and raises the same error).
         report, verdict = run_on_main(
-            lambda: audit_dataset(dataset, dataset_name=dataset_name, max_length=max_length, policy=policy)
+            lambda: build_report(dataset, dataset_name=dataset_name, max_length=max_length, policy=policy)
         )
         dataset = dataset.remove_columns([c for c in AUDIT_COLUMNS if c in dataset.column_names])
         for index in list(verdict.unsupervised)[:5]:
             labels, ids = dataset[index]["labels"], dataset[index]["input_ids"]
             first = next((i for i, lab in enumerate(labels) if lab != _IGNORE), len(ids))
             verdict.prompt_tails[index] = self._tokenizer.decode(ids[:first])[-60:]
+        if getattr(self, "_msft_audit_only", False):  # `audit_dataset` / `inspect`: report, don't enforce
+            self._msft_audits[dataset_name], self._msft_verdicts[dataset_name] = report, verdict
+            return dataset
         drop = verdict.enforce(policy, _setting(args, "max_masked_row_fraction"))
         report.rows_dropped = len(drop)
         self._msft_audits[dataset_name] = report

@@ -1,0 +1,256 @@
+"""`trl-masked-sft`: `train` (like `trl sft`), `inspect` (the mask inspector) and `audit` (the pre-flight report).
+
+    trl-masked-sft train --config recipe.yaml
+    trl-masked-sft inspect --dataset_name data.jsonl --tokenizer_name_or_path ./tok --rows 3 --html masks.html
+    trl-masked-sft audit --dataset_name data.jsonl --tokenizer_name_or_path ./tok --max_length 256
+
+`train` runs unchanged under `accelerate launch -m trl_masked_sft.cli train ...`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main"]
+
+COMMANDS = {
+    "train": "fine-tune a model (TRL's `trl sft` arguments, MaskedSFTConfig, `--config recipe.yaml`)",
+    "inspect": "show which tokens of a few rows are trained, and why the others are not",
+    "audit": "the pre-flight audit report of a dataset; exit code 1 when `masked_row_policy` would stop training",
+}
+#: `--model_name_or_path` / `--tokenizer_name_or_path` value for the embedded offline demo model.
+DEMO = "tiny-demo"
+_LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+@dataclass
+class DataArguments:
+    """Where the rows come from, for `inspect` and `audit`."""
+
+    dataset_name: str = field(
+        metadata={"help": "A dataset on the Hub, or a local .json/.jsonl/.csv/.parquet file or a folder of them."}
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "The dataset configuration (Hub only)."})
+    dataset_split: str = field(default="train", metadata={"help": "The split to read."})
+    tokenizer_name_or_path: str = field(
+        default=DEMO, metadata={"help": f"Tokenizer name or path; `{DEMO}` builds the offline demo tokenizer."}
+    )
+
+
+@dataclass
+class InspectArguments:
+    rows: int = field(default=3, metadata={"help": "How many rows to show."})
+    start: int = field(default=0, metadata={"help": "Index of the first row shown."})
+    html: str | None = field(default=None, metadata={"help": "Also write a self-contained HTML page to this path."})
+    color: str = field(
+        default="auto", metadata={"help": "Colour the terminal output.", "choices": ["auto", "always", "never"]}
+    )
+
+
+@dataclass
+class AuditArguments:
+    json_path: str | None = field(default=None, metadata={"help": "Also write the report as JSON to this path."})
+
+
+def _parser(command: str, dataclass_types: tuple):
+    from trl import TrlParser
+
+    return TrlParser(dataclass_types, prog=f"trl-masked-sft {command}", description=COMMANDS[command])
+
+
+def _top_help() -> str:
+    lines = ["usage: trl-masked-sft {train,inspect,audit} [--help] ...", "", "commands:"]
+    lines += [f"  {name:<8} {text}" for name, text in COMMANDS.items()]
+    lines += ["", "Run `trl-masked-sft COMMAND --help` for the options of a command."]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+def _homework_pairs(path: Path) -> list | None:
+    """The rows of a homework-style JSON file (a list of `[question, number]`), else `None`."""
+    if path.suffix != ".json":
+        return None
+    try:
+        rows = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if isinstance(rows, list) and rows and all(isinstance(r, list) and len(r) == 2 for r in rows):
+        return rows
+    return None
+
+
+def _load_split_file(path: Path):
+    from datasets import load_dataset
+
+    from .homework import to_prompt_completion
+
+    pairs = _homework_pairs(path)
+    if pairs is not None:
+        # Homework rows: the answer is written as the homework's `<answer>...</answer>` completion.
+        if all(isinstance(a, (int, float)) and not isinstance(a, bool) for _, a in pairs):
+            return to_prompt_completion(pairs)
+        from .data import coerce_dataset
+
+        return coerce_dataset(pairs, prompt_column="prompt", completion_column="completion", dataset_name=path.name)
+    return load_dataset(_LOCAL_SUFFIXES[path.suffix], data_files=str(path), split="train")
+
+
+def load_rows(name: str, config: str | None = None) -> dict[str, Any]:
+    """Splits of a dataset: a Hub name, a local file (one `train` split) or a folder of `train.*`/`valid.*`/`test.*`.
+
+    A JSON file holding `[question, number]` rows (the homework's format) becomes prompt/completion rows with the
+    answer written as `<answer>...</answer>`.
+    """
+    path = Path(name).expanduser()
+    if path.is_file():
+        if path.suffix not in _LOCAL_SUFFIXES:
+            raise SystemExit(
+                f"error: --dataset_name {name!r} is a file of an unsupported type ({path.suffix or 'no suffix'}); "
+                f"use one of {', '.join(sorted(_LOCAL_SUFFIXES))}."
+            )
+        return {"train": _load_split_file(path)}
+    if path.is_dir():
+        splits = {}
+        for file in sorted(path.iterdir()):
+            if file.suffix in _LOCAL_SUFFIXES:
+                split = {"valid": "test", "validation": "test"}.get(file.stem, file.stem)
+                splits[split] = _load_split_file(file)
+        if "train" not in splits:
+            raise SystemExit(f"error: folder {name!r} has no train.json/.jsonl/.csv/.parquet file.")
+        return splits
+    from datasets import load_dataset
+
+    return dict(load_dataset(name, name=config))
+
+
+def _demo_tokenizer(splits: dict[str, Any]):
+    from .tiny import build_tiny_tokenizer
+
+    corpus = []
+    for row in list(splits["train"])[:2000]:
+        corpus.append(" ".join(str(v) for v in row.values() if isinstance(v, (str, int, float))))
+    return build_tiny_tokenizer(corpus, vocab_size=512)
+
+
+def _tokenizer(name: str, splits: dict[str, Any], chat_template_path: str | None):
+    if name == DEMO:
+        tokenizer = _demo_tokenizer(splits)
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    if chat_template_path and Path(chat_template_path).is_file():
+        tokenizer.chat_template = Path(chat_template_path).read_text()  # a Jinja file, as `trl sft` takes it
+    return tokenizer
+
+
+# ---------------------------------------------------------------------------------------------------- commands
+
+
+def _train(argv: list[str]) -> int:
+    from trl import ModelConfig, ScriptArguments, get_peft_config
+
+    from .config import MaskedSFTConfig
+    from .trainer import MaskedSFTTrainer
+
+    parser = _parser("train", (ScriptArguments, MaskedSFTConfig, ModelConfig))
+    script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    if not script_args.dataset_name:
+        parser.error("the following arguments are required: --dataset_name (a Hub dataset or a local file/folder)")
+    if not model_args.model_name_or_path:
+        parser.error(f"the following arguments are required: --model_name_or_path (or `{DEMO}` for the offline demo)")
+    splits = load_rows(script_args.dataset_name, script_args.dataset_config)
+    if script_args.dataset_train_split not in splits:
+        parser.error(f"--dataset_train_split {script_args.dataset_train_split!r} not in the splits {sorted(splits)}")
+    if model_args.model_name_or_path == DEMO:
+        from .tiny import build_tiny_model
+
+        processing_class = _demo_tokenizer(splits)
+        model = build_tiny_model(processing_class, hidden_size=128, num_hidden_layers=2)
+        print(f"Using the offline demo model `{DEMO}`: a tiny random Llama, not a real language model.")
+    else:
+        model, processing_class = model_args.model_name_or_path, None
+    eval_split = splits.get(script_args.dataset_test_split) if training_args.eval_strategy != "no" else None
+    trainer = MaskedSFTTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=splits[script_args.dataset_train_split],
+        eval_dataset=eval_split,
+        processing_class=processing_class,
+        peft_config=get_peft_config(model_args),
+    )
+    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    trainer.save_model(training_args.output_dir)
+    trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
+    return 0
+
+
+def _inspect(argv: list[str]) -> int:
+    from .config import MaskedSFTConfig
+    from .inspector import inspect_rows, render_html, render_terminal
+
+    parser = _parser("inspect", (DataArguments, InspectArguments, MaskedSFTConfig))
+    data_args, inspect_args, config = parser.parse_args_and_config(args=argv)
+    splits = load_rows(data_args.dataset_name, data_args.dataset_config)
+    if data_args.dataset_split not in splits:
+        parser.error(f"--dataset_split {data_args.dataset_split!r} not in the splits {sorted(splits)}")
+    tokenizer = _tokenizer(data_args.tokenizer_name_or_path, splits, config.chat_template_path)
+    rows = inspect_rows(
+        splits[data_args.dataset_split], tokenizer, config, rows=inspect_args.rows, start=inspect_args.start
+    )
+    color = {"always": True, "never": False}.get(inspect_args.color)
+    print(render_terminal(rows, color=color))
+    if inspect_args.html:
+        Path(inspect_args.html).write_text(render_html(rows, title=f"Masks of {data_args.dataset_name}"))
+        print(f"HTML written to {inspect_args.html}")
+    return 0
+
+
+def _audit(argv: list[str]) -> int:
+    from .audit import audit_dataset
+    from .config import MaskedSFTConfig
+
+    parser = _parser("audit", (DataArguments, AuditArguments, MaskedSFTConfig))
+    data_args, audit_args, config = parser.parse_args_and_config(args=argv)
+    splits = load_rows(data_args.dataset_name, data_args.dataset_config)
+    if data_args.dataset_split not in splits:
+        parser.error(f"--dataset_split {data_args.dataset_split!r} not in the splits {sorted(splits)}")
+    tokenizer = _tokenizer(data_args.tokenizer_name_or_path, splits, config.chat_template_path)
+    report = audit_dataset(splits[data_args.dataset_split], tokenizer, config, dataset_name=data_args.dataset_split)
+    print(report.summary())
+    if audit_args.json_path:
+        report.write_json(audit_args.json_path)
+        print(f"Report written to {audit_args.json_path}")
+    if report.policy_error:
+        print(report.policy_error, file=sys.stderr)
+        return 1
+    print(f"masked_row_policy={report.policy!r}: training may start.")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_top_help())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    handlers = {"train": _train, "inspect": _inspect, "audit": _audit}
+    if command not in handlers:
+        print(_top_help().splitlines()[0], file=sys.stderr)
+        print(
+            f"trl-masked-sft: error: argument command: invalid choice: {command!r} (choose from "
+            f"{', '.join(repr(c) for c in handlers)})",
+            file=sys.stderr,
+        )
+        return 2
+    return handlers[command](rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,245 @@
+"""The mask inspector: every token of a few rows, whether it is trained, and why not.
+
+Rows are prepared exactly as `MaskedSFTTrainer` prepares them (same code path), then each token gets a reason:
+`trained`, `prompt`, `system turn`, `user turn`, `tool turn`, `template`, `earlier assistant turn`,
+`end of turn (not trained)`, `masked in labels`, `padding`, `truncated`, `response template not found`,
+`chat turns not located`, `empty completion`, `first token`.
+"""
+
+from __future__ import annotations
+
+import html
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from datasets import Dataset
+
+from .chat import TRAINED, chat_labels
+
+__all__ = ["RowMarks", "TokenMark", "inspect_rows", "render_html", "render_terminal"]
+
+PROMPT, PADDING, TRUNCATED, USER_LABELS, FIRST = "prompt", "padding", "truncated", "masked in labels", "first token"
+_ROW_REASONS = ("response template not found", "chat turns not located", "empty completion")
+
+# Terminal colours (ANSI) and HTML colours per reason; anything else is shown as a generic masked token.
+_ANSI = {
+    TRAINED: "\033[1;30;42m",
+    PROMPT: "\033[37;100m",
+    "user turn": "\033[30;46m",
+    "system turn": "\033[30;45m",
+    "tool turn": "\033[30;43m",
+    PADDING: "\033[2m",
+    TRUNCATED: "\033[9;31m",
+}
+_HTML = {
+    TRAINED: "#b7f0b1",
+    PROMPT: "#e2e2e2",
+    "user turn": "#bfe6f5",
+    "system turn": "#e8c8f0",
+    "tool turn": "#f5e3a8",
+    "template": "#f0f0f0",
+    PADDING: "#ffffff",
+    TRUNCATED: "#f7b3b3",
+    USER_LABELS: "#ffd8a8",
+}
+_MASKED_HTML = "#f6d2d2"
+
+
+@dataclass
+class TokenMark:
+    token_id: int
+    text: str
+    trained: bool
+    reason: str
+
+
+@dataclass
+class RowMarks:
+    index: int
+    tokens: list[TokenMark] = field(default_factory=list)
+    problem: str | None = None
+
+    @property
+    def trained_count(self) -> int:
+        return sum(t.trained for t in self.tokens)
+
+
+def _select(dataset: Any, start: int, rows: int) -> Any:
+    if isinstance(dataset, Dataset):
+        stop = min(len(dataset), start + rows)
+        return dataset.select(range(start, stop))
+    return list(dataset)[start : start + rows]
+
+
+def inspect_rows(
+    dataset: Any,
+    tokenizer,
+    config=None,
+    *,
+    rows: int = 5,
+    start: int = 0,
+    data_collator=None,
+) -> list[RowMarks]:
+    """Mark every token of `rows` rows (from `start`) with whether it is trained and why not.
+
+    `config` is a `MaskedSFTConfig` (defaults when `None`): its templates, columns, `max_length` and truncation
+    options apply as in training.
+    """
+    from .audit import prepare_dataset
+    from .config import MaskedSFTConfig
+    from .trainer import _overridden, _setting, truncate_row
+
+    if config is None:
+        config = MaskedSFTConfig(output_dir="masked-sft-inspect", report_to="none")
+    raw = _select(dataset, start, rows)
+    with _overridden(config, max_length=None, masked_row_policy="warn"):
+        prepared, _, verdict = prepare_dataset(raw, tokenizer, config, data_collator=data_collator)
+    raw_rows = raw if isinstance(raw, list) else [raw[i] for i in range(len(raw))]
+    special = set(tokenizer.all_special_ids)
+    out = []
+    for i in range(len(prepared)):
+        ids, labels = prepared[i]["input_ids"], prepared[i]["labels"]
+        problem = verdict.unsupervised.get(i)
+        row_reason = problem if problem and problem.startswith(_ROW_REASONS) else None
+        if row_reason and row_reason.startswith("chat turns not located"):
+            row_reason = "chat turns not located"
+        kept_positions, _ = truncate_row(
+            list(range(len(ids))),
+            labels,
+            config.max_length,
+            keep_end=config.truncation_mode == "keep_end",
+            min_completion=_setting(config, "min_completion_tokens"),
+        )
+        kept = set(kept_positions)
+        raw_row = raw_rows[i] if isinstance(raw_rows[i], dict) else {}
+        chat = None
+        if "messages" in raw_row and row_reason is None:
+            chat = chat_labels(
+                tokenizer,
+                raw_row["messages"],
+                assistant_turns=_setting(config, "assistant_turns"),
+                train_eot=_setting(config, "train_on_eot"),
+            )
+            chat = chat if chat.input_ids == list(ids) else None
+        first = next((p for p in range(len(labels)) if labels[p] != -100), len(labels))
+        marks = RowMarks(index=start + i, problem=problem)
+        for pos, (token, label) in enumerate(zip(ids, labels, strict=True)):
+            text = tokenizer.decode([token]) if token not in special else tokenizer.convert_ids_to_tokens(token)
+            if pos not in kept:
+                reason = TRUNCATED
+            elif row_reason:
+                reason = row_reason
+            elif label != -100:
+                reason = TRAINED if pos > 0 else FIRST
+            elif chat is not None:
+                reason = chat.reasons[pos]
+            elif pos < first:
+                reason = PROMPT
+            else:
+                reason = "user turn" if _setting(config, "instruction_template") else USER_LABELS
+            marks.tokens.append(TokenMark(token, text, reason == TRAINED, reason))
+        if marks.trained_count == 0 and not problem:
+            cut = len(kept) < len(ids)
+            marks.problem = (
+                f"no supervised token after truncation at max_length {config.max_length}"
+                if cut
+                else ("no supervised token")
+            )
+        mask = raw_row.get("attention_mask")
+        if mask is not None and not all(mask):
+            pad_text = tokenizer.pad_token or "<pad>"
+            pads = [TokenMark(tokenizer.pad_token_id, pad_text, False, PADDING) for m in mask if not m]
+            marks.tokens = pads + marks.tokens if not mask[0] else marks.tokens + pads
+        out.append(marks)
+    return out
+
+
+def _spans(tokens: Sequence[TokenMark]) -> list[tuple[str, str]]:
+    """Consecutive tokens with the same reason, joined: `[(reason, text), ...]`."""
+    spans: list[tuple[str, str]] = []
+    for token in tokens:
+        if spans and spans[-1][0] == token.reason:
+            spans[-1] = (token.reason, spans[-1][1] + token.text)
+        else:
+            spans.append((token.reason, token.text))
+    return spans
+
+
+def _collapse(tokens: Sequence[TokenMark]) -> list[TokenMark]:
+    """Runs of padding shown as one mark with a count, so a row padded to 128 stays readable."""
+    out: list[TokenMark] = []
+    for token in tokens:
+        if token.reason == PADDING and out and out[-1].reason == PADDING:
+            count = int(out[-1].text.rsplit("×", 1)[-1]) + 1 if "×" in out[-1].text else 2
+            out[-1] = TokenMark(token.token_id, f"{token.text}×{count}", False, PADDING)
+        else:
+            out.append(token)
+    return out
+
+
+def render_terminal(rows: Sequence[RowMarks], *, color: bool | None = None) -> str:
+    """Rows as text: coloured by reason on a terminal, with plain `[reason]...[/reason]` markers otherwise."""
+    if color is None:
+        color = sys.stdout.isatty()
+    lines = []
+    for row in rows:
+        header = f"row {row.index}: {row.trained_count} of {len(row.tokens)} tokens trained"
+        lines.append(header + (f" — {row.problem}" if row.problem else ""))
+        pieces = []
+        for reason, text in _spans(_collapse(row.tokens)):
+            shown = text.replace("\n", "↵\n")
+            if color:
+                pieces.append(f"{_ANSI.get(reason, chr(27) + '[30;41m')}{shown}\033[0m")
+            else:
+                tag = "TRAIN" if reason == TRAINED else reason
+                pieces.append(f"[{tag}]{shown}[/{tag}]")
+        lines.append("".join(pieces))
+        lines.append("")
+    if color:
+        legend = " ".join(f"{code}{name}\033[0m" for name, code in _ANSI.items())
+        lines.append(f"legend: {legend} \033[30;41mother masked\033[0m")
+    return "\n".join(lines)
+
+
+def render_html(rows: Sequence[RowMarks], *, title: str = "Mask inspector") -> str:
+    """A self-contained HTML page: each token coloured by reason, the reason in its tooltip, a legend."""
+    reasons_seen = sorted({t.reason for row in rows for t in row.tokens})
+    legend = "".join(
+        f'<span class="tok" style="background:{_HTML.get(r, _MASKED_HTML)}">{html.escape(r)}</span> '
+        for r in reasons_seen
+    )
+    body = []
+    for row in rows:
+        problem = f' <span class="problem">{html.escape(row.problem)}</span>' if row.problem else ""
+        body.append(
+            f"<section><h2>row {row.index}: {row.trained_count} of {len(row.tokens)} tokens trained{problem}</h2>"
+            '<div class="row">'
+        )
+        for token in _collapse(row.tokens):
+            text = html.escape(token.text).replace("\n", "↵<br>").replace(" ", "&nbsp;")
+            style = f"background:{_HTML.get(token.reason, _MASKED_HTML)}"
+            cls = "tok trained" if token.trained else f"tok masked r-{token.reason.replace(' ', '-')}"
+            body.append(
+                f'<span class="{cls}" style="{style}" title="{html.escape(token.reason)} (id {token.token_id})">'
+                f"{text}</span>&#8203;"  # a zero-width space lets long rows wrap between tokens
+            )
+        body.append("</div></section>")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 24px; color: #222; }}
+h1 {{ font-size: 20px; }} h2 {{ font-size: 15px; margin: 18px 0 6px; }}
+.row {{ font-family: monospace; font-size: 15px; line-height: 1.9; }}
+.tok {{ border: 1px solid #ccc; border-radius: 3px; padding: 1px 1px; margin: 0 1px; }}
+.trained {{ border-color: #2e8b2e; font-weight: bold; }}
+.r-truncated {{ text-decoration: line-through; }}
+.problem {{ color: #b00020; font-weight: normal; }}
+.legend {{ margin-bottom: 12px; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<div class="legend">Legend: {legend}</div>
+{"".join(body)}
+</body></html>
+"""
