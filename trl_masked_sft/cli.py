@@ -62,6 +62,14 @@ def _parser(command: str, dataclass_types: tuple):
     return TrlParser(dataclass_types, prog=f"trl-masked-sft {command}", description=COMMANDS[command])
 
 
+def _parse(parser, argv: list[str]) -> tuple:
+    """Parse `argv` (and `--config` YAML); unknown flags are an argparse error (exit 2), not a traceback."""
+    *parsed, remaining = parser.parse_args_and_config(args=argv, return_remaining_strings=True)
+    if remaining:
+        parser.error(f"unrecognized arguments: {' '.join(remaining)}")
+    return tuple(parsed)
+
+
 def _top_help() -> str:
     lines = ["usage: trl-masked-sft {train,inspect,audit} [--help] ...", "", "commands:"]
     lines += [f"  {name:<8} {text}" for name, text in COMMANDS.items()]
@@ -160,7 +168,7 @@ def _train(argv: list[str]) -> int:
     from .trainer import MaskedSFTTrainer
 
     parser = _parser("train", (ScriptArguments, MaskedSFTConfig, ModelConfig))
-    script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
+    script_args, training_args, model_args = _parse(parser, argv)
     if not script_args.dataset_name:
         parser.error("the following arguments are required: --dataset_name (a Hub dataset or a local file/folder)")
     if not model_args.model_name_or_path:
@@ -196,7 +204,7 @@ def _inspect(argv: list[str]) -> int:
     from .inspector import inspect_rows, render_html, render_terminal
 
     parser = _parser("inspect", (DataArguments, InspectArguments, MaskedSFTConfig))
-    data_args, inspect_args, config = parser.parse_args_and_config(args=argv)
+    data_args, inspect_args, config = _parse(parser, argv)
     splits = load_rows(data_args.dataset_name, data_args.dataset_config)
     if data_args.dataset_split not in splits:
         parser.error(f"--dataset_split {data_args.dataset_split!r} not in the splits {sorted(splits)}")
@@ -217,7 +225,7 @@ def _audit(argv: list[str]) -> int:
     from .config import MaskedSFTConfig
 
     parser = _parser("audit", (DataArguments, AuditArguments, MaskedSFTConfig))
-    data_args, audit_args, config = parser.parse_args_and_config(args=argv)
+    data_args, audit_args, config = _parse(parser, argv)
     splits = load_rows(data_args.dataset_name, data_args.dataset_config)
     if data_args.dataset_split not in splits:
         parser.error(f"--dataset_split {data_args.dataset_split!r} not in the splits {sorted(splits)}")

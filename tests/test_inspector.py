@@ -1,0 +1,144 @@
+"""The mask inspector: reason codes row by row, terminal and HTML rendering, and the page as a browser shows it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+from datasets import Dataset
+
+from trl_masked_sft import MaskedSFTConfig
+from trl_masked_sft.inspector import inspect_rows, render_html, render_terminal
+
+IGNORE = -100
+
+
+@pytest.fixture
+def config(tmp_path):
+    def make(**overrides):
+        return MaskedSFTConfig(output_dir=str(tmp_path), report_to="none", **overrides)
+
+    return make
+
+
+def reasons(row) -> dict[str, str]:
+    """Text per reason of one inspected row."""
+    out: dict[str, str] = {}
+    for token in row.tokens:
+        out[token.reason] = out.get(token.reason, "") + token.text
+    return out
+
+
+def test_prompt_completion_rows_mark_prompt_and_trained_tokens(tokenizer, config):
+    """Prompt tokens say `prompt`; the answer and eos say `trained`."""
+    (row,) = inspect_rows([["What is 2 kg in g?", " <answer>2000</answer>"]], tokenizer, config())
+    assert reasons(row) == {"prompt": "What is 2 kg in g?", "trained": " <answer>2000</answer><|eos|>"}
+    assert row.problem is None and row.trained_count == len(tokenizer(" <answer>2000</answer>")["input_ids"]) + 1
+
+
+def test_truncated_tokens_are_marked_and_the_row_problem_is_named(tokenizer, config):
+    """Tokens past `max_length` say `truncated`; a row left with nothing trained says why."""
+    rows = [["word " * 20, " <answer>1</answer>"]]
+    (row,) = inspect_rows(rows, tokenizer, config(max_length=10))
+    assert [t.reason for t in row.tokens[:10]] == ["prompt"] * 10
+    assert {t.reason for t in row.tokens[10:]} == {"truncated"}
+    assert row.problem == "no supervised token after truncation at max_length 10"
+
+
+def test_chat_rows_mark_each_turn(tokenizer, config):
+    """System and user turns, the assistant header and the trained reply each get their reason."""
+    data = Dataset.from_dict(
+        {
+            "messages": [
+                [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "Hi"},
+                    {"role": "assistant", "content": "Hello"},
+                ]
+            ]
+        }
+    )
+    (row,) = inspect_rows(data, tokenizer, config())
+    found = reasons(row)
+    assert "Be brief." in found["system turn"] and "Hi" in found["user turn"]
+    assert found["trained"] == "Hello<|im_end|>"
+    assert "assistant" in found["template"]
+
+
+def test_template_not_found_marks_the_whole_row(tokenizer, config):
+    """A text row without the response template is marked as such, every token."""
+    data = Dataset.from_dict({"text": ["### Question: a?\n### Answer: b", "no template here"]})
+    rows = inspect_rows(data, tokenizer, config(response_template="### Answer:"))
+    assert reasons(rows[0])["trained"] == " b<|eos|>"
+    assert {t.reason for t in rows[1].tokens} == {"response template not found"}
+    assert rows[1].problem == "response template not found"
+
+
+def test_padding_and_user_masked_labels_are_marked(tokenizer, config):
+    """Pre-padded rows show their padding; -100s inside the answer say `masked in labels`."""
+    ids = tokenizer("Q: hi A: hello there")["input_ids"]
+    labels = [IGNORE] * 4 + ids[4:]
+    labels[-1] = IGNORE
+    data = Dataset.from_dict(
+        {"input_ids": [ids + [2, 2]], "attention_mask": [[1] * len(ids) + [0, 0]], "labels": [labels + [IGNORE] * 2]}
+    )
+    (row,) = inspect_rows(data, tokenizer, config())
+    codes = [t.reason for t in row.tokens]
+    assert codes[:4] == ["prompt"] * 4 and codes[-2:] == ["padding", "padding"]
+    assert codes[-3] == "masked in labels" and codes[4] == "trained"
+
+
+def test_terminal_rendering_uses_markers_without_a_tty_and_colours_with_one(tokenizer, config):
+    """Plain `[reason]` markers when not a TTY; ANSI colours when asked."""
+    rows = inspect_rows([["What is 2 kg in g?", " <answer>2000</answer>"]], tokenizer, config())
+    plain = render_terminal(rows, color=False)
+    assert "[prompt]What is 2 kg in g?[/prompt][TRAIN] <answer>2000</answer><|eos|>[/TRAIN]" in plain
+    assert "\033[" not in plain
+    coloured = render_terminal(rows, color=True)
+    assert "\033[1;30;42m <answer>2000</answer><|eos|>\033[0m" in coloured
+
+
+def test_html_is_self_contained_and_carries_every_reason(tokenizer, config):
+    """The page needs nothing from outside and names each token's reason in its tooltip."""
+    rows = inspect_rows([["word " * 20, " <answer>1</answer>"], ["Q?", " A"]], tokenizer, config(max_length=10))
+    page = render_html(rows)
+    assert page.startswith("<!DOCTYPE html>") and "http" not in page and "<script" not in page
+    assert 'title="truncated' in page and 'title="trained' in page and 'title="prompt' in page
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package `chromium`)")
+def test_html_renders_in_a_browser_with_trained_tokens_in_green(tokenizer, config, tmp_path):
+    """Headless Chromium renders the page; the screenshot shows the trained colour and the truncated colour."""
+    from PIL import Image
+
+    rows = inspect_rows([["word " * 20, " <answer>1</answer>"], ["Q?", " A"]], tokenizer, config(max_length=10))
+    page, shot = tmp_path / "masks.html", tmp_path / "masks.png"
+    page.write_text(render_html(rows))
+    subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            f"--user-data-dir={tmp_path / 'profile'}",
+            f"--screenshot={shot}",
+            "--window-size=900,500",
+            page.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=90,
+    )
+    image = Image.open(shot).convert("RGB")
+    colours = {colour for _, colour in image.getcolors(maxcolors=1 << 20)}
+    assert (0xB7, 0xF0, 0xB1) in colours  # trained
+    assert (0xF7, 0xB3, 0xB3) in colours  # truncated
