@@ -1,16 +1,23 @@
 """Completion-only SFT for Hugging Face TRL that never trains silently on nothing or on the wrong tokens."""
 
+from .audit import AuditReport, audit_dataset, prepare_dataset
+from .chat import ChatMask, chat_labels
 from .collator import DataCollatorForCompletionOnlyLM
 from .config import MaskedSFTConfig, homework_lora_config
 from .errors import (
     AllMaskedBatchError,
+    CheckpointError,
     DatasetFormatError,
     DatasetTypeError,
     LabelsOverwrittenError,
     MaskedSFTWarning,
+    ModelSetupError,
     TemplateNotFoundError,
+    TrainingHealthError,
     UnsupervisedRowsError,
 )
+from .health import TrainingHealthGuard
+from .inspector import inspect_rows, render_html, render_terminal
 from .trainer import MaskedSFTTrainer
 from .validation import validate_batch
 
@@ -18,6 +25,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AllMaskedBatchError",
+    "AuditReport",
+    "ChatMask",
+    "CheckpointError",
     "DataCollatorForCompletionOnlyLM",
     "DatasetFormatError",
     "DatasetTypeError",
@@ -25,8 +35,17 @@ __all__ = [
     "MaskedSFTConfig",
     "MaskedSFTTrainer",
     "MaskedSFTWarning",
+    "ModelSetupError",
     "TemplateNotFoundError",
+    "TrainingHealthError",
+    "TrainingHealthGuard",
     "UnsupervisedRowsError",
+    "audit_dataset",
+    "chat_labels",
     "homework_lora_config",
+    "inspect_rows",
+    "prepare_dataset",
+    "render_html",
+    "render_terminal",
     "validate_batch",
 ]
