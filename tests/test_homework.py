@@ -1,0 +1,436 @@
+"""The homework module: question generator, data files, answer format, scoring, generation and the end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from trl_masked_sft import homework_lora_config
+from trl_masked_sft.errors import DatasetFormatError
+from trl_masked_sft.homework import (
+    QUESTION_TEMPLATES,
+    batched_generate,
+    build_demo_model,
+    convert,
+    format_answer,
+    generate_examples,
+    generate_rows,
+    homework_splits,
+    load_homework_data,
+    load_model,
+    parse_answer,
+    run_homework,
+    score,
+    to_prompt_completion,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+HOMEWORK_DATA = REPO.parent / "shared" / "data" / "unit_conversion"
+needs_homework_data = pytest.mark.skipif(
+    not (HOMEWORK_DATA / "train.json").is_file(),
+    reason=f"the homework's data files are not at {HOMEWORK_DATA} (they are not part of this repository)",
+)
+
+
+def _quiet(_message: str) -> None:
+    pass
+
+
+def _template_patterns() -> list[re.Pattern]:
+    patterns = []
+    for template in QUESTION_TEMPLATES:
+        pattern = re.escape(template)
+        for name, group in (("n", r"(?P<n>\d+)"), ("a", r"(?P<a>.+?)"), ("b", r"(?P<b>.+?)")):
+            pattern = pattern.replace(re.escape("{" + name + "}"), group)
+        patterns.append(re.compile(f"^{pattern}$"))
+    return patterns
+
+
+# ---------------------------------------------------------------------------------------------------- generator
+
+
+def test_same_seed_generates_the_same_rows():
+    """Two calls with one seed give identical rows."""
+    assert generate_rows(50, seed=3) == generate_rows(50, seed=3)
+
+
+def test_different_seeds_generate_different_rows():
+    """Another seed gives other questions."""
+    assert generate_rows(50, seed=3) != generate_rows(50, seed=4)
+
+
+def test_generated_rows_are_question_strings_with_float_answers():
+    """Each row is `[question: str, answer: float]`, a sentence about an amount from 1 to 10."""
+    for question, answer in generate_rows(200, seed=0):
+        assert isinstance(question, str) and question[-1] in "?."
+        assert isinstance(answer, float) and math.isfinite(answer) and answer > 0
+    assert all(1 <= example.amount <= 10 for example in generate_examples(200, seed=0))
+
+
+def test_generated_answer_is_the_conversion_asked_by_its_question():
+    """The answer equals `convert(amount, from, to)` and the question names that amount and both units."""
+    for example in generate_examples(300, seed=1):
+        assert example.answer == pytest.approx(convert(example.amount, example.from_unit, example.to_unit), rel=1e-12)
+        assert example.from_unit in example.question and f" {example.to_unit}" in example.question
+        assert str(example.amount) in example.question
+
+
+def test_generator_covers_every_unit_family_and_phrasing():
+    """A thousand questions use all six unit families and every phrasing template."""
+    examples = generate_examples(1000, seed=0)
+    assert {e.family for e in examples} == {"length", "mass", "time", "volume", "data size", "speed"}
+    patterns = _template_patterns()
+    used = {next(i for i, p in enumerate(patterns) if p.match(e.question)) for e in examples}
+    assert used == set(range(len(QUESTION_TEMPLATES)))
+
+
+def test_homework_splits_are_the_two_halves_of_one_seeded_stream():
+    """`homework_splits(n_train, n_valid, seed)` returns the first n_train rows and the next n_valid rows."""
+    train, valid = homework_splits(30, 20, seed=5)
+    assert len(train) == 30 and len(valid) == 20
+    assert train + valid == generate_rows(50, seed=5)
+
+
+def test_convert_uses_the_homework_spellings_and_factors():
+    """Known conversions, with `ounce` read as mass or fluid ounce by the other unit."""
+    assert convert(2, "hour", "min") == pytest.approx(120.0)
+    assert convert(10, "pint", "milliliter") == pytest.approx(4731.76473)
+    assert convert(4, "centuries", "week") == pytest.approx(20870.9827875)
+    assert convert(6, "mi/h", "in/s") == pytest.approx(105.6)
+    assert convert(1, "ounce", "g") == pytest.approx(28.349523125)
+    assert convert(1, "ounce", "mL") == pytest.approx(29.5735295625)
+
+
+def test_convert_rejects_unknown_units_and_mixed_families():
+    """An unknown spelling or a length-to-mass conversion raises, naming the units."""
+    with pytest.raises(ValueError, match="Unknown unit 'furlong'"):
+        convert(1, "furlong", "m")
+    with pytest.raises(ValueError, match="'km' .* to 'kg'"):
+        convert(1, "km", "kg")
+
+
+def test_generator_rejects_a_negative_count():
+    """`n` must be a non-negative int."""
+    with pytest.raises(ValueError, match="got -1"):
+        generate_rows(-1)
+
+
+@needs_homework_data
+def test_templates_and_units_reproduce_every_real_homework_row():
+    """Every question of the homework's files matches a template, and its answer is our conversion (1e-9)."""
+    patterns = _template_patterns()
+    rows = json.loads((HOMEWORK_DATA / "train.json").read_text()) + json.loads(
+        (HOMEWORK_DATA / "valid.json").read_text()
+    )
+    for question, answer in rows:
+        match = next((m for p in patterns if (m := p.match(question))), None)
+        assert match is not None, question
+        assert convert(int(match["n"]), match["a"], match["b"]) == pytest.approx(answer, rel=1e-9), question
+
+
+# ---------------------------------------------------------------------------------------------------- data files
+
+
+@needs_homework_data
+def test_load_homework_data_reads_both_real_files():
+    """The homework's folder gives 1000 train and 1000 valid `[str, float]` rows."""
+    train, valid = load_homework_data(HOMEWORK_DATA)
+    assert len(train) == 1000 and len(valid) == 1000
+    assert train[0] == ["Can you change 2 hour to its equivalent in min?", 120.0]
+
+
+def test_load_homework_data_names_a_missing_folder(tmp_path):
+    """A folder that does not exist raises FileNotFoundError naming it."""
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "nope"))):
+        load_homework_data(tmp_path / "nope")
+
+
+def test_load_homework_data_names_a_missing_file(tmp_path):
+    """A folder without valid.json raises FileNotFoundError naming that file and the fix."""
+    (tmp_path / "train.json").write_text('[["What is 1 kg in g?", 1000.0]]')
+    with pytest.raises(FileNotFoundError, match=r"valid\.json.*--data-dir"):
+        load_homework_data(tmp_path)
+
+
+def test_load_homework_data_names_a_file_that_is_not_json(tmp_path):
+    """Broken JSON raises DatasetFormatError naming the file."""
+    (tmp_path / "train.json").write_text('[["What is 1 kg in g?", 1000.0]')
+    (tmp_path / "valid.json").write_text("[]")
+    with pytest.raises(DatasetFormatError, match=r"train\.json is not valid JSON"):
+        load_homework_data(tmp_path)
+
+
+def test_load_homework_data_names_a_malformed_row(tmp_path):
+    """A row that is not `[str, number]` raises DatasetFormatError naming its index and file."""
+    (tmp_path / "train.json").write_text('[["What is 1 kg in g?", 1000.0], ["What is 2 kg in g?", "2000"]]')
+    (tmp_path / "valid.json").write_text('[["What is 1 kg in g?", 1000.0]]')
+    with pytest.raises(DatasetFormatError, match=r"Row 1 of .*train\.json"):
+        load_homework_data(tmp_path)
+
+
+def test_load_homework_data_rejects_an_empty_list(tmp_path):
+    """A file holding `[]` raises DatasetFormatError."""
+    (tmp_path / "train.json").write_text('[["What is 1 kg in g?", 1000.0]]')
+    (tmp_path / "valid.json").write_text("[]")
+    with pytest.raises(DatasetFormatError, match=r"valid\.json must hold a non-empty JSON list"):
+        load_homework_data(tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------------- answers
+
+
+def test_format_answer_rounds_to_three_decimals():
+    """`format_answer` writes `<answer>{round(a, 3)}</answer>`."""
+    assert format_answer(20870.982787499997) == "<answer>20870.983</answer>"
+    assert format_answer(120.0) == "<answer>120.0</answer>"
+
+
+def test_prompt_is_the_question_and_completion_a_spaced_answer():
+    """`to_prompt_completion` puts the question in `prompt` and `" <answer>…</answer>"` in `completion`."""
+    dataset = to_prompt_completion([["What is 1 kg in g?", 1000.0]])
+    assert dataset[0] == {"prompt": "What is 1 kg in g?", "completion": " <answer>1000.0</answer>"}
+
+
+def test_prompt_tokens_are_a_prefix_of_prompt_plus_completion():
+    """With the demo tokenizer the question tokenizes the same alone and followed by its answer."""
+    rows = generate_rows(300, seed=2)
+    _, tokenizer = build_demo_model(rows)
+    for row in to_prompt_completion(rows):
+        prompt = tokenizer(row["prompt"])["input_ids"]
+        full = tokenizer(row["prompt"] + row["completion"])["input_ids"]
+        assert full[: len(prompt)] == prompt
+
+
+def test_to_prompt_completion_names_a_row_that_is_not_a_pair():
+    """A row whose answer is text raises DatasetFormatError naming its index."""
+    with pytest.raises(DatasetFormatError, match="Row 1 is"):
+        to_prompt_completion([["What is 1 kg in g?", 1000.0], ["What is 2 kg in g?", "2000"]])
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (" <answer>120.0</answer>", 120.0),
+        ("<answer>-3.5</answer>", -3.5),
+        ("The result is <answer> 42 </answer> units.", 42.0),
+        ("<answer>1.5</answer><answer>2.5</answer>", 1.5),
+        ("<answer>1e3</answer>", 1000.0),
+    ],
+)
+def test_parse_answer_reads_the_number_between_the_tags(text, expected):
+    """The float between the first `<answer>` and `</answer>` is returned, sign and exponent included."""
+    assert parse_answer(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "120.0",
+        "",
+        "<answer>120.0",
+        "120.0</answer>",
+        "<answer>12o.0</answer>",
+        "<answer></answer>",
+        "<answer>inf</answer>",
+    ],
+)
+def test_parse_answer_gives_nan_without_a_well_formed_answer(text):
+    """No tags, an unclosed tag, a malformed or infinite number: NaN."""
+    assert math.isnan(parse_answer(text))
+
+
+def test_score_counts_an_answer_exactly_five_percent_off_as_wrong():
+    """The rule is strict: |p - t| == 5% of |t| is wrong, on either side."""
+    assert abs(105.0 - 100.0) == 0.05 * 100.0  # the boundary is exact in floating point
+    assert score([105.0], [100.0])["accuracy"] == 0.0
+    assert score([95.0], [100.0])["accuracy"] == 0.0
+
+
+def test_score_counts_an_answer_just_inside_five_percent_as_right():
+    """104.999 and 95.001 against 100 are within 5%."""
+    assert score([104.999, 95.001], [100.0, 100.0])["accuracy"] == 1.0
+
+
+def test_score_rounds_both_values_to_three_decimals_first():
+    """104.9996 rounds onto the boundary (wrong); a target of 0.0014 is scored as 0.001."""
+    assert score([104.9996], [100.0])["accuracy"] == 0.0
+    assert score([0.00104, 0.0011], [0.0014, 0.0014])["accuracy"] == 1.0  # all round to 0.001
+
+
+def test_score_counts_negative_answers_by_their_magnitude():
+    """A negative target is within 5% of its absolute value."""
+    assert score([-10.4, -10.6, 10.0], [-10.0, -10.0, -10.0])["accuracy"] == pytest.approx(1 / 3)
+
+
+def test_score_never_counts_an_answer_of_zero_as_right():
+    """A target that rounds to 0 cannot be matched, not even by 0."""
+    assert score([0.0, 0.0001], [0.0, 0.0002]) == {"accuracy": 0.0, "answer_rate": 1.0}
+
+
+def test_score_answer_rate_is_the_share_of_non_nan_predictions():
+    """NaN predictions are wrong and lower `answer_rate`."""
+    assert score([math.nan, 120.0, math.nan, 1.0], [120.0, 120.0, 3.0, 1.0]) == {"accuracy": 0.5, "answer_rate": 0.5}
+
+
+def test_score_rejects_mismatched_or_empty_inputs():
+    """One prediction per target, and at least one."""
+    with pytest.raises(ValueError, match="2 values but `targets` has 1"):
+        score([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="empty"):
+        score([], [])
+
+
+# ---------------------------------------------------------------------------------------------------- generation
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models run faster, and steadier on a busy machine, on one intra-op thread."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def demo():
+    rows = generate_rows(200, seed=0)
+    model, tokenizer = build_demo_model(rows)
+    return model, tokenizer, rows
+
+
+def test_batched_generation_matches_one_prompt_at_a_time(demo, one_thread):
+    """Left padding: greedy replies to prompts of different lengths are the same batched and one by one."""
+    model, tokenizer, rows = demo
+    prompts = ["What is 1 kg in g?", "Could you give the conversion from mi to ft for 7 units?", "Convert 2 B to bit?"]
+    batched = batched_generate(model, tokenizer, prompts, max_new_tokens=8)
+    single = [batched_generate(model, tokenizer, [p], max_new_tokens=8)[0] for p in prompts]
+    assert batched == single
+    assert all(not reply.startswith(prompt) for reply, prompt in zip(batched, prompts, strict=True))
+
+
+def test_batched_generation_restores_padding_side_and_training_mode(demo):
+    """The tokenizer's padding side and the model's train mode are as before the call."""
+    model, tokenizer, _ = demo
+    tokenizer.padding_side = "right"
+    model.train()
+    batched_generate(model, tokenizer, ["What is 1 kg in g?"], max_new_tokens=2)
+    assert tokenizer.padding_side == "right" and model.training
+    model.eval()
+
+
+def test_batched_generation_works_through_a_peft_model(demo, one_thread):
+    """A freshly wrapped PeftModel (LoRA B = 0) answers exactly as its base model."""
+    from peft import get_peft_model
+
+    model, tokenizer, _ = demo
+    prompts = ["What is 1 kg in g?", "Express 4 centuries as a quantity of week."]
+    base = batched_generate(model, tokenizer, prompts, max_new_tokens=6)
+    peft_model = get_peft_model(build_demo_model(generate_rows(200, seed=0))[0], homework_lora_config())
+    assert batched_generate(peft_model, tokenizer, prompts, max_new_tokens=6) == base
+
+
+def test_batched_generation_needs_a_pad_token(demo):
+    """A tokenizer without a pad token raises, with the fix."""
+    import copy
+
+    model, tokenizer, _ = demo
+    tokenizer = copy.deepcopy(tokenizer)
+    tokenizer.pad_token = None
+    with pytest.raises(ValueError, match="no pad token"):
+        batched_generate(model, tokenizer, ["What is 1 kg in g?"])
+
+
+def test_load_model_names_the_model_and_the_fix_when_it_cannot_load():
+    """An unreachable model name raises OSError pointing to a local folder or the demo model."""
+    with pytest.raises(OSError, match=r"(?s)'no-such-org/no-such-model'.*leave out --model"):
+        load_model("no-such-org/no-such-model")
+
+
+# ---------------------------------------------------------------------------------------------------- the run
+
+
+def _check_outputs(output_dir: Path, metrics: dict) -> None:
+    assert (output_dir / "adapter" / "adapter_config.json").is_file()
+    assert (output_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert list(output_dir.rglob("events.out.tfevents*")), "no TensorBoard event file under the output dir"
+    assert json.loads((output_dir / "metrics.json").read_text())["after"] == metrics["after"]
+    for when in ("before", "after"):
+        assert set(metrics[when]) == {"accuracy", "answer_rate"}
+        assert all(0.0 <= value <= 1.0 for value in metrics[when].values())
+    assert 0 < metrics["adapter_mb"] < metrics["adapter_limit_mb"]
+
+
+def test_a_short_run_writes_adapter_tensorboard_events_and_metrics(tmp_path, monkeypatch):
+    """A few steps on generated rows leave the adapter, an event file and metrics.json under the output dir."""
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    messages = []
+    metrics = run_homework(
+        tmp_path / "run", max_steps=3, num_eval=4, num_generated=(64, 8), progress_bar=False, log=messages.append
+    )
+    _check_outputs(tmp_path / "run", metrics)
+    assert metrics["steps"] == 3 and metrics["num_eval"] == 4 and metrics["demo_model"]
+    assert any("OFFLINE DEMO model" in m and "NOT a real language model" in m for m in messages)
+
+
+def test_a_local_model_folder_trains_through_the_model_path(tmp_path, monkeypatch, one_thread):
+    """`model_name_or_path` loads with the Auto classes (here a saved demo model) and trains a few steps."""
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    model, tokenizer = build_demo_model(generate_rows(64, seed=0))
+    model.save_pretrained(tmp_path / "local-model")
+    tokenizer.save_pretrained(tmp_path / "local-model")
+    metrics = run_homework(
+        tmp_path / "run",
+        model_name_or_path=str(tmp_path / "local-model"),
+        max_steps=2,
+        num_eval=2,
+        num_generated=(32, 4),
+        progress_bar=False,
+        log=_quiet,
+    )
+    _check_outputs(tmp_path / "run", metrics)
+    assert not metrics["demo_model"] and metrics["learning_rate"] == 2e-4
+
+
+@pytest.mark.slow
+def test_the_demo_model_learns_the_answer_format(tmp_path, monkeypatch):
+    """Three epochs on 320 generated rows: loss falls at least 30% and more replies carry an answer."""
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    metrics = run_homework(tmp_path / "run", num_eval=20, num_generated=(320, 20), progress_bar=False, log=_quiet)
+    assert metrics["loss_fall_pct"] >= 30, metrics
+    assert metrics["after"]["answer_rate"] > metrics["before"]["answer_rate"], metrics
+
+
+@pytest.mark.slow
+def test_the_example_script_runs_on_the_real_homework_files(tmp_path, monkeypatch):
+    """`examples/train_homework.py --data-dir` in a subprocess, a few steps (skipped without the data)."""
+    if not (HOMEWORK_DATA / "train.json").is_file():
+        pytest.skip(f"the homework's data files are not at {HOMEWORK_DATA}")
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    output_dir = tmp_path / "run"
+    command = [
+        sys.executable,
+        str(REPO / "examples" / "train_homework.py"),
+        "--data-dir",
+        str(HOMEWORK_DATA),
+        "--output-dir",
+        str(output_dir),
+        "--max-steps",
+        "3",
+        "--num-eval",
+        "4",
+        "--no-progress-bar",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "OFFLINE DEMO model" in result.stdout
+    metrics = json.loads((output_dir / "metrics.json").read_text())
+    _check_outputs(output_dir, metrics)
+    assert metrics["data"] == str(HOMEWORK_DATA.resolve()) and metrics["num_train"] == 1000
