@@ -23,6 +23,7 @@ NEW_FIELDS = (
     "train_on_eot",
     "min_completion_tokens",
     "health_checks",
+    "pack_within_batch",
 )
 
 

@@ -54,7 +54,9 @@ def validate_batch_across_ranks(
     if not bad:
         return
     if rank in bad:
-        validate_batch(batch, ignore_index=ignore_index, where=f"{where} on rank {rank} (of {world})", tokenizer=tokenizer)
+        validate_batch(
+            batch, ignore_index=ignore_index, where=f"{where} on rank {rank} (of {world})", tokenizer=tokenizer
+        )
     ranks = ", ".join(str(r) for r in bad)
     raise AllMaskedBatchError(
         f"The {where} on rank {ranks} (of {world}) has no supervised token: all its labels are {ignore_index} after "

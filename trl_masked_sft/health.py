@@ -118,35 +118,33 @@ class TrainingHealthGuard(TrainerCallback):
         grad_norm = self._grad_norm if self._grad_norm is not None else self._own_grad_norm(model)
         values = [self._loss, grad_norm, self._tokens]
         device = next((v.device for v in values if v is not None), torch.device("cpu"))
-        known = [v is not None for v in values]
         stats = torch.stack([v.to(device) if v is not None else torch.zeros((), device=device) for v in values])
-        bad = torch.stack(
-            [
-                ~torch.isfinite(stats[0]) if known[0] else torch.zeros((), dtype=torch.bool, device=device),
-                ~torch.isfinite(stats[1]) if known[1] and not self._scaler_active() else torch.zeros((), dtype=torch.bool, device=device),
-                (stats[2] == 0) if known[2] else torch.zeros((), dtype=torch.bool, device=device),
-            ]
-        ).float()
+        checks = [values[0] is not None, values[1] is not None and not self._scaler_active(), values[2] is not None]
+        bad = torch.stack([~torch.isfinite(stats[0]), ~torch.isfinite(stats[1]), stats[2] == 0]).float()
+        bad = bad * torch.tensor(checks, dtype=torch.float32, device=device)
+        # One row per rank (flags, then values); summed across ranks, every rank sees every rank's row.
         rank, world = process_info()
+        table = torch.zeros(world, 6, device=device)
+        table[rank] = torch.cat([bad, stats])
         if world > 1:
-            flags = torch.zeros(world, 3, device=device)
-            flags[rank] = bad
-            torch.distributed.all_reduce(flags)
-            bad = flags.amax(0)
-            bad_ranks = [r for r in range(world) if flags[r].any()]
-        else:
-            bad_ranks = [rank]
-        loss, norm, tokens, *flags_seen = torch.cat([stats, bad]).tolist()  # the one host sync of the check
-        if not any(flags_seen):
-            return
-        self._stop(args, state, flags_seen, loss, norm, tokens, bad_ranks, world)
+            torch.distributed.all_reduce(table)
+        rows = table.tolist()  # the one host sync of the check
+        if any(any(row[:3]) for row in rows):
+            self._stop(args, state, rows)
 
-    def _stop(self, args, state, flags, loss, norm, tokens, bad_ranks, world) -> None:
-        step = state.global_step + 1
-        where = f" on rank {', '.join(map(str, bad_ranks))} (of {world})" if world > 1 else ""
+    def _stop(self, args, state, rows: list[list[float]]) -> None:
+        step, world = state.global_step + 1, len(rows)
         accumulation = getattr(args, "gradient_accumulation_steps", 1)
-        if flags[0]:
-            what = f"the loss is {loss} (not finite){where}"
+
+        def ranks(flag: int) -> list[int]:
+            return [r for r, row in enumerate(rows) if row[flag]]
+
+        def where(found: list[int]) -> str:
+            return f" on rank {', '.join(map(str, found))} (of {world})" if world > 1 else ""
+
+        if ranks(0):
+            found = ranks(0)
+            what = f"the loss is {', '.join(str(rows[r][3]) for r in found)} (not finite){where(found)}"
             cause = (
                 "a learning rate too high for this model, fp16 overflow, NaN/inf in the model's weights or inputs, "
                 "or a custom loss that divides by zero or takes the log of 0"
@@ -155,15 +153,23 @@ class TrainingHealthGuard(TrainerCallback):
                 f"lower `learning_rate` (now {args.learning_rate:g}), keep `max_grad_norm` > 0 (now "
                 f"{args.max_grad_norm:g}), prefer bf16 or fp32 to fp16, and check the model's weights are finite"
             )
-        elif flags[1]:
-            what = f"the gradient norm is {norm} (not finite) while the loss is {loss:.6g}{where}"
-            cause = "exploding gradients (learning rate too high), fp16 overflow without loss scaling, or an operation with an infinite derivative (e.g. `sqrt` of 0) in a custom loss"
+        elif ranks(1):
+            found = ranks(1)
+            what = f"the gradient norm is {rows[found[0]][4]} (not finite) while the loss is {rows[found[0]][3]:.6g}"
+            what += where(found)
+            cause = (
+                "exploding gradients (learning rate too high), fp16 overflow without loss scaling, or an operation "
+                "with an infinite derivative (e.g. `sqrt` of 0) in a custom loss"
+            )
             fix = (
                 f"lower `learning_rate` (now {args.learning_rate:g}), keep `max_grad_norm` > 0 (now "
                 f"{args.max_grad_norm:g}), or use bf16 / fp32"
             )
         else:
-            what = f"it has no supervised token in its {accumulation} micro-batch(es){where}: every label is {_IGNORE}"
+            what = (
+                f"it has no supervised token in its {accumulation} micro-batch(es){where(ranks(2))}: every label is "
+                f"{_IGNORE}"
+            )
             cause = (
                 "prompts truncated at `max_length` before the answer starts, a response template that does not match "
                 "the data, or a data collator that overwrites the labels"

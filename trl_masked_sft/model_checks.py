@@ -4,6 +4,9 @@
   (an adapter loaded with `PeftModel.from_pretrained(...)`, whose `is_trainable` defaults to False); with activation
   checkpointing and frozen input embeddings, the embedding output requires grad (fixed with
   `enable_input_require_grads()`, and said so).
+- `check_token_ids` (at `train()`): the dataset's token ids, its labels and the pad token fit the model's embeddings
+  (a tokenizer that gained tokens without `resize_token_embeddings` otherwise fails deep inside torch).
+- `check_processing_class` (at construction): a tokenizer can be found, and it has an eos token to end completions.
 - `check_gradients_reached` (after the first backward pass, before the optimizer step): every trainable parameter
   received a gradient.
 
@@ -20,7 +23,13 @@ from transformers.utils import logging
 
 from .errors import MaskedSFTWarning, ModelSetupError
 
-__all__ = ["adapter_parameters", "check_gradients_reached", "check_model_before_training"]
+__all__ = [
+    "adapter_parameters",
+    "check_gradients_reached",
+    "check_model_before_training",
+    "check_processing_class",
+    "check_token_ids",
+]
 
 logger = logging.get_logger(__name__)
 
@@ -149,15 +158,100 @@ def _ensure_input_grads(model, args) -> None:
     )
 
 
-def check_model_before_training(model, args=None) -> None:
+def check_model_before_training(model, args=None, train_dataset=None, tokenizer=None) -> None:
     """Raise `ModelSetupError` when nothing would train; fix missing input grads under checkpointing (said in the log).
 
     Rejects: a model with no trainable parameter (e.g. a LoRA adapter loaded with `is_trainable=False`); a PeftModel
-    whose active adapter is frozen while other weights train. Warns when only some adapter tensors are frozen.
+    whose active adapter is frozen while other weights train; token ids the embeddings don't have (`check_token_ids`).
+    Warns when only some adapter tensors are frozen.
     """
     _check_something_trains(model)
     _check_adapters_trainable(model)
+    check_token_ids(model, train_dataset, tokenizer)
     _ensure_input_grads(model, args)
+
+
+def _rows(module) -> int | None:
+    for name in ("num_embeddings", "out_features"):
+        if isinstance(getattr(module, name, None), int):
+            return getattr(module, name)
+    return None
+
+
+def check_token_ids(model, dataset=None, tokenizer=None, dataset_name: str = "train") -> None:
+    """Raise `ModelSetupError` when the pad token, an input id or a label is beyond the model's vocabulary.
+
+    One Arrow reduction per column; the offending row is looked up only on failure.
+    """
+    try:
+        vocab_in = _rows(model.get_input_embeddings())
+        vocab_out = _rows(model.get_output_embeddings()) or vocab_in
+    except (AttributeError, NotImplementedError):
+        return
+    if vocab_in is None:
+        return
+    tokenizer = getattr(tokenizer, "tokenizer", tokenizer)
+    size = (
+        f"the tokenizer has {len(tokenizer)} tokens, so "
+        if tokenizer is not None and hasattr(tokenizer, "__len__")
+        else ""
+    )
+    resize = (
+        "Fix: `model.resize_token_embeddings(len(tokenizer))` before building the trainer if tokens were added to the "
+        "tokenizer, or tokenize with the model's own tokenizer"
+    )
+    pad = getattr(tokenizer, "pad_token_id", None)
+    if isinstance(pad, int) and pad >= vocab_in:
+        raise ModelSetupError(
+            f"The tokenizer's pad token id {pad} ({tokenizer.pad_token!r}) is beyond the model's input embeddings, "
+            f"which have {vocab_in} rows (ids 0-{vocab_in - 1}): {size}tokens were added to it and the model was not "
+            f"resized. {resize} (or use a pad token the model knows, e.g. `tokenizer.pad_token = tokenizer.eos_token`)."
+        )
+    from datasets import Dataset
+
+    if not isinstance(dataset, Dataset):
+        return
+    import pyarrow.compute as pc
+
+    for column, limit, what in (
+        ("input_ids", vocab_in, "input embeddings have"),
+        ("labels", vocab_out, "output layer has"),
+    ):
+        if column not in dataset.column_names:
+            continue
+        try:
+            top = pc.max(pc.list_flatten(dataset.data.column(column))).as_py()
+        except Exception:  # not a flat list of ints: the data checks report that
+            continue
+        if top is None or top < limit:
+            continue
+        for index, row in enumerate(dataset[column]):
+            bad = next((v for v in row if v >= limit), None)
+            if bad is not None:
+                raise ModelSetupError(
+                    f"Row {index} of the {dataset_name} dataset has token id {bad} in `{column}`, but the model's "
+                    f"{what} {limit} rows (ids 0-{limit - 1}). {resize}."
+                )
+
+
+def check_processing_class(model, processing_class, train_dataset=None) -> None:
+    """At construction: a tokenizer is given (or can be loaded), and it has an eos token to end completions with."""
+    if processing_class is None:
+        name = getattr(getattr(model, "config", None), "_name_or_path", "") if not isinstance(model, str) else model
+        if not name:
+            raise ModelSetupError(
+                "`processing_class` is None and the model has no `name_or_path` to load a tokenizer from (it was "
+                "built from a config). Fix: pass `processing_class=tokenizer`."
+            )
+        return
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
+    columns = getattr(train_dataset, "column_names", None) or []
+    if getattr(tokenizer, "eos_token", "") is None and "messages" not in columns:
+        raise ModelSetupError(
+            "The tokenizer has no eos token: TRL appends it to every completion, and it is what teaches the model to "
+            "stop. Fix: set `tokenizer.eos_token` to the model's end token (e.g. '</s>' or '<|endoftext|>'; if it is a "
+            "new token, also `model.resize_token_embeddings(len(tokenizer))`)."
+        )
 
 
 def check_gradients_reached(model) -> None:
@@ -184,8 +278,9 @@ def check_gradients_reached(model) -> None:
         )
     warnings.warn(
         f"{len(missing)} of {len(trainable)} trainable tensors received no gradient in the first step and will "
-        f"never train: {_names(missing)}. Likely: adapters or unfrozen weights on modules the forward pass does not "
-        "use (check `target_modules` / which weights you unfroze).",
+        f"never train: {_names(missing)}. Likely: activation checkpointing (reentrant) with frozen input embeddings "
+        "(fix: `model.enable_input_require_grads()` before training), or adapters or unfrozen weights on modules "
+        "the forward pass does not use (check `target_modules` / which weights you unfroze).",
         MaskedSFTWarning,
         stacklevel=2,
     )

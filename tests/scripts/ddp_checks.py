@@ -1,0 +1,127 @@
+"""Run by tests/test_distributed.py under `accelerate launch --num_processes 2 --cpu`: three failures on two ranks.
+
+Each scenario must end with *every* rank raising the same error type (none hangs in a collective). Each rank writes
+`<out>/rank<r>.json`: per scenario, the exception type, its message and the seconds it took.
+
+1. preflight: every row's answer is truncated -> UnsupervisedRowsError; the audit runs on rank 0 only.
+2. masked: only rank 1's batches are all masked -> AllMaskedBatchError on both ranks.
+3. nan: only rank 1's loss is NaN at step 2 -> TrainingHealthError at step 2 on both ranks.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import torch  # noqa: E402
+
+import trl_masked_sft.trainer as trainer_module  # noqa: E402
+from trl_masked_sft import (  # noqa: E402
+    DataCollatorForCompletionOnlyLM,
+    MaskedSFTConfig,
+    MaskedSFTTrainer,
+    homework_lora_config,
+)
+from trl_masked_sft.tiny import build_tiny_model, build_tiny_tokenizer  # noqa: E402
+
+out = sys.argv[1]
+rows = [[f"How many meters are there in {i} km?", f" <answer>{i * 1000}</answer>"] for i in range(1, 33)]
+tokenizer = build_tiny_tokenizer()
+
+
+def config(name: str, **overrides) -> MaskedSFTConfig:
+    settings = {
+        "output_dir": os.path.join(out, name),
+        "use_cpu": True,
+        "report_to": "none",
+        "save_strategy": "no",
+        "per_device_train_batch_size": 4,
+        "max_steps": 4,
+        "logging_steps": 1,
+        "disable_tqdm": True,
+        "activation_checkpointing": False,
+        "dataloader_pin_memory": False,
+    }
+    settings.update(overrides)
+    return MaskedSFTConfig(**settings)
+
+
+# Count the pre-flight audits each rank computes (the trainer runs them through `run_on_main`).
+audits = []
+_run_on_main = trainer_module.run_on_main
+
+
+def counting_run_on_main(fn):
+    def counted():
+        audits.append(1)
+        return fn()
+
+    return _run_on_main(counted)
+
+
+trainer_module.run_on_main = counting_run_on_main
+
+
+def rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def masking_collator(features):
+    batch = DataCollatorForCompletionOnlyLM(None, tokenizer=tokenizer)(features)
+    if rank() == 1:
+        batch["labels"][:] = -100
+    return batch
+
+
+def scenario_preflight():
+    model = build_tiny_model(tokenizer)
+    MaskedSFTTrainer(model, args=config("preflight", max_length=6), train_dataset=rows, processing_class=tokenizer)
+
+
+def scenario_masked():
+    model = build_tiny_model(tokenizer)
+    trainer = MaskedSFTTrainer(
+        model,
+        args=config("masked"),
+        train_dataset=rows,
+        processing_class=tokenizer,
+        data_collator=masking_collator,
+        peft_config=homework_lora_config(r=4),
+    )
+    trainer.train()
+
+
+def scenario_nan():
+    model = build_tiny_model(tokenizer)
+    trainer = MaskedSFTTrainer(
+        model,
+        args=config("nan"),
+        train_dataset=rows,
+        processing_class=tokenizer,
+        peft_config=homework_lora_config(r=4),
+    )
+
+    def hook(module, args, output):
+        return output * float("nan") if rank() == 1 and trainer.state.global_step + 1 == 2 else output
+
+    model.get_input_embeddings().register_forward_hook(hook)
+    trainer.train()
+
+
+results = {}
+for name, run in (("preflight", scenario_preflight), ("masked", scenario_masked), ("nan", scenario_nan)):
+    start = time.monotonic()
+    try:
+        run()
+        results[name] = {"error": None, "seconds": time.monotonic() - start}
+    except Exception as exc:  # recorded for the test, which checks every rank raised the same error
+        results[name] = {"error": type(exc).__name__, "message": str(exc), "seconds": time.monotonic() - start}
+    if name == "preflight":
+        results[name]["audits"] = len(audits)
+results["world_size"] = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+with open(os.path.join(out, f"rank{rank()}.json"), "w") as f:
+    json.dump(results, f, indent=2)

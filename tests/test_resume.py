@@ -1,0 +1,101 @@
+"""Resuming: a run SIGKILLed mid-epoch resumes from its last complete checkpoint to the same weights and losses."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from trl_masked_sft import CheckpointError
+from trl_masked_sft.checkpoints import last_complete_checkpoint, resolve_resume_checkpoint
+
+SCRIPT = Path(__file__).parent / "scripts" / "resume_run.py"
+
+
+def _load_script():
+    spec = importlib.util.spec_from_file_location("resume_run", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def one_thread():
+    """The subprocess runs on one thread; so does the in-process run, for the same float reduction order."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _adapter(trainer) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+
+
+def _losses(trainer) -> dict[int, float]:
+    return {e["step"]: e["loss"] for e in trainer.state.log_history if "loss" in e}
+
+
+@pytest.mark.slow
+def test_run_killed_mid_epoch_resumes_to_the_same_weights_and_losses(tmp_path, one_thread):
+    """SIGKILL while saving checkpoint-9; resume=True skips the partial folder, resumes mid-epoch from checkpoint-6,
+    and ends with the uninterrupted run's adapter weights and step losses (1e-5)."""
+    run = _load_script()
+    killed_dir = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    process = subprocess.run(
+        [sys.executable, str(SCRIPT), str(killed_dir)], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert process.returncode == -signal.SIGKILL, process.stderr[-3000:]
+    assert not (killed_dir / "checkpoint-9" / "trainer_state.json").exists()  # the partial checkpoint it left
+    assert last_complete_checkpoint(killed_dir) == (
+        str(killed_dir / "checkpoint-6"),
+        [str(killed_dir / "checkpoint-9")],
+    )
+
+    reference = run.build_trainer(str(tmp_path / "reference"))
+    reference.train()
+
+    resumed = run.build_trainer(str(killed_dir))
+    resumed.train(resume_from_checkpoint=True)
+
+    assert resumed.state.global_step == reference.state.global_step == run.MAX_STEPS
+    expected, got = _adapter(reference), _adapter(resumed)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], atol=1e-5, rtol=0, msg=name)
+    reference_losses, resumed_losses = _losses(reference), _losses(resumed)
+    for step in range(7, run.MAX_STEPS + 1):  # the steps trained after the resume
+        assert resumed_losses[step] == pytest.approx(reference_losses[step], abs=1e-5), step
+
+
+def test_resume_true_skips_incomplete_checkpoints(tmp_path):
+    """`resume_from_checkpoint=True` picks the highest checkpoint that has a readable trainer_state.json."""
+    (tmp_path / "checkpoint-2").mkdir()
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-4").mkdir()
+    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text('{"trunc')  # killed while writing it
+    (tmp_path / "checkpoint-10").mkdir()  # killed before writing it
+    assert resolve_resume_checkpoint(True, str(tmp_path)) == str(tmp_path / "checkpoint-2")
+
+
+def test_resume_from_an_incomplete_checkpoint_path_names_the_last_complete_one(tmp_path):
+    """An explicit partial checkpoint is refused, naming what is missing and the checkpoint to use instead."""
+    (tmp_path / "checkpoint-3").mkdir()
+    (tmp_path / "checkpoint-3" / "trainer_state.json").write_text("{}")
+    (tmp_path / "checkpoint-6").mkdir()
+    with pytest.raises(CheckpointError, match=r"(?s)checkpoint-6'` is incomplete.*resume from .*checkpoint-3"):
+        resolve_resume_checkpoint(str(tmp_path / "checkpoint-6"), str(tmp_path))
+
+
+def test_resume_true_without_any_complete_checkpoint_says_how_to_start(tmp_path):
+    """No complete checkpoint at all: the error says to start afresh."""
+    (tmp_path / "checkpoint-1").mkdir()
+    with pytest.raises(CheckpointError, match=r"no complete checkpoint .*incomplete: .*checkpoint-1.*start afresh"):
+        resolve_resume_checkpoint(True, str(tmp_path))
