@@ -1,6 +1,8 @@
 """Drop-in: the scenarios of TRL's own SFTTrainer tests, run with both trainers side by side on the same inputs.
 
-Where both train on the same tokens, the prepared labels and the training loss must be identical.
+Where both train on the same tokens, the prepared labels and the training loss must be identical (to float32
+rounding: MaskedSFTTrainer packs each batch's rows (`pack_within_batch`), which sums the same terms in another
+order; one token more or less would move the loss by about 1e-2).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from trl import SFTConfig, SFTTrainer
 from trl_masked_sft import MaskedSFTTrainer
 from trl_masked_sft.tiny import build_tiny_model
 
+LOSS_RTOL = 1e-5
 PROMPTS = [f"How many grams are there in {i} kg?" for i in range(1, 17)]
 COMPLETIONS = [f" <answer>{i * 1000}</answer>" for i in range(1, 17)]
 
@@ -60,7 +63,7 @@ def test_prompt_completion_trains_identically_to_sfttrainer(tokenizer, tmp_path)
         tokenizer, tmp_path, lambda: Dataset.from_dict({"prompt": PROMPTS, "completion": COMPLETIONS})
     )
     assert trl_trainer.train_dataset["labels"] == ours.train_dataset["labels"]
-    assert losses(ours) == pytest.approx(losses(trl_trainer), abs=1e-6)
+    assert losses(ours) == pytest.approx(losses(trl_trainer), rel=LOSS_RTOL)
 
 
 def test_conversational_prompt_completion_trains_identically_to_sfttrainer(tokenizer, tmp_path):
@@ -76,14 +79,14 @@ def test_conversational_prompt_completion_trains_identically_to_sfttrainer(token
 
     trl_trainer, ours = run_both(tokenizer, tmp_path, data)
     assert trl_trainer.train_dataset["labels"] == ours.train_dataset["labels"]
-    assert losses(ours) == pytest.approx(losses(trl_trainer), abs=1e-6)
+    assert losses(ours) == pytest.approx(losses(trl_trainer), rel=LOSS_RTOL)
 
 
 def test_language_modeling_text_trains_identically_to_sfttrainer(tokenizer, tmp_path):
     """Plain text (no prompt to mask) trains on the whole text, like TRL."""
     texts = [p + c for p, c in zip(PROMPTS, COMPLETIONS, strict=True)]
     trl_trainer, ours = run_both(tokenizer, tmp_path, lambda: Dataset.from_dict({"text": texts}))
-    assert losses(ours) == pytest.approx(losses(trl_trainer), abs=1e-6)
+    assert losses(ours) == pytest.approx(losses(trl_trainer), rel=LOSS_RTOL)
 
 
 MARKED_CHATML = (
@@ -108,7 +111,7 @@ def conversations() -> Dataset:
 def test_messages_with_completion_only_loss_false_train_like_sfttrainer(tokenizer, tmp_path):
     """Conversational rows with `completion_only_loss=False` train on every turn, exactly as TRL does."""
     trl_trainer, ours = run_both(tokenizer, tmp_path, conversations, completion_only_loss=False)
-    assert losses(ours) == pytest.approx(losses(trl_trainer), abs=1e-6)
+    assert losses(ours) == pytest.approx(losses(trl_trainer), rel=LOSS_RTOL)
 
 
 def test_messages_train_assistant_only_like_trl_with_generation_markers(tokenizer, tmp_path):
@@ -130,7 +133,7 @@ def test_messages_train_assistant_only_like_trl_with_generation_markers(tokenize
     assert ours.train_dataset["labels"] == trl_trainer.train_dataset["labels"]
     trl_trainer.train()
     ours.train()
-    assert losses(ours) == pytest.approx(losses(trl_trainer), abs=1e-6)
+    assert losses(ours) == pytest.approx(losses(trl_trainer), rel=LOSS_RTOL)
 
 
 def test_pretokenized_rows_with_labels_train_identically_to_sfttrainer(tokenizer, tmp_path):
@@ -138,7 +141,7 @@ def test_pretokenized_rows_with_labels_train_identically_to_sfttrainer(tokenizer
     ids = [tokenizer(p + c)["input_ids"] for p, c in zip(PROMPTS, COMPLETIONS, strict=True)]
     labels = [[-100] * 8 + row[8:] for row in ids]
     trl_trainer, ours = run_both(tokenizer, tmp_path, lambda: Dataset.from_dict({"input_ids": ids, "labels": labels}))
-    assert losses(ours) == pytest.approx(losses(trl_trainer), abs=1e-6)
+    assert losses(ours) == pytest.approx(losses(trl_trainer), rel=LOSS_RTOL)
 
 
 def test_streaming_dataset_trains(tokenizer, tmp_path):
@@ -150,7 +153,7 @@ def test_streaming_dataset_trains(tokenizer, tmp_path):
         )
 
     trl_trainer, ours = run_both(tokenizer, tmp_path, data)
-    assert losses(ours) == pytest.approx(losses(trl_trainer), abs=1e-6)
+    assert losses(ours) == pytest.approx(losses(trl_trainer), rel=LOSS_RTOL)
 
 
 def test_packing_trains_on_the_same_tokens(tokenizer, tmp_path):

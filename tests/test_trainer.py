@@ -161,7 +161,7 @@ def test_prepadded_rows_are_trimmed_to_their_real_tokens(tokenizer, model, make_
     trainer = MaskedSFTTrainer(model, args=make_config(), train_dataset=data, processing_class=tokenizer)
     assert trainer.train_dataset[0]["input_ids"] == ids
     batch = next(iter(trainer.get_train_dataloader()))
-    assert batch["input_ids"].shape[1] == len(ids)
+    assert batch["input_ids"].numel() == 4 * len(ids)  # 4 rows of real tokens, no padding (packed or not)
 
 
 def test_text_rows_without_a_template_say_once_that_the_whole_text_is_trained(
@@ -315,8 +315,9 @@ def test_labels_length_mismatch_names_the_row(tokenizer, model, make_config):
 def test_tokenizer_without_pad_token_gets_eos_and_says_so(make_config, capture_log):
     """No pad token is not an error: the eos token is used, the log says so, eos stays supervised."""
     tokenizer = build_tiny_tokenizer(pad_token=None)
+    config = make_config(pack_within_batch=False)  # the padded batch layout, read below
     trainer = MaskedSFTTrainer(
-        build_tiny_model(tokenizer), args=make_config(), train_dataset=qa_rows(), processing_class=tokenizer
+        build_tiny_model(tokenizer), args=config, train_dataset=qa_rows(), processing_class=tokenizer
     )
     assert tokenizer.pad_token == tokenizer.eos_token
     assert any("had no pad token" in r for r in capture_log)
@@ -424,7 +425,8 @@ def test_eval_loss_is_reported_for_a_peft_model(tokenizer, model, make_config):
 
 def test_trainer_loss_equals_cross_entropy_over_completion_tokens(tokenizer, model, make_config):
     """The trainer's loss is the mean token cross-entropy over completion tokens, computed by hand (1e-6)."""
-    trainer = MaskedSFTTrainer(model, args=make_config(), train_dataset=qa_rows(8), processing_class=tokenizer)
+    config = make_config(pack_within_batch=False)  # the padded batch layout (test_packing.py checks the packed one)
+    trainer = MaskedSFTTrainer(model, args=config, train_dataset=qa_rows(8), processing_class=tokenizer)
     batch = next(iter(trainer.get_train_dataloader()))
     trainer.model.eval()
     with torch.no_grad():

@@ -60,6 +60,12 @@ class MaskedSFTConfig(SFTConfig):
             has no supervised token, before the optimizer applies it, with an error naming the step, the cause and the
             fix; with checkpoints on, the last good weights are saved first. Also checks, at the first step, that the
             trainable parameters received a gradient.
+        pack_within_batch (`bool`, *optional*, defaults to `True`):
+            Lay the rows of each training batch end to end in fewer, fuller rows (position ids restarting at each row)
+            instead of padding every row to the longest: the same rows, order, labels and loss, without the compute
+            spent on padding. Used only where it is exact: with the default data collator, without `packing` or
+            `padding_free`, and after a check at the start of training that the model gives the same logits for rows
+            packed and alone (else batches are padded as usual, said in the log). Evaluation batches are not packed.
     """
 
     # Parameters whose default values differ from SFTConfig (the homework's settings)
@@ -182,6 +188,17 @@ class MaskedSFTConfig(SFTConfig):
             "first step, that the trainable parameters received a gradient."
         },
     )
+    pack_within_batch: bool = field(
+        default=True,
+        metadata={
+            "help": "Lay the rows of each training batch end to end in fewer, fuller rows (position ids restarting at "
+            "each row) instead of padding every row to the longest: the same rows, order, labels and loss, without "
+            "the compute spent on padding. Used only where it is exact: with the default data collator, without "
+            "`packing` or `padding_free`, and after a check at the start of training that the model gives the same "
+            "logits for rows packed and alone (else batches are padded as usual, said in the log). Evaluation "
+            "batches are not packed."
+        },
+    )
 
     def __post_init__(self):
         if self.bf16 is None and not self.fp16:
@@ -231,6 +248,19 @@ class MaskedSFTConfig(SFTConfig):
             raise ValueError(
                 f"`max_length` must be at least 2 (one prompt token and one trained token) or None, got "
                 f"{self.max_length}."
+            )
+        # Values that would otherwise fail deep inside torch (optimizer, DataLoader) or train 0 steps silently.
+        if not isinstance(self.learning_rate, (int, float)) or not 0 <= self.learning_rate < float("inf"):
+            raise ValueError(
+                f"`learning_rate` must be a finite number >= 0, got {self.learning_rate!r}; e.g. 2e-4 for LoRA."
+            )
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"`{name}` must be at least 1, got {getattr(self, name)}.")
+        if self.max_steps <= 0 and self.num_train_epochs <= 0:
+            raise ValueError(
+                f"`num_train_epochs` is {self.num_train_epochs:g} and `max_steps` is {self.max_steps}: training would "
+                "run 0 steps. Set `num_train_epochs` > 0 or `max_steps` > 0."
             )
 
 

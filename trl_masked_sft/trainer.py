@@ -19,18 +19,20 @@ from datasets import Dataset, IterableDataset
 from transformers import PreTrainedTokenizerBase, ProcessorMixin, TrainingArguments
 from transformers.utils import logging
 from trl import SFTConfig, SFTTrainer
+from trl.trainer.sft_trainer import DataCollatorForLanguageModeling as TRLDataCollatorForLanguageModeling
 
 from .audit import AUDIT_COLUMNS, COUNT, FULL_COUNT, FULL_FIRST, LENGTH, REASON, STOP_OK, AuditReport, build_report
 from .chat import chat_labels
 from .checkpoints import resolve_resume_checkpoint
 from .collator import DataCollatorForCompletionOnlyLM
 from .config import MaskedSFTConfig
-from .data import coerce_dataset, column_names, normalize_dataset, prepare_pretokenized
+from .data import coerce_dataset, column_names, map_rows, normalize_dataset, prepare_pretokenized, tokenize_plain
 from .distributed import run_on_main, validate_batch_across_ranks
 from .errors import LabelsOverwrittenError, MaskedSFTWarning
 from .health import TrainingHealthGuard
 from .masking import spans_to_labels
-from .model_checks import check_model_before_training
+from .model_checks import check_model_before_training, check_processing_class
+from .packing import PACKED_TOKENS_KEY, PackingCollator, packing_is_exact
 from .validation import RowAudit, audit_labels, supervision_stats
 
 __all__ = ["MaskedSFTTrainer"]
@@ -138,7 +140,12 @@ class MaskedSFTTrainer(SFTTrainer):
     - `validate_batch` on every train and eval batch before the forward pass;
     - `label_names=["labels"]` when the model is or becomes a PeftModel and none was given;
     - a pad token when the tokenizer has none (the eos token, said in the log);
-    - a check that a user `data_collator` does not overwrite the prepared labels.
+    - a check that a user `data_collator` does not overwrite the prepared labels;
+    - model checks at `train()` (something trains, adapters not frozen, token ids fit the embeddings, input grads
+      under activation checkpointing; `model_checks.py`), resuming only from complete checkpoints (`checkpoints.py`);
+    - `TrainingHealthGuard` (`health_checks=True`): a step with a non-finite loss or gradient norm, or no supervised
+      token, stops the run before the optimizer applies it (`health.py`);
+    - under several processes, every check reaches the same verdict on every rank (`distributed.py`).
 
     An explicit `completion_only_loss=False` still trains on the whole sequence (with one warning).
     """
@@ -204,6 +211,7 @@ class MaskedSFTTrainer(SFTTrainer):
                 f"The tokenizer had no pad token; set `pad_token` to the eos token {tokenizer.eos_token!r}. The eos "
                 "token that ends each completion stays supervised: padding is found by length, not by id."
             )
+        check_processing_class(model, processing_class, train_dataset)
 
         # Formatting is applied in `_prepare_dataset` (also for datasets passed to `evaluate`), so that a formatting
         # function works with completion-only loss and a response-template collator, as in old TRL scripts.
@@ -218,7 +226,7 @@ class MaskedSFTTrainer(SFTTrainer):
         self._msft_chat = self._completion_only or bool(args.assistant_only_loss)
         args.assistant_only_loss = False
 
-        if peft_config is not None or is_peft_model(model):
+        if peft_config is not None or (not isinstance(model, str) and is_peft_model(model)):
             if args.label_names is None:
                 args.label_names = ["labels"]
             task_type = getattr(peft_config, "task_type", None) if peft_config is not None else None
@@ -294,6 +302,16 @@ class MaskedSFTTrainer(SFTTrainer):
         if self._msft_chat and "messages" in column_names(dataset):
             dataset = self._tokenize_conversations(dataset, args, dataset_name)
         self._say_if_nothing_to_mask(dataset)
+        # String prompt/completion or text rows: TRL's tokenization and labels, batched (TRL then has nothing to do).
+        tokenized = tokenize_plain(
+            dataset,
+            processing_class,
+            text_field=text_field,
+            completion_only=self._completion_only,
+            dataset_name=dataset_name,
+            num_proc=args.dataset_num_proc,
+        )
+        dataset = tokenized if tokenized is not None else dataset
 
         # TRL tokenizes and builds labels; truncation is left to us so that no row is dropped silently.
         with _overridden(args, max_length=None, shuffle_dataset=False, dataset_text_field=text_field):
@@ -375,13 +393,22 @@ class MaskedSFTTrainer(SFTTrainer):
             return self._preflight_streaming(
                 dataset.map(mask_and_truncate, with_indices=True), args, dataset_name, max_length
             )
-        dataset = dataset.map(
-            mask_and_truncate, with_indices=True, desc=f"Checking supervised tokens of {dataset_name} dataset"
+        dataset = map_rows(
+            dataset,
+            mask_and_truncate,
+            desc=f"Checking supervised tokens of {dataset_name} dataset",
+            columns=["input_ids", "labels", REASON],
         )
         policy = _setting(args, "masked_row_policy")
         # Audited once, on the main process; every rank gets the same verdict (and raises the same error).
         report, verdict = run_on_main(
-            lambda: build_report(dataset, dataset_name=dataset_name, max_length=max_length, policy=policy)
+            lambda: build_report(
+                # the audit columns as lists, read once (a `Column` is read row by row)
+                dataset.select_columns([c for c in AUDIT_COLUMNS if c in dataset.column_names]).to_dict(),
+                dataset_name=dataset_name,
+                max_length=max_length,
+                policy=policy,
+            )
         )
         dataset = dataset.remove_columns([c for c in AUDIT_COLUMNS if c in dataset.column_names])
         for index in list(verdict.unsupervised)[:5]:
@@ -431,7 +458,7 @@ class MaskedSFTTrainer(SFTTrainer):
         return dict(self._msft_audits)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
-        check_model_before_training(self.model, self.args)
+        check_model_before_training(self.model, self.args, self.train_dataset, self.processing_class)
         resume_from_checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
         if self.is_world_process_zero() and self._msft_audits:
             path = Path(self.args.output_dir) / "masked_sft_audit.json"
@@ -483,7 +510,54 @@ class MaskedSFTTrainer(SFTTrainer):
                 stacklevel=3,
             )
 
+    # ------------------------------------------------------------------ in-batch packing (`pack_within_batch`)
+
+    def _msft_packer(self) -> PackingCollator | None:
+        """The packing collator for training batches, or `None` where packing is off, unsupported or not exact."""
+        if hasattr(self, "_msft_packing"):
+            return self._msft_packing
+        self._msft_packing = None
+        args, collator = self.args, self.data_collator
+        accelerator_config = getattr(args, "accelerator_config", None)
+        reason = None
+        if not _setting(args, "pack_within_batch"):
+            return None
+        if self._msft_collator is not None or not isinstance(collator, TRLDataCollatorForLanguageModeling):
+            reason = "a custom `data_collator` is used"
+        elif args.packing or getattr(self, "padding_free", False) or getattr(self, "_is_vision_dataset", False):
+            reason = "`packing`/`padding_free` or a vision dataset lays out the batches"
+        elif self.compute_loss_func is not None:
+            reason = "a `compute_loss_func` may expect one row per example"
+        elif self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            reason = "DeepSpeed/FSDP are not supported by the packing check"
+        elif args.world_size > 1 and (
+            isinstance(self.train_dataset, torch.utils.data.IterableDataset)
+            or getattr(accelerator_config, "split_batches", False)
+        ):
+            reason = "batches are split or dispatched across processes"
+        elif not packing_is_exact(self.model, pad_token_id=collator.pad_token_id):
+            reason = "the model gives different logits for rows packed and alone (its attention ignores position ids)"
+        if reason is not None:
+            logger.info(f"`pack_within_batch`: training batches are padded, not packed: {reason}.")
+            return None
+        self._msft_packing = PackingCollator(
+            pad_token_id=collator.pad_token_id,
+            fallback=collator,
+            pad_to_multiple_of=collator.pad_to_multiple_of,
+            single_row="flash" in str(getattr(self.model.config, "_attn_implementation", "")),
+        )
+        logger.info("`pack_within_batch`: each training batch's rows are packed end to end (checked exact).")
+        return self._msft_packing
+
+    def get_train_dataloader(self):
+        packer = self._msft_packer()
+        if packer is None:
+            return super().get_train_dataloader()
+        with _overridden(self, data_collator=packer):
+            return super().get_train_dataloader()
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        packed_tokens = inputs.pop(PACKED_TOKENS_KEY, None)
         labels = inputs.get("labels")
         if labels is not None:
             mode = "train" if model.training else "eval"
@@ -492,9 +566,22 @@ class MaskedSFTTrainer(SFTTrainer):
                 where=f"{mode} batch at step {self.state.global_step}",
                 tokenizer=self._tokenizer,
             )
-        return super().compute_loss(
+        result = super().compute_loss(
             model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch
         )
+        if (
+            packed_tokens is not None
+            and model.training
+            and isinstance(getattr(self, "_total_train_tokens", None), int)
+        ):
+            # TRL 1.16 counts `position_ids.size(1)` tokens for a batch without `attention_mask` (its padding-free
+            # batches are one row); a packed batch has several rows and padding, so count its real tokens instead.
+            extra = int(packed_tokens) - inputs["position_ids"].size(1)  # Python ints: no host sync
+            if self.accelerator.num_processes > 1:
+                extra = int(self.accelerator.gather_for_metrics(torch.tensor([extra], device=labels.device)).sum())
+            self._total_train_tokens += extra // getattr(self, "_tp_size", 1)
+            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+        return result
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         labels = inputs.get("labels") if isinstance(inputs, Mapping) else None
