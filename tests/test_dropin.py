@@ -66,8 +66,11 @@ def test_prompt_completion_trains_identically_to_sfttrainer(tokenizer, tmp_path)
     assert losses(ours) == pytest.approx(losses(trl_trainer), rel=LOSS_RTOL)
 
 
-def test_conversational_prompt_completion_trains_identically_to_sfttrainer(tokenizer, tmp_path):
-    """Prompt/completion given as messages: same labels and loss as plain TRL."""
+def test_conversational_prompt_completion_trains_the_reply_like_sfttrainer_but_not_the_template_newline(
+    tokenizer, tmp_path
+):
+    """Prompt/completion given as messages: TRL's labels, except the template's newline after `<|im_end|>`, which
+    (as in `messages` rows and in marker-based templates) is not part of the reply."""
 
     def data():
         return Dataset.from_dict(
@@ -78,8 +81,10 @@ def test_conversational_prompt_completion_trains_identically_to_sfttrainer(token
         )
 
     trl_trainer, ours = run_both(tokenizer, tmp_path, data)
-    assert trl_trainer.train_dataset["labels"] == ours.train_dataset["labels"]
-    assert losses(ours) == pytest.approx(losses(trl_trainer), rel=LOSS_RTOL)
+    newline = tokenizer("\n")["input_ids"]
+    for theirs, mine in zip(trl_trainer.train_dataset["labels"], ours.train_dataset["labels"], strict=True):
+        assert [theirs[-1]] == newline and theirs[-2] == tokenizer.convert_tokens_to_ids("<|im_end|>")
+        assert mine == theirs[:-1] + [-100]
 
 
 def test_language_modeling_text_trains_identically_to_sfttrainer(tokenizer, tmp_path):

@@ -81,7 +81,7 @@ def test_homework_pairs_with_float_answers_train_on_the_answer(tokenizer, model,
     """Homework rows given as `[question, answer]` lists (float answers) work as they are."""
     rows = [["Can you change 2 hour to its equivalent in min?", 120.0], ["What is 4 kg in gram?", 4000.0]] * 4
     trainer = MaskedSFTTrainer(model, args=make_config(), train_dataset=rows, processing_class=tokenizer)
-    assert supervised_text(tokenizer, trainer.train_dataset[0]) == "120.0<|eos|>"
+    assert supervised_text(tokenizer, trainer.train_dataset[0]) == " 120.0<|eos|>"
     trainer.train()
 
 

@@ -70,6 +70,7 @@ def chat_labels(
     assistant_turns: str = "all",
     train_eot: bool = True,
     ignore_index: int = -100,
+    trainable_from: int = 0,
     **template_kwargs: Any,
 ) -> ChatMask:
     """Labels that train the assistant turns of `messages` only, for any chat template.
@@ -79,6 +80,8 @@ def chat_labels(
         messages: `[{"role": ..., "content": ...}, ...]`.
         assistant_turns: `"all"` trains every assistant turn, `"last"` only the final one.
         train_eot: whether each trained turn's end-of-turn token (e.g. `<|im_end|>`, `<|eot_id|>`) is trained.
+        trainable_from: index of the first message that may be trained; earlier ones are context (prompt/completion
+            rows given as messages pass `len(prompt)`).
         template_kwargs: passed to `apply_chat_template` (`chat_template`, `tools`, ...).
 
     Returns a `ChatMask`. When a turn can't be located consistently, `problem` says why and every label is
@@ -89,7 +92,7 @@ def chat_labels(
     full = _render(tokenizer, messages, add_generation_prompt=False, **template_kwargs)
     reasons = [TEMPLATE] * len(full)
     trained = [False] * len(full)
-    assistant_idx = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
+    assistant_idx = [i for i, m in enumerate(messages) if m.get("role") == "assistant" and i >= trainable_from]
 
     def failed(problem: str) -> ChatMask:
         return ChatMask(full, [ignore_index] * len(full), reasons, problem)
@@ -119,7 +122,7 @@ def chat_labels(
         train_end = eot_end if train_eot else content_end
         if train_end <= start:
             return failed(f"assistant turn {i} has no content tokens")
-        is_trained = assistant_turns == "all" or i == assistant_idx[-1]
+        is_trained = i >= trainable_from and (assistant_turns == "all" or i == assistant_idx[-1])
         for j in range(start, eot_end):
             if j >= train_end:
                 reasons[j] = END_OF_TURN
@@ -130,7 +133,12 @@ def chat_labels(
         prev_end = end
     labels = [token if keep else ignore_index for token, keep in zip(full, trained, strict=True)]
     mask = ChatMask(full, labels, reasons)
-    marker_problem = _check_against_markers(tokenizer, messages, mask, assistant_turns, train_eot, template_kwargs)
+    context_replies = any(m.get("role") == "assistant" for m in messages[:trainable_from])
+    marker_problem = (
+        None
+        if context_replies
+        else _check_against_markers(tokenizer, messages, mask, assistant_turns, train_eot, template_kwargs)
+    )
     if marker_problem:
         return failed(marker_problem)
     return mask

@@ -36,7 +36,8 @@ class MaskedSFTConfig(SFTConfig):
             given as `[question, answer]` lists fill this column and `completion_column`.
         completion_column (`str`, *optional*, defaults to `"completion"`):
             Column holding the completion (the answer, the only part trained); renamed to `completion` before
-            preparation (e.g. `"answer"`). Numbers are written with `str()`.
+            preparation (e.g. `"answer"`). Numbers are written with `str()`, after a space in `[question, answer]`
+            rows (the homework's text is `f"{question} {answer}"`).
         response_template (`str`, *optional*):
             For `text` datasets: the text right before each answer (e.g. `"### Answer:"`); only what follows it is
             trained, found in context as `DataCollatorForCompletionOnlyLM` does. Rows without it are reported by the
@@ -52,9 +53,9 @@ class MaskedSFTConfig(SFTConfig):
             Whether each trained assistant turn's end-of-turn token (e.g. `<|im_end|>`) is trained; a model that
             never sees it never learns to stop.
         min_completion_tokens (`int`, *optional*):
-            When set, a row longer than `max_length` is cut from the left of its prompt (rather than only at the end)
-            so that at least this many completion tokens are kept; the end of a longer completion is still cut. Rows
-            whose completion was partly cut are counted in the audit either way.
+            When set, a row that truncation at `max_length` would leave with fewer than this many completion tokens
+            loses the start of its prompt instead, keeping as much of the completion as fits (all of it when it fits
+            beside one prompt token). Rows whose completion was partly cut are counted in the audit either way.
         health_checks (`bool`, *optional*, defaults to `True`):
             Install `TrainingHealthGuard`: stop at the first step whose loss or gradient norm is not finite or that
             has no supervised token, before the optimizer applies it, with an error naming the step, the cause and the
@@ -75,8 +76,11 @@ class MaskedSFTConfig(SFTConfig):
         default=32, metadata={"help": "Batch size per device accelerator core/CPU for training."}
     )
     activation_checkpointing: bool | None = field(
-        default=True,
-        metadata={"help": "Trade compute for memory by recomputing activations in the backward pass."},
+        default=None,
+        metadata={
+            "help": "Trade compute for memory by recomputing activations in the backward pass. If not set, True "
+            "(the homework's setting) unless the deprecated `gradient_checkpointing` says otherwise."
+        },
     )
     gradient_checkpointing: bool | None = field(
         default=None, metadata={"help": "Deprecated alias of `activation_checkpointing`, will be removed in v6."}
@@ -136,7 +140,8 @@ class MaskedSFTConfig(SFTConfig):
         default="completion",
         metadata={
             "help": "Column holding the completion (the answer, the only part trained); renamed to `completion` "
-            'before preparation (e.g. `"answer"`). Numbers are written with `str()`.'
+            'before preparation (e.g. `"answer"`). Numbers are written with `str()`, after a space in '
+            '`[question, answer]` rows (the homework\'s text is `f"{question} {answer}"`).'
         },
     )
 
@@ -174,9 +179,10 @@ class MaskedSFTConfig(SFTConfig):
     min_completion_tokens: int | None = field(
         default=None,
         metadata={
-            "help": "When set, a row longer than `max_length` is cut from the left of its prompt (rather than only at "
-            "the end) so that at least this many completion tokens are kept; the end of a longer completion is "
-            "still cut. Rows whose completion was partly cut are counted in the audit either way."
+            "help": "When set, a row that truncation at `max_length` would leave with fewer than this many completion "
+            "tokens loses the start of its prompt instead, keeping as much of the completion as fits (all of it when "
+            "it fits beside one prompt token). Rows whose completion was partly cut are counted in the audit either "
+            "way."
         },
     )
     health_checks: bool = field(
@@ -201,6 +207,8 @@ class MaskedSFTConfig(SFTConfig):
     )
 
     def __post_init__(self):
+        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
+            self.activation_checkpointing = True
         if self.bf16 is None and not self.fp16:
             self.bf16 = not self.use_cpu and is_torch_bf16_gpu_available()
         super().__post_init__()

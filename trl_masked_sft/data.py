@@ -11,6 +11,7 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
 
+from .audit import REASON
 from .errors import DatasetFormatError, DatasetTypeError
 
 __all__ = ["coerce_dataset", "normalize_dataset", "prepare_pretokenized"]
@@ -84,7 +85,10 @@ def coerce_dataset(data: Any, *, prompt_column: str, completion_column: str, dat
                 "`[question, answer]` pair or every row as a dict. Fix that row, or build a `datasets.Dataset`."
             )
         prompts.append(_to_text(row[0], row=i, column=prompt_column, dataset_name=dataset_name))
-        completions.append(_to_text(row[1], row=i, column=completion_column, dataset_name=dataset_name))
+        completion = _to_text(row[1], row=i, column=completion_column, dataset_name=dataset_name)
+        if isinstance(row[1], (int, float)):  # the homework's text is f"{question} {answer}": a space, then the number
+            completion = " " + completion
+        completions.append(completion)
     return Dataset.from_dict({prompt_column: prompts, completion_column: completions})
 
 
@@ -187,10 +191,13 @@ def _check_messages(conversations, dataset_name: str) -> None:
 
 
 def _check_example(example: dict, dataset_name: str) -> dict:
-    """Row check for streaming datasets (no index is known; the value is named)."""
+    """Row check for streaming datasets (no index is known; the value is named). An empty completion is marked for
+    the pre-flight check, which applies `masked_row_policy` as it reads the rows."""
+    completion = _to_text(example["completion"], row=-1, column="completion", dataset_name=dataset_name)
     return {
         "prompt": _to_text(example["prompt"], row=-1, column="prompt", dataset_name=dataset_name),
-        "completion": _to_text(example["completion"], row=-1, column="completion", dataset_name=dataset_name),
+        "completion": completion,
+        REASON: "empty completion" if isinstance(completion, str) and not completion.strip() else "",
     }
 
 
@@ -270,19 +277,22 @@ def prepare_pretokenized(
         if completion_only and "completion_mask" in values:
             base = labels if labels is not None else ids
             labels = [lab if keep else ignore_index for lab, keep in zip(base, values["completion_mask"], strict=True)]
-        if completion_only and example.get("prompt_length") is not None:
-            start = int(example["prompt_length"])
-            base = labels if labels is not None else ids
-            labels = [ignore_index] * min(start, len(base)) + list(base[start:])
         mask = values.pop("attention_mask", None)
         keep = None if mask is None or all(mask) else [i for i, m in enumerate(mask) if m]
 
         def trim(seq):
             return seq if keep is None else [seq[i] for i in keep]
 
-        out = {"input_ids": trim(ids)}
+        ids = trim(ids)
+        labels = trim(labels) if labels is not None else None
+        if completion_only and example.get("prompt_length") is not None:
+            # `prompt_length` counts real tokens (as in the collator), so it applies after padding is trimmed
+            start = int(example["prompt_length"])
+            base = labels if labels is not None else ids
+            labels = [ignore_index] * min(start, len(base)) + list(base[start:])
+        out = {"input_ids": ids}
         if labels is not None:
-            out["labels"] = trim(labels)
+            out["labels"] = labels
         return out
 
     drop = [c for c in ("attention_mask", "prompt_length", "completion_mask") if c in columns]

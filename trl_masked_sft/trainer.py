@@ -7,6 +7,7 @@ the data checks in `data.py`.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import warnings
 from collections.abc import Mapping
@@ -28,7 +29,7 @@ from .collator import DataCollatorForCompletionOnlyLM
 from .config import MaskedSFTConfig
 from .data import coerce_dataset, column_names, map_rows, normalize_dataset, prepare_pretokenized, tokenize_plain
 from .distributed import run_on_main, validate_batch_across_ranks
-from .errors import LabelsOverwrittenError, MaskedSFTWarning
+from .errors import LabelsOverwrittenError, MaskedSFTWarning, UnsupervisedRowsError
 from .health import TrainingHealthGuard
 from .masking import spans_to_labels
 from .model_checks import check_model_before_training, check_processing_class
@@ -49,6 +50,22 @@ def _setting(args: Any, name: str) -> Any:
     return MaskedSFTConfig.__dataclass_fields__[name].default
 
 
+def _is_conversation(dataset) -> bool:
+    """`messages` rows, or prompt/completion rows given as lists of messages."""
+    columns = column_names(dataset)
+    if "messages" in columns:
+        return True
+    if not {"prompt", "completion"} <= set(columns):
+        return False
+    first = next(iter(dataset))
+    return isinstance(first["prompt"], list) and isinstance(first["completion"], list)
+
+
+def _completion_only(args: Any) -> bool:
+    """Completion-only loss is the product: `None` (TRL's "decide from the data") means on; an explicit False stays."""
+    return args.completion_only_loss is not False
+
+
 def _template_masker(args: Any, data_collator: Any, tokenizer: Any) -> DataCollatorForCompletionOnlyLM | None:
     """The template masking to bake into the labels: the user's template collator, else the config's template."""
     if isinstance(data_collator, DataCollatorForCompletionOnlyLM) and data_collator.has_template:
@@ -64,7 +81,8 @@ def _stop_token_ids(tokenizer) -> set[int]:
     added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
     ids = {i for i, token in added.items() if getattr(token, "special", False)}
     ids |= set(tokenizer.all_special_ids)
-    ids.discard(tokenizer.bos_token_id)
+    if tokenizer.bos_token_id != tokenizer.eos_token_id:  # GPT-2 style tokenizers use one token for both
+        ids.discard(tokenizer.bos_token_id)
     if tokenizer.pad_token_id != tokenizer.eos_token_id:
         ids.discard(tokenizer.pad_token_id)
     return ids
@@ -78,8 +96,12 @@ def truncate_row(
     keep_end: bool = False,
     min_completion: int | None = None,
 ) -> tuple[list[int], list[int]]:
-    """Cut a row to `max_length`: its end (`keep_start`), its start (`keep_end`), or, with `min_completion`, the
-    start of its prompt first so that at least that many completion tokens stay."""
+    """Cut a row to `max_length`: its end (`keep_start`) or its start (`keep_end`).
+
+    With `min_completion`, a row that cutting its end would leave with fewer than `min_completion` completion tokens
+    loses the start of its prompt instead, keeping as much of the completion as fits: all of it when it fits beside
+    one prompt token (position 0 is never a target), else its first `max_length - 1` tokens.
+    """
     if max_length is None or len(ids) <= max_length:
         return ids, labels
     if keep_end:
@@ -87,10 +109,10 @@ def truncate_row(
     if min_completion:
         prompt = next((i for i, lab in enumerate(labels) if lab != _IGNORE), len(labels))
         completion = len(ids) - prompt
-        keep = min(completion, max(min_completion, max_length - prompt))
-        cut = max(0, prompt + keep - max_length)
-        cut = min(cut, max(prompt - 1, 0))  # keep one prompt token: position 0 is never trained
-        ids, labels = ids[cut:], labels[cut:]
+        if max(0, max_length - prompt) < min(min_completion, completion):
+            keep = min(completion, max_length - 1)
+            cut = min(prompt + keep - max_length, max(prompt - 1, 0))
+            ids, labels = ids[cut:], labels[cut:]
     return ids[:max_length], labels[:max_length]
 
 
@@ -103,7 +125,7 @@ def _preparer(tokenizer, args: Any, data_collator: Any = None) -> MaskedSFTTrain
     self._tokenizer = tokenizer
     self.chat_template = None
     self._skip_prepare_dataset = False
-    self.completion_only_loss = self._completion_only = bool(args.completion_only_loss)
+    self.completion_only_loss = self._completion_only = _completion_only(args)
     self._msft_chat = self._completion_only or bool(args.assistant_only_loss)
     self._msft_formatting_func = None
     self._msft_collator = data_collator
@@ -172,14 +194,18 @@ class MaskedSFTTrainer(SFTTrainer):
             name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "model"
             args = MaskedSFTConfig(output_dir=f"{str(name).rstrip('/').split('/')[-1] or 'model'}-SFT")
         elif isinstance(args, TrainingArguments) and not isinstance(args, SFTConfig):
+            # As TRL does (it converts to SFTConfig): the fields TrainingArguments lacks take SFTConfig's defaults
+            # (e.g. max_length 1024), not the homework's.
             dict_args = args.to_dict()
             dict_args["hub_token"] = args.hub_token
-            args = MaskedSFTConfig(**dict_args)
+            sft_only = set(SFTConfig.__dataclass_fields__) - set(TrainingArguments.__dataclass_fields__)
+            defaults = {name: SFTConfig.__dataclass_fields__[name].default for name in sft_only}
+            defaults = {k: v for k, v in defaults.items() if v is not dataclasses.MISSING}
+            args = MaskedSFTConfig(**{**defaults, **dict_args})
 
         # Completion-only loss is the product; an explicit False is the user's choice and stays theirs.
-        if args.completion_only_loss is None:
-            args.completion_only_loss = True
-        self._completion_only = bool(args.completion_only_loss)
+        self._completion_only = _completion_only(args)
+        args.completion_only_loss = self._completion_only
         if not self._completion_only:
             warnings.warn(
                 "`completion_only_loss=False`: the loss covers the whole sequence, prompts included. Set "
@@ -212,6 +238,13 @@ class MaskedSFTTrainer(SFTTrainer):
                 "token that ends each completion stays supervised: padding is found by length, not by id."
             )
         check_processing_class(model, processing_class, train_dataset)
+
+        if isinstance(data_collator, DataCollatorForCompletionOnlyLM) and data_collator.ignore_index != _IGNORE:
+            raise ValueError(
+                f"`data_collator` is DataCollatorForCompletionOnlyLM(ignore_index={data_collator.ignore_index}), but "
+                f"the trainer's loss ignores only {_IGNORE}: the other value would be trained on as a token id. Fix: "
+                "leave `ignore_index` at its default (-100) when training with MaskedSFTTrainer."
+            )
 
         # Formatting is applied in `_prepare_dataset` (also for datasets passed to `evaluate`), so that a formatting
         # function works with completion-only loss and a response-template collator, as in old TRL scripts.
@@ -278,6 +311,8 @@ class MaskedSFTTrainer(SFTTrainer):
     ) -> Dataset | IterableDataset:
         if getattr(self, "_skip_prepare_dataset", False):
             return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
+        if self._msft_template is None:  # the tokenizer is known only now when `model` was given as a path
+            self._msft_template = _template_masker(args, self._msft_collator, self._tokenizer)
         formatting_func = formatting_func or self._msft_formatting_func
         columns = column_names(dataset)
         if formatting_func is not None and "input_ids" not in columns:
@@ -299,7 +334,7 @@ class MaskedSFTTrainer(SFTTrainer):
             dataset_name=dataset_name,
         )
         dataset = prepare_pretokenized(dataset, dataset_name=dataset_name, completion_only=self._completion_only)
-        if self._msft_chat and "messages" in column_names(dataset):
+        if self._msft_chat and _is_conversation(dataset):
             dataset = self._tokenize_conversations(dataset, args, dataset_name)
         self._say_if_nothing_to_mask(dataset)
         # String prompt/completion or text rows: TRL's tokenization and labels, batched (TRL then has nothing to do).
@@ -317,8 +352,11 @@ class MaskedSFTTrainer(SFTTrainer):
         with _overridden(args, max_length=None, shuffle_dataset=False, dataset_text_field=text_field):
             dataset = super()._prepare_dataset(dataset, processing_class, args, False, None, dataset_name)
 
-        # With packing, TRL's packer handles long rows (truncating or splitting them), so rows are only counted here.
-        dataset = self._preflight(dataset, args, dataset_name, empty_rows, None if packing else args.max_length)
+        # Packing "bfd" truncates each row to `max_length` as plain truncation does, so rows are truncated (and
+        # audited) here first; "bfd_split" and "wrapped" split long rows instead, losing no token, so rows are only
+        # counted.
+        truncate_at = args.max_length if not packing or args.packing_strategy == "bfd" else None
+        dataset = self._preflight(dataset, args, dataset_name, empty_rows, truncate_at)
 
         if packing:
             # TRL packs (and shuffles) the prepared rows; truncation there is a no-op now.
@@ -351,7 +389,13 @@ class MaskedSFTTrainer(SFTTrainer):
             tools = json.loads(tools) if isinstance(tools, str) else tools
             kwargs = {"tools": tools} if tools else {}
             kwargs.update(example.get("chat_template_kwargs") or {})
-            mask = chat_labels(tokenizer, example["messages"], assistant_turns=turns, train_eot=train_eot, **kwargs)
+            if "messages" in example:
+                messages, first = example["messages"], 0
+            else:  # prompt/completion given as messages: only the completion's replies are trained
+                messages, first = example["prompt"] + example["completion"], len(example["prompt"])
+            mask = chat_labels(
+                tokenizer, messages, assistant_turns=turns, train_eot=train_eot, trainable_from=first, **kwargs
+            )
             reason = f"chat turns not located: {mask.problem}" if mask.problem else ""
             return {"input_ids": mask.input_ids, "labels": mask.labels, REASON: reason}
 
@@ -432,25 +476,52 @@ class MaskedSFTTrainer(SFTTrainer):
         return dataset
 
     def _preflight_streaming(self, dataset, args, dataset_name: str, max_length: int | None):
-        """A streaming dataset can't be counted up front: rows are checked as they are read."""
+        """A streaming dataset can't be counted up front: rows are checked as they are read, with running counts.
+
+        `error` raises at the first row with no supervised token; `drop`/`warn` drop it (`warn` names the first one
+        in a warning) and raise once more than `max_masked_row_fraction` of the rows read so far (at least 10) went.
+        """
         policy = _setting(args, "masked_row_policy")
+        max_fraction = _setting(args, "max_masked_row_fraction")
+        seen = {"rows": 0, "dropped": 0}
 
-        def check(example):
-            if example[REASON] or example[COUNT] == 0:
-                if policy == "error":
-                    verdict = audit_labels(
-                        supervised_counts=[example[COUNT]],
-                        full_supervised=[example[FULL_COUNT]],
-                        full_first=[example[FULL_FIRST]],
-                        dataset_name=dataset_name,
-                        max_length=max_length,
-                        preset_reasons={0: example[REASON]} if example[REASON] else None,
-                    )
-                    verdict.enforce("error", 0.0)
-                return False
-            return True
+        def check(example, index):
+            seen["rows"] += 1
+            if not example[REASON] and example[COUNT] > 0:
+                return True
+            row_audit = audit_labels(
+                supervised_counts=[example[COUNT]],
+                full_supervised=[example[FULL_COUNT]],
+                full_first=[example[FULL_FIRST]],
+                dataset_name=dataset_name,
+                max_length=max_length,
+                preset_reasons={0: example[REASON]} if example[REASON] else None,
+            )
+            reason, fix = row_audit.unsupervised[0], row_audit.fix()
+            where = f"row {index} of the streamed {dataset_name} dataset"
+            if policy == "error":
+                raise UnsupervisedRowsError(
+                    f"{where[0].upper()}{where[1:]} has no supervised token: {reason}. With "
+                    f"`masked_row_policy='error'` (the default) training stops here instead of training on nothing. "
+                    f"{fix}"
+                )
+            seen["dropped"] += 1
+            if policy == "warn" and seen["dropped"] == 1:
+                warnings.warn(
+                    f"Dropped {where}: no supervised token ({reason}). Later rows like it are dropped without a "
+                    f"warning while they stay within `max_masked_row_fraction` ({max_fraction:.1%}). {fix}",
+                    MaskedSFTWarning,
+                    stacklevel=2,
+                )
+            if seen["rows"] >= 10 and seen["dropped"] > max_fraction * seen["rows"]:
+                raise UnsupervisedRowsError(
+                    f"{seen['dropped']} of the first {seen['rows']} rows of the streamed {dataset_name} dataset had no "
+                    f"supervised token (latest: {where}, {reason}): more than `max_masked_row_fraction` "
+                    f"({max_fraction:.1%}) allows with `masked_row_policy={policy!r}`. {fix}"
+                )
+            return False
 
-        return dataset.filter(check).remove_columns(AUDIT_COLUMNS)
+        return dataset.filter(check, with_indices=True).remove_columns(AUDIT_COLUMNS)
 
     @property
     def audit_reports(self) -> dict[str, AuditReport]:
@@ -487,10 +558,22 @@ class MaskedSFTTrainer(SFTTrainer):
         labels = batch.get("labels") if isinstance(batch, Mapping) else None
         if not isinstance(labels, torch.Tensor) or labels.dim() != 2 or labels.shape[0] != len(features):
             return
+        batch_ids = batch.get("input_ids")
         extra = missing = 0
         for i, feature in enumerate(features):
             expected = torch.tensor(feature["labels"])
-            got = labels[i, : len(expected)]
+            n, ids = len(expected), torch.tensor(feature["input_ids"])
+            # Find the row where the collator put it: padded on the right (the usual) or on the left.
+            if isinstance(batch_ids, torch.Tensor) and batch_ids.shape[1] >= n:
+                if torch.equal(batch_ids[i, :n].cpu(), ids):
+                    got = labels[i, :n]
+                elif torch.equal(batch_ids[i, -n:].cpu(), ids):
+                    got = labels[i, -n:]
+                else:
+                    continue  # the collator changed the tokens themselves; the batch validator still checks
+            else:
+                got = labels[i, :n]
+            got = got.cpu()
             extra += int(((got != _IGNORE) & (expected == _IGNORE))[1:].sum())
             missing += int(((got == _IGNORE) & (expected != _IGNORE))[1:].sum())
         name = type(self.data_collator).__name__
