@@ -1,0 +1,90 @@
+"""The benchmark harness (`benchmarks/run.py --fast`): it runs, and contenders on the same tokens end on the same loss.
+
+Timings are never asserted here (CI machines are shared and noisy); `benchmarks/RESULTS.md` holds the measured ones.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+HOMEWORK_TRAIN = REPO.parent / "shared" / "data" / "unit_conversion" / "train.json"
+CONTENDERS = {
+    "homework",
+    "trl",
+    "masked",
+    "masked_unpacked",
+    "trl_grouped",
+    "trl_padded",
+    "masked_padded",
+    "trl_chat",
+    "masked_chat",
+}
+
+
+@pytest.fixture(scope="module")
+def fast_results(tmp_path_factory) -> dict:
+    """One `--fast` run of the harness in a fresh process, its results read back from JSON."""
+    out = tmp_path_factory.mktemp("bench")
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "run.py"),
+            "--fast",
+            "--json",
+            str(out / "r.json"),
+            "--out",
+            str(out / "R.md"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((out / "r.json").read_text())
+    results["markdown"] = (out / "R.md").read_text()
+    return results
+
+
+@pytest.mark.slow
+def test_fast_mode_runs_every_contender_and_writes_the_report(fast_results):
+    """Every contender trains one epoch; the report has the contenders table and the targets table."""
+    assert set(fast_results["runs"]) == CONTENDERS
+    for key, runs in fast_results["runs"].items():
+        assert len(runs) == 1 and runs[0]["steps"] > 0 and runs[0]["supervised"] > 0, key
+    assert {row["target"] for row in fast_results["targets"]} == {"P1", "P2", "P3", "P4"}
+    assert set(fast_results["prep"]) == {"homework prompt/completion", "homework pad-128", "chat"}
+    assert "## Epoch time" in fast_results["markdown"] and "## Targets" in fast_results["markdown"]
+
+
+@pytest.mark.slow
+def test_contenders_on_the_same_tokens_end_on_the_same_loss(fast_results):
+    """Same supervised tokens in every same-tokens group, and the same loss to float32 rounding (1e-4 relative)."""
+    check = fast_results["loss_check"]
+    assert check["ok"], check
+    for group, info in check["groups"].items():
+        assert len(set(info["supervised"].values())) == 1, group
+        assert info["max_rel_loss_diff"] <= 1e-4, group
+
+
+@pytest.mark.slow
+def test_packing_runs_on_fewer_positions_than_padding(fast_results):
+    """The speed comes from fewer padded positions, not fewer tokens: positions drop, supervised tokens stay."""
+    runs = {key: runs[0] for key, runs in fast_results["runs"].items()}
+    assert runs["masked"]["positions"] < runs["trl"]["positions"] < runs["homework"]["positions"]
+    assert runs["masked_padded"]["positions"] == runs["masked"]["positions"]
+    assert runs["masked"]["supervised"] == runs["trl"]["supervised"] == runs["homework"]["supervised"]
+
+
+@pytest.mark.slow
+def test_homework_data_is_read_from_the_shared_folder(fast_results):
+    """With ../shared present the harness trains on the homework's own train.json (else on generated questions)."""
+    if not HOMEWORK_TRAIN.is_file():
+        pytest.skip(f"{HOMEWORK_TRAIN} is absent (the shared data folder is not beside this clone)")
+    assert "train.json" in fast_results["data"]["homework"]
