@@ -1,10 +1,12 @@
 """Side-by-side benchmark of `MaskedSFTTrainer` (issue 6): epoch time, data preparation, validator cost, peak memory.
 
 One process builds the same model for every contender and trains them interleaved (A B C, B C A, C A B, ...), so a
-load that comes and goes on a shared machine touches all of them alike; the table shows medians and per-repeat
-ratios. Peak RSS is measured in one subprocess per contender (RSS only grows within a process).
+load that comes and goes on a shared machine touches all of them alike. Each optimizer step is timed; a contender's
+epoch time is the sum of each step's fastest time over the repeats (every repeat runs the same batches), and the
+wall-clock times and per-repeat ratios are shown beside it. Peak RSS (`VmHWM`) is measured in one subprocess per
+contender (RSS only grows within a process).
 
-    python benchmarks/run.py            # full run (about ten minutes on two CPU cores), writes benchmarks/RESULTS.md
+    python benchmarks/run.py            # full run (about 15 minutes on two CPU cores), writes benchmarks/RESULTS.md
     python benchmarks/run.py --fast     # CI smoke run: tiny sizes, one repeat, no RSS, under a minute
 
 Data: the homework's `train.json` read from `../shared/data/unit_conversion/` next to the repository when present,
@@ -127,7 +129,9 @@ def homework_rows(n: int) -> tuple[list[list[Any]], str]:
     """The homework's rows (first `n` of train.json) or, without the shared folder, `n` generated ones."""
     if HOMEWORK_TRAIN.is_file():
         rows = json.loads(HOMEWORK_TRAIN.read_text(encoding="utf-8"))[:n]
-        return [[q, float(a)] for q, a in rows], f"homework train.json ({len(rows)} rows, {HOMEWORK_TRAIN})"
+        return [
+            [q, float(a)] for q, a in rows
+        ], f"the homework's train.json ({len(rows)} rows, ../shared/data/unit_conversion/)"
     reason = f"{HOMEWORK_TRAIN} not found"
     return generate_rows(n, seed=0), f"generated homework questions ({n} rows; {reason})"
 
@@ -730,7 +734,7 @@ def render(results: Results, labels: dict[str, str]) -> str:
         "",
         f"- Machine: {m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}, {m['platform']}; "
         f"load average {m['load_average_start']:.2f} at start, {m.get('load_average_end', float('nan')):.2f} at end "
-        "(the machine is shared: contenders run interleaved and ratios are taken per repeat).",
+        "(the machine is shared: contenders run interleaved, and epoch times take each step's fastest repeat).",
         f"- Versions: Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, trl {m['trl']}, "
         f"peft {m['peft']}, datasets {m['datasets']}, accelerate {m['accelerate']}.",
         f"- Model: {results.data['model']}.",
