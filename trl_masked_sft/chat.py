@@ -101,7 +101,8 @@ def chat_labels(
         return failed("no assistant turn in the conversation")
     prev_end = 0
     for i, message in enumerate(messages):
-        upto = _render(tokenizer, messages[: i + 1], add_generation_prompt=False, **template_kwargs)
+        last = i == len(messages) - 1  # the whole conversation is already rendered
+        upto = full if last else _render(tokenizer, messages[: i + 1], add_generation_prompt=False, **template_kwargs)
         if full[: len(upto)] != upto:
             return failed(
                 f"the first {i + 1} messages render differently alone than inside the whole conversation, so turn "
