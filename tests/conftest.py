@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import pytest
@@ -51,3 +52,31 @@ def make_config(tmp_path):
         return MaskedSFTConfig(**settings)
 
     return make
+
+
+@pytest.fixture
+def capture_logs():
+    """`capture_logs(name, level=None)` collects what one of our loggers says, as a list of messages
+    (transformers' logging does not propagate to pytest's caplog)."""
+    attached = []
+
+    def attach(name: str, level: int | None = None) -> list[str]:
+        from transformers.utils import logging as hf_logging
+
+        records: list[str] = []
+
+        class Handler(logging.Handler):
+            def emit(self, record):
+                records.append(record.getMessage())
+
+        log, handler = hf_logging.get_logger(name), Handler()
+        attached.append((log, handler, log.level))
+        if level is not None:
+            log.setLevel(level)
+        log.addHandler(handler)
+        return records
+
+    yield attach
+    for log, handler, previous in attached:
+        log.removeHandler(handler)
+        log.setLevel(previous)

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
 from peft import PeftModel, get_peft_model
-from transformers.utils import logging as hf_logging
 
 from trl_masked_sft import MaskedSFTTrainer, MaskedSFTWarning, ModelSetupError, homework_lora_config
 from trl_masked_sft.model_checks import adapter_parameters, check_gradients_reached, check_model_before_training
@@ -19,19 +16,9 @@ def qa_rows(n: int = 8) -> list[list]:
 
 
 @pytest.fixture
-def capture_log():
-    """Collect what the model-checks logger says (transformers' logging doesn't propagate to caplog)."""
-    records: list[str] = []
-
-    class Handler(logging.Handler):
-        def emit(self, record):
-            records.append(record.getMessage())
-
-    handler = Handler()
-    log = hf_logging.get_logger("trl_masked_sft.model_checks")
-    log.addHandler(handler)
-    yield records
-    log.removeHandler(handler)
+def capture_log(capture_logs):
+    """What the `trl_masked_sft.model_checks` logger says."""
+    return capture_logs("trl_masked_sft.model_checks")
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import random
 import pytest
 import torch
 from datasets import Dataset
-from transformers.utils import logging as hf_logging
 
 from trl_masked_sft import DataCollatorForCompletionOnlyLM, MaskedSFTTrainer
 from trl_masked_sft.packing import PACKED_TOKENS_KEY, PackingCollator, pack_rows, packing_is_exact
@@ -159,21 +158,9 @@ def _data(n: int = 24) -> Dataset:
 
 
 @pytest.fixture
-def capture_log():
-    records: list[str] = []
-
-    class Handler(logging.Handler):
-        def emit(self, record):
-            records.append(record.getMessage())
-
-    handler = Handler()
-    log = hf_logging.get_logger("trl_masked_sft.trainer")
-    previous = log.level
-    log.setLevel(logging.INFO)
-    log.addHandler(handler)
-    yield records
-    log.removeHandler(handler)
-    log.setLevel(previous)
+def capture_log(capture_logs):
+    """What the `trl_masked_sft.trainer` logger says."""
+    return capture_logs("trl_masked_sft.trainer", logging.INFO)
 
 
 def test_trainer_packs_training_batches_but_not_eval_batches(tokenizer, model, make_config):

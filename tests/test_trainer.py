@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 import torch
 from datasets import Dataset
 from peft import LoraConfig, get_peft_model
 from transformers import DataCollatorForLanguageModeling
-from transformers.utils import logging as hf_logging
 from trl import SFTConfig
 
 from trl_masked_sft import (
@@ -42,19 +39,9 @@ def supervised_text(tokenizer, row) -> str:
 
 
 @pytest.fixture
-def capture_log():
-    """Collect what our logger says (transformers' logging doesn't propagate to caplog)."""
-    records: list[str] = []
-
-    class Handler(logging.Handler):
-        def emit(self, record):
-            records.append(record.getMessage())
-
-    handler = Handler()
-    log = hf_logging.get_logger("trl_masked_sft.trainer")
-    log.addHandler(handler)
-    yield records
-    log.removeHandler(handler)
+def capture_log(capture_logs):
+    """What the `trl_masked_sft.trainer` logger says."""
+    return capture_logs("trl_masked_sft.trainer")
 
 
 # ---------------------------------------------------------------------------------------------- data formats
@@ -62,7 +49,9 @@ def capture_log():
 
 def test_prompt_completion_rows_train_on_the_completion_and_eos_only(tokenizer, model, make_config):
     """Prompt tokens are masked; the completion and its eos token are supervised."""
-    trainer = MaskedSFTTrainer(model, args=make_config(), train_dataset=prompt_completion(), processing_class=tokenizer)
+    trainer = MaskedSFTTrainer(
+        model, args=make_config(), train_dataset=prompt_completion(), processing_class=tokenizer
+    )
     row = trainer.train_dataset[0]
     assert supervised_text(tokenizer, row) == " <answer>1000</answer><|eos|>"
     assert row["labels"][-1] == tokenizer.eos_token_id
@@ -169,15 +158,15 @@ def test_text_rows_without_a_template_say_once_that_the_whole_text_is_trained(
 ):
     """Plain text has no prompt to mask: the trainer says so once, in the log, and trains on it all."""
     data = Dataset.from_dict({"text": ["hello world", "good morning"] * 4})
-    trainer = MaskedSFTTrainer(model, args=make_config(), train_dataset=data, eval_dataset=data, processing_class=tokenizer)
+    trainer = MaskedSFTTrainer(
+        model, args=make_config(), train_dataset=data, eval_dataset=data, processing_class=tokenizer
+    )
     assert sum("no prompt/completion boundary" in r for r in capture_log) == 1
     row = trainer.train_dataset[0]
     assert row["labels"] == row["input_ids"]
 
 
-def test_explicit_completion_only_loss_false_trains_the_whole_sequence_with_one_warning(
-    tokenizer, model, make_config
-):
+def test_explicit_completion_only_loss_false_trains_the_whole_sequence_with_one_warning(tokenizer, model, make_config):
     """`completion_only_loss=False` stays the user's choice: whole sequence, one warning."""
     with pytest.warns(MaskedSFTWarning, match="completion_only_loss=False") as record:
         trainer = MaskedSFTTrainer(
@@ -250,7 +239,11 @@ def test_eval_dataset_gets_the_same_preflight(tokenizer, model, make_config):
     bad = [["word " * 60, " <answer>1</answer>"]] * 2
     with pytest.raises(UnsupervisedRowsError, match="of the eval dataset"):
         MaskedSFTTrainer(
-            model, args=make_config(max_length=40), train_dataset=qa_rows(), eval_dataset=bad, processing_class=tokenizer
+            model,
+            args=make_config(max_length=40),
+            train_dataset=qa_rows(),
+            eval_dataset=bad,
+            processing_class=tokenizer,
         )
 
 
@@ -350,7 +343,11 @@ def test_all_masked_batch_raises_before_forward(tokenizer, model, make_config):
 
     with pytest.warns(MaskedSFTWarning, match="masks"):
         trainer = MaskedSFTTrainer(
-            model, args=make_config(), train_dataset=qa_rows(), processing_class=tokenizer, data_collator=masking_collator
+            model,
+            args=make_config(),
+            train_dataset=qa_rows(),
+            processing_class=tokenizer,
+            data_collator=masking_collator,
         )
     calls = []
     trainer.model.register_forward_pre_hook(lambda *_: calls.append(1))
@@ -395,7 +392,9 @@ def test_peft_model_without_task_type_warns(tokenizer, model, make_config):
     """A PeftModel whose config has no task_type gets a warning with the fix."""
     peft_model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))
     with pytest.warns(MaskedSFTWarning, match="task_type='CAUSAL_LM'"):
-        MaskedSFTTrainer(peft_model, args=make_config(label_names=None), train_dataset=qa_rows(), processing_class=tokenizer)
+        MaskedSFTTrainer(
+            peft_model, args=make_config(label_names=None), train_dataset=qa_rows(), processing_class=tokenizer
+        )
 
 
 def test_peft_model_passed_directly_gets_label_names(tokenizer, model, tmp_path):

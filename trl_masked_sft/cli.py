@@ -199,19 +199,26 @@ def _train(argv: list[str]) -> int:
     return 0
 
 
-def _inspect(argv: list[str]) -> int:
-    from .config import MaskedSFTConfig
-    from .inspector import inspect_rows, render_html, render_terminal
+def _data_command(command: str, arguments: type, argv: list[str]) -> tuple:
+    """Parse an `inspect`/`audit` command line; load the split and the tokenizer it names.
 
-    parser = _parser("inspect", (DataArguments, InspectArguments, MaskedSFTConfig))
-    data_args, inspect_args, config = _parse(parser, argv)
+    Returns `(data_args, command_args, config, rows, tokenizer)`."""
+    from .config import MaskedSFTConfig
+
+    parser = _parser(command, (DataArguments, arguments, MaskedSFTConfig))
+    data_args, command_args, config = _parse(parser, argv)
     splits = load_rows(data_args.dataset_name, data_args.dataset_config)
     if data_args.dataset_split not in splits:
         parser.error(f"--dataset_split {data_args.dataset_split!r} not in the splits {sorted(splits)}")
     tokenizer = _tokenizer(data_args.tokenizer_name_or_path, splits, config.chat_template_path)
-    rows = inspect_rows(
-        splits[data_args.dataset_split], tokenizer, config, rows=inspect_args.rows, start=inspect_args.start
-    )
+    return data_args, command_args, config, splits[data_args.dataset_split], tokenizer
+
+
+def _inspect(argv: list[str]) -> int:
+    from .inspector import inspect_rows, render_html, render_terminal
+
+    data_args, inspect_args, config, rows, tokenizer = _data_command("inspect", InspectArguments, argv)
+    rows = inspect_rows(rows, tokenizer, config, rows=inspect_args.rows, start=inspect_args.start)
     color = {"always": True, "never": False}.get(inspect_args.color)
     print(render_terminal(rows, color=color))
     if inspect_args.html:
@@ -222,15 +229,9 @@ def _inspect(argv: list[str]) -> int:
 
 def _audit(argv: list[str]) -> int:
     from .audit import audit_dataset
-    from .config import MaskedSFTConfig
 
-    parser = _parser("audit", (DataArguments, AuditArguments, MaskedSFTConfig))
-    data_args, audit_args, config = _parse(parser, argv)
-    splits = load_rows(data_args.dataset_name, data_args.dataset_config)
-    if data_args.dataset_split not in splits:
-        parser.error(f"--dataset_split {data_args.dataset_split!r} not in the splits {sorted(splits)}")
-    tokenizer = _tokenizer(data_args.tokenizer_name_or_path, splits, config.chat_template_path)
-    report = audit_dataset(splits[data_args.dataset_split], tokenizer, config, dataset_name=data_args.dataset_split)
+    data_args, audit_args, config, rows, tokenizer = _data_command("audit", AuditArguments, argv)
+    report = audit_dataset(rows, tokenizer, config, dataset_name=data_args.dataset_split)
     print(report.summary())
     if audit_args.json_path:
         report.write_json(audit_args.json_path)
