@@ -43,7 +43,7 @@ def _role_reason(role: str) -> str:
     return {"system": SYSTEM, "user": USER, "tool": TOOL, "ipython": TOOL, "function": TOOL}.get(role, f"{role} turn")
 
 
-def _special_ids(tokenizer) -> set[int]:
+def special_token_ids(tokenizer) -> set[int]:
     """Ids of special tokens, including added special tokens such as `<|im_end|>` the tokenizer doesn't name."""
     added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
     return set(tokenizer.all_special_ids) | {i for i, token in added.items() if getattr(token, "special", False)}
@@ -51,7 +51,7 @@ def _special_ids(tokenizer) -> set[int]:
 
 def _turn_end(tokenizer, ids: Sequence[int], start: int, end: int) -> tuple[int, int]:
     """`(content_end, eot_end)`: trailing whitespace after the turn's last special token is not part of the turn."""
-    special = _special_ids(tokenizer)
+    special = special_token_ids(tokenizer)
     eot_end = end
     while eot_end > start and ids[eot_end - 1] not in special and not tokenizer.decode([ids[eot_end - 1]]).strip():
         eot_end -= 1

@@ -23,7 +23,7 @@ from trl import SFTConfig, SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling as TRLDataCollatorForLanguageModeling
 
 from .audit import AUDIT_COLUMNS, COUNT, FULL_COUNT, FULL_FIRST, LENGTH, REASON, STOP_OK, AuditReport, build_report
-from .chat import chat_labels
+from .chat import chat_labels, special_token_ids
 from .checkpoints import resolve_resume_checkpoint
 from .collator import DataCollatorForCompletionOnlyLM
 from .config import MaskedSFTConfig
@@ -78,9 +78,7 @@ def _template_masker(args: Any, data_collator: Any, tokenizer: Any) -> DataColla
 
 def _stop_token_ids(tokenizer) -> set[int]:
     """Tokens that end a completion: eos and the special end-of-turn tokens of chat templates."""
-    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-    ids = {i for i, token in added.items() if getattr(token, "special", False)}
-    ids |= set(tokenizer.all_special_ids)
+    ids = special_token_ids(tokenizer)
     if tokenizer.bos_token_id != tokenizer.eos_token_id:  # GPT-2 style tokenizers use one token for both
         ids.discard(tokenizer.bos_token_id)
     if tokenizer.pad_token_id != tokenizer.eos_token_id:
@@ -131,7 +129,7 @@ def _preparer(tokenizer, args: Any, data_collator: Any = None) -> MaskedSFTTrain
     self._msft_collator = data_collator
     self._msft_said_no_boundary = True
     self._msft_audits, self._msft_verdicts = {}, {}
-    self._msft_template = _template_masker(args, data_collator, tokenizer)
+    self._msft_template = None  # built from the tokenizer in `_prepare_dataset`
     self._msft_audit_only = True
     return self
 
@@ -253,7 +251,7 @@ class MaskedSFTTrainer(SFTTrainer):
         self._msft_said_no_boundary = False
         self._msft_audits: dict[str, AuditReport] = {}
         self._msft_verdicts: dict[str, RowAudit] = {}
-        self._msft_template = _template_masker(args, data_collator, tokenizer)
+        self._msft_template = None  # built in `_prepare_dataset`, once TRL has the tokenizer
         # Assistant-only loss is done here for any chat template (TRL's needs `{% generation %}` markers and swaps
         # in patched templates for known families only), so TRL's own path is turned off.
         self._msft_chat = self._completion_only or bool(args.assistant_only_loss)
@@ -311,7 +309,7 @@ class MaskedSFTTrainer(SFTTrainer):
     ) -> Dataset | IterableDataset:
         if getattr(self, "_skip_prepare_dataset", False):
             return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
-        if self._msft_template is None:  # the tokenizer is known only now when `model` was given as a path
+        if self._msft_template is None:  # here the tokenizer is known, also when `model` was given as a path
             self._msft_template = _template_masker(args, self._msft_collator, self._tokenizer)
         formatting_func = formatting_func or self._msft_formatting_func
         columns = column_names(dataset)
