@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import os
+import string
 
 import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -80,3 +83,22 @@ def capture_logs():
     for log, handler, previous in attached:
         log.removeHandler(handler)
         log.setLevel(previous)
+
+
+@pytest.fixture(scope="session")
+def sp_tokenizer():
+    """A SentencePiece-style BPE (Llama/Mistral layout) where "### Answer:" alone starts with "▁###" but after a
+    newline with "###", the classic case that made old completion-only scripts mask whole rows."""
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split("\n", behavior="isolated"), pre_tokenizers.Metaspace(prepend_scheme="first")]
+    )
+    tokenizer.decoder = decoders.Metaspace(prepend_scheme="first")
+    trainer = trainers.BpeTrainer(
+        vocab_size=150,
+        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
+        initial_alphabet=list(string.printable.strip()) + ["▁"],
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(["### Question: What is the capital of France?\n### Answer: Paris"] * 4, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", pad_token="<pad>", unk_token="<unk>")

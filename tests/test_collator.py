@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import string
 import warnings
 
 import pytest
 import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
 
 from trl_masked_sft import (
     DataCollatorForCompletionOnlyLM,
@@ -35,25 +32,6 @@ def eos_pad_tok():
     tokenizer = build_tiny_tokenizer(pad_token="<|eos|>")
     assert tokenizer.pad_token_id == tokenizer.eos_token_id
     return tokenizer
-
-
-@pytest.fixture(scope="module")
-def sp_tok():
-    """A SentencePiece-style BPE (Llama/Mistral layout) where "### Answer:" alone starts with "▁###" but after a
-    newline with "###", the classic case that made old completion-only scripts mask whole rows."""
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split("\n", behavior="isolated"), pre_tokenizers.Metaspace(prepend_scheme="first")]
-    )
-    tokenizer.decoder = decoders.Metaspace(prepend_scheme="first")
-    trainer = trainers.BpeTrainer(
-        vocab_size=150,
-        special_tokens=["<unk>", "<s>", "</s>", "<pad>"],
-        initial_alphabet=list(string.printable.strip()) + ["▁"],
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(["### Question: What is the capital of France?\n### Answer: Paris"] * 4, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
 
 
 def _ids(tokenizer, *pieces: str) -> list[int]:
@@ -105,19 +83,19 @@ def test_string_and_token_id_templates_give_the_same_labels(tok):
     assert _trained(by_ids, 0) == _ids(tok, " Paris")
 
 
-def test_template_tokenized_differently_after_a_newline_is_still_found(sp_tok):
+def test_template_tokenized_differently_after_a_newline_is_still_found(sp_tokenizer):
     """ "### Answer:" after a newline (ids unlike the template alone) is found and only the answer is trained."""
-    prompt = _ids(sp_tok, "What is the capital of France?\n### Answer:")
-    answer = _ids(sp_tok, "What is the capital of France?\n### Answer: Paris")[len(prompt) :]
+    prompt = _ids(sp_tokenizer, "What is the capital of France?\n### Answer:")
+    answer = _ids(sp_tokenizer, "What is the capital of France?\n### Answer: Paris")[len(prompt) :]
     row = prompt + answer
-    alone = _ids(sp_tok, "### Answer:")
+    alone = _ids(sp_tokenizer, "### Answer:")
     assert not any(row[p : p + len(alone)] == alone for p in range(len(row))), "fixture lost the in-context case"
-    collator = DataCollatorForCompletionOnlyLM("### Answer:", tokenizer=sp_tok, ignore_index=IGNORE)
+    collator = DataCollatorForCompletionOnlyLM("### Answer:", tokenizer=sp_tokenizer, ignore_index=IGNORE)
 
     batch = collator([{"input_ids": row}])
 
     assert batch["labels"][0].tolist() == [IGNORE] * len(prompt) + answer
-    assert sp_tok.decode(answer).strip() == "Paris"
+    assert sp_tokenizer.decode(answer).strip() == "Paris"
 
 
 def test_template_whose_first_token_merged_with_a_space_is_found_in_the_text(tok):

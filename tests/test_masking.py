@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import string
-
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
 
 from trl_masked_sft.masking import (
     apply_keep_mask,
@@ -32,25 +28,6 @@ def _ids(tokenizer, text: str) -> list[int]:
 def tiny_tokenizer():
     """The byte-level BPE of `trl_masked_sft.tiny` (GPT-2 style: a space merges into the next word)."""
     return build_tiny_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def sp_tokenizer():
-    """A SentencePiece-style BPE (Llama/Mistral layout): "▁" is prepended to the text, so "### Answer:" alone starts
-    with the token "▁###" but after a newline with "###"."""
-    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [pre_tokenizers.Split("\n", behavior="isolated"), pre_tokenizers.Metaspace(prepend_scheme="first")]
-    )
-    tokenizer.decoder = decoders.Metaspace(prepend_scheme="first")
-    trainer = trainers.BpeTrainer(
-        vocab_size=150,
-        special_tokens=["<unk>", "<pad>", "</s>"],
-        initial_alphabet=list(string.printable.strip()) + ["▁"],
-        show_progress=False,
-    )
-    tokenizer.train_from_iterator(["### Question: What is the capital of France?\n### Answer: Paris"] * 4, trainer)
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
 
 
 # find_subsequence
