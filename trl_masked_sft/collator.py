@@ -9,22 +9,10 @@ from typing import Any
 
 import torch
 
-from .errors import DatasetFormatError, MaskedSFTWarning, TemplateNotFoundError
-from .masking import (
-    apply_keep_mask,
-    find_template,
-    find_template_in_text,
-    merge_occurrences,
-    response_spans,
-    spans_to_labels,
-    template_variants,
-)
+from .errors import MaskedSFTWarning, TemplateNotFoundError
+from .masking import IGNORE_INDEX, TemplateMatcher, clean_row, spans_to_labels
 
 __all__ = ["DataCollatorForCompletionOnlyLM"]
-
-
-def _as_list(value: Any) -> list:
-    return value.tolist() if hasattr(value, "tolist") else list(value)
 
 
 def _check_template(name: str, template: Any) -> None:
@@ -89,7 +77,7 @@ class DataCollatorForCompletionOnlyLM:
         instruction_template: str | list[int] | None = None,
         *,
         tokenizer,
-        ignore_index: int = -100,
+        ignore_index: int = IGNORE_INDEX,
         pad_to_multiple_of: int | None = None,
         return_tensors: str = "pt",
         mlm: bool = False,
@@ -135,9 +123,8 @@ class DataCollatorForCompletionOnlyLM:
                 stacklevel=2,
             )
         self.pad_token_id = pad_id
-        self._response_variants = template_variants(tokenizer, response_template) if response_template else []
-        self._instruction_variants = (
-            template_variants(tokenizer, instruction_template) if instruction_template is not None else []
+        self._matcher = (
+            TemplateMatcher(tokenizer, response_template, instruction_template) if response_template else None
         )
 
     @property
@@ -145,60 +132,25 @@ class DataCollatorForCompletionOnlyLM:
         """Whether this collator masks by template (else it relies on the rows' own boundary)."""
         return self.response_template is not None
 
-    def _occurrences(self, ids: list[int], template, variants) -> list[tuple[int, int]]:
-        """Where `template` occurs: token variants first; a string template is also counted in the decoded text,
-        and when the text holds more occurrences than the variants matched (some merged with their neighbours into
-        other tokens), the text positions fill in the rest."""
-        found = find_template(ids, variants)
-        if isinstance(template, str) and self.tokenizer.decode(ids).count(template) > len(found):
-            extra = [s for s in find_template_in_text(self.tokenizer, ids, template) if s not in found]
-            found = merge_occurrences(sorted(found + extra))
-        return found
+    @property
+    def matcher(self) -> TemplateMatcher | None:
+        """The template matcher (shared with the preparation pipeline), or `None` without a response template."""
+        return self._matcher
 
     def template_spans(self, ids: Sequence[int]) -> list[tuple[int, int]] | None:
         """The spans of `ids` to train on by the templates; `None` when the response template is not found."""
-        ids = list(ids)
-        responses = self._occurrences(ids, self.response_template, self._response_variants)
-        if not responses:
-            return None
-        instructions = (
-            self._occurrences(ids, self.instruction_template, self._instruction_variants)
-            if self.instruction_template is not None
-            else []
-        )
-        return response_spans(len(ids), responses, instructions)
+        return self._matcher.spans(ids)
 
     def row_labels(self, example: dict[str, Any], row: int = 0) -> tuple[list[int], list[int]]:
         """`(input_ids, labels)` of one example, padding removed and masks applied.
 
         Raises `TemplateNotFoundError` when a response template is set and absent from the row.
         """
-        ids = _as_list(example["input_ids"])
-        n = len(ids)
-        if n == 0:
-            raise DatasetFormatError(f"Row {row} has empty `input_ids`. Remove empty rows from the dataset.")
-        columns = {}
-        for key in ("labels", "completion_mask", "attention_mask"):
-            if example.get(key) is not None:
-                columns[key] = _as_list(example[key])
-                if len(columns[key]) != n:
-                    raise DatasetFormatError(
-                        f"Row {row}: `{key}` has {len(columns[key])} entries but `input_ids` has {n}. Build "
-                        f"`{key}` from the same tokenization as `input_ids` (one entry per token)."
-                    )
-        attention = columns.pop("attention_mask", None)
-        if attention is not None and not all(attention):
-            keep = [i for i, m in enumerate(attention) if m]
-            ids = [ids[i] for i in keep]
-            columns = {key: [values[i] for i in keep] for key, values in columns.items()}
-        labels = columns.get("labels", ids)
-        if "completion_mask" in columns:
-            labels = apply_keep_mask(labels, columns["completion_mask"], self.ignore_index)
-        prompt_length = example.get("prompt_length")
-        if prompt_length is not None:
-            labels = [self.ignore_index] * min(int(prompt_length), len(labels)) + list(labels[int(prompt_length) :])
+        given = {key: value for key, value in example.items() if value is not None}
+        ids, labels = clean_row(given, row=row, ignore_index=self.ignore_index)
+        labels = labels if labels is not None else list(ids)
         if self.has_template:
-            spans = self.template_spans(ids)
+            spans = self._matcher.spans(ids)
             if spans is None:
                 raise TemplateNotFoundError(
                     f"Row {row} of the batch does not contain `response_template` {self.response_template!r}, so "

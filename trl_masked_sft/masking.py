@@ -7,19 +7,30 @@ tokens before it, so position 0 is never a target ("after the causal shift"); `c
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
+
+from .errors import DatasetFormatError
 
 __all__ = [
+    "IGNORE_INDEX",
+    "TemplateMatcher",
     "apply_keep_mask",
+    "clean_row",
     "count_supervised",
     "find_subsequence",
     "find_template",
     "find_template_in_text",
-    "merge_occurrences",
     "first_supervised",
+    "merge_occurrences",
     "response_spans",
     "spans_to_labels",
+    "supervision_stats",
     "template_variants",
+    "truncate_row",
 ]
+
+#: The label of a position that is not trained: what `torch.nn.CrossEntropyLoss` and TRL's loss ignore.
+IGNORE_INDEX = -100
 
 # Left contexts a template commonly follows; BPE tokenizers merge its first characters with them differently.
 _CONTEXTS = ("\n", " ", "\n\n", ".", "?", ":", "a", "A", "1", ")", "\t")
@@ -141,11 +152,146 @@ def apply_keep_mask(labels: Sequence[int], keep: Sequence[int], ignore_index: in
     return [label if k else ignore_index for label, k in zip(labels, keep, strict=True)]
 
 
-def count_supervised(labels: Sequence[int], ignore_index: int = -100) -> int:
+def count_supervised(labels: Sequence[int], ignore_index: int = IGNORE_INDEX) -> int:
     """Number of trained positions after the causal shift (position 0 never counts)."""
     return sum(1 for label in labels[1:] if label != ignore_index)
 
 
-def first_supervised(labels: Sequence[int], ignore_index: int = -100) -> int | None:
+def first_supervised(labels: Sequence[int], ignore_index: int = IGNORE_INDEX) -> int | None:
     """Index of the first trained position after the causal shift, or `None` when there is none."""
     return next((i for i in range(1, len(labels)) if labels[i] != ignore_index), None)
+
+
+def supervision_stats(labels: Sequence[int], ignore_index: int = IGNORE_INDEX) -> tuple[int, int | None]:
+    """`(count, first position)` of supervised labels after the causal shift."""
+    return count_supervised(labels, ignore_index), first_supervised(labels, ignore_index)
+
+
+def truncate_row(
+    ids: list[int],
+    labels: list[int],
+    max_length: int | None,
+    *,
+    keep_end: bool = False,
+    min_completion: int | None = None,
+) -> tuple[list[int], list[int]]:
+    """Cut a row to `max_length`: its end (`keep_start`) or its start (`keep_end`).
+
+    With `min_completion`, a row that cutting its end would leave with fewer than `min_completion` completion tokens
+    loses the start of its prompt instead, keeping as much of the completion as fits: all of it when it fits beside
+    one prompt token (position 0 is never a target), else its first `max_length - 1` tokens.
+    """
+    if max_length is None or len(ids) <= max_length:
+        return ids, labels
+    if keep_end:
+        return ids[-max_length:], labels[-max_length:]
+    if min_completion:
+        prompt = next((i for i, lab in enumerate(labels) if lab != IGNORE_INDEX), len(labels))
+        completion = len(ids) - prompt
+        if max(0, max_length - prompt) < min(min_completion, completion):
+            keep = min(completion, max_length - 1)
+            cut = min(prompt + keep - max_length, max(prompt - 1, 0))
+            ids, labels = ids[cut:], labels[cut:]
+    return ids[:max_length], labels[:max_length]
+
+
+def _as_list(value: Any) -> list:
+    return value.tolist() if hasattr(value, "tolist") else list(value)
+
+
+def clean_row(
+    example: dict[str, Any],
+    *,
+    row: int | str,
+    completion_only: bool = True,
+    ignore_index: int = IGNORE_INDEX,
+) -> tuple[list[int], list[int] | None]:
+    """`(input_ids, labels)` of one pre-tokenized row: lengths checked, padding trimmed, its own masks applied.
+
+    The one clean-up shared by the preparation pipeline and the collator:
+    - `labels`, `completion_mask` and `attention_mask` must have one entry per token; a mismatch names the row;
+    - `labels` may hold token ids (>= 0) and `ignore_index` only;
+    - positions whose `attention_mask` is 0 (padding added in advance) are removed;
+    - with `completion_only`, a `completion_mask` and a `prompt_length` (counted in real tokens) mask more. A mask
+      only ever masks more: an `ignore_index` already in `labels` stays.
+
+    `labels` is `None` when the row has none and no mask applied (the caller decides: TRL copies `input_ids`).
+    `row` names the row in errors (an index, or e.g. `"3 of the train dataset"`).
+    """
+    ids = example.get("input_ids")
+    if ids is None or len(ids) == 0:
+        raise DatasetFormatError(f"Row {row} has empty `input_ids`. Fix: remove empty rows from the dataset.")
+    ids = _as_list(ids)
+    columns: dict[str, list] = {}
+    for key in ("labels", "completion_mask", "attention_mask"):
+        value = example.get(key)
+        if key in example and (value is None or len(value) != len(ids)):
+            raise DatasetFormatError(
+                f"Row {row}: `{key}` has {'no' if value is None else len(value)} entries but `input_ids` has "
+                f"{len(ids)}. Fix: build `{key}` from the same tokenization as `input_ids`, one entry per token."
+            )
+        if value is not None:
+            columns[key] = _as_list(value)
+    labels = columns.get("labels")
+    bad = next((v for v in labels or () if v < 0 and v != ignore_index), None)
+    if bad is not None:
+        raise DatasetFormatError(
+            f"Row {row}: `labels` holds {bad}; only {ignore_index} marks a position that is not trained, and token "
+            f"ids are >= 0. Fix: use {ignore_index} for ignored positions, e.g. "
+            f"`[x if x >= 0 else {ignore_index} for x in labels]`."
+        )
+    attention = columns.pop("attention_mask", None)
+    if attention is not None and not all(attention):
+        keep = [i for i, m in enumerate(attention) if m]
+        ids = [ids[i] for i in keep]
+        columns = {key: [values[i] for i in keep] for key, values in columns.items()}
+        labels = columns.get("labels")
+    if completion_only and "completion_mask" in columns:
+        labels = apply_keep_mask(labels if labels is not None else ids, columns["completion_mask"], ignore_index)
+    prompt_length = example.get("prompt_length")
+    if completion_only and prompt_length is not None:
+        base = labels if labels is not None else ids
+        start = int(prompt_length)
+        labels = [ignore_index] * min(start, len(base)) + list(base[start:])
+    return ids, labels
+
+
+class TemplateMatcher:
+    """Where a response template (and an optional instruction template) occurs in a row of token ids.
+
+    A string template is searched *in context*: as it tokenizes alone and after common left contexts, then in the
+    decoded text where its first or last characters merged with their neighbours. `spans(ids)` gives the token spans
+    to train on. Used by the collator and by the preparation pipeline, so both mask a row the same way.
+    """
+
+    def __init__(self, tokenizer, response_template: str | Sequence[int], instruction_template=None):
+        self.tokenizer = tokenizer
+        self.response_template = response_template
+        self.instruction_template = instruction_template
+        self._response_variants = template_variants(tokenizer, response_template)
+        self._instruction_variants = (
+            template_variants(tokenizer, instruction_template) if instruction_template is not None else []
+        )
+
+    def _occurrences(self, ids: list[int], template, variants) -> list[tuple[int, int]]:
+        """Where `template` occurs: token variants first; a string template is also counted in the decoded text,
+        and when the text holds more occurrences than the variants matched (some merged with their neighbours into
+        other tokens), the text positions fill in the rest."""
+        found = find_template(ids, variants)
+        if isinstance(template, str) and self.tokenizer.decode(ids).count(template) > len(found):
+            extra = [s for s in find_template_in_text(self.tokenizer, ids, template) if s not in found]
+            found = merge_occurrences(sorted(found + extra))
+        return found
+
+    def spans(self, ids: Sequence[int]) -> list[tuple[int, int]] | None:
+        """The spans of `ids` to train on by the templates; `None` when the response template is not found."""
+        ids = list(ids)
+        responses = self._occurrences(ids, self.response_template, self._response_variants)
+        if not responses:
+            return None
+        instructions = (
+            self._occurrences(ids, self.instruction_template, self._instruction_variants)
+            if self.instruction_template is not None
+            else []
+        )
+        return response_spans(len(ids), responses, instructions)
