@@ -10,7 +10,7 @@ contender (RSS only grows within a process).
     python benchmarks/run.py --fast     # CI smoke run: tiny sizes, one repeat, no RSS, under a minute
 
 Data: the homework's `train.json` read from `../shared/data/unit_conversion/` next to the repository when present,
-else generated homework questions (`trl_masked_sft.homework.generate_rows`); and a synthetic long-prompt chat set.
+else generated homework questions (`examples/homework_data.py`'s `generate_rows`); and a synthetic long-prompt chat set.
 Contenders that train on the same tokens must end with the same loss: `loss_groups_agree` checks it (the test runs
 it), and the table shows the supervised tokens and model positions each contender saw in its epoch.
 """
@@ -36,6 +36,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # the homework recipe
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -45,12 +46,13 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 import trl  # noqa: E402
 from datasets import Dataset  # noqa: E402
+from homework import generate_rows, to_prompt_completion  # noqa: E402
 from peft import get_peft_model  # noqa: E402
 from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 from trl import SFTConfig, SFTTrainer  # noqa: E402
 
 from trl_masked_sft import MaskedSFTConfig, MaskedSFTTrainer, homework_lora_config, validate_batch  # noqa: E402
-from trl_masked_sft.homework import format_answer, generate_rows, to_prompt_completion  # noqa: E402
+from trl_masked_sft.formats import format_answer  # noqa: E402
 from trl_masked_sft.packing import packing_is_exact  # noqa: E402
 from trl_masked_sft.tiny import build_tiny_model, build_tiny_tokenizer  # noqa: E402
 

@@ -6,14 +6,14 @@
 
 It scores the first `--num-eval` validation questions, trains a LoRA adapter (prompt = question, completion =
 " <answer>…</answer>" + EOS, the question masked), scores again, and writes the adapter, `metrics.json` and the
-TensorBoard logs under `--output-dir`. The work is done by `trl_masked_sft.homework.run_homework`.
+TensorBoard logs under `--output-dir`. The work is done by `run_homework` in `homework.py` beside this script.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from trl_masked_sft.homework import HOMEWORK_MODEL, run_homework
+from homework import HOMEWORK_MODEL, run_homework
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

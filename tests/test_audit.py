@@ -8,7 +8,7 @@ import pytest
 from datasets import Dataset
 
 from trl_masked_sft import MaskedSFTTrainer
-from trl_masked_sft.trainer import truncate_row
+from trl_masked_sft.masking import truncate_row
 
 IGNORE = -100
 

@@ -402,7 +402,7 @@ def test_malformed_input_fails_early_with_our_message(tokenizer, make_config, tm
 
 def test_valid_edge_cases_pass_the_data_checks(tokenizer, model, make_config):
     """A tool-call message with no content, and -100 labels, are valid: the new checks let them through."""
-    from trl_masked_sft.data import _check_messages
+    from trl_masked_sft.formats import _check_messages
 
     tool_call = {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}
     _check_messages([[{"role": "user", "content": "hi"}, tool_call]], "train")

@@ -14,7 +14,7 @@ import torch
 
 from trl_masked_sft import homework_lora_config
 from trl_masked_sft.errors import DatasetFormatError
-from trl_masked_sft.homework import (
+from homework import (
     QUESTION_TEMPLATES,
     batched_generate,
     build_demo_model,

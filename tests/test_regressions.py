@@ -17,7 +17,7 @@ from trl_masked_sft import (
     audit_dataset,
 )
 from trl_masked_sft.tiny import build_tiny_model, build_tiny_tokenizer
-from trl_masked_sft.trainer import truncate_row
+from trl_masked_sft.masking import truncate_row
 
 IGNORE = -100
 

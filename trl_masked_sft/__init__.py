@@ -1,9 +1,9 @@
 """Completion-only SFT for Hugging Face TRL that never trains silently on nothing or on the wrong tokens."""
 
-from .audit import AuditReport, audit_dataset, prepare_dataset
+from .audit import audit_dataset, prepare_dataset
 from .chat import ChatMask, chat_labels
 from .collator import DataCollatorForCompletionOnlyLM
-from .config import MaskedSFTConfig, homework_lora_config
+from .config import MaskedSFTConfig, MaskingOptions, homework_lora_config
 from .errors import (
     AllMaskedBatchError,
     CheckpointError,
@@ -16,14 +16,19 @@ from .errors import (
     TrainingHealthError,
     UnsupervisedRowsError,
 )
+from .formats import Layout
 from .health import TrainingHealthGuard
 from .inspector import inspect_rows, render_html, render_terminal
+from .masking import IGNORE_INDEX
+from .pipeline import PreparationPipeline, PreparedDataset
+from .report import AuditReport
 from .trainer import MaskedSFTTrainer
 from .validation import validate_batch
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "IGNORE_INDEX",
     "AllMaskedBatchError",
     "AuditReport",
     "ChatMask",
@@ -32,10 +37,14 @@ __all__ = [
     "DatasetFormatError",
     "DatasetTypeError",
     "LabelsOverwrittenError",
+    "Layout",
     "MaskedSFTConfig",
     "MaskedSFTTrainer",
     "MaskedSFTWarning",
+    "MaskingOptions",
     "ModelSetupError",
+    "PreparationPipeline",
+    "PreparedDataset",
     "TemplateNotFoundError",
     "TrainingHealthError",
     "TrainingHealthGuard",

@@ -96,15 +96,11 @@ def _homework_pairs(path: Path) -> list | None:
 def _load_split_file(path: Path):
     from datasets import load_dataset
 
-    from .homework import to_prompt_completion
+    from .formats import coerce_dataset
 
     pairs = _homework_pairs(path)
     if pairs is not None:
-        # Homework rows: the answer is written as the homework's `<answer>...</answer>` completion.
-        if all(isinstance(a, (int, float)) and not isinstance(a, bool) for _, a in pairs):
-            return to_prompt_completion(pairs)
-        from .data import coerce_dataset
-
+        # `[question, answer]` rows: a numeric answer is written `" <answer>…</answer>"`, as everywhere.
         return coerce_dataset(pairs, prompt_column="prompt", completion_column="completion", dataset_name=path.name)
     return load_dataset(_LOCAL_SUFFIXES[path.suffix], data_files=str(path), split="train")
 

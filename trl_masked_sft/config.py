@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass, field
+from typing import Any
 
+from transformers import TrainingArguments
 from transformers.trainer_utils import SaveStrategy
 from transformers.utils import is_torch_bf16_gpu_available
 from trl import SFTConfig
 
-__all__ = ["MaskedSFTConfig", "homework_lora_config"]
+__all__ = ["MaskedSFTConfig", "MaskingOptions", "homework_lora_config", "trainer_config"]
 
 
 @dataclass
@@ -279,3 +283,78 @@ def homework_lora_config(**overrides):
     settings = {"r": 8, "lora_alpha": 32, "target_modules": "all-linear", "bias": "none", "task_type": "CAUSAL_LM"}
     settings.update(overrides)
     return LoraConfig(**settings)
+
+
+@dataclass(frozen=True)
+class MaskingOptions:
+    """The settings that decide what a row trains on, read once from a config (`from_args`) and never changed.
+
+    A variant is made with `dataclasses.replace(options, ...)`; the user's config is never mutated.
+    """
+
+    completion_only: bool = True
+    #: assistant-only masks for conversations (on with `completion_only` or `assistant_only_loss`)
+    chat: bool = True
+    #: the user asked for `assistant_only_loss=True` (refused on data that is not conversational, as TRL does)
+    assistant_only: bool = False
+    prompt_column: str = "prompt"
+    completion_column: str = "completion"
+    text_field: str = "text"
+    response_template: str | None = None
+    instruction_template: str | None = None
+    assistant_turns: str = "all"
+    train_on_eot: bool = True
+    max_length: int | None = 128
+    keep_end: bool = False
+    min_completion_tokens: int | None = None
+    masked_row_policy: str = "error"
+    max_masked_row_fraction: float = 0.1
+    num_proc: int | None = None
+
+    @classmethod
+    def from_args(cls, args: Any) -> MaskingOptions:
+        """Read the options from a `MaskedSFTConfig`, an `SFTConfig` (our fields take their defaults) or `None`."""
+        if args is None:
+            return cls()
+        defaults = MaskedSFTConfig.__dataclass_fields__
+
+        def get(name: str) -> Any:
+            return getattr(args, name) if hasattr(args, name) else defaults[name].default
+
+        completion_only = get("completion_only_loss") is not False
+        assistant_only = bool(get("assistant_only_loss"))
+        return cls(
+            completion_only=completion_only,
+            chat=completion_only or assistant_only,
+            assistant_only=assistant_only,
+            prompt_column=get("prompt_column"),
+            completion_column=get("completion_column"),
+            text_field=get("dataset_text_field"),
+            response_template=get("response_template"),
+            instruction_template=get("instruction_template"),
+            assistant_turns=get("assistant_turns"),
+            train_on_eot=get("train_on_eot"),
+            max_length=get("max_length"),
+            keep_end=get("truncation_mode") == "keep_end",
+            min_completion_tokens=get("min_completion_tokens"),
+            masked_row_policy=get("masked_row_policy"),
+            max_masked_row_fraction=get("max_masked_row_fraction"),
+            num_proc=get("dataset_num_proc"),
+        )
+
+
+def trainer_config(model, args) -> MaskedSFTConfig | SFTConfig:
+    """The trainer's own copy of the config (the user's object is never changed), as TRL builds it."""
+    if args is None:
+        name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "model"
+        return MaskedSFTConfig(output_dir=f"{str(name).rstrip('/').split('/')[-1] or 'model'}-SFT")
+    if isinstance(args, TrainingArguments) and not isinstance(args, SFTConfig):
+        # As TRL does (it converts to SFTConfig): the fields TrainingArguments lacks take SFTConfig's defaults
+        # (e.g. max_length 1024), not the homework's.
+        dict_args = args.to_dict()
+        dict_args["hub_token"] = args.hub_token
+        sft_only = set(SFTConfig.__dataclass_fields__) - set(TrainingArguments.__dataclass_fields__)
+        defaults = {name: SFTConfig.__dataclass_fields__[name].default for name in sft_only}
+        defaults = {k: v for k, v in defaults.items() if v is not dataclasses.MISSING}
+        return MaskedSFTConfig(**{**defaults, **dict_args})
+    return copy.copy(args)

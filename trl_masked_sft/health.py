@@ -10,6 +10,7 @@ and never saved over the last good checkpoint.
 from __future__ import annotations
 
 import os
+from typing import Any, Protocol
 
 import torch
 from transformers import TrainerCallback
@@ -19,13 +20,13 @@ from transformers.utils import logging
 from .checkpoints import last_complete_checkpoint
 from .distributed import process_info
 from .errors import TrainingHealthError
+from .masking import IGNORE_INDEX
 from .model_checks import check_gradients_reached
 
 __all__ = ["TrainingHealthGuard"]
 
 logger = logging.get_logger(__name__)
 
-_IGNORE = -100
 
 
 def _scalar(value) -> torch.Tensor | None:
@@ -36,12 +37,23 @@ def _scalar(value) -> torch.Tensor | None:
     return value.detach().float().reshape(()) if isinstance(value, torch.Tensor) else torch.tensor(float(value))
 
 
+class GuardedTrainer(Protocol):
+    """What the guard uses of the trainer it watches; `MaskedSFTTrainer` provides all of it."""
+
+    accelerator: Any
+    is_deepspeed_enabled: bool
+    is_fsdp_enabled: bool
+
+    def save_last_good_checkpoint(self) -> None:
+        """Save a checkpoint of the current (last good) weights."""
+
+
 class TrainingHealthGuard(TrainerCallback):
     """Stop training at the first step with a non-finite loss or gradient norm, or with no supervised token.
 
     The error names the step, the value seen, the likely cause and the fix, and where the last good weights are. The
     bad step's update is not applied (the check runs before `optimizer.step()`), so the last good checkpoint stays
-    intact. Given the `trainer` and with checkpoints on (`save_strategy` not `"no"`), the last good weights (those
+    intact. Given a trainer with `save_last_good_checkpoint` (`GuardedTrainer`) and with checkpoints on (`save_strategy` not `"no"`), the last good weights (those
     of the previous step) are saved as `checkpoint-<step - 1>` first, unless that checkpoint exists.
 
     At the first step of each `train()` call it also checks that the trainable parameters received a gradient
@@ -54,7 +66,7 @@ class TrainingHealthGuard(TrainerCallback):
     non-finite gradient norm is the scaler's business (it skips the step); only a non-finite loss stops the run.
     """
 
-    def __init__(self, trainer=None, *, save_last_good: bool = True):
+    def __init__(self, trainer: GuardedTrainer | None = None, *, save_last_good: bool = True):
         self._trainer = trainer
         self._save_last_good = save_last_good
         self._grads_checked = False
@@ -74,7 +86,7 @@ class TrainingHealthGuard(TrainerCallback):
         if num_items_in_batch is not None:  # counted by Trainer over the whole accumulation window (and ranks)
             self._tokens = _scalar(num_items_in_batch)
         elif isinstance(labels, torch.Tensor):
-            count = (labels[..., 1:] != _IGNORE).sum().float()
+            count = (labels[..., 1:] != IGNORE_INDEX).sum().float()
             self._tokens = count if self._tokens is None else self._tokens + count
 
     def observe_grad_norm(self, grad_norm) -> None:
@@ -168,7 +180,7 @@ class TrainingHealthGuard(TrainerCallback):
         else:
             what = (
                 f"it has no supervised token in its {accumulation} micro-batch(es){where(ranks(2))}: every label is "
-                f"{_IGNORE}"
+                f"{IGNORE_INDEX}"
             )
             cause = (
                 "prompts truncated at `max_length` before the answer starts, a response template that does not match "
@@ -192,7 +204,7 @@ class TrainingHealthGuard(TrainerCallback):
     def _save(self, args, state) -> str | None:
         """Save the last good weights through the trainer when checkpoints are on and that step has none yet."""
         trainer = self._trainer
-        if not self._save_last_good or trainer is None or state.global_step == 0:
+        if not self._save_last_good or not hasattr(trainer, "save_last_good_checkpoint") or state.global_step == 0:
             return None
         if getattr(args, "save_strategy", "no") == "no":
             return None
@@ -200,7 +212,7 @@ class TrainingHealthGuard(TrainerCallback):
         if os.path.isdir(path):
             return None
         try:
-            trainer._save_checkpoint(trainer.model_wrapped, trial=None)
+            trainer.save_last_good_checkpoint()
         except Exception as exc:  # saving must not hide the health error
             logger.warning(f"Could not save the last good weights to {path}: {exc}")
             return None

@@ -17,6 +17,7 @@ from typing import Any
 from datasets import Dataset
 
 from .chat import TRAINED, chat_labels
+from .masking import IGNORE_INDEX, truncate_row
 
 __all__ = ["RowMarks", "TokenMark", "inspect_rows", "render_html", "render_terminal"]
 
@@ -87,15 +88,19 @@ def inspect_rows(
     `config` is a `MaskedSFTConfig` (defaults when `None`): its templates, columns, `max_length` and truncation
     options apply as in training.
     """
-    from .audit import prepare_dataset
-    from .config import MaskedSFTConfig
-    from .trainer import _overridden, _setting, truncate_row
+    import dataclasses
 
-    if config is None:
-        config = MaskedSFTConfig(output_dir="masked-sft-inspect", report_to="none")
+    from .config import MaskingOptions
+    from .pipeline import PreparationPipeline
+
+    options = MaskingOptions.from_args(config)
     raw = _select(dataset, start, rows)
-    with _overridden(config, max_length=None, masked_row_policy="warn"):
-        prepared, _, verdict = prepare_dataset(raw, tokenizer, config, data_collator=data_collator)
+    # Prepared without truncation, so truncated tokens can be shown; `truncate_row` then says which are cut.
+    untruncated = dataclasses.replace(options, max_length=None, masked_row_policy="warn")
+    pipeline = PreparationPipeline.from_config(tokenizer, config, data_collator=data_collator)
+    pipeline = PreparationPipeline(tokenizer, untruncated, template=pipeline.template)
+    prepared = pipeline.prepare(raw, "train", enforce=False)
+    prepared, verdict = prepared.dataset, prepared.verdict
     raw_rows = raw if isinstance(raw, list) else [raw[i] for i in range(len(raw))]
     special = set(tokenizer.all_special_ids)
     out = []
@@ -108,9 +113,9 @@ def inspect_rows(
         kept_positions, _ = truncate_row(
             list(range(len(ids))),
             labels,
-            config.max_length,
-            keep_end=config.truncation_mode == "keep_end",
-            min_completion=_setting(config, "min_completion_tokens"),
+            options.max_length,
+            keep_end=options.keep_end,
+            min_completion=options.min_completion_tokens,
         )
         kept = set(kept_positions)
         raw_row = raw_rows[i] if isinstance(raw_rows[i], dict) else {}
@@ -119,11 +124,11 @@ def inspect_rows(
             chat = chat_labels(
                 tokenizer,
                 raw_row["messages"],
-                assistant_turns=_setting(config, "assistant_turns"),
-                train_eot=_setting(config, "train_on_eot"),
+                assistant_turns=options.assistant_turns,
+                train_eot=options.train_on_eot,
             )
             chat = chat if chat.input_ids == list(ids) else None
-        first = next((p for p in range(len(labels)) if labels[p] != -100), len(labels))
+        first = next((p for p in range(len(labels)) if labels[p] != IGNORE_INDEX), len(labels))
         marks = RowMarks(index=start + i, problem=problem)
         for pos, (token, label) in enumerate(zip(ids, labels, strict=True)):
             text = tokenizer.decode([token]) if token not in special else tokenizer.convert_ids_to_tokens(token)
@@ -131,19 +136,19 @@ def inspect_rows(
                 reason = TRUNCATED
             elif row_reason:
                 reason = row_reason
-            elif label != -100:
+            elif label != IGNORE_INDEX:
                 reason = TRAINED if pos > 0 else FIRST
             elif chat is not None:
                 reason = chat.reasons[pos]
             elif pos < first:
                 reason = PROMPT
             else:
-                reason = "user turn" if _setting(config, "instruction_template") else USER_LABELS
+                reason = "user turn" if options.instruction_template else USER_LABELS
             marks.tokens.append(TokenMark(token, text, reason == TRAINED, reason))
         if marks.trained_count == 0 and not problem:
             cut = len(kept) < len(ids)
             marks.problem = (
-                f"no supervised token after truncation at max_length {config.max_length}"
+                f"no supervised token after truncation at max_length {options.max_length}"
                 if cut
                 else ("no supervised token")
             )

@@ -212,8 +212,9 @@ def clean_row(
     - `labels`, `completion_mask` and `attention_mask` must have one entry per token; a mismatch names the row;
     - `labels` may hold token ids (>= 0) and `ignore_index` only;
     - positions whose `attention_mask` is 0 (padding added in advance) are removed;
-    - with `completion_only`, a `completion_mask` and a `prompt_length` (counted in real tokens) mask more. A mask
-      only ever masks more: an `ignore_index` already in `labels` stays.
+    - `assistant_masks` (TRL's column) always masks more; with `completion_only`, a `completion_mask` and a
+      `prompt_length` (counted in real tokens) mask more too. A mask only ever masks more: an `ignore_index` already
+      in `labels` stays.
 
     `labels` is `None` when the row has none and no mask applied (the caller decides: TRL copies `input_ids`).
     `row` names the row in errors (an index, or e.g. `"3 of the train dataset"`).
@@ -223,7 +224,7 @@ def clean_row(
         raise DatasetFormatError(f"Row {row} has empty `input_ids`. Fix: remove empty rows from the dataset.")
     ids = _as_list(ids)
     columns: dict[str, list] = {}
-    for key in ("labels", "completion_mask", "attention_mask"):
+    for key in ("labels", "completion_mask", "assistant_masks", "attention_mask"):
         value = example.get(key)
         if key in example and (value is None or len(value) != len(ids)):
             raise DatasetFormatError(
@@ -246,6 +247,8 @@ def clean_row(
         ids = [ids[i] for i in keep]
         columns = {key: [values[i] for i in keep] for key, values in columns.items()}
         labels = columns.get("labels")
+    if "assistant_masks" in columns:
+        labels = apply_keep_mask(labels if labels is not None else ids, columns["assistant_masks"], ignore_index)
     if completion_only and "completion_mask" in columns:
         labels = apply_keep_mask(labels if labels is not None else ids, columns["completion_mask"], ignore_index)
     prompt_length = example.get("prompt_length")

@@ -24,6 +24,7 @@ from transformers.utils import logging
 from .errors import MaskedSFTWarning, ModelSetupError
 
 __all__ = [
+    "check_peft_setup",
     "adapter_parameters",
     "check_gradients_reached",
     "check_model_before_training",
@@ -284,3 +285,21 @@ def check_gradients_reached(model) -> None:
         MaskedSFTWarning,
         stacklevel=2,
     )
+
+
+def check_peft_setup(args, model, peft_config) -> None:
+    """`label_names` for PEFT models (never overriding the user's), and a warning when `task_type` is missing."""
+    if args.label_names is None:
+        args.label_names = ["labels"]
+    if peft_config is not None:
+        task_type = getattr(peft_config, "task_type", None)
+    else:
+        task_type = next((c.task_type for c in (getattr(model, "peft_config", {}) or {}).values()), None)
+    if task_type is None:
+        warnings.warn(
+            "The PEFT config has no `task_type`, so PEFT builds a generic PeftModel instead of "
+            "PeftModelForCausalLM and the labels may not reach the loss the way a causal LM expects. Fix: "
+            "set `task_type='CAUSAL_LM'` in your LoraConfig (homework_lora_config() does).",
+            MaskedSFTWarning,
+            stacklevel=3,
+        )

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from datasets import Dataset
 
-from .errors import AllMaskedBatchError, UnsupervisedRowsError
-from .masking import count_supervised, first_supervised
+from .errors import AllMaskedBatchError, LabelsOverwrittenError, MaskedSFTWarning, UnsupervisedRowsError
+from .masking import count_supervised
 
-__all__ = ["RowAudit", "audit_labels", "validate_batch"]
+__all__ = ["RowAudit", "audit_labels", "check_collator_keeps_labels", "collated_label_changes", "validate_batch"]
 
 MASKED_ROW_POLICIES = ("error", "drop", "warn")
 
@@ -165,6 +167,70 @@ def audit_labels(
     return audit
 
 
-def supervision_stats(labels: Sequence[int], ignore_index: int = -100) -> tuple[int, int | None]:
-    """`(count, first position)` of supervised labels after the causal shift."""
-    return count_supervised(labels, ignore_index), first_supervised(labels, ignore_index)
+def collated_label_changes(
+    features: Sequence[Mapping[str, Sequence[int]]], batch: Any, ignore_index: int = -100
+) -> tuple[int, int] | None:
+    """`(extra, missing)`: tokens a collator's `batch` trains that the prepared `features` mask, and the reverse.
+
+    Each feature's row is found in the batch whether it was padded on the right or on the left; rows whose tokens
+    the collator changed are skipped (the batch validator still checks them). Position 0 never counts. `None` when
+    the batch has no 2-D `labels` with one row per feature.
+    """
+    labels = batch.get("labels") if isinstance(batch, Mapping) else None
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 2 or labels.shape[0] != len(features):
+        return None
+    batch_ids = batch.get("input_ids")
+    extra = missing = 0
+    for i, feature in enumerate(features):
+        expected = torch.tensor(feature["labels"])
+        n, ids = len(expected), torch.tensor(feature["input_ids"])
+        if isinstance(batch_ids, torch.Tensor) and batch_ids.shape[1] >= n:
+            if torch.equal(batch_ids[i, :n].cpu(), ids):
+                got = labels[i, :n]
+            elif torch.equal(batch_ids[i, -n:].cpu(), ids):
+                got = labels[i, -n:]
+            else:
+                continue
+        else:
+            got = labels[i, :n]
+        got = got.cpu()
+        extra += int(((got != ignore_index) & (expected == ignore_index))[1:].sum())
+        missing += int(((got == ignore_index) & (expected != ignore_index))[1:].sum())
+    return extra, missing
+
+
+def check_collator_keeps_labels(collator, dataset) -> None:
+    """Collate a few prepared rows with the user's `collator` and compare its labels with `dataset`'s.
+
+    Raises `LabelsOverwrittenError` when the collator trains masked (prompt) tokens; warns when it masks
+    supervised ones."""
+    if not isinstance(dataset, Dataset) or "labels" not in dataset.column_names or len(dataset) == 0:
+        return
+    rows = dataset.select(range(min(8, len(dataset))))
+    features = [{"input_ids": r["input_ids"], "labels": r["labels"]} for r in rows]
+    try:
+        batch = collator(features)
+    except Exception:
+        # Collators built for raw `input_ids` (e.g. transformers' DataCollatorForLanguageModeling) fail on
+        # ragged `labels`; what they do with `input_ids` alone is what they would train on.
+        try:
+            batch = collator([{"input_ids": f["input_ids"]} for f in features])
+        except Exception:  # needs other columns: the batch validator still checks every batch
+            return
+    changes = collated_label_changes(features, batch)
+    name = type(collator).__name__
+    if changes and changes[0]:
+        raise LabelsOverwrittenError(
+            f"The data collator ({name}) overwrites the labels: on the first {len(features)} rows it trains "
+            f"{changes[0]} tokens that the prepared dataset masks (prompt tokens). Fix: pass no `data_collator` "
+            "(MaskedSFTTrainer builds the labels), use DataCollatorForCompletionOnlyLM, or make your collator "
+            "keep the `labels` it receives. Set `completion_only_loss=False` if training on prompts is intended."
+        )
+    if changes and changes[1]:
+        warnings.warn(
+            f"The data collator ({name}) masks {changes[1]} of the supervised tokens of the first {len(features)} "
+            "rows (often the eos token when pad == eos and padding is found by id), so the model may never "
+            "learn to stop. Fix: pass no `data_collator`, or use DataCollatorForCompletionOnlyLM.",
+            MaskedSFTWarning,
+            stacklevel=3,
+        )

@@ -1,16 +1,16 @@
-"""The unit-conversion homework end to end: questions, answer format, scoring, the offline demo model, the run.
+"""The unit-conversion homework end to end: answer format, scoring, the offline demo model, the run.
 
-The course homework fine-tunes SmolLM2-360M-Instruct with LoRA on `[question, answer]` rows such as
-`["Can you change 2 hour to its equivalent in min?", 120.0]`, trains on `f"{question} <answer>{answer}</answer>"`
-with the question masked, and scores greedy answers on the first 100 validation questions. This module holds each
-piece as a small function so that `examples/train_homework.py`, the tests and a CLI share them:
+The course homework trains on `f"{question} <answer>{answer}</answer>"` with the question masked, and scores greedy
+answers on the first 100 validation questions. A recipe (beside the example, as TRL keeps `examples/` and torchtune
+`recipes/` out of their packages), built from small functions that `train_homework.py` and the tests share:
 
-- `generate_rows` / `homework_splits`: a seeded generator of homework-style questions (no data files needed);
-- `load_homework_data`: the homework's own `train.json` / `valid.json`;
-- `format_answer`, `to_prompt_completion`, `parse_answer`, `score`: the answer format and the homework's rule;
+- `to_prompt_completion`, `parse_answer`, `score`: the answer format (`trl_masked_sft.formats.format_answer`, the
+  one format of `[question, answer]` rows everywhere) and the homework's rule;
 - `batched_generate`: greedy, left-padded generation that decodes only the new tokens;
 - `build_demo_model`: the tiny offline model (a few hundred thousand parameters, *not* a real language model);
 - `run_homework`: score, train through `MaskedSFTTrainer`, score again, save the adapter and `metrics.json`.
+
+The data (generator, file loading) is in `homework_data.py`.
 """
 
 from __future__ import annotations
@@ -18,17 +18,27 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import random
 import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from datasets import Dataset
+from homework_data import (
+    QUESTION_TEMPLATES,
+    ConversionQuestion,
+    convert,
+    generate_examples,
+    generate_rows,
+    homework_splits,
+    load_homework_data,
+)
 
-from .errors import DatasetFormatError
+from trl_masked_sft import DatasetFormatError, MaskedSFTConfig, MaskedSFTTrainer, homework_lora_config
+from trl_masked_sft.formats import coerce_dataset, format_answer
+from trl_masked_sft.tiny import build_tiny_model, build_tiny_tokenizer
 
 __all__ = [
     "ADAPTER_LIMIT_MB",
@@ -59,266 +69,9 @@ ADAPTER_LIMIT_MB = 20.0
 #: tuned for a pretrained model.
 DEMO_LEARNING_RATE = 1e-2
 
-# ---------------------------------------------------------------------------------------------------- units
-
-_GALLON = 3.785411784  # litres (US liquid gallon)
-_YEAR = 365.24219878125 * 86400  # seconds (mean tropical year, as the homework's data uses)
-_MILE = 1609.344  # metres
-
-#: family -> canonical unit -> (size in the family's base unit, spellings used in questions).
-_UNITS: dict[str, dict[str, tuple[float, tuple[str, ...]]]] = {
-    "length": {
-        "m": (1.0, ("m", "meter")),
-        "cm": (0.01, ("cm",)),
-        "mm": (0.001, ("mm",)),
-        "km": (1000.0, ("km",)),
-        "in": (0.0254, ("in",)),
-        "ft": (0.3048, ("ft",)),
-        "yd": (0.9144, ("yd",)),
-        "mi": (_MILE, ("mi", "miles")),
-    },
-    "mass": {
-        "kg": (1.0, ("kg",)),
-        "g": (0.001, ("g", "gram")),
-        "lb": (0.45359237, ("pound",)),
-        "oz": (0.45359237 / 16, ("ounce",)),
-        "t": (1000.0, ("ton", "tonne", "metric ton")),
-    },
-    "time": {
-        "s": (1.0, ("s", "sec", "second", "seconds")),
-        "min": (60.0, ("min", "minute")),
-        "h": (3600.0, ("h", "hour", "hours")),
-        "day": (86400.0, ("day", "days")),
-        "week": (604800.0, ("week", "weeks")),
-        "month": (_YEAR / 12, ("month", "months")),
-        "year": (_YEAR, ("year", "years")),
-        "decade": (10 * _YEAR, ("decade", "decades")),
-        "century": (100 * _YEAR, ("century", "centuries")),
-    },
-    "volume": {
-        "l": (1.0, ("l", "L", "liter", "litre")),
-        "ml": (0.001, ("ml", "mL", "milliliter", "millilitre", "cc", "cm^3", "cm**3")),
-        "mm3": (1e-6, ("mm^3", "mm**3")),
-        "m3": (1000.0, ("m^3", "m**3")),
-        "gal": (_GALLON, ("gallon",)),
-        "qt": (_GALLON / 4, ("quart",)),
-        "pt": (_GALLON / 8, ("pint",)),
-        "floz": (_GALLON / 128, ("fluid ounce", "ounce")),
-    },
-    "data size": {
-        "B": (1.0, ("B", "byte")),
-        "bit": (0.125, ("bit",)),
-        "kB": (1e3, ("kB", "KB")),
-        "MB": (1e6, ("MB", "M")),
-        "GB": (1e9, ("GB", "G")),
-    },
-    "speed": {
-        "m/s": (1.0, ("m/s",)),
-        "ft/s": (0.3048, ("ft/s",)),
-        "in/s": (0.0254, ("in/s",)),
-        "km/h": (1 / 3.6, ("km/h", "kmh")),
-        "mph": (_MILE / 3600, ("mph", "mi/h")),
-    },
-}
-
-#: family -> the (from, to) conversions asked, by canonical unit. A pair of one unit with itself asks to change
-#: spelling only (e.g. cc to mL), as some homework questions do.
-_PAIRS: dict[str, tuple[tuple[str, str], ...]] = {
-    "length": (
-        ("m", "cm"), ("m", "mm"), ("m", "ft"), ("m", "in"), ("m", "yd"), ("km", "m"), ("km", "mi"), ("km", "ft"),
-        ("km", "yd"), ("mi", "km"), ("mi", "m"), ("mi", "ft"), ("mi", "yd"), ("ft", "in"), ("ft", "cm"),
-        ("ft", "mm"), ("ft", "m"), ("ft", "yd"), ("yd", "ft"), ("yd", "in"), ("yd", "cm"), ("yd", "m"),
-        ("in", "cm"), ("in", "mm"), ("cm", "mm"), ("cm", "in"),
-    ),
-    "mass": (
-        ("kg", "g"), ("kg", "lb"), ("kg", "oz"), ("lb", "g"), ("lb", "kg"), ("lb", "oz"), ("oz", "g"), ("t", "kg"),
-        ("t", "lb"),
-    ),
-    "time": (
-        ("h", "min"), ("h", "s"), ("min", "s"), ("day", "h"), ("day", "min"), ("day", "week"), ("week", "day"),
-        ("week", "h"), ("week", "month"), ("month", "day"), ("month", "h"), ("month", "week"), ("year", "day"),
-        ("year", "h"), ("year", "month"), ("year", "week"), ("decade", "year"), ("decade", "month"),
-        ("decade", "week"), ("decade", "day"), ("century", "year"), ("century", "decade"), ("century", "month"),
-        ("century", "week"),
-    ),
-    "volume": (
-        ("l", "ml"), ("l", "gal"), ("l", "qt"), ("l", "pt"), ("l", "floz"), ("ml", "ml"), ("ml", "mm3"),
-        ("m3", "l"), ("m3", "gal"), ("m3", "qt"), ("m3", "pt"), ("gal", "l"), ("gal", "ml"), ("gal", "pt"),
-        ("gal", "floz"), ("qt", "l"), ("qt", "ml"), ("qt", "pt"), ("qt", "gal"), ("qt", "floz"), ("pt", "l"),
-        ("pt", "ml"), ("pt", "gal"), ("pt", "floz"), ("floz", "ml"),
-    ),
-    "data size": (("B", "bit"), ("bit", "B"), ("kB", "B"), ("kB", "bit"), ("MB", "kB"), ("GB", "MB")),
-    "speed": (
-        ("m/s", "km/h"), ("m/s", "mph"), ("m/s", "ft/s"), ("m/s", "in/s"), ("km/h", "m/s"), ("km/h", "mph"),
-        ("km/h", "ft/s"), ("km/h", "in/s"), ("mph", "m/s"), ("mph", "km/h"), ("mph", "ft/s"), ("mph", "in/s"),
-        ("ft/s", "m/s"), ("ft/s", "km/h"), ("ft/s", "mph"), ("ft/s", "in/s"),
-    ),
-}  # fmt: skip
-
-#: The phrasings of the homework's questions; `{n}` is the amount, `{a}` the unit converted from, `{b}` the unit
-#: converted to.
-QUESTION_TEMPLATES: tuple[str, ...] = (
-    "Can you change {n} {a} to its equivalent in {b}?",
-    "Can you provide the conversion value from {a} to {b} for {n} units?",
-    "Convert the measurement of {n} {a} into {b}.",
-    "Convert {n} {a} to {b}?",
-    "Could you convert {n} {a} to its corresponding value in {b}?",
-    "Could you give the conversion from {a} to {b} for {n} units?",
-    "Could you provide the value of {n} {a} in {b}?",
-    "Express {n} {a} as a quantity of {b}.",
-    "How do we express {n} {a} in terms of {b}?",
-    "How do we translate {n} {a} into {b}?",
-    "How does {n} {a} measure up in terms of {b}?",
-    "How many {b} are there per {n} {a}?",
-    "How many {b} is {n} {a}?",
-    "How many {b} make up {n} {a}?",
-    "How much is {n} {a} when converted to {b}?",
-    "Please convert {n} {a} into {b}.",
-    "Tell me how many {b} are there in {n} {a}.",
-    "What does {n} {a} equal in {b} terms?",
-    "What is the conversion from {a} to {b} for {n} units?",
-    "What is the conversion of {n} {a} to {b}?",
-    "What is the equivalent of {n} {a} in {b}?",
-    "What is the measurement of {n} {a} when converted into {b}?",
-    "What is {n} {a} in {b}?",
-)
-
-_SPELLINGS: dict[str, list[tuple[str, float]]] = {}
-for _family, _units in _UNITS.items():
-    for _size, _names in _units.values():
-        for _name in _names:
-            _SPELLINGS.setdefault(_name, []).append((_family, _size))
-
-
-class ConversionQuestion(NamedTuple):
-    """One generated homework question and how it was built."""
-
-    question: str
-    amount: int
-    from_unit: str
-    to_unit: str
-    family: str
-    answer: float
-
-
-def convert(amount: float, from_unit: str, to_unit: str) -> float:
-    """Convert `amount` from `from_unit` to `to_unit`, both spelled as in the homework (e.g. `"mi/h"`, `"cm^3"`).
-
-    A spelling used by two families (`"ounce"`: mass, or fluid ounce by volume) takes the family of the other unit.
-    Raises `ValueError` for an unknown spelling or units of different families.
-    """
-    for name in (from_unit, to_unit):
-        if name not in _SPELLINGS:
-            raise ValueError(
-                f"Unknown unit {name!r}. Use one of the homework's spellings, e.g. {sorted(_SPELLINGS)[:8]} ..."
-            )
-    sizes_to = dict(_SPELLINGS[to_unit])
-    for family, size_from in _SPELLINGS[from_unit]:
-        if family in sizes_to:
-            return amount * size_from / sizes_to[family]
-    raise ValueError(
-        f"Cannot convert {from_unit!r} ({', '.join(f for f, _ in _SPELLINGS[from_unit])}) to {to_unit!r} "
-        f"({', '.join(f for f, _ in _SPELLINGS[to_unit])}): the units measure different things."
-    )
-
-
-def generate_examples(n: int, seed: int = 0) -> list[ConversionQuestion]:
-    """`n` homework-style questions, the same for the same `seed` on every machine and Python version.
-
-    Each picks a conversion (length, mass, time, volume, data size, speed), a spelling of each unit, an amount from 1
-    to 10 and one of `QUESTION_TEMPLATES`, like the homework's data.
-    """
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-        raise ValueError(f"`n` must be a non-negative int (the number of questions), got {n!r}.")
-    rng = random.Random(seed)
-    pairs = [(family, a, b) for family, family_pairs in _PAIRS.items() for a, b in family_pairs]
-    examples = []
-    for _ in range(n):
-        family, a, b = rng.choice(pairs)
-        size_a, names_a = _UNITS[family][a]
-        size_b, names_b = _UNITS[family][b]
-        name_a = rng.choice(names_a)
-        name_b = rng.choice([name for name in names_b if name != name_a] or names_b)
-        amount = rng.randint(1, 10)
-        question = rng.choice(QUESTION_TEMPLATES).format(n=amount, a=name_a, b=name_b)
-        examples.append(ConversionQuestion(question, amount, name_a, name_b, family, amount * size_a / size_b))
-    return examples
-
-
-def generate_rows(n: int, seed: int = 0) -> list[list[Any]]:
-    """`n` homework rows `[question: str, answer: float]` (see `generate_examples`)."""
-    return [[example.question, example.answer] for example in generate_examples(n, seed)]
-
-
-def homework_splits(
-    n_train: int = 1000, n_valid: int = 1000, seed: int = 0
-) -> tuple[list[list[Any]], list[list[Any]]]:
-    """Generated `(train, valid)` rows, the homework's 1000 + 1000 by default. One seeded stream, split in two."""
-    rows = generate_rows(n_train + n_valid, seed)
-    return rows[:n_train], rows[n_train:]
-
-
-# ---------------------------------------------------------------------------------------------------- data files
-
-
-def _read_split(path: Path) -> list[list[Any]]:
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"No homework data file at {path}. Fix: point `data_dir` (--data-dir) at the folder that holds the "
-            "homework's train.json and valid.json, or leave it out to use generated questions."
-        )
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DatasetFormatError(
-            f"{path} is not valid JSON ({error}). Fix: restore the homework's original file, a JSON list of "
-            "[question, answer] rows."
-        ) from error
-    if not isinstance(rows, list) or not rows:
-        raise DatasetFormatError(
-            f"{path} must hold a non-empty JSON list of [question, answer] rows, got "
-            f"{type(rows).__name__} {str(rows)[:60]!r}. Fix: restore the homework's original file."
-        )
-    for i, row in enumerate(rows):
-        ok = (
-            isinstance(row, list)
-            and len(row) == 2
-            and isinstance(row[0], str)
-            and isinstance(row[1], (int, float))
-            and not isinstance(row[1], bool)
-            and math.isfinite(row[1])
-        )
-        if not ok:
-            raise DatasetFormatError(
-                f"Row {i} of {path} is {str(row)[:80]!r}; every row must be [question: str, answer: number]. Fix "
-                "that row or restore the homework's original file."
-            )
-    return [[question, float(answer)] for question, answer in rows]
-
-
-def load_homework_data(data_dir: str | Path) -> tuple[list[list[Any]], list[list[Any]]]:
-    """`(train, valid)` rows read from `data_dir`/train.json and `data_dir`/valid.json (the homework's files).
-
-    Each file is a JSON list of `[question, answer]` rows. Raises `FileNotFoundError` naming the missing path, and
-    `DatasetFormatError` naming the file and row when the content is not such a list.
-    """
-    data_dir = Path(data_dir).expanduser()
-    if not data_dir.is_dir():
-        raise FileNotFoundError(
-            f"Homework data folder {data_dir} does not exist. Fix: pass the folder that holds train.json and "
-            "valid.json (e.g. the homework's data/ folder), or leave --data-dir out to use generated questions."
-        )
-    return _read_split(data_dir / "train.json"), _read_split(data_dir / "valid.json")
-
-
 # ---------------------------------------------------------------------------------------------------- answers
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-
-
-def format_answer(answer: float) -> str:
-    """The homework's answer text: `<answer>{round(answer, 3)}</answer>`."""
-    return f"<answer>{round(answer, 3)}</answer>"
 
 
 def to_prompt_completion(rows: Sequence[Sequence[Any]]) -> Dataset:
@@ -327,13 +80,15 @@ def to_prompt_completion(rows: Sequence[Sequence[Any]]) -> Dataset:
     The completion starts with a space, so the question tokenizes the same alone and followed by its answer (the
     prompt is a token prefix of prompt + completion); the trainer masks the prompt and appends the EOS token.
     """
-    prompts, completions = [], []
     for i, row in enumerate(rows):
         if len(row) != 2 or not isinstance(row[0], str) or isinstance(row[1], (str, bool)):
             raise DatasetFormatError(f"Row {i} is {str(row)[:80]!r}; expected [question: str, answer: number].")
-        prompts.append(row[0])
-        completions.append(" " + format_answer(float(row[1])))
-    return Dataset.from_dict({"prompt": prompts, "completion": completions})
+    return coerce_dataset(
+        [[question, float(answer)] for question, answer in rows],
+        prompt_column="prompt",
+        completion_column="completion",
+        dataset_name="homework",
+    )
 
 
 def parse_answer(text: str) -> float:
@@ -441,8 +196,6 @@ def build_demo_model(train_rows: Sequence[Sequence[Any]], *, seed: int = 0):
     a question is about 15 tokens; the model (2 layers, hidden size 128) is small enough that training and scoring
     take about a minute on two CPU cores, and big enough that LoRA learns the answer format.
     """
-    from .tiny import build_tiny_model, build_tiny_tokenizer
-
     corpus = [f"{q} {format_answer(float(a))}" for q, a in train_rows]
     tokenizer = build_tiny_tokenizer(corpus, vocab_size=512)
     model = build_tiny_model(tokenizer, hidden_size=128, num_hidden_layers=2, num_attention_heads=4, seed=seed)
@@ -524,9 +277,6 @@ def run_homework(
     `logging_steps=None` logs every 10 steps (the homework's setting), or every step for runs under 20 steps; the
     first step is always logged, so the first logged loss is that of the untrained adapter.
     """
-    from .config import MaskedSFTConfig, homework_lora_config
-    from .trainer import MaskedSFTTrainer
-
     if num_eval < 1:
         raise ValueError(f"`num_eval` must be at least 1 (the number of questions scored), got {num_eval}.")
     if lora_r < 1:

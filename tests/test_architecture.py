@@ -1,0 +1,99 @@
+"""The package's shape: imports run one way (helpers below, the trainer on top), no cycles, no oversized module.
+
+Every module sits in a layer; a module may import only modules of lower layers. A new module must be given a layer
+here, which is the moment to decide what it may depend on.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "trl_masked_sft"
+
+#: Lowest first. Modules of one layer never import each other.
+LAYERS: list[set[str]] = [
+    {"errors", "tiny"},
+    {"config", "masking", "hf_compat"},
+    {"validation", "chat", "checkpoints", "model_checks", "packing"},
+    {"report", "distributed", "collator"},
+    {"formats", "health"},
+    {"pipeline"},
+    {"audit", "inspector"},
+    {"trainer"},
+    {"cli", "__init__"},
+    {"__main__"},
+]
+MAX_LINES, MAX_TRAINER_LINES = 400, 300
+
+
+def _layer_of(module: str) -> int:
+    for level, names in enumerate(LAYERS):
+        if module in names:
+            return level
+    raise AssertionError(f"trl_masked_sft/{module}.py has no layer in tests/test_architecture.py: give it one.")
+
+
+def _imports(path: Path) -> set[str]:
+    """The package modules `path` imports, at module level or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom):
+            if node.level == 1 and node.module:
+                found.add(node.module.split(".")[0])
+            elif node.level == 1:
+                found.update(alias.name for alias in node.names)
+            elif node.level == 0 and (node.module or "").startswith("trl_masked_sft."):
+                found.add(node.module.split(".")[1])
+        elif isinstance(node, ast.Import):
+            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("trl_masked_sft."))
+    return found
+
+
+GRAPH = {path.stem: _imports(path) for path in sorted(PACKAGE.glob("*.py"))}
+
+
+@pytest.mark.parametrize("module", sorted(GRAPH))
+def test_each_module_imports_only_lower_layers(module):
+    """No upward or sideways import: a helper never imports the trainer, the pipeline never imports the CLI."""
+    upward = sorted(m for m in GRAPH[module] if _layer_of(m) >= _layer_of(module))
+    assert not upward, f"{module} imports {upward}, which are not below it (tests/test_architecture.py LAYERS)"
+
+
+def test_only_the_package_root_and_the_cli_import_the_trainer():
+    """Everything else prepares, checks or reports without a trainer."""
+    assert sorted(m for m, deps in GRAPH.items() if "trainer" in deps) == ["__init__", "cli"]
+
+
+def test_the_import_graph_has_no_cycle():
+    """A depth-first walk finds no module that reaches itself."""
+    state: dict[str, str] = {}
+
+    def visit(module: str, trail: list[str]) -> None:
+        state[module] = "open"
+        for dep in sorted(GRAPH.get(module, ())):
+            if state.get(dep) == "open":
+                raise AssertionError(f"import cycle: {' -> '.join([*trail, module, dep])}")
+            if dep not in state:
+                visit(dep, [*trail, module])
+        state[module] = "done"
+
+    for module in GRAPH:
+        if module not in state:
+            visit(module, [])
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.glob("*.py")), ids=lambda p: p.name)
+def test_no_module_is_over_its_size(path):
+    """At most 400 lines a module, 300 for the trainer: sizes that show the design."""
+    limit = MAX_TRAINER_LINES if path.stem == "trainer" else MAX_LINES
+    lines = len(path.read_text().splitlines())
+    assert lines <= limit, f"{path.name} has {lines} lines (limit {limit})"
+
+
+def test_nothing_builds_a_trainer_without_its_constructor():
+    """No `__new__` tricks: preparing data needs no trainer at all."""
+    offenders = [p.name for p in PACKAGE.glob("*.py") if "__new__(" in p.read_text()]
+    assert offenders == []

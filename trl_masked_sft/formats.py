@@ -1,0 +1,393 @@
+"""What a dataset looks like, decided once: its `Layout`, the checks of its values, and the tokenization of rows
+that are plain text (prompt/completion strings, or one text column).
+
+Every check names the row, the column, the value seen and the fix, instead of a traceback from inside datasets.
+`[question, answer]` rows (the homework's format) become prompt/completion rows with the answer written as
+`" <answer>{answer}</answer>"` wherever they enter: the trainer, `audit_dataset`, the inspector and the CLI.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from enum import Enum
+from typing import Any
+
+from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
+
+from .config import MaskingOptions
+from .errors import DatasetFormatError, DatasetTypeError
+from .hf_compat import column_names, first_row, in_memory_kwargs
+from .masking import IGNORE_INDEX
+from .report import REASON
+
+__all__ = [
+    "Layout",
+    "apply_formatting",
+    "check_values",
+    "coerce_dataset",
+    "detect_layout",
+    "format_answer",
+    "tokenize_text_rows",
+]
+
+CONVERSATION_COLUMNS = ("messages", "conversations")
+
+
+class Layout(Enum):
+    """The shapes of rows the preparation pipeline takes; each goes its own way to `(input_ids, labels)`."""
+
+    PROMPT_COMPLETION = "prompt/completion strings"
+    CONVERSATION = "conversation (`messages` or `conversations`)"
+    CONVERSATIONAL_PROMPT_COMPLETION = "prompt/completion given as messages"
+    TEXT = "text"
+    PRETOKENIZED = "pre-tokenized (`input_ids`)"
+
+    @property
+    def is_conversational(self) -> bool:
+        return self in (Layout.CONVERSATION, Layout.CONVERSATIONAL_PROMPT_COMPLETION)
+
+
+def detect_layout(dataset: Dataset | IterableDataset, options: MaskingOptions, dataset_name: str) -> Layout:
+    """The dataset's layout, from its columns (and first row): the one place it is decided.
+
+    In order: pre-tokenized `input_ids`; an explicitly configured `dataset_text_field` (other than TRL's default
+    `"text"`) that names a column; a conversation column; the prompt and completion columns (`prompt_column`,
+    `completion_column`), as strings or as lists of messages; the text column. Anything else raises, naming the
+    columns seen and the fields to set.
+    """
+    columns = column_names(dataset)
+    prompt, completion, text = options.prompt_column, options.completion_column, options.text_field
+    if "input_ids" in columns:
+        layout = Layout.PRETOKENIZED
+    elif text != "text" and text in columns:
+        layout = Layout.TEXT
+    elif any(c in columns for c in CONVERSATION_COLUMNS):
+        layout = Layout.CONVERSATION
+    elif prompt in columns and completion in columns:
+        row = first_row(dataset) or {}
+        messages = isinstance(row.get(prompt), list) and isinstance(row.get(completion), list)
+        layout = Layout.CONVERSATIONAL_PROMPT_COMPLETION if messages else Layout.PROMPT_COMPLETION
+    elif prompt in columns or completion in columns:
+        missing, field_name = (completion, "completion_column") if prompt in columns else (prompt, "prompt_column")
+        raise DatasetFormatError(
+            f"The {dataset_name} dataset has no `{missing}` column (columns: {columns}). Fix: set `{field_name}` to "
+            f"the column that holds the {'completion' if prompt in columns else 'prompt'}."
+        )
+    elif text in columns:
+        layout = Layout.TEXT
+    else:
+        raise DatasetFormatError(
+            f"The {dataset_name} dataset has columns {columns}, none of which MaskedSFTTrainer can train on: it "
+            f"looks for `{prompt}` + `{completion}` (`prompt_column`, `completion_column`), `{text}` "
+            "(`dataset_text_field`), `messages`, or pre-tokenized `input_ids`. Fix: set `prompt_column`/"
+            "`completion_column` to your column names, e.g. MaskedSFTConfig(prompt_column='question', "
+            "completion_column='answer')."
+        )
+    if options.assistant_only and not layout.is_conversational:
+        raise DatasetFormatError(
+            f"`assistant_only_loss=True`, but the {dataset_name} dataset is {layout.value}, not conversational; "
+            "assistant turns exist only in conversations (as TRL says too). Fix: drop `assistant_only_loss` (prompt/"
+            "completion rows train the completion only by default), or give the rows as `messages`."
+        )
+    return layout
+
+
+# ---------------------------------------------------------------------------------------------------- Python rows
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
+
+
+def format_answer(answer: float) -> str:
+    """The answer text of a numeric `[question, answer]` row: `<answer>{round(answer, 3)}</answer>`."""
+    return f"<answer>{round(float(answer), 3)}</answer>"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _to_text(value: Any, *, row: int | str, column: str, dataset_name: str) -> Any:
+    """A string (or a list of messages) as is; a finite number as `str(number)`; anything else raises."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and all(isinstance(m, dict) for m in value):
+        return value  # conversational prompt/completion
+    if _is_number(value):
+        return str(value)
+    fix = "fill in or remove the row" if value is None else "convert it to a string"
+    raise DatasetTypeError(
+        f"Row {row} of the {dataset_name} dataset: column `{column}` must be a string, got {_describe(value)}. "
+        f"Fix: {fix}."
+    )
+
+
+def coerce_dataset(data: Any, *, prompt_column: str, completion_column: str, dataset_name: str) -> Any:
+    """Turn a Python list of `[question, answer]` pairs or of dicts into a `datasets.Dataset`; pass others through.
+
+    Pairs fill `prompt_column` and `completion_column`; a numeric answer is written `" <answer>{answer}</answer>"`
+    (`format_answer`, after a space so that the question tokenizes the same alone and followed by its answer), a
+    string answer as given. Each row is checked here, so a bad one is reported by index, not as an Arrow error.
+    """
+    if isinstance(data, (DatasetDict, IterableDatasetDict)):
+        raise DatasetFormatError(
+            f"The {dataset_name} dataset is a {type(data).__name__} with splits {list(data)}. Fix: pass one split, "
+            "e.g. `dataset['train']`."
+        )
+    if isinstance(data, Dataset) and data.num_rows == 0:
+        raise DatasetFormatError(
+            f"The {dataset_name} dataset has no rows. Fix: check the file, split or filter that built it; training "
+            "needs at least one row."
+        )
+    if data is None or isinstance(data, (Dataset, IterableDataset, dict)):
+        return data
+    if not isinstance(data, Sequence) or isinstance(data, str):
+        return data  # SFTTrainer reports the unsupported type
+    if len(data) == 0:
+        raise DatasetFormatError(f"The {dataset_name} dataset is an empty list. Pass at least one row.")
+    if all(isinstance(row, dict) for row in data):
+        return Dataset.from_list(list(data))
+    prompts, completions = [], []
+    for i, row in enumerate(data):
+        if not isinstance(row, (list, tuple)) or len(row) != 2:
+            raise DatasetFormatError(
+                f"Row {i} of the {dataset_name} dataset is {_describe(row)}; a list dataset needs every row as a "
+                "`[question, answer]` pair or every row as a dict. Fix that row, or build a `datasets.Dataset`."
+            )
+        prompts.append(_to_text(row[0], row=i, column=prompt_column, dataset_name=dataset_name))
+        answer = row[1]
+        completion = " " + format_answer(answer) if _is_number(answer) else answer
+        completions.append(_to_text(completion, row=i, column=completion_column, dataset_name=dataset_name))
+    return Dataset.from_dict({prompt_column: prompts, completion_column: completions})
+
+
+def apply_formatting(dataset: Dataset | IterableDataset, formatting_func, dataset_name: str):
+    """A `text` column from `formatting_func`, called per row or, for a batched function, per batch.
+
+    Scripts written for TRL 0.15-0.19 often pass a *batched* function (it takes a dict of lists and returns a list of
+    texts); TRL detected those, so this does too: the function is tried on a batch of one row first, and counts as
+    batched when it returns a list of one string. Called on a single row, such a function would index into strings.
+    """
+    probe = first_row(dataset) or {}
+    batched = False
+    try:
+        out = formatting_func({key: [value] for key, value in probe.items()})
+        batched = isinstance(out, list) and len(out) == 1 and isinstance(out[0], str)
+    except Exception:  # a per-row function may fail on lists; its texts are checked like any text column
+        batched = False
+    kwargs = (
+        {"desc": f"Applying formatting function to {dataset_name} dataset"} if isinstance(dataset, Dataset) else {}
+    )
+    if batched:
+        mapped = dataset.map(lambda batch: {"text": formatting_func(batch)}, batched=True, **kwargs)
+    else:
+        mapped = dataset.map(lambda example: {"text": formatting_func(example)}, **kwargs)
+    return mapped.select_columns(["text"]) if isinstance(mapped, Dataset) else mapped
+
+
+# ---------------------------------------------------------------------------------------------------- value checks
+
+
+def check_values(
+    dataset: Dataset | IterableDataset, layout: Layout, options: MaskingOptions, dataset_name: str
+) -> tuple[Dataset | IterableDataset, set[int]]:
+    """Check the values the layout reads; rename the prompt/completion columns to `prompt`/`completion`.
+
+    Returns the dataset and the indices of rows whose completion is empty (the pre-flight audit reports them under
+    `masked_row_policy`; a streaming dataset marks them in a column instead).
+    """
+    if layout is Layout.PRETOKENIZED:
+        _check_integer_columns(dataset, dataset_name)
+        return dataset, set()
+    if layout is Layout.CONVERSATION:
+        if "messages" in column_names(dataset) and isinstance(dataset, Dataset):
+            _check_messages(dataset["messages"], dataset_name)
+        return dataset, set()
+    if layout is Layout.TEXT:
+        if isinstance(dataset, Dataset) and not _all_strings(dataset, options.text_field):
+            _check_text(dataset[options.text_field], options.text_field, dataset_name)
+        return dataset, set()
+    columns = column_names(dataset)
+    renames = {
+        old: new
+        for old, new in ((options.prompt_column, "prompt"), (options.completion_column, "completion"))
+        if old != new
+    }
+    for old, new in renames.items():
+        if new in columns:
+            raise DatasetFormatError(
+                f"The {dataset_name} dataset has both `{old}` (`{new}_column`) and `{new}` columns. Fix: drop or "
+                f"rename `{new}`."
+            )
+    if renames:
+        dataset = dataset.rename_columns(renames)
+    if isinstance(dataset, IterableDataset):
+        return dataset.map(_check_example, fn_kwargs={"dataset_name": dataset_name}), set()
+    return _check_columns(dataset, dataset_name, options.prompt_column, options.completion_column)
+
+
+def _all_strings(dataset: Dataset, column: str) -> bool:
+    """A string column without nulls, read from the Arrow metadata (no pass over the rows)."""
+    feature = dataset.features.get(column)
+    if getattr(feature, "dtype", None) not in ("string", "large_string"):
+        return False
+    return dataset.data.column(column).null_count == 0
+
+
+def _check_text(values, text_field: str, dataset_name: str) -> None:
+    """Every text row is a string (TRL would fail inside tokenization on None or a number)."""
+    for i, value in enumerate(values):
+        if not isinstance(value, str):
+            raise DatasetTypeError(
+                f"Row {i} of the {dataset_name} dataset: column `{text_field}` (`dataset_text_field`, or the output "
+                f"of `formatting_func`) must be a string, got {_describe(value)}. Fix: fill in or remove the row, or "
+                "make `formatting_func` return a string for every row."
+            )
+
+
+def _check_messages(conversations, dataset_name: str) -> None:
+    """Every conversation is a list of messages with a `role` and a string `content` (None only with tool calls)."""
+    for i, messages in enumerate(conversations):
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise DatasetTypeError(
+                f"Row {i} of the {dataset_name} dataset: `messages` must be a list of {{'role', 'content'}} dicts, "
+                f"got {_describe(messages)}. Fix: write each row as [{{'role': 'user', 'content': ...}}, ...]."
+            )
+        for j, message in enumerate(messages):
+            role = message.get("role")
+            if not isinstance(role, str) or not role:
+                raise DatasetFormatError(
+                    f"Row {i} of the {dataset_name} dataset: message {j} has no `role` (got {role!r}). Fix: give every "
+                    "message a role: 'system', 'user', 'assistant' or 'tool'."
+                )
+            content = message.get("content")
+            if not isinstance(content, (str, list)) and not (content is None and message.get("tool_calls")):
+                raise DatasetTypeError(
+                    f"Row {i} of the {dataset_name} dataset: message {j} (role {role!r}) has `content` "
+                    f"{_describe(content)}; it must be a string. Fix: fill in the content, or remove the message or "
+                    "the row."
+                )
+
+
+def _check_example(example: dict, dataset_name: str) -> dict:
+    """Row check for streaming datasets (no index is known; the value is named). An empty completion is marked for
+    the pre-flight check, which applies `masked_row_policy` as it reads the rows."""
+    completion = _to_text(example["completion"], row="(streamed)", column="completion", dataset_name=dataset_name)
+    return {
+        "prompt": _to_text(example["prompt"], row="(streamed)", column="prompt", dataset_name=dataset_name),
+        "completion": completion,
+        REASON: "empty completion" if isinstance(completion, str) and not completion.strip() else "",
+    }
+
+
+def _check_columns(
+    dataset: Dataset, dataset_name: str, prompt_column: str, completion_column: str
+) -> tuple[Dataset, set[int]]:
+    prompts, completions = dataset["prompt"], dataset["completion"]
+    converted = False
+    empty: set[int] = set()
+    for column, values, shown in (("prompt", prompts, prompt_column), ("completion", completions, completion_column)):
+        for i, value in enumerate(values):
+            if not isinstance(value, str):
+                text = _to_text(value, row=i, column=shown, dataset_name=dataset_name)
+                converted = converted or text is not value
+            elif column == "completion" and not value.strip():
+                empty.add(i)
+    if empty and len(empty) == len(completions):
+        raise DatasetFormatError(
+            f"Every completion in the {dataset_name} dataset (`{completion_column}`) is empty, so there is nothing "
+            "to train on. Fix: point `completion_column` at the column that holds the answers."
+        )
+    if converted:
+        dataset = dataset.map(
+            lambda ex: {
+                "prompt": _to_text(ex["prompt"], row="?", column="prompt", dataset_name=dataset_name),
+                "completion": _to_text(ex["completion"], row="?", column="completion", dataset_name=dataset_name),
+            },
+            desc=f"Writing numbers in the {dataset_name} dataset as text",
+        )
+    return dataset, empty
+
+
+def _check_integer_columns(dataset, dataset_name: str) -> None:
+    """`input_ids` and `labels` hold integers (a float or string column fails deep inside torch otherwise)."""
+    features = getattr(dataset, "features", None) or {}
+    for key in ("input_ids", "labels"):
+        dtype = getattr(getattr(features.get(key), "feature", None), "dtype", None)
+        if dtype is not None and not dtype.startswith(("int", "uint")):
+            raise DatasetTypeError(
+                f"The {dataset_name} dataset's column `{key}` holds {dtype} values; token ids and labels must be "
+                f"integers. Fix: rebuild `{key}` from the tokenizer's output (whole-number floats can be cast: "
+                f"`dataset.cast_column('{key}', datasets.Sequence(datasets.Value('int64')))`)."
+            )
+
+
+# ---------------------------------------------------------------------------------------------------- tokenization
+
+
+def tokenize_text_rows(
+    dataset: Dataset | IterableDataset,
+    tokenizer,
+    layout: Layout,
+    options: MaskingOptions,
+    dataset_name: str,
+) -> Dataset | IterableDataset:
+    """TRL's tokenization of string prompt/completion or text rows, batched, with the labels built in the same pass.
+
+    The result is what `SFTTrainer._prepare_dataset` (trl 1.16) builds from the same rows: the eos token appended
+    to each completion (or text) that lacks it; `input_ids` = tokens of prompt + completion; the completion starting
+    where the tokenized prompt and prompt + completion diverge; `labels` = `input_ids` with the prompt set to
+    `IGNORE_INDEX` when `completion_only`. It tokenizes 1000 rows per tokenizer call, where TRL makes four passes of
+    one row each.
+    """
+    from trl.data_utils import common_prefix_length
+
+    pairs = layout is Layout.PROMPT_COMPLETION
+    text_field, eos = options.text_field, tokenizer.eos_token
+    said: list[bool] = []
+
+    def with_eos(values: list[str]) -> list[str]:
+        for value in values:  # a Dataset was checked up front; a streamed row is checked here
+            if not isinstance(value, str):
+                column = "completion" if pairs else f"{text_field}` (`dataset_text_field"
+                raise DatasetTypeError(
+                    f"A streamed row of the {dataset_name} dataset: column `{column}` must be a string, got "
+                    f"{_describe(value)}. Fix: fill in or filter out such rows before training."
+                )
+        return [value if eos is None or value.endswith(eos) else value + eos for value in values]
+
+    def tokenize(batch: dict[str, list]) -> dict[str, list]:
+        if not pairs:
+            texts = with_eos(batch[text_field])
+            ids = tokenizer(text=texts)["input_ids"]
+            return {text_field: texts, "input_ids": ids, "labels": [list(row) for row in ids]}
+        completions = with_eos(batch["completion"])
+        prompt_ids = tokenizer(text=batch["prompt"])["input_ids"]
+        full_ids = tokenizer(text=[p + c for p, c in zip(batch["prompt"], completions, strict=True)])["input_ids"]
+        labels = []
+        for prompt, full in zip(prompt_ids, full_ids, strict=True):
+            start = common_prefix_length(prompt, full)
+            if start < len(prompt) and not said:
+                said.append(True)
+                _prefix_warning(tokenizer.decode(prompt[start:]))
+            labels.append([IGNORE_INDEX] * start + full[start:] if options.completion_only else list(full))
+        return {"completion": completions, "input_ids": full_ids, "labels": labels}
+
+    if isinstance(dataset, IterableDataset):
+        return dataset.map(tokenize, batched=True)
+    num_proc = options.num_proc
+    kwargs = in_memory_kwargs(dataset) if not num_proc or num_proc <= 1 else {}  # num_proc > 1 hashes per shard
+    return dataset.map(tokenize, batched=True, num_proc=num_proc, desc=f"Tokenizing {dataset_name} dataset", **kwargs)
+
+
+def _prefix_warning(tail: str) -> None:
+    from transformers.utils import logging
+
+    logging.get_logger(__name__).warning(
+        "The tokenized prompt is not a prefix of the tokenized prompt+completion, usually because tokens merge across "
+        f"the boundary. The completion starts where they diverge; this end of the prompt is not trained: {tail!r}. "
+        "To avoid it, end the prompt on a token boundary (e.g. start the completion with a space). Shown once."
+    )

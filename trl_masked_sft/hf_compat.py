@@ -1,0 +1,82 @@
+"""The seams to `datasets`: column names of any dataset, and a fast per-row `map` that keeps untouched columns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from datasets import Dataset, IterableDataset
+
+__all__ = ["column_names", "first_row", "in_memory_kwargs", "map_rows"]
+
+
+def column_names(dataset: Dataset | IterableDataset) -> list[str]:
+    """The dataset's columns; for a streaming dataset with unknown features, the keys of its first row."""
+    if dataset.column_names:
+        return list(dataset.column_names)
+    if isinstance(dataset, IterableDataset):
+        first = first_row(dataset)
+        return list(first) if first else []
+    return []
+
+
+def first_row(dataset: Dataset | IterableDataset) -> dict[str, Any] | None:
+    """The first row, or `None` for an empty dataset."""
+    if isinstance(dataset, Dataset):
+        return dataset[0] if len(dataset) else None
+    return next(iter(dataset), None)
+
+
+def in_memory_kwargs(dataset: Dataset) -> dict[str, Any]:
+    """`map` arguments for a dataset held in memory: a fresh fingerprint instead of one hashed from the function.
+
+    `datasets` hashes the mapped function and everything it closes over (a tokenizer, templates) to name a cache
+    file; that hashing costs more than a fast pass itself. A dataset without cache files is never read back from a
+    cache, so the hash buys nothing there. Datasets loaded from disk keep `datasets`' own fingerprints and caching.
+    """
+    if dataset.cache_files:
+        return {}
+    from datasets.fingerprint import generate_random_fingerprint
+
+    return {"new_fingerprint": generate_random_fingerprint()}
+
+
+def map_rows(
+    dataset: Dataset | IterableDataset,
+    fn: Callable[[dict, int], dict],
+    *,
+    desc: str,
+    columns: Sequence[str] | None = None,
+    remove_columns: Sequence[str] = (),
+) -> Dataset | IterableDataset:
+    """`dataset.map(fn, with_indices=True, remove_columns=...)` for a per-row `fn(example, index) -> dict`, in
+    batches of 1000 rows, reading and rewriting only `columns` (the ones `fn` reads; all when `None`).
+
+    The per-row Python work is the same; what goes is the Arrow decode and encode of every single row and of the
+    columns `fn` never touches (conversations, images), which cost more than most row checks themselves. The other
+    columns are joined back unchanged, in their order. A streaming dataset is mapped row by row.
+    """
+    if not isinstance(dataset, Dataset):
+        return dataset.map(fn, with_indices=True, remove_columns=list(remove_columns) or None)
+    from datasets import concatenate_datasets
+
+    def apply(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
+        keys = list(batch)
+        rows = [fn({key: batch[key][j] for key in keys}, index) for j, index in enumerate(indices)]
+        return {key: [row.get(key) for row in rows] for key in rows[0]} if rows else {}
+
+    order = [c for c in dataset.column_names if c not in remove_columns]
+    read = [c for c in dataset.column_names if columns is None or c in columns]
+    mapped = dataset.select_columns(read).map(
+        apply,
+        with_indices=True,
+        batched=True,
+        desc=desc,
+        remove_columns=[c for c in remove_columns if c in read] or None,
+        **in_memory_kwargs(dataset),
+    )
+    untouched = [c for c in order if c not in read and c not in mapped.column_names]
+    if not untouched:
+        return mapped
+    joined = concatenate_datasets([dataset.select_columns(untouched), mapped], axis=1)
+    return joined.select_columns(order + [c for c in mapped.column_names if c not in order])

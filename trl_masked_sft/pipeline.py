@@ -1,0 +1,335 @@
+"""The preparation pipeline: raw rows in; token ids, labels, the audit report and the policy's verdict out.
+
+    rows --coerce_dataset--> Dataset --detect_layout--> Layout --check_values--> checked rows
+         --tokenize (formats: text; chat: conversations; masking.clean_row: pre-tokenized)--> input_ids + labels
+         --templates, truncation (masking)--> final labels --audit (report)--> AuditReport + masked_row_policy
+
+It needs a tokenizer and the masking options, no model and no trainer: `MaskedSFTTrainer._prepare_dataset`,
+`audit_dataset`, `inspect_rows` and the CLI all prepare data through it, so all of them see the same rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from datasets import Dataset, IterableDataset
+from transformers.utils import logging
+
+from .chat import chat_labels, special_token_ids
+from .config import MaskingOptions
+from .distributed import run_on_main
+from .errors import DatasetFormatError, MaskedSFTWarning, UnsupervisedRowsError
+from .formats import Layout, apply_formatting, check_values, coerce_dataset, detect_layout, tokenize_text_rows
+from .hf_compat import column_names, map_rows
+from .masking import IGNORE_INDEX, TemplateMatcher, clean_row, spans_to_labels, supervision_stats, truncate_row
+from .report import AUDIT_COLUMNS, COUNT, FULL_COUNT, FULL_FIRST, LENGTH, REASON, STOP_OK, AuditReport, build_report
+from .validation import RowAudit, audit_labels
+
+__all__ = ["PreparationPipeline", "PreparedDataset"]
+
+logger = logging.get_logger(__name__)
+
+
+@dataclass
+class PreparedDataset:
+    """What `PreparationPipeline.prepare` returns.
+
+    `dataset` has `input_ids` and `labels` (truncated to `max_length`; rows the policy dropped are gone when the
+    policy was enforced). `report` and `verdict` are `None` for a streaming dataset, whose rows are checked as they
+    are read. `supervised_counts` holds each row's supervised tokens after truncation, before any drop.
+    """
+
+    dataset: Dataset | IterableDataset
+    layout: Layout
+    report: AuditReport | None = None
+    verdict: RowAudit | None = None
+    supervised_counts: list[int] | None = None
+
+
+def stop_token_ids(tokenizer) -> set[int]:
+    """Tokens that end a completion: eos and the special end-of-turn tokens of chat templates."""
+    ids = special_token_ids(tokenizer)
+    if tokenizer.bos_token_id != tokenizer.eos_token_id:  # GPT-2 style tokenizers use one token for both
+        ids.discard(tokenizer.bos_token_id)
+    if tokenizer.pad_token_id != tokenizer.eos_token_id:
+        ids.discard(tokenizer.pad_token_id)
+    return ids
+
+
+def _messages(example: dict[str, Any]) -> tuple[list[dict], int]:
+    """The conversation of a row and the index of its first trainable message."""
+    if "prompt" in example and "completion" in example and "messages" not in example:
+        return list(example["prompt"]) + list(example["completion"]), len(example["prompt"])
+    messages = example.get("messages")
+    if messages is None:  # ShareGPT `conversations`: {"from": "human"|"gpt"|..., "value": ...}
+        from trl.data_utils import maybe_convert_to_chatml
+
+        messages = maybe_convert_to_chatml({"conversations": example["conversations"]})["messages"]
+    return list(messages), 0
+
+
+class PreparationPipeline:
+    """Prepares datasets for completion-only training from a tokenizer and `MaskingOptions`, without a model.
+
+    `template` masks text rows by a response template (the collator's `matcher`, or one built from
+    `options.response_template`). Build one with `from_config` to read a `MaskedSFTConfig` (or `SFTConfig`).
+    """
+
+    def __init__(self, tokenizer, options: MaskingOptions, *, template: TemplateMatcher | None = None):
+        if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token
+        self.tokenizer = tokenizer
+        self.options = options
+        if template is None and options.response_template is not None:
+            template = TemplateMatcher(tokenizer, options.response_template, options.instruction_template)
+        self.template = template
+        self._said_no_boundary = False
+
+    @classmethod
+    def from_config(cls, tokenizer, config: Any = None, *, data_collator: Any = None) -> PreparationPipeline:
+        """A pipeline for `config` (defaults when `None`), masking by `data_collator`'s template if it has one."""
+        matcher = getattr(data_collator, "matcher", None) if getattr(data_collator, "has_template", False) else None
+        return cls(tokenizer, MaskingOptions.from_args(config), template=matcher)
+
+    # ------------------------------------------------------------------------------------------------ the steps
+
+    def prepare(
+        self, dataset: Any, dataset_name: str = "train", *, formatting_func=None, enforce: bool = True
+    ) -> PreparedDataset:
+        """Prepare `dataset` (a `Dataset`, `IterableDataset`, or a list of dicts or `[question, answer]` pairs).
+
+        With `enforce`, `masked_row_policy` applies: rows with no supervised token raise or are dropped, and the
+        audit is logged. Without it (audits, the inspector), every row is kept and `report.policy_error` holds the
+        error the policy would raise.
+        """
+        options = self.options
+        dataset = coerce_dataset(
+            dataset,
+            prompt_column=options.prompt_column,
+            completion_column=options.completion_column,
+            dataset_name=dataset_name,
+        )
+        if isinstance(dataset, Dataset) and dataset.format["type"] == "custom":
+            raise DatasetFormatError(
+                f"The {dataset_name} dataset uses `Dataset.with_transform()`; preparation maps over the rows and "
+                "would bake the transform in. Fix: apply deterministic transforms with `Dataset.map()` first."
+            )
+        if formatting_func is not None and "input_ids" not in column_names(dataset):
+            dataset = apply_formatting(dataset, formatting_func, dataset_name)
+            options = dataclasses.replace(options, text_field="text")
+        layout = detect_layout(dataset, options, dataset_name)
+        dataset, empty_rows = check_values(dataset, layout, options, dataset_name)
+        self._say_if_nothing_to_mask(layout, column_names(dataset))
+        if layout in (Layout.PROMPT_COMPLETION, Layout.TEXT):
+            dataset = tokenize_text_rows(dataset, self.tokenizer, layout, options, dataset_name)
+        elif layout.is_conversational:
+            dataset = self._tokenize_conversations(dataset, dataset_name)
+        else:
+            dataset = self._clean_pretokenized(dataset, dataset_name)
+        return self._audit(dataset, layout, dataset_name, empty_rows, enforce)
+
+    def _tokenize_conversations(self, dataset, dataset_name: str):
+        """Assistant-only labels for conversations under any chat template (see `chat.chat_labels`)."""
+        tokenizer, options = self.tokenizer, self.options
+
+        def tokenize(example):
+            tools = example.get("tools")
+            tools = json.loads(tools) if isinstance(tools, str) else tools
+            kwargs = {"tools": tools} if tools else {}
+            kwargs.update(example.get("chat_template_kwargs") or {})
+            messages, first = _messages(example)
+            if not options.chat:  # `completion_only_loss=False`: the whole conversation is trained
+                ids = list(
+                    tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)["input_ids"]
+                )
+                return {"input_ids": ids, "labels": list(ids), REASON: ""}
+            mask = chat_labels(
+                tokenizer,
+                messages,
+                assistant_turns=options.assistant_turns,
+                train_eot=options.train_on_eot,
+                trainable_from=first,
+                **kwargs,
+            )
+            reason = f"chat turns not located: {mask.problem}" if mask.problem else ""
+            return {"input_ids": mask.input_ids, "labels": mask.labels, REASON: reason}
+
+        columns = column_names(dataset)
+        kwargs = {"desc": f"Masking assistant turns of {dataset_name} dataset"} if isinstance(dataset, Dataset) else {}
+        return dataset.map(tokenize, remove_columns=columns, **kwargs)
+
+    def _clean_pretokenized(self, dataset, dataset_name: str):
+        """Pre-tokenized rows: lengths checked, padding trimmed, `completion_mask`/`prompt_length` merged into the
+        labels (TRL would ignore them next to `labels` and train on the prompt), labels = ids where none are given."""
+        completion_only = self.options.completion_only
+
+        def tidy(example, index):
+            ids, labels = clean_row(
+                example, row=f"{index} of the {dataset_name} dataset", completion_only=completion_only
+            )
+            return {"input_ids": ids, "labels": labels if labels is not None else list(ids)}
+
+        masks = ("attention_mask", "prompt_length", "completion_mask", "assistant_masks")
+        drop = [c for c in masks if c in column_names(dataset)]
+        return map_rows(
+            dataset,
+            tidy,
+            desc=f"Checking pre-tokenized {dataset_name} dataset",
+            columns=["input_ids", "labels", *masks],
+            remove_columns=drop,
+        )
+
+    def _say_if_nothing_to_mask(self, layout: Layout, columns: list[str]) -> None:
+        """Text or full-sequence pre-tokenized rows with no template have no prompt to mask: say so once."""
+        if self._said_no_boundary or not self.options.completion_only or self.template is not None:
+            return
+        boundaries = {"labels", "completion_mask", "prompt_length", "assistant_masks"}
+        if layout is not Layout.TEXT and not (layout is Layout.PRETOKENIZED and not boundaries & set(columns)):
+            return
+        logger.warning(
+            "Completion-only loss is on, but these rows have no prompt/completion boundary, so the whole text is "
+            "trained. To train on answers only, use prompt/completion columns (`prompt_column`, "
+            "`completion_column`), `messages`, or a `response_template`."
+        )
+        self._said_no_boundary = True
+
+    # ------------------------------------------------------------------------------------------------ the audit
+
+    def _audit(self, dataset, layout: Layout, dataset_name: str, empty_rows: set[int], enforce: bool):
+        """Apply template masks, truncate, audit what each row trains on, apply `masked_row_policy`."""
+        options, template = self.options, self.template
+        stop_ids = stop_token_ids(self.tokenizer)
+
+        def mask_and_truncate(example, index):
+            ids, labels = example["input_ids"], example["labels"]
+            reason = example.get(REASON) or ("empty completion" if index in empty_rows else "")
+            if template is not None and not reason:
+                spans = template.spans(ids)
+                if spans is None:
+                    reason = "response template not found"
+                labels = spans_to_labels(labels, spans or [], IGNORE_INDEX)
+            full_count, first = supervision_stats(labels)
+            ids, labels = truncate_row(
+                ids,
+                labels,
+                options.max_length,
+                keep_end=options.keep_end,
+                min_completion=options.min_completion_tokens,
+            )
+            count = 0 if reason else supervision_stats(labels)[0]
+            last = next((lab for lab in reversed(labels) if lab != IGNORE_INDEX), None)
+            return {
+                "input_ids": ids,
+                "labels": labels,
+                FULL_COUNT: full_count,
+                FULL_FIRST: first,
+                REASON: reason,
+                COUNT: count,
+                STOP_OK: last in stop_ids,
+                LENGTH: len(ids),
+            }
+
+        if isinstance(dataset, IterableDataset):
+            mapped = dataset.map(mask_and_truncate, with_indices=True)
+            return PreparedDataset(self._check_streaming(mapped, dataset_name, enforce), layout)
+        dataset = map_rows(
+            dataset,
+            mask_and_truncate,
+            desc=f"Checking supervised tokens of {dataset_name} dataset",
+            columns=["input_ids", "labels", REASON],
+        )
+        # the audit columns as lists, read once (a `Column` is read row by row)
+        audit_columns = dataset.select_columns([c for c in AUDIT_COLUMNS if c in dataset.column_names]).to_dict()
+        # Audited once, on the main process; every rank gets the same verdict (and raises the same error).
+        report, verdict = run_on_main(
+            lambda: build_report(
+                audit_columns,
+                dataset_name=dataset_name,
+                max_length=options.max_length,
+                policy=options.masked_row_policy,
+            )
+        )
+        dataset = dataset.remove_columns([c for c in AUDIT_COLUMNS if c in dataset.column_names])
+        for index in list(verdict.unsupervised)[:5]:
+            labels, ids = dataset[index]["labels"], dataset[index]["input_ids"]
+            first = next((i for i, lab in enumerate(labels) if lab != IGNORE_INDEX), len(ids))
+            verdict.prompt_tails[index] = self.tokenizer.decode(ids[:first])[-60:]
+        prepared = PreparedDataset(dataset, layout, report, verdict, list(audit_columns[COUNT]))
+        if not enforce:
+            try:
+                report.rows_dropped = len(verdict.enforce(options.masked_row_policy, options.max_masked_row_fraction))
+            except UnsupervisedRowsError as error:
+                report.policy_error = str(error)
+            return prepared
+        return self._enforce(prepared)
+
+    def _enforce(self, prepared: PreparedDataset) -> PreparedDataset:
+        """Raise or drop the rows with no supervised token, as `masked_row_policy` says; log the audit."""
+        policy, report, verdict = self.options.masked_row_policy, prepared.report, prepared.verdict
+        drop = verdict.enforce(policy, self.options.max_masked_row_fraction)
+        report.rows_dropped = len(drop)
+        logger.warning(report.summary())
+        if drop:
+            message = f"{verdict.describe()}\nDropped them (`masked_row_policy={policy!r}`). {verdict.fix()}"
+            if policy == "warn":
+                warnings.warn(message, MaskedSFTWarning, stacklevel=4)
+            else:
+                logger.info(message)
+            dataset = prepared.dataset
+            prepared.dataset = dataset.select([i for i in range(len(dataset)) if i not in drop])
+        return prepared
+
+    def _check_streaming(self, dataset: IterableDataset, dataset_name: str, enforce: bool) -> IterableDataset:
+        """A streaming dataset can't be counted up front: rows are checked as they are read, with running counts.
+
+        `error` raises at the first row with no supervised token; `drop`/`warn` drop it (`warn` names the first one
+        in a warning) and raise once more than `max_masked_row_fraction` of the rows read so far (at least 10) went.
+        Without `enforce`, rows are only counted.
+        """
+        options = self.options
+        policy, max_fraction = options.masked_row_policy, options.max_masked_row_fraction
+        seen = {"rows": 0, "dropped": 0}
+
+        def check(example, index):
+            seen["rows"] += 1
+            if not example[REASON] and example[COUNT] > 0:
+                return True
+            if not enforce:
+                return True
+            row_audit = audit_labels(
+                supervised_counts=[example[COUNT]],
+                full_supervised=[example[FULL_COUNT]],
+                full_first=[example[FULL_FIRST]],
+                dataset_name=dataset_name,
+                max_length=options.max_length,
+                preset_reasons={0: example[REASON]} if example[REASON] else None,
+            )
+            reason, fix = row_audit.unsupervised[0], row_audit.fix()
+            where = f"row {index} of the streamed {dataset_name} dataset"
+            if policy == "error":
+                raise UnsupervisedRowsError(
+                    f"{where[0].upper()}{where[1:]} has no supervised token: {reason}. With "
+                    f"`masked_row_policy='error'` (the default) training stops here instead of training on nothing. "
+                    f"{fix}"
+                )
+            seen["dropped"] += 1
+            if policy == "warn" and seen["dropped"] == 1:
+                warnings.warn(
+                    f"Dropped {where}: no supervised token ({reason}). Later rows like it are dropped without a "
+                    f"warning while they stay within `max_masked_row_fraction` ({max_fraction:.1%}). {fix}",
+                    MaskedSFTWarning,
+                    stacklevel=2,
+                )
+            if seen["rows"] >= 10 and seen["dropped"] > max_fraction * seen["rows"]:
+                raise UnsupervisedRowsError(
+                    f"{seen['dropped']} of the first {seen['rows']} rows of the streamed {dataset_name} dataset had no "
+                    f"supervised token (latest: {where}, {reason}): more than `max_masked_row_fraction` "
+                    f"({max_fraction:.1%}) allows with `masked_row_policy={policy!r}`. {fix}"
+                )
+            return False
+
+        return dataset.filter(check, with_indices=True).remove_columns(AUDIT_COLUMNS)
