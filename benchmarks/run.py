@@ -51,7 +51,13 @@ from peft import get_peft_model  # noqa: E402
 from transformers import Trainer, TrainerCallback, TrainingArguments  # noqa: E402
 from trl import SFTConfig, SFTTrainer  # noqa: E402
 
-from trl_masked_sft import MaskedSFTConfig, MaskedSFTTrainer, homework_lora_config, validate_batch  # noqa: E402
+from trl_masked_sft import (  # noqa: E402
+    MaskedSFTConfig,
+    MaskedSFTTrainer,
+    PreparationPipeline,
+    homework_lora_config,
+    validate_batch,
+)
 from trl_masked_sft.formats import format_answer  # noqa: E402
 from trl_masked_sft.packing import packing_is_exact  # noqa: E402
 from trl_masked_sft.tiny import build_tiny_model, build_tiny_tokenizer  # noqa: E402
@@ -388,8 +394,8 @@ class _Counter:
 
 @contextlib.contextmanager
 def _timed_preflight(totals: list[float]):
-    """Add the time of each `MaskedSFTTrainer._preflight` call to `totals`."""
-    original = MaskedSFTTrainer._preflight
+    """Add the time of each pre-flight audit (`PreparationPipeline._audit`) to `totals`."""
+    original = PreparationPipeline._audit
 
     def timed(self, *args, **kwargs):
         start = time.perf_counter()
@@ -398,11 +404,11 @@ def _timed_preflight(totals: list[float]):
         finally:
             totals.append(time.perf_counter() - start)
 
-    MaskedSFTTrainer._preflight = timed
+    PreparationPipeline._audit = timed
     try:
         yield
     finally:
-        MaskedSFTTrainer._preflight = original
+        PreparationPipeline._audit = original
 
 
 def train_once(contender: Contender, tokenizer, size: Size, workdir: Path) -> tuple[Run, Any]:

@@ -11,9 +11,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from trl_masked_sft import homework_lora_config
-from trl_masked_sft.errors import DatasetFormatError
 from homework import (
     QUESTION_TEMPLATES,
     batched_generate,
@@ -30,6 +27,9 @@ from homework import (
     score,
     to_prompt_completion,
 )
+
+from trl_masked_sft import homework_lora_config
+from trl_masked_sft.errors import DatasetFormatError
 
 REPO = Path(__file__).resolve().parents[1]
 HOMEWORK_DATA = REPO.parent / "shared" / "data" / "unit_conversion"

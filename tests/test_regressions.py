@@ -16,8 +16,8 @@ from trl_masked_sft import (
     UnsupervisedRowsError,
     audit_dataset,
 )
-from trl_masked_sft.tiny import build_tiny_model, build_tiny_tokenizer
 from trl_masked_sft.masking import truncate_row
+from trl_masked_sft.tiny import build_tiny_model, build_tiny_tokenizer
 
 IGNORE = -100
 
@@ -190,8 +190,8 @@ def test_completion_collator_with_a_custom_ignore_index_is_refused_by_the_traine
 
 
 def test_homework_pairs_with_numeric_answers_get_the_homework_separator(tokenizer, model, make_config):
-    """`[question, number]` rows train as the homework's `f"{question} {answer}"`: a space before the number."""
+    """`[question, number]` rows train as the homework's `f"{question} <answer>{answer}</answer>"`, after a space."""
     rows = [["Can you change 2 hour to its equivalent in min?", 120.0]] * 4
     trainer = MaskedSFTTrainer(model, args=make_config(), train_dataset=rows, processing_class=tokenizer)
-    assert tokenizer.decode(trainer.train_dataset[0]["input_ids"]).endswith("min? 120.0<|eos|>")
-    assert kept(tokenizer, trainer.train_dataset[0]).strip() == "120.0<|eos|>"
+    assert tokenizer.decode(trainer.train_dataset[0]["input_ids"]).endswith("min? <answer>120.0</answer><|eos|>")
+    assert kept(tokenizer, trainer.train_dataset[0]).strip() == "<answer>120.0</answer><|eos|>"

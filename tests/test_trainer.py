@@ -40,8 +40,8 @@ def supervised_text(tokenizer, row) -> str:
 
 @pytest.fixture
 def capture_log(capture_logs):
-    """What the `trl_masked_sft.trainer` logger says."""
-    return capture_logs("trl_masked_sft.trainer")
+    """What the package's loggers say (the trainer, the pipeline, ...)."""
+    return capture_logs("trl_masked_sft")
 
 
 # ---------------------------------------------------------------------------------------------- data formats
@@ -67,10 +67,10 @@ def test_question_answer_columns_are_used_through_the_column_fields(tokenizer, m
 
 
 def test_homework_pairs_with_float_answers_train_on_the_answer(tokenizer, model, make_config):
-    """Homework rows given as `[question, answer]` lists (float answers) work as they are."""
+    """Homework rows given as `[question, answer]` lists (float answers) train on the homework's answer format."""
     rows = [["Can you change 2 hour to its equivalent in min?", 120.0], ["What is 4 kg in gram?", 4000.0]] * 4
     trainer = MaskedSFTTrainer(model, args=make_config(), train_dataset=rows, processing_class=tokenizer)
-    assert supervised_text(tokenizer, trainer.train_dataset[0]) == " 120.0<|eos|>"
+    assert supervised_text(tokenizer, trainer.train_dataset[0]) == " <answer>120.0</answer><|eos|>"
     trainer.train()
 
 

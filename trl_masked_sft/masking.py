@@ -221,7 +221,7 @@ def clean_row(
     """
     ids = example.get("input_ids")
     if ids is None or len(ids) == 0:
-        raise DatasetFormatError(f"Row {row} has empty `input_ids`. Fix: remove empty rows from the dataset.")
+        raise DatasetFormatError(f"Row {row} has empty `input_ids`. Remove empty rows from the dataset.")
     ids = _as_list(ids)
     columns: dict[str, list] = {}
     for key in ("labels", "completion_mask", "assistant_masks", "attention_mask"):

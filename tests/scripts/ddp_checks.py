@@ -19,7 +19,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-import trl_masked_sft.trainer as trainer_module  # noqa: E402
+import trl_masked_sft.pipeline as pipeline_module  # noqa: E402
 from trl_masked_sft import (  # noqa: E402
     DataCollatorForCompletionOnlyLM,
     MaskedSFTConfig,
@@ -50,9 +50,9 @@ def config(name: str, **overrides) -> MaskedSFTConfig:
     return MaskedSFTConfig(**settings)
 
 
-# Count the pre-flight audits each rank computes (the trainer runs them through `run_on_main`).
+# Count the pre-flight audits each rank computes (the pipeline runs them through `run_on_main`).
 audits = []
-_run_on_main = trainer_module.run_on_main
+_run_on_main = pipeline_module.run_on_main
 
 
 def counting_run_on_main(fn):
@@ -63,7 +63,7 @@ def counting_run_on_main(fn):
     return _run_on_main(counted)
 
 
-trainer_module.run_on_main = counting_run_on_main
+pipeline_module.run_on_main = counting_run_on_main
 
 
 def rank() -> int:
