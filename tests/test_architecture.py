@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "trl_masked_sft"
 LAYERS: list[set[str]] = [
     {"errors", "tiny"},
     {"config", "masking", "hf_compat"},
-    {"validation", "chat", "checkpoints", "model_checks", "packing"},
+    {"validation", "chat", "checkpoints", "model_checks", "packing", "loss"},
     {"report", "distributed", "collator"},
     {"formats", "health"},
     {"pipeline"},

@@ -24,6 +24,7 @@ NEW_FIELDS = (
     "min_completion_tokens",
     "health_checks",
     "pack_within_batch",
+    "score_supervised_only",
 )
 
 

@@ -71,6 +71,12 @@ class MaskedSFTConfig(SFTConfig):
             spent on padding. Used only where it is exact: with the default data collator, without `packing` or
             `padding_free`, and after a check at the start of training that the model gives the same logits for rows
             packed and alone (else batches are padded as usual, said in the log). Evaluation batches are not packed.
+        score_supervised_only (`bool`, *optional*, defaults to `True`):
+            Project only the positions whose next token is supervised through the LM head when computing the loss,
+            on CPU (TRL's fused head does so itself on CUDA/XPU with Triton, and projects every position elsewhere):
+            the same loss, gradients and logged metrics, without the head's work on prompt positions. Where it can't
+            apply exactly (another device, a `compute_loss_func`, label smoothing, prompt-learning PEFT, DeepSpeed or
+            FSDP, a model that can't keep a selection of logits) TRL's path is used, said once in the log.
     """
 
     # Parameters whose default values differ from SFTConfig (the homework's settings)
@@ -207,6 +213,17 @@ class MaskedSFTConfig(SFTConfig):
             "`packing` or `padding_free`, and after a check at the start of training that the model gives the same "
             "logits for rows packed and alone (else batches are padded as usual, said in the log). Evaluation "
             "batches are not packed."
+        },
+    )
+    score_supervised_only: bool = field(
+        default=True,
+        metadata={
+            "help": "Project only the positions whose next token is supervised through the LM head when computing "
+            "the loss, on CPU (TRL's fused head does so itself on CUDA/XPU with Triton, and projects every position "
+            "elsewhere): the same loss, gradients and logged metrics, without the head's work on prompt positions. "
+            "Where it can't apply exactly (another device, a `compute_loss_func`, label smoothing, prompt-learning "
+            "PEFT, DeepSpeed or FSDP, a model that can't keep a selection of logits) TRL's path is used, said once in "
+            "the log."
         },
     )
 

@@ -25,6 +25,7 @@ from .distributed import validate_batch_across_ranks
 from .errors import MaskedSFTWarning
 from .formats import coerce_dataset
 from .health import TrainingHealthGuard
+from .loss import SupervisedLoss
 from .masking import IGNORE_INDEX
 from .model_checks import check_model_before_training, check_peft_setup, check_processing_class
 from .packing import PACKED_TOKENS_KEY, PackingCollator, packing_is_exact
@@ -147,6 +148,7 @@ class MaskedSFTTrainer(SFTTrainer):
         )
         if data_collator is not None and options.completion_only:
             check_collator_keeps_labels(self.data_collator, self.train_dataset)
+        self._msft_loss = SupervisedLoss(self)  # the loss on supervised positions only (`score_supervised_only`)
         self._msft_health = TrainingHealthGuard(self) if getattr(self.args, "health_checks", True) else None
         if self._msft_health is not None:
             self.add_callback(self._msft_health)
@@ -256,7 +258,9 @@ class MaskedSFTTrainer(SFTTrainer):
             mode = "train" if model.training else "eval"
             where = f"{mode} batch at step {self.state.global_step}"
             validate_batch_across_ranks(inputs, where=where, tokenizer=self._tokenizer)
-        result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        result = self._msft_loss(model, inputs, return_outputs, num_items_in_batch)  # None: TRL's path takes it
+        if result is None:
+            result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if (
             packed_tokens is not None
             and model.training

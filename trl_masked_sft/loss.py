@@ -1,0 +1,190 @@
+"""`SupervisedLoss`: the training loss scored on the supervised positions only, on devices where TRL scores them all.
+
+TRL 1.16 computes `SFTTrainer`'s loss through a fused LM head (`trl.trainer.utils.add_fused_lm_head`). On CUDA/XPU
+with Triton it projects only the positions whose next-token label is supervised; on every other device, CPU included,
+it projects every position and zeroes the prompt's afterwards. On completion-only data that is most of the head's
+work and memory. Here the model itself projects only the supervised positions: transformers 5.24 causal LMs take a
+boolean `(batch, seq_len)` `logits_to_keep` and return the logits of its true positions only, flattened, with the
+model's own logit scaling and soft-capping. The loss, `entropy`, `mean_token_accuracy` and `num_tokens` are then
+computed as TRL computes them (same normalisation by `num_items_in_batch`, same metric definitions).
+
+Where it can't apply exactly — another device, a `compute_loss_func`, label smoothing, an MoE auxiliary loss,
+prompt-learning PEFT (virtual tokens shift the positions), DeepSpeed/FSDP, sequence parallelism, a model whose
+forward can't keep a boolean selection of logits, logits wanted by the caller — `__call__` returns `None` and the
+trainer takes TRL's path; the reason is logged once.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from transformers.utils import logging
+
+__all__ = ["MAX_LOGITS", "SupervisedLoss", "supervised_logits_are_exact"]
+
+logger = logging.get_logger(__name__)
+
+#: Above this many logits (positions × vocabulary) in one batch, TRL's chunked head takes the batch: it never holds
+#: more than a `4096 × 32768` tile, and a batch this full of supervised positions gains little from skipping prompts.
+MAX_LOGITS = 2**27
+_IGNORE = -100
+_ENTROPY_CHUNK = 2**24  # logits per block when computing the entropy (bounds its temporaries)
+
+
+def supervised_logits_are_exact(model, *, tolerance: float = 1e-4) -> bool:
+    """Whether `model(..., logits_to_keep=mask)` with a boolean `(batch, seq_len)` mask returns the logits of the
+    mask's true positions, flattened in row order, as the full forward gives them.
+
+    Runs the model (eval mode, no gradients) on two deterministic rows of six tokens. `tolerance` is relative to the
+    largest logit. Any error counts as a failure.
+    """
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    vocab = getattr(embeddings, "num_embeddings", None)
+    parameter = next(model.parameters(), None)
+    if not vocab or parameter is None:
+        return False
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(0, vocab, (2, 6), generator=generator).to(parameter.device)
+    keep = torch.tensor([[0, 1, 0, 1, 1, 0], [1, 0, 0, 0, 1, 1]], dtype=torch.bool, device=parameter.device)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            full = model(input_ids=input_ids, use_cache=False).logits.float()
+            kept = model(input_ids=input_ids, use_cache=False, logits_to_keep=keep).logits.float()
+    except Exception:  # a model that can't keep a boolean selection trains on TRL's path
+        return False
+    finally:
+        model.train(was_training)
+    reference = full[keep]
+    if kept.shape != reference.shape:
+        return False
+    scale = float(reference.abs().max()) or 1.0
+    return torch.allclose(kept, reference, rtol=0, atol=tolerance * scale)
+
+
+class SupervisedLoss:
+    """`SFTTrainer.compute_loss` for the common case, projecting only the supervised positions through the LM head.
+
+    Built once per trainer; `__call__(model, inputs, return_outputs, num_items_in_batch)` returns the loss and logs
+    TRL's metrics, or returns `None` (nothing computed, nothing logged) when TRL's own path must take the batch.
+    """
+
+    def __init__(self, trainer: Any):
+        self.trainer = trainer
+        self._blocker: str | None = None
+        self._decided = False
+        self._said: set[str] = set()
+
+    def blocker(self, model) -> str | None:
+        """Why this trainer's batches can't be scored here (decided once, the first time it is asked), or `None`."""
+        if not self._decided:
+            self._blocker, self._decided = self._find_blocker(model), True
+            if self._blocker is None:
+                logger.info("`score_supervised_only`: only the supervised positions are projected through the LM head.")
+            else:
+                logger.info(f"`score_supervised_only`: the loss takes TRL's path: {self._blocker}.")
+        return self._blocker
+
+    def _find_blocker(self, model) -> str | None:
+        trainer = self.trainer
+        args = trainer.args
+        if not getattr(args, "score_supervised_only", True):
+            return "`score_supervised_only=False`"
+        device = next(trainer.model.parameters()).device
+        if device.type != "cpu":
+            if device.type in ("cuda", "xpu"):
+                return f"on {device.type} TRL's fused head already projects only the supervised positions"
+            return f"on {device.type} TRL projects every position (a changing shape would recompile there)"
+        if trainer.compute_loss_func is not None or trainer.label_smoother is not None:
+            return "a `compute_loss_func` or `label_smoothing_factor` needs the full logits"
+        if getattr(args, "loss_type", "nll") not in ("nll", "dft") or getattr(trainer, "aux_loss_enabled", False):
+            return "the loss type or the MoE auxiliary loss is computed by TRL's path only"
+        if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+            return "DeepSpeed/FSDP shard the LM head"
+        parallelism = getattr(trainer.accelerator, "parallelism_config", None)
+        if parallelism is not None and (getattr(parallelism, "sp_enabled", False) or parallelism.cp_enabled):
+            return "sequence or context parallelism shifts the labels itself"
+        if getattr(trainer, "_is_vision_dataset", False):
+            return "vision-language batches"
+        unwrapped = trainer.model
+        if getattr(getattr(unwrapped, "active_peft_config", None), "is_prompt_learning", False):
+            return "prompt-learning PEFT adds virtual tokens in front of every row"
+        base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
+        if "logits_to_keep" not in inspect.signature(type(base).forward).parameters:
+            return f"{type(base).__name__}.forward takes no `logits_to_keep`"
+        if base.get_output_embeddings() is None or not supervised_logits_are_exact(unwrapped):
+            return f"{type(base).__name__} does not return the logits of a boolean `logits_to_keep` selection"
+        return None
+
+    def _say_once(self, reason: str) -> None:
+        if reason not in self._said:
+            self._said.add(reason)
+            logger.info(f"`score_supervised_only`: a batch takes TRL's path: {reason}.")
+
+    def __call__(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None) -> torch.Tensor | None:
+        labels = inputs.get("labels")
+        if return_outputs or labels is None or "shift_labels" in inputs or self.blocker(model) is not None:
+            return None
+        trainer = self.trainer
+        keep = torch.zeros_like(labels, dtype=torch.bool)
+        label_mask = labels[:, 1:] != _IGNORE
+        keep[:, :-1] = label_mask
+        vocab = trainer.model.get_output_embeddings().weight.shape[0]
+        num_kept = int(keep.sum())  # CPU only: no device sync
+        if num_kept * vocab > MAX_LOGITS:
+            self._say_once(f"more than {MAX_LOGITS:,} supervised logits in one batch")
+            return None
+
+        mode = "train" if trainer.model.training else "eval"
+        inputs["use_cache"] = False
+        forward_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        logits = model(**forward_inputs, logits_to_keep=keep).logits  # (num_kept, vocab)
+        targets = labels[:, 1:][label_mask]
+        log_probs = -F.cross_entropy(logits.float(), targets, reduction="none")
+        per_token_loss = -log_probs
+        if trainer.args.loss_type == "dft":  # DFT, as TRL weighs it: each token's loss times its detached probability
+            per_token_loss = per_token_loss * log_probs.exp().detach()
+        num_tokens = label_mask.sum() if num_items_in_batch is None else num_items_in_batch
+        loss = per_token_loss.sum() / torch.as_tensor(num_tokens).clamp(min=1)
+        if trainer.args.average_tokens_across_devices and num_items_in_batch is not None:
+            loss = loss * (trainer.accelerator.num_processes // trainer.get_tp_size())
+
+        with torch.no_grad():
+            entropy, correct = _entropy_and_top1(logits.detach(), targets)
+        self._log(mode, inputs, label_mask.sum(), entropy, correct)
+        return loss
+
+    def _log(self, mode: str, inputs, num_valid_local, entropy_sum, num_correct) -> None:
+        """`entropy`, `mean_token_accuracy` and `num_tokens`, gathered and averaged as TRL logs them."""
+        trainer = self.trainer
+        gather = trainer.accelerator.gather_for_metrics
+        num_valid = gather(num_valid_local).sum()
+        entropy_sum, num_correct = gather(entropy_sum).sum(), gather(num_correct).sum()
+        metrics = trainer._metrics[mode]
+        metrics["entropy"].append((entropy_sum / num_valid).item() if num_valid > 0 else 0.0)
+        metrics["mean_token_accuracy"].append((num_correct / num_valid).item() if num_valid > 0 else 0.0)
+        if mode == "train":
+            if "attention_mask" in inputs:
+                local = inputs["attention_mask"].sum()
+            elif "position_ids" in inputs:
+                local = torch.tensor(inputs["position_ids"].size(1), device=inputs["position_ids"].device)
+            else:
+                raise ValueError("Expected 'attention_mask' or 'position_ids' in inputs.")
+            trainer._total_train_tokens += gather(local).sum().item() // trainer._tp_size
+        metrics["num_tokens"] = [trainer._total_train_tokens]
+
+
+def _entropy_and_top1(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The summed entropy of each row's distribution and how many rows' first argmax is their target."""
+    entropy = logits.new_zeros((), dtype=torch.float32)
+    rows = max(1, _ENTROPY_CHUNK // max(1, logits.size(-1)))
+    for start in range(0, logits.size(0), rows):
+        block = logits[start : start + rows].float()
+        log_z = torch.logsumexp(block, dim=-1)
+        entropy += (log_z - (torch.softmax(block, dim=-1) * block).sum(-1)).sum()
+    correct = (logits.argmax(dim=-1) == targets).sum() if logits.size(0) else targets.new_zeros(())
+    return entropy, correct
