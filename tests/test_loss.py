@@ -3,6 +3,14 @@ changes — the loss, the gradients and TRL's logged metrics equal TRL's own pat
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from datasets import Dataset
@@ -20,7 +28,9 @@ ATOL = 1e-5
 
 def qa_rows(n: int = 16) -> list[list[str]]:
     """`[question, answer]` rows with prompts several times longer than their answers, of uneven lengths."""
-    return [[f"Question {i}: repeat the digit {'please ' * (i % 5)}now.", " " + "7" * (1 + (i * 7) % 9)] for i in range(n)]
+    return [
+        [f"Question {i}: repeat the digit {'please ' * (i % 5)}now.", " " + "7" * (1 + (i * 7) % 9)] for i in range(n)
+    ]
 
 
 def dataset(kind: str, tokenizer) -> tuple[object, dict]:
@@ -258,3 +268,41 @@ def test_a_batch_with_too_many_supervised_logits_takes_trls_chunked_path(
     assert rows == []
     torch.testing.assert_close(loss, ours, atol=ATOL, rtol=0)
     assert any("more than 10 supervised logits in one batch" in r for r in records), records
+
+
+@pytest.mark.slow
+def test_two_processes_train_exactly_as_trls_path(tmp_path):
+    """Under DDP (2 CPU processes, gloo), accumulation and packing: the same logs and adapter weights on both paths,
+    the same on both ranks."""
+    script = Path(__file__).parent / "scripts" / "ddp_loss.py"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), str(script), str(tmp_path),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_OFFLINE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
+    )
+    try:
+        log, _ = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        log, _ = process.communicate()
+        pytest.fail(f"2-process run did not finish in 300 s:\n{log[-3000:]}")
+    files = [tmp_path / f"rank{r}.json" for r in (0, 1)]
+    assert all(f.is_file() for f in files), f"exit code {process.returncode}:\n{log[-3000:]}"
+    ranks = [json.loads(f.read_text()) for f in files]
+    assert [r["world_size"] for r in ranks] == [2, 2]
+    for rank in ranks:
+        assert rank["on"]["path"] is None and rank["off"]["path"] == "`score_supervised_only=False`"
+        assert len(rank["on"]["logs"]) == len(rank["off"]["logs"]) == 3
+        for mine, theirs in zip(rank["on"]["logs"], rank["off"]["logs"], strict=True):
+            assert mine == pytest.approx(theirs, abs=ATOL)
+        torch.testing.assert_close(
+            torch.tensor(rank["on"]["weights"]), torch.tensor(rank["off"]["weights"]), atol=ATOL, rtol=0
+        )
+    assert ranks[0]["on"]["weights"] == ranks[1]["on"]["weights"]  # DDP kept the replicas in step

@@ -84,7 +84,9 @@ class SupervisedLoss:
         if not self._decided:
             self._blocker, self._decided = self._find_blocker(model), True
             if self._blocker is None:
-                logger.info("`score_supervised_only`: only the supervised positions are projected through the LM head.")
+                logger.info(
+                    "`score_supervised_only`: only the supervised positions are projected through the LM head."
+                )
             else:
                 logger.info(f"`score_supervised_only`: the loss takes TRL's path: {self._blocker}.")
         return self._blocker
