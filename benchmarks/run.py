@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))  # the homework recipe
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's package, not another installed copy
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -374,18 +375,21 @@ class _StepTimer(TrainerCallback):
 
 
 class _Counter:
-    """Counts the positions and supervised tokens each forward pass of the model sees (no host sync per step)."""
+    """Counts the positions and supervised tokens each training forward pass of the model sees (no host sync)."""
 
     def __init__(self):
         self.positions = 0
         self.supervised: list[torch.Tensor] = []
 
     def __call__(self, module, args, kwargs):
-        ids, labels = kwargs.get("input_ids"), kwargs.get("labels")
+        ids, labels, keep = kwargs.get("input_ids"), kwargs.get("labels"), kwargs.get("logits_to_keep")
         if torch.is_grad_enabled() and isinstance(ids, torch.Tensor):
             self.positions += ids.numel()
             if isinstance(labels, torch.Tensor):
                 self.supervised.append((labels[..., 1:] != -100).sum())
+            elif isinstance(keep, torch.Tensor) and keep.dtype == torch.bool:
+                # `score_supervised_only` passes no labels: the kept positions are those whose next label counts
+                self.supervised.append(keep.sum())
         return None
 
     def supervised_total(self) -> int:
@@ -911,10 +915,322 @@ def run(
     text = render(results, labels)
     print(text)
     if out is not None:
-        out.write_text(text, encoding="utf-8")
+        out.write_text(text + _kept_head_section(out), encoding="utf-8")
     if json_out is not None:
         json_out.write_text(json.dumps(asdict(results), indent=2) + "\n", encoding="utf-8")
     return results
+
+
+# ---------------------------------------------------------------------------------------------------- the LM head
+
+
+#: SmolLM2-360M's shape (from its config.json), built with random weights: a 49,152 x 960 LM head tied to the
+#: embeddings. `--fast` uses a small model of the same layout.
+SMOLLM2_360M = {
+    "hidden_size": 960,
+    "intermediate_size": 2560,
+    "num_attention_heads": 15,
+    "num_key_value_heads": 5,
+    "vocab_size": 49152,
+    "tie_word_embeddings": True,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 100000.0,
+    "max_position_embeddings": 8192,
+    "initializer_range": 0.02,
+}
+HEAD_FAST_SHAPE = {**SMOLLM2_360M, "hidden_size": 64, "intermediate_size": 128, "num_attention_heads": 4}
+HEAD_FAST_SHAPE |= {"num_key_value_heads": 2, "vocab_size": 4096}
+HEAD_CONTENDERS = {
+    "trl": "trl.SFTTrainer",
+    "masked": "MaskedSFTTrainer (defaults: only supervised positions through the head, packed batches)",
+    "masked_full_head": "MaskedSFTTrainer, score_supervised_only=False (every position through the head; ablation)",
+}
+#: Contenders that train on the same tokens, per data set. On chat rows TRL also trains the newline its template
+#: renders after <|im_end|> (see the main table), so there only the two MaskedSFTTrainer settings must agree.
+HEAD_SAME_TOKENS = {"homework": ("trl", "masked", "masked_full_head"), "chat": ("masked", "masked_full_head")}
+HEAD_MARK = "<!-- head: written by `python benchmarks/run.py --head`; a full run keeps this section -->"
+HEAD_END = "<!-- /head -->"
+
+
+@dataclass(frozen=True)
+class HeadCase:
+    """One setting of the LM-head benchmark: depth, data, batch size and timed steps (after one warm-up step)."""
+
+    layers: int
+    data: str  # "chat" (long prompts, short answers) or "homework"
+    batch: int
+    steps: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.layers} layers, {'long-prompt chat' if self.data == 'chat' else 'homework'}, batch {self.batch}"
+
+
+HEAD_CASES = [
+    HeadCase(4, "chat", 8, 3),
+    HeadCase(4, "homework", 32, 3),
+    HeadCase(32, "chat", 8, 2),
+    HeadCase(32, "homework", 32, 2),
+]
+HEAD_FAST_CASES = [HeadCase(1, "chat", 4, 1), HeadCase(1, "homework", 8, 1)]
+
+
+def smollm2_shaped(tokenizer, layers: int, shape: dict[str, Any]):
+    """A Llama of SmolLM2-360M's shape (or `shape`) with `layers` layers, random weights, seed 0."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    ids = {"bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id}
+    config = LlamaConfig(num_hidden_layers=layers, pad_token_id=tokenizer.pad_token_id, **ids, **shape)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = LlamaForCausalLM(config)
+    return model.to(torch.bfloat16) if BF16 else model
+
+
+def _memory_mark(device: str) -> float:
+    """Start measuring peak memory; return the memory in use now (MiB). CPU: reset the peak RSS (`VmHWM`, through
+    /proc/self/clear_refs) and read `VmRSS`; CUDA: reset `max_memory_allocated` and read `memory_allocated`."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        return torch.cuda.memory_allocated() / 2**20
+    Path("/proc/self/clear_refs").write_text("5")
+    return _proc_status_kib("VmRSS") / 1024
+
+
+def _memory_peak(device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() / 2**20
+    return _proc_status_kib("VmHWM") / 1024
+
+
+def _proc_status_kib(field_name: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field_name}")
+
+
+def _head_child(spec: dict[str, Any]) -> None:
+    """Subprocess entry: train one contender on one case, print step times, memory growth and loss as JSON."""
+    case, key, device, fast = HeadCase(**spec["case"]), spec["key"], spec["device"], spec["fast"]
+    rows_needed = case.batch * (case.steps + 1)
+    rows, _ = homework_rows(max(rows_needed, 64))
+    chat = chat_rows(max(rows_needed, 64), short=fast)
+    tokenizer = build_tokenizer(rows, chat)
+    data = Dataset.from_list(chat[:rows_needed]) if case.data == "chat" else to_prompt_completion(rows[:rows_needed])
+    model = smollm2_shaped(tokenizer, case.layers, HEAD_FAST_SHAPE if fast else SMOLLM2_360M)
+    torch.manual_seed(SEED)
+    model = get_peft_model(model, homework_lora_config())
+    model.enable_input_require_grads()
+    settings = {
+        **SHARED,
+        "output_dir": spec["workdir"],
+        "per_device_train_batch_size": case.batch,
+        "max_steps": case.steps + 1,
+        "logging_steps": 1,
+        "max_length": 1024 if case.data == "chat" else 128,
+        "bf16": BF16,
+        "use_cpu": device == "cpu",
+        "label_names": ["labels"],
+        "completion_only_loss": True,
+    }
+    with _quiet():
+        if key == "trl":
+            trainer = SFTTrainer(model, args=SFTConfig(**settings), train_dataset=data, processing_class=tokenizer)
+        else:
+            args = MaskedSFTConfig(score_supervised_only=key == "masked", **settings)
+            trainer = MaskedSFTTrainer(model, args=args, train_dataset=data, processing_class=tokenizer)
+        timer, counter = _StepTimer(), _Counter()
+        trainer.add_callback(timer)
+        handle = model.register_forward_pre_hook(counter, with_kwargs=True)
+        base = _memory_mark(device)
+        output = trainer.train()
+        growth = _memory_peak(device) - base
+        handle.remove()
+    print(
+        json.dumps(
+            {
+                "key": key,
+                "growth_mib": growth,
+                "step_seconds": timer.steps[1:],
+                "warmup_seconds": timer.steps[0],
+                "loss": float(output.training_loss),
+                "supervised": counter.supervised_total(),
+                "positions": counter.positions,
+            }
+        )
+    )
+
+
+def run_head(
+    fast: bool,
+    repeats: int | None,
+    out: Path | None,
+    json_out: Path | None,
+    device: str = "cpu",
+    layers: list[int] | None = None,
+) -> dict[str, Any]:
+    """The LM-head benchmark (issue 14): each case's contenders, one fresh process per run, interleaved."""
+    cases = [c for c in (HEAD_FAST_CASES if fast else HEAD_CASES) if fast or not layers or c.layers in layers]
+    repeats = repeats or (1 if fast else 2)
+    keys = list(HEAD_CONTENDERS)
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for case in cases:
+            per_case = runs.setdefault(case.name, {k: [] for k in keys})
+            for repeat in range(repeats):
+                shift = repeat % len(keys)
+                for key in keys[shift:] + keys[:shift]:
+                    spec = {"case": asdict(case), "key": key, "device": device, "fast": fast, "workdir": tmp}
+                    command = [sys.executable, str(Path(__file__).resolve()), "--child-head", json.dumps(spec)]
+                    command += ["--threads", str(torch.get_num_threads())]
+                    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+                    if done.returncode != 0:
+                        raise RuntimeError(f"{case.name} / {key} failed:\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
+                    record = json.loads(done.stdout.strip().splitlines()[-1])
+                    per_case[key].append(record)
+                    print(
+                        f"[{case.name} | repeat {repeat + 1}/{repeats}] {key:17s} growth {record['growth_mib']:8.0f}"
+                        f" MiB  fastest step {min(record['step_seconds']):6.2f} s  loss {record['loss']:.6f}",
+                        flush=True,
+                    )
+    summary = {name: _head_summary(name, per_case) for name, per_case in runs.items()}
+    results = {
+        "mode": "fast" if fast else "full",
+        "device": device,
+        "machine": machine_info(),
+        "shape": HEAD_FAST_SHAPE if fast else SMOLLM2_360M,
+        "cases": [asdict(c) | {"name": c.name} for c in cases],
+        "runs": runs,
+        "summary": summary,
+    }
+    results["ok"] = all(s["loss_check"]["ok"] for s in summary.values())
+    results["machine"]["load_average_end"] = os.getloadavg()[0]
+    text = render_head(results)
+    print(text)
+    if out is not None:
+        _splice_head_section(out, text)
+    if json_out is not None:
+        json_out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return results
+
+
+def _head_summary(name: str, per_case: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Per contender: median memory growth, fastest step, mean over the steps of each step's fastest repeat; ratios
+    to `trl`; the loss check of the same-tokens contenders."""
+    out: dict[str, Any] = {}
+    for key, records in per_case.items():
+        per_step = [min(times) for times in zip(*(r["step_seconds"] for r in records), strict=True)]
+        out[key] = {
+            "growth_mib": statistics.median(r["growth_mib"] for r in records),
+            "fastest_step": min(per_step),
+            "step": statistics.mean(per_step),
+            "loss": statistics.median(r["loss"] for r in records),
+            "supervised": records[0]["supervised"],
+            "positions": records[0]["positions"],
+        }
+    for key in per_case:
+        for what in ("growth_mib", "fastest_step", "step"):
+            out[key][f"{what}_ratio"] = out[key][what] / out["trl"][what]
+    data = "chat" if "chat" in name else "homework"
+    same = HEAD_SAME_TOKENS[data]
+    losses = [r["loss"] for key in same for r in per_case[key]]
+    spread = max(abs(loss - losses[0]) for loss in losses) / abs(losses[0])
+    counts = {key: per_case[key][0]["supervised"] for key in same}
+    out["loss_check"] = {
+        "contenders": list(same),
+        "max_rel_loss_diff": spread,
+        "supervised": counts,
+        "ok": spread <= LOSS_RTOL and len(set(counts.values())) == 1,
+    }
+    return out
+
+
+def render_head(results: dict[str, Any]) -> str:
+    m, device = results["machine"], results["device"]
+    memory = (
+        "peak `torch.cuda.max_memory_allocated()` during `train()` minus the memory allocated before it"
+        if device == "cuda"
+        else "peak RSS during `train()` (`VmHWM`, reset through `/proc/self/clear_refs` just before) minus the RSS "
+        "before it: the model, data and trainer are built before the mark, so this is what training adds"
+    )
+    shape = results["shape"]
+    lines = [
+        HEAD_MARK,
+        "",
+        "## Only supervised positions through the LM head (issue 14)",
+        "",
+        f"`python benchmarks/run.py --head{' --fast' if results['mode'] == 'fast' else ''}"
+        f"{' --device cuda' if device == 'cuda' else ''}`: a Llama of SmolLM2-360M's shape built from its config "
+        f"(hidden {shape['hidden_size']}, {shape['num_attention_heads']}/{shape['num_key_value_heads']} heads, "
+        f"intermediate {shape['intermediate_size']}, vocabulary {shape['vocab_size']:,}, tied embeddings; random "
+        f"weights, {'bf16' if BF16 else 'float32'}, {device}), the homework's LoRA (r 8, all linear layers), "
+        "activation checkpointing, `max_length` 1024 (chat) / 128 (homework). Each run is a fresh process; the "
+        "contenders run interleaved, their order rotating each repeat. One warm-up step, then the timed steps (the "
+        "same batches for every contender).",
+        "",
+        f"- Machine: {m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}; load average "
+        f"{m['load_average_start']:.2f} at start, {m['load_average_end']:.2f} at end (shared machine).",
+        f"- Memory growth: {memory}.",
+        "- `step s`: the mean over the timed steps of each step's fastest repeat; `fastest`: the fastest step.",
+        "",
+        "| case | contender | memory growth MiB | × TRL | step s | × TRL | fastest s | × TRL | model positions | "
+        "supervised | train loss |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for case in results["cases"]:
+        summary = results["summary"][case["name"]]
+        for key, label in HEAD_CONTENDERS.items():
+            s = summary[key]
+            lines.append(
+                f"| {case['name']} | {label} | {s['growth_mib']:,.0f} | {s['growth_mib_ratio']:.2f} | {s['step']:.2f} | "
+                f"{s['step_ratio']:.2f} | {s['fastest_step']:.2f} | {s['fastest_step_ratio']:.2f} | "
+                f"{s['positions']:,} | {s['supervised']:,} | {s['loss']:.6f} |"
+            )
+    lines += ["", f"Loss check (same tokens ⇒ same loss, relative tolerance {LOSS_RTOL:g}):"]
+    for case in results["cases"]:
+        check = results["summary"][case["name"]]["loss_check"]
+        lines.append(
+            f"- {case['name']}: {'passed' if check['ok'] else 'FAILED'}, max relative difference "
+            f"{check['max_rel_loss_diff']:.2e} across {', '.join(check['contenders'])}; supervised tokens "
+            f"{'equal' if len(set(check['supervised'].values())) == 1 else check['supervised']}."
+        )
+    first = results["cases"][0]["name"]
+    target = results["summary"][first]["masked"]
+    lines += [
+        "",
+        "| target (issue 14) | measured | limit | met |",
+        "|---|---|---|---|",
+        f"| memory growth, MaskedSFTTrainer / trl.SFTTrainer ({first}) | {target['growth_mib_ratio']:.2f} | <= 0.40 | "
+        f"{'yes' if target['growth_mib_ratio'] <= 0.40 else '**no**'} |",
+        f"| step time, MaskedSFTTrainer / trl.SFTTrainer ({first}) | {target['step_ratio']:.2f} | <= 0.45 | "
+        f"{'yes' if target['step_ratio'] <= 0.45 else '**no**'} |",
+        "",
+        HEAD_END,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _splice_head_section(path: Path, section: str) -> None:
+    """Put `section` into `path` in place of its previous LM-head section, or at the end; the rest stays."""
+    text = path.read_text(encoding="utf-8") if path.is_file() else "# Benchmark results\n"
+    start, end = text.find(HEAD_MARK), text.find(HEAD_END)
+    if start != -1 and end != -1:
+        text = text[:start] + section.rstrip("\n") + text[end + len(HEAD_END) :]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    path.write_text(text.rstrip("\n") + "\n", encoding="utf-8")
+
+
+def _kept_head_section(path: Path | None) -> str:
+    """The LM-head section of an existing RESULTS.md, for a full run to keep, or ''."""
+    if path is None or not path.is_file():
+        return ""
+    text = path.read_text(encoding="utf-8")
+    start, end = text.find(HEAD_MARK), text.find(HEAD_END)
+    return "\n" + text[start : end + len(HEAD_END)] + "\n" if start != -1 and end != -1 else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -939,13 +1255,31 @@ def main(argv: list[str] | None = None) -> int:
         help="torch CPU threads for every contender (default: torch's, one per core). On a machine shared with other "
         "jobs, 1 keeps a busy core from stalling every step.",
     )
+    parser.add_argument(
+        "--head",
+        action="store_true",
+        help="The LM-head benchmark (issue 14): a SmolLM2-360M-shaped model at 4 and 32 layers, trl.SFTTrainer vs "
+        "MaskedSFTTrainer with and without `score_supervised_only`; memory growth and step time. Writes its section "
+        "of RESULTS.md (with --fast: a small model, no file).",
+    )
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="--head: where to train.")
+    parser.add_argument(
+        "--layers", type=int, nargs="+", default=None, help="--head: only the cases of these depths (4, 32)."
+    )
     parser.add_argument("--child-rss", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--child-head", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child_rss:
         _child_rss(args.child_rss, args.fast, args.model)
         return 0
+    if args.child_head:
+        _head_child(json.loads(args.child_head))
+        return 0
+    if args.head:
+        out = args.out if args.out is not None else (None if args.fast else HERE / "RESULTS.md")
+        return 0 if run_head(args.fast, args.repeats, out, args.json, args.device, args.layers)["ok"] else 1
     out = args.out if args.out is not None else (None if args.fast else HERE / "RESULTS.md")
     results = run(args.fast, args.repeats, out, args.json, rss=not (args.fast or args.no_rss), model=args.model)
     return 0 if results.loss_check["ok"] else 1
