@@ -8,6 +8,7 @@ contender (RSS only grows within a process).
 
     python benchmarks/run.py            # full run (about 15 minutes on two CPU cores), writes benchmarks/RESULTS.md
     python benchmarks/run.py --fast     # CI smoke run: tiny sizes, one repeat, no RSS, under a minute
+    python benchmarks/run.py --head     # the LM head (issue 14): SmolLM2-360M-shaped, 4 and 32 layers, its section
 
 Data: the homework's `train.json` read from `../shared/data/unit_conversion/` next to the repository when present,
 else generated homework questions (`examples/homework_data.py`'s `generate_rows`); and a synthetic long-prompt chat set.
@@ -310,6 +311,13 @@ def contenders(tokenizer, size: Size, rows, chat) -> list[Contender]:
             "MaskedSFTTrainer, pack_within_batch=False",
             "homework",
             masked_trainer(prompt_completion, pack_within_batch=False),
+            "hw",
+        ),
+        Contender(
+            "masked_full_head",
+            "MaskedSFTTrainer, score_supervised_only=False (every position through the LM head; ablation)",
+            "homework",
+            masked_trainer(prompt_completion, score_supervised_only=False),
             "hw",
         ),
         Contender(
@@ -660,16 +668,28 @@ def evaluate_targets(results: Results) -> list[dict[str, Any]]:
             "met": value <= limit,
         }
 
-    rows = [
-        ratio_row("P1", "epoch time, MaskedSFTTrainer / homework pattern", "masked", "homework", 0.17),
-        ratio_row("P2", "epoch time, MaskedSFTTrainer / trl.SFTTrainer (homework)", "masked", "trl", 1.00),
-        ratio_row(
-            "P2", "epoch time, MaskedSFTTrainer / trl.SFTTrainer (long-prompt chat)", "masked_chat", "trl_chat", 1.00
-        ),
-        ratio_row(
-            "P3", "epoch time on pad-128 rows, MaskedSFTTrainer / trl.SFTTrainer", "masked_padded", "trl_padded", 0.25
-        ),
+    ratios = [
+        ("P1", "epoch time, MaskedSFTTrainer / homework pattern", "masked", "homework", 0.17),
+        ("P2", "epoch time, MaskedSFTTrainer / trl.SFTTrainer (homework)", "masked", "trl", 1.00),
+        ("P2", "epoch time, MaskedSFTTrainer / trl.SFTTrainer (long-prompt chat)", "masked_chat", "trl_chat", 1.00),
+        ("P3", "epoch time on pad-128 rows, MaskedSFTTrainer / trl.SFTTrainer", "masked_padded", "trl_padded", 0.25),
     ]
+    rows = [ratio_row(*row) for row in ratios if row[2] in results.runs and row[3] in results.runs]
+    if "masked_full_head" in results.runs and "masked" in results.runs:
+        head = paired_ratios(results, "masked", "masked_full_head")
+        rows.append(
+            {
+                "target": "P1",
+                "what": "epoch time, MaskedSFTTrainer / the same with score_supervised_only=False (the LM head's share; "
+                "ablation)",
+                "value": best_epoch(results, "masked") / best_epoch(results, "masked_full_head"),
+                "range": [min(head), max(head)],
+                "limit": "info",
+                "met": None,
+            }
+        )
+    if not {"masked", "trl", "masked_unpacked"} <= set(results.runs):  # a partial run (`--only`)
+        return rows
     step = best_epoch(results, "masked") / statistics.median(run["steps"] for run in results.runs["masked"])
     share = results.validate_seconds / step
     rows.append(
@@ -804,22 +824,27 @@ def render(results: Results, labels: dict[str, str]) -> str:
             f"| {row['target']} | {row['what']} | {row['value']:.4f} | {row['range'][0]:.4f}-{row['range'][1]:.4f} | "
             f"{row['limit']} | {'—' if row['met'] is None else 'yes' if row['met'] else '**no**'} |"
         )
-    lines += [
-        "",
-        "## Data preparation",
-        "",
-        "| data | rows | trl.SFTTrainer rows/s | MaskedSFTTrainer rows/s |",
-        "|---|---|---|---|",
-    ]
+    if results.prep:
+        lines += [
+            "",
+            "## Data preparation",
+            "",
+            "| data | rows | trl.SFTTrainer rows/s | MaskedSFTTrainer rows/s |",
+            "|---|---|---|---|",
+        ]
     for name, per in results.prep.items():
         lines.append(f"| {name} | {per['rows']} | {per['trl']:.0f} | {per['masked']:.0f} |")
-    lines += [
-        "",
-        f"`validate_batch` costs {results.validate_seconds * 1e6:.1f} µs per call on a packed homework batch; the "
-        f"pre-flight pass took {statistics.median(r['preflight_seconds'] for r in results.runs['masked']):.3f} s "
-        "(homework train set, once per run, inside the trainer's construction); the packing check (`packing_is_exact`,"
-        f" once per `train()`) took {results.probe_seconds:.3f} s.",
-    ]
+    lines += (
+        []
+        if "masked" not in results.runs
+        else [
+            "",
+            f"`validate_batch` costs {results.validate_seconds * 1e6:.1f} µs per call on a packed homework batch; the "
+            f"pre-flight pass took {statistics.median(r['preflight_seconds'] for r in results.runs['masked']):.3f} s "
+            "(homework train set, once per run, inside the trainer's construction); the packing check (`packing_is_exact`,"
+            f" once per `train()`) took {results.probe_seconds:.3f} s.",
+        ]
+    )
     if results.rss_kib:
         lines += [
             "",
@@ -839,7 +864,13 @@ def render(results: Results, labels: dict[str, str]) -> str:
 
 
 def run(
-    fast: bool, repeats: int | None, out: Path | None, json_out: Path | None, rss: bool, model: str | None = None
+    fast: bool,
+    repeats: int | None,
+    out: Path | None,
+    json_out: Path | None,
+    rss: bool,
+    model: str | None = None,
+    only: list[str] | None = None,
 ) -> Results:
     """Train every contender `repeats` times interleaved, measure preparation and RSS, write and return the results."""
     size = replace(FAST if fast else FULL, model=model)
@@ -872,7 +903,7 @@ def run(
             f"contender); {repeats} interleaved repeat(s)",
         },
     )
-    all_contenders = contenders(tokenizer, size, rows, chat)
+    all_contenders = [c for c in contenders(tokenizer, size, rows, chat) if not only or c.key in only]
     labels = {c.key: c.label for c in all_contenders}
     with tempfile.TemporaryDirectory() as tmp, _quiet():
         workdir = Path(tmp)
@@ -893,18 +924,23 @@ def run(
                     flush=True,
                 )
         results.runs = {c.key: results.runs[c.key] for c in all_contenders}
-        results.prep = prep_throughput(
-            tokenizer,
-            size,
-            workdir,
-            {
-                "homework prompt/completion": lambda: to_prompt_completion(rows),
-                "homework pad-128": lambda: homework_padded(tokenizer, rows),
-                "chat": lambda: Dataset.from_list(chat),
-            },
+        results.prep = (
+            {}
+            if only
+            else prep_throughput(
+                tokenizer,
+                size,
+                workdir,
+                {
+                    "homework prompt/completion": lambda: to_prompt_completion(rows),
+                    "homework pad-128": lambda: homework_padded(tokenizer, rows),
+                    "chat": lambda: Dataset.from_list(chat),
+                },
+            )
         )
     if rss:
-        results.rss_kib = peak_rss(["trl", "masked", "trl_chat", "masked_chat"], fast, min(repeats, 2), size.model)
+        keys = [k for k in ("trl", "masked", "trl_chat", "masked_chat") if k in results.runs]
+        results.rss_kib = peak_rss(keys, fast, min(repeats, 2), size.model)
     results.loss_check = loss_groups_agree(
         results.runs,
         {c.key: c.same_tokens for c in all_contenders},
@@ -969,8 +1005,8 @@ class HeadCase:
 HEAD_CASES = [
     HeadCase(4, "chat", 8, 3),
     HeadCase(4, "homework", 32, 3),
-    HeadCase(32, "chat", 8, 2),
-    HeadCase(32, "homework", 32, 2),
+    HeadCase(32, "chat", 8, 1),
+    HeadCase(32, "homework", 32, 1),
 ]
 HEAD_FAST_CASES = [HeadCase(1, "chat", 4, 1), HeadCase(1, "homework", 8, 1)]
 
@@ -1102,7 +1138,7 @@ def run_head(
         "device": device,
         "machine": machine_info(),
         "shape": HEAD_FAST_SHAPE if fast else SMOLLM2_360M,
-        "cases": [asdict(c) | {"name": c.name} for c in cases],
+        "cases": [asdict(c) | {"name": c.name, "repeats": repeats} for c in cases],
         "runs": runs,
         "summary": summary,
     }
@@ -1174,7 +1210,10 @@ def render_head(results: dict[str, Any]) -> str:
         f"- Machine: {m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}; load average "
         f"{m['load_average_start']:.2f} at start, {m['load_average_end']:.2f} at end (shared machine).",
         f"- Memory growth: {memory}.",
-        "- `step s`: the mean over the timed steps of each step's fastest repeat; `fastest`: the fastest step.",
+        "- `step s`: the mean over the timed steps of each step's fastest repeat; `fastest`: the fastest step. Timed "
+        "steps and repeats per case: "
+        + "; ".join(f"{c['name']}: {c['steps']} x {c.get('repeats', '?')}" for c in results["cases"])
+        + ".",
         "",
         "| case | contender | memory growth MiB | × TRL | step s | × TRL | fastest s | × TRL | model positions | "
         "supervised | train loss |",
@@ -1243,6 +1282,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="Also write the raw results as JSON here.")
     parser.add_argument("--no-rss", action="store_true", help="Skip the peak-RSS subprocesses.")
     parser.add_argument(
+        "--only",
+        nargs="+",
+        default=None,
+        help="Train only these contenders (keys, e.g. homework trl masked masked_full_head for P1); no preparation "
+        "throughput; the targets whose contenders ran.",
+    )
+    parser.add_argument(
         "--model",
         default=None,
         help="Load this model (hub name or folder, e.g. HuggingFaceTB/SmolLM2-360M-Instruct) instead of the tiny "
@@ -1281,7 +1327,8 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out if args.out is not None else (None if args.fast else HERE / "RESULTS.md")
         return 0 if run_head(args.fast, args.repeats, out, args.json, args.device, args.layers)["ok"] else 1
     out = args.out if args.out is not None else (None if args.fast else HERE / "RESULTS.md")
-    results = run(args.fast, args.repeats, out, args.json, rss=not (args.fast or args.no_rss), model=args.model)
+    rss = not (args.fast or args.no_rss)
+    results = run(args.fast, args.repeats, out, args.json, rss=rss, model=args.model, only=args.only)
     return 0 if results.loss_check["ok"] else 1
 
 

@@ -19,6 +19,7 @@ CONTENDERS = {
     "trl",
     "masked",
     "masked_unpacked",
+    "masked_full_head",
     "trl_grouped",
     "trl_padded",
     "masked_padded",
@@ -88,3 +89,24 @@ def test_homework_data_is_read_from_the_shared_folder(fast_results):
     if not HOMEWORK_TRAIN.is_file():
         pytest.skip(f"{HOMEWORK_TRAIN} is absent (the shared data folder is not beside this clone)")
     assert "train.json" in fast_results["data"]["homework"]
+
+
+@pytest.mark.slow
+def test_head_mode_fast_runs_every_contender_and_the_same_tokens_end_on_the_same_loss(tmp_path):
+    """`--head --fast` (the LM-head benchmark on a small model): every contender trains, the supervised-only path sees
+    the same supervised tokens and ends on the same loss as the every-position path, and memory is measured."""
+    done = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "run.py"), "--head", "--fast", "--json", str(tmp_path / "h.json")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((tmp_path / "h.json").read_text())
+    assert results["ok"]
+    for name, summary in results["summary"].items():
+        assert {"trl", "masked", "masked_full_head"} <= set(summary), name
+        assert summary["loss_check"]["max_rel_loss_diff"] <= 1e-4, name
+        assert summary["masked"]["supervised"] == summary["masked_full_head"]["supervised"] > 0, name
+        assert all(summary[key]["growth_mib"] > 0 for key in ("trl", "masked", "masked_full_head")), name

@@ -1,7 +1,8 @@
 """`MaskedSFTTrainer`: `trl.SFTTrainer` that never trains silently on nothing or on the wrong tokens.
 
 The trainer only wires TRL's hooks: construction checks, `_prepare_dataset` delegating to the preparation pipeline
-(`pipeline.py`), per-batch validation, the health guard and in-batch packing. It holds no masking arithmetic.
+(`pipeline.py`), per-batch validation, the health guard, in-batch packing and the supervised-only loss
+(`loss.py`). It holds no masking or loss arithmetic.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ class MaskedSFTTrainer(SFTTrainer):
     - a check that a user `data_collator` does not overwrite the prepared labels;
     - model checks at `train()` (`model_checks.py`), resuming only from complete checkpoints (`checkpoints.py`);
     - `TrainingHealthGuard` (`health_checks=True`, `health.py`) and, under several processes, the same verdict on
-      every rank (`distributed.py`); in-batch packing (`pack_within_batch`, `packing.py`).
+      every rank (`distributed.py`); in-batch packing (`pack_within_batch`, `packing.py`);
+    - the loss on CPU with only the supervised positions through the LM head (`score_supervised_only`, `loss.py`).
 
     An explicit `completion_only_loss=False` still trains on the whole sequence (with one warning). The config
     passed in is copied, never changed.
