@@ -1107,9 +1107,16 @@ def run_head(
     json_out: Path | None,
     device: str = "cpu",
     layers: list[int] | None = None,
+    data: list[str] | None = None,
+    steps: int | None = None,
 ) -> dict[str, Any]:
-    """The LM-head benchmark (issue 14): each case's contenders, one fresh process per run, interleaved."""
-    cases = [c for c in (HEAD_FAST_CASES if fast else HEAD_CASES) if fast or not layers or c.layers in layers]
+    """The LM-head benchmark (issue 14): each case's contenders, one fresh process per run, interleaved. With
+    `json_out`, the raw runs are written after each one (a long run cut short keeps what it measured)."""
+    cases = [
+        replace(c, steps=steps or c.steps)
+        for c in (HEAD_FAST_CASES if fast else HEAD_CASES)
+        if fast or ((not layers or c.layers in layers) and (not data or c.data in data))
+    ]
     repeats = repeats or (1 if fast else 2)
     keys = list(HEAD_CONTENDERS)
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
@@ -1127,6 +1134,8 @@ def run_head(
                         raise RuntimeError(f"{case.name} / {key} failed:\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
                     record = json.loads(done.stdout.strip().splitlines()[-1])
                     per_case[key].append(record)
+                    if json_out is not None:
+                        json_out.write_text(json.dumps({"partial": True, "runs": runs}) + "\n", encoding="utf-8")
                     print(
                         f"[{case.name} | repeat {repeat + 1}/{repeats}] {key:17s} growth {record['growth_mib']:8.0f}"
                         f" MiB  fastest step {min(record['step_seconds']):6.2f} s  loss {record['loss']:.6f}",
@@ -1312,6 +1321,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--layers", type=int, nargs="+", default=None, help="--head: only the cases of these depths (4, 32)."
     )
+    parser.add_argument("--data", nargs="+", default=None, help="--head: only these data sets (chat, homework).")
+    parser.add_argument("--steps", type=int, default=None, help="--head: timed steps per run (after the warm-up).")
     parser.add_argument("--child-rss", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-head", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -1325,7 +1336,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.head:
         out = args.out if args.out is not None else (None if args.fast else HERE / "RESULTS.md")
-        return 0 if run_head(args.fast, args.repeats, out, args.json, args.device, args.layers)["ok"] else 1
+        return (
+            0
+            if run_head(args.fast, args.repeats, out, args.json, args.device, args.layers, args.data, args.steps)["ok"]
+            else 1
+        )
     out = args.out if args.out is not None else (None if args.fast else HERE / "RESULTS.md")
     rss = not (args.fast or args.no_rss)
     results = run(args.fast, args.repeats, out, args.json, rss=rss, model=args.model, only=args.only)

@@ -9,9 +9,9 @@ model's own logit scaling and soft-capping. The loss, `entropy`, `mean_token_acc
 computed as TRL computes them (same normalisation by `num_items_in_batch`, same metric definitions).
 
 Where it can't apply exactly — another device, a `compute_loss_func`, label smoothing, an MoE auxiliary loss,
-prompt-learning PEFT (virtual tokens shift the positions), DeepSpeed/FSDP, sequence parallelism, a model whose
-forward can't keep a boolean selection of logits, logits wanted by the caller — `__call__` returns `None` and the
-trainer takes TRL's path; the reason is logged once.
+prompt-learning PEFT (virtual tokens shift the positions), DeepSpeed/FSDP, sequence parallelism, `torch_compile`,
+a model whose forward can't keep a boolean selection of logits, logits wanted by the caller — `__call__` returns
+`None` and the trainer takes TRL's path; the reason is logged once.
 """
 
 from __future__ import annotations
@@ -108,8 +108,10 @@ class SupervisedLoss:
         if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
             return "DeepSpeed/FSDP shard the LM head"
         parallelism = getattr(trainer.accelerator, "parallelism_config", None)
-        if parallelism is not None and (getattr(parallelism, "sp_enabled", False) or parallelism.cp_enabled):
+        if getattr(parallelism, "sp_enabled", False) or getattr(parallelism, "cp_enabled", False):
             return "sequence or context parallelism shifts the labels itself"
+        if getattr(args, "torch_compile", False):
+            return "`torch_compile`: a number of positions that changes every batch would recompile"
         if getattr(trainer, "_is_vision_dataset", False):
             return "vision-language batches"
         unwrapped = trainer.model
