@@ -1119,6 +1119,7 @@ def run_head(
     ]
     repeats = repeats or (1 if fast else 2)
     keys = list(HEAD_CONTENDERS)
+    machine = machine_info()
     runs: dict[str, dict[str, list[dict[str, Any]]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for case in cases:
@@ -1145,7 +1146,7 @@ def run_head(
     results = {
         "mode": "fast" if fast else "full",
         "device": device,
-        "machine": machine_info(),
+        "machine": machine,
         "shape": HEAD_FAST_SHAPE if fast else SMOLLM2_360M,
         "cases": [asdict(c) | {"name": c.name, "repeats": repeats} for c in cases],
         "runs": runs,
