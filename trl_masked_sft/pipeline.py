@@ -60,9 +60,9 @@ def stop_token_ids(tokenizer) -> set[int]:
     return ids
 
 
-def _messages(example: dict[str, Any]) -> tuple[list[dict], int]:
+def _messages(example: dict[str, Any], layout: Layout) -> tuple[list[dict], int]:
     """The conversation of a row and the index of its first trainable message."""
-    if "prompt" in example and "completion" in example and "messages" not in example:
+    if layout is Layout.CONVERSATIONAL_PROMPT_COMPLETION:  # only the completion's replies are trained
         return list(example["prompt"]) + list(example["completion"]), len(example["prompt"])
     messages = example.get("messages")
     if messages is None:  # ShareGPT `conversations`: {"from": "human"|"gpt"|..., "value": ...}
@@ -127,12 +127,12 @@ class PreparationPipeline:
         if layout in (Layout.PROMPT_COMPLETION, Layout.TEXT):
             dataset = tokenize_text_rows(dataset, self.tokenizer, layout, options, dataset_name)
         elif layout.is_conversational:
-            dataset = self._tokenize_conversations(dataset, dataset_name)
+            dataset = self._tokenize_conversations(dataset, layout, dataset_name)
         else:
             dataset = self._clean_pretokenized(dataset, dataset_name)
         return self._audit(dataset, layout, dataset_name, empty_rows, enforce)
 
-    def _tokenize_conversations(self, dataset, dataset_name: str):
+    def _tokenize_conversations(self, dataset, layout: Layout, dataset_name: str):
         """Assistant-only labels for conversations under any chat template (see `chat.chat_labels`)."""
         tokenizer, options = self.tokenizer, self.options
 
@@ -141,7 +141,7 @@ class PreparationPipeline:
             tools = json.loads(tools) if isinstance(tools, str) else tools
             kwargs = {"tools": tools} if tools else {}
             kwargs.update(example.get("chat_template_kwargs") or {})
-            messages, first = _messages(example)
+            messages, first = _messages(example, layout)
             if not options.chat:  # `completion_only_loss=False`: the whole conversation is trained
                 ids = list(
                     tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)["input_ids"]
