@@ -6,13 +6,14 @@ import logging
 import os
 import string
 
-import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
-
+# Offline by construction: set before anything imports huggingface_hub, datasets or transformers (they read these
+# once, at import), and forced, so a caller's `HF_HUB_OFFLINE=0` can't make a test wait on Hub retries.
+os.environ.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
+from transformers import PreTrainedTokenizerFast  # noqa: E402
 
 from trl_masked_sft import MaskedSFTConfig  # noqa: E402
 from trl_masked_sft.tiny import build_tiny_model, build_tiny_tokenizer  # noqa: E402
