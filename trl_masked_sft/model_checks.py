@@ -15,6 +15,7 @@ Each failure raises `ModelSetupError` naming the parameters and the fix; a parti
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Iterator
 
@@ -30,6 +31,7 @@ __all__ = [
     "check_model_before_training",
     "check_processing_class",
     "check_token_ids",
+    "quiet_peft_checkpointing_probe",
 ]
 
 logger = logging.get_logger(__name__)
@@ -125,8 +127,23 @@ def _check_adapters_trainable(model) -> None:
         )
 
 
+@contextlib.contextmanager
+def quiet_peft_checkpointing_probe() -> Iterator[None]:
+    """Silence the one `FutureWarning` that wrapping a model in PEFT triggers on every run, and nothing else.
+
+    peft 0.21 (`PeftModel.__init__`) reads `model.is_gradient_checkpointing`, which transformers 5.24 deprecated in
+    favour of `is_activation_checkpointing`; `SFTTrainer.__init__` wraps the model when given a `peft_config`. We
+    can't avoid the read, so we filter exactly that message around the wrapping. Remove once peft reads
+    `is_activation_checkpointing` (or transformers v6 drops the old property).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def _checkpointing_on(model, args) -> bool:
-    if getattr(args, "activation_checkpointing", False) or getattr(args, "gradient_checkpointing", False):
+    # transformers >= 5.24 mirrors the deprecated `gradient_checkpointing` into `activation_checkpointing`.
+    if getattr(args, "activation_checkpointing", False):
         return True
     base = model.get_base_model() if _is_peft_model(model) else model
     return bool(getattr(base, "is_activation_checkpointing", False))
