@@ -103,24 +103,34 @@ def test_html_is_self_contained_and_carries_every_reason(tokenizer, config):
     """The page needs nothing from outside and names each token's reason in its tooltip."""
     rows = inspect_rows([["word " * 20, " <answer>1</answer>"], ["Q?", " A"]], tokenizer, config(max_length=10))
     page = render_html(rows)
-    assert page.startswith("<!DOCTYPE html>") and "http" not in page and "<script" not in page
+    assert page.startswith("<!DOCTYPE html>") and "<script" not in page
+    assert "http://" not in page and "https://" not in page and "src=" not in page
     assert 'title="truncated' in page and 'title="trained' in page and 'title="prompt' in page
 
 
+def test_each_row_has_an_anchor_to_link_to(tokenizer, config):
+    """Row sections carry `id="row-<index>"`, so a page (the audit page) can link to a row's masks."""
+    rows = inspect_rows([["Q?", " A"], ["R?", " B"]], tokenizer, config(), start=0)
+    page = render_html(rows)
+    assert '<section id="row-0">' in page and '<section id="row-1">' in page
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+#: The report's background colour per reason, as the screenshot must show it.
+COLOURS = {
+    "trained": (0xB7, 0xF0, 0xB1),
+    "prompt": (0xE2, 0xE2, 0xE2),
+    "truncated": (0xF7, 0xB3, 0xB3),
+    "system turn": (0xE8, 0xC8, 0xF0),
+    "user turn": (0xBF, 0xE6, 0xF5),
+}
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package `chromium`)")
-def test_html_renders_in_a_browser_with_trained_tokens_in_green(tokenizer, config, tmp_path):
-    """Headless Chromium renders the page; the screenshot shows the trained colour and the truncated colour."""
-    from PIL import Image
-
-    rows = inspect_rows([["word " * 20, " <answer>1</answer>"], ["Q?", " A"]], tokenizer, config(max_length=10))
-    page, shot = tmp_path / "masks.html", tmp_path / "masks.png"
-    page.write_text(render_html(rows))
+def screenshot(chromium: str, page, shot, profile, size: str = "1000,900") -> None:
+    """Headless Chromium renders `page` (a file) to the PNG `shot`."""
     subprocess.run(
         [
-            CHROMIUM,
+            chromium,
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
@@ -129,16 +139,45 @@ def test_html_renders_in_a_browser_with_trained_tokens_in_green(tokenizer, confi
             "--disable-background-networking",
             "--disable-component-update",
             "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
             f"--screenshot={shot}",
-            "--window-size=900,500",
+            f"--window-size={size}",
             page.as_uri(),
         ],
         check=True,
         capture_output=True,
         timeout=90,
     )
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package `chromium`)")
+def test_html_renders_in_a_browser_with_each_reason_in_its_colour(tokenizer, config, tmp_path):
+    """Headless Chromium renders the report of a truncated row, a prompt/completion row and a chat row; the
+    screenshot shows the trained, prompt, truncated, system-turn and user-turn colours."""
+    from PIL import Image
+
+    rows = inspect_rows([["word " * 20, " <answer>1</answer>"], ["Q?", " A"]], tokenizer, config(max_length=10))
+    chat = Dataset.from_dict(
+        {
+            "messages": [
+                [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "Hi there"},
+                    {"role": "assistant", "content": "Hello"},
+                ]
+            ]
+        }
+    )
+    rows += inspect_rows(chat, tokenizer, config())
+    assert {t.reason for row in rows for t in row.tokens} >= set(COLOURS)
+    page, shot = tmp_path / "masks.html", tmp_path / "masks.png"
+    report = render_html(rows)
+    # The legend shows every colour too: hide it, so only the rows' tokens can put the colours on screen.
+    assert report.count('<div class="legend">') == 1
+    page.write_text(report.replace('<div class="legend">', '<div class="legend" style="display:none">'))
+    screenshot(CHROMIUM, page, shot, tmp_path / "profile")
     image = Image.open(shot).convert("RGB")
     colours = {colour for _, colour in image.getcolors(maxcolors=1 << 20)}
-    assert (0xB7, 0xF0, 0xB1) in colours  # trained
-    assert (0xF7, 0xB3, 0xB3) in colours  # truncated
+    missing = {reason: colour for reason, colour in COLOURS.items() if colour not in colours}
+    assert missing == {}
