@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import string
+import subprocess
 
 # Offline by construction: set before anything imports huggingface_hub, datasets or transformers (they read these
 # once, at import), and forced, so a caller's `HF_HUB_OFFLINE=0` can't make a test wait on Hub retries.
@@ -103,3 +105,34 @@ def sp_tokenizer():
     )
     tokenizer.train_from_iterator(["### Question: What is the capital of France?\n### Answer: Paris"] * 4, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.fixture
+def chromium(tmp_path):
+    """`chromium(page, *flags)`: headless Chromium on a local HTML file, its stdout returned (e.g. with
+    `"--dump-dom"`, or `f"--screenshot={png}"`). Skips, saying why, where Chromium is not installed."""
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (Debian package `chromium`; `.ci/run` installs it where it can)")
+
+    def run(page, *flags: str) -> str:
+        command = [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            f"--user-data-dir={tmp_path / 'chromium-profile'}",
+            *flags,
+            page.as_uri(),
+        ]
+        return subprocess.run(command, check=True, capture_output=True, text=True, timeout=90).stdout
+
+    return run

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-
 import pytest
 from datasets import Dataset
 
@@ -115,7 +112,6 @@ def test_each_row_has_an_anchor_to_link_to(tokenizer, config):
     assert '<section id="row-0">' in page and '<section id="row-1">' in page
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 #: The report's background colour per reason, as the screenshot must show it.
 COLOURS = {
     "trained": (0xB7, 0xF0, 0xB1),
@@ -126,33 +122,7 @@ COLOURS = {
 }
 
 
-def screenshot(chromium: str, page, shot, profile, size: str = "1000,900") -> None:
-    """Headless Chromium renders `page` (a file) to the PNG `shot`."""
-    subprocess.run(
-        [
-            chromium,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            "--hide-scrollbars",
-            f"--user-data-dir={profile}",
-            f"--screenshot={shot}",
-            f"--window-size={size}",
-            page.as_uri(),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=90,
-    )
-
-
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package `chromium`)")
-def test_html_renders_in_a_browser_with_each_reason_in_its_colour(tokenizer, config, tmp_path):
+def test_html_renders_in_a_browser_with_each_reason_in_its_colour(tokenizer, config, tmp_path, chromium):
     """Headless Chromium renders the report of a truncated row, a prompt/completion row and a chat row; the
     screenshot shows the trained, prompt, truncated, system-turn and user-turn colours."""
     from PIL import Image
@@ -176,7 +146,7 @@ def test_html_renders_in_a_browser_with_each_reason_in_its_colour(tokenizer, con
     # The legend shows every colour too: hide it, so only the rows' tokens can put the colours on screen.
     assert report.count('<div class="legend">') == 1
     page.write_text(report.replace('<div class="legend">', '<div class="legend" style="display:none">'))
-    screenshot(CHROMIUM, page, shot, tmp_path / "profile")
+    chromium(page, f"--screenshot={shot}", "--window-size=1000,900")
     image = Image.open(shot).convert("RGB")
     colours = {colour for _, colour in image.getcolors(maxcolors=1 << 20)}
     missing = {reason: colour for reason, colour in COLOURS.items() if colour not in colours}

@@ -4,11 +4,7 @@ sequences, YAML recipes loaded safely, remote code off unless asked."""
 from __future__ import annotations
 
 import re
-import shutil
-import subprocess
 from html.parser import HTMLParser
-
-import pytest
 
 from trl_masked_sft.inspector import RowMarks, TokenMark, render_html, render_terminal
 
@@ -121,33 +117,6 @@ def test_terminal_output_shows_control_characters_instead_of_sending_them():
         assert "a\\x1b]0;pwned\\x07b\\x1b[2J" in out
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-
-
-def dump_dom(page_path, tmp_path) -> str:
-    """The DOM after headless Chromium has parsed (and would have run) the page."""
-    result = subprocess.run(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            "--dump-dom",
-            page_path.as_uri(),
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=90,
-    )
-    return result.stdout
-
-
 # In the browser, payloads that mark the DOM instead of opening a dialog: a live `alert()` would block headless
 # Chromium until the timeout rather than fail the test.
 MARK = "document.documentElement.dataset.pwned=1"
@@ -163,13 +132,12 @@ def browser_hostile_rows() -> list[RowMarks]:
     return [RowMarks(index=0, tokens=tokens, problem=f"<svg onload={MARK}>")]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package `chromium`)")
-def test_hostile_rows_render_in_a_browser_without_a_script_element(tmp_path):
+def test_hostile_rows_render_in_a_browser_without_a_script_element(tmp_path, chromium):
     """Headless Chromium parses the report of hostile rows: its DOM holds no script, img or svg element, and no
     payload ran."""
     page = tmp_path / "hostile.html"
     page.write_text(render_html(browser_hostile_rows()))
-    dom = dump_dom(page, tmp_path)
+    dom = chromium(page, "--dump-dom")
     elements = parse(dom)
     assert "body" in elements.tags and "span" in elements.tags  # the page did render
     assert not {"script", "img", "svg"} & set(elements.tags)
