@@ -3,8 +3,11 @@ sequences, YAML recipes loaded safely, remote code off unless asked."""
 
 from __future__ import annotations
 
+import json
 import re
 from html.parser import HTMLParser
+
+import pytest
 
 from trl_masked_sft.inspector import RowMarks, TokenMark, render_html, render_terminal
 
@@ -143,3 +146,114 @@ def test_hostile_rows_render_in_a_browser_without_a_script_element(tmp_path, chr
     assert not {"script", "img", "svg"} & set(elements.tags)
     assert not [name for name, _ in elements.attributes if name.startswith("on")]
     assert "data-pwned" not in dom
+
+
+# ---------------------------------------------------------------------------------------------------- recipes
+
+
+@pytest.fixture
+def qa_file(tmp_path):
+    path = tmp_path / "qa.jsonl"
+    path.write_text("".join(f'{{"prompt": "Q{i}?", "completion": " A{i}"}}\n' for i in range(4)))
+    return path
+
+
+def run_cli(argv: list[str], capsys) -> tuple[int, str]:
+    """Exit code and stderr of `trl-masked-sft ARGV`, run in this process."""
+    from trl_masked_sft.cli import main
+
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["train", "audit"])
+def test_a_recipe_with_a_python_tag_is_refused_naming_the_file_line_and_fix(command, qa_file, tmp_path, capsys):
+    """A `!!python/...` tag is never constructed: the command exits 2 naming the file, the line, the tag and the fix."""
+    marker = tmp_path / "pwned"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"dataset_name: {qa_file}\nmax_length: !!python/object/apply:os.system ['touch {marker}']\n")
+    code, err = run_cli([command, "--config", str(recipe)], capsys)
+    assert code == 2 and not marker.exists()
+    assert str(recipe) in err and "line 2" in err and "!!python/object/apply:os.system" in err
+    assert "safe" in err and "Fix:" in err
+
+
+def test_a_missing_recipe_file_is_named_with_the_fix(tmp_path, capsys):
+    """`--config` pointing nowhere exits 2 naming the path, not a FileNotFoundError traceback."""
+    code, err = run_cli(["audit", "--config", str(tmp_path / "nope.yaml")], capsys)
+    assert code == 2 and "nope.yaml" in err and "no such file" in err and "Fix:" in err
+
+
+def test_config_without_a_path_is_an_argparse_style_error(capsys):
+    """`--config` as the last argument exits 2 saying it expects a file, not an IndexError."""
+    code, err = run_cli(["audit", "--config"], capsys)
+    assert code == 2 and "--config" in err and "expected one argument" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("max_length: [1, 2\n", "not valid YAML"), ("- a\n- b\n", "must be a YAML mapping"), ("", "is empty")],
+)
+def test_a_malformed_recipe_is_refused_naming_the_file(text, expected, tmp_path, capsys):
+    """Broken YAML, a list instead of a mapping and an empty file each exit 2 naming the file and the problem."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(text)
+    code, err = run_cli(["audit", "--config", str(recipe)], capsys)
+    assert code == 2 and str(recipe) in err and expected in err
+
+
+def test_a_safe_recipe_still_sets_the_options(qa_file, tmp_path, capsys):
+    """A plain recipe loads as before: its values reach the command (here the audit's `max_length`)."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"dataset_name: {qa_file}\nmax_length: 64\n")
+    code, _ = run_cli(["audit", "--config", str(recipe)], capsys)
+    assert code == 0
+
+
+# ---------------------------------------------------------------------------------------------------- remote code
+
+
+@pytest.fixture
+def remote_code_folder(tmp_path):
+    """A local model/tokenizer folder whose config asks for custom code that, if ever imported, leaves a marker."""
+    folder, marker = tmp_path / "custom", tmp_path / "remote-code-ran"
+    folder.mkdir()
+    auto_map = {"AutoConfig": "custom.CustomConfig", "AutoModelForCausalLM": "custom.CustomModel"}
+    (folder / "config.json").write_text(json.dumps({"model_type": "custom-remote", "auto_map": auto_map}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {"tokenizer_class": "CustomTokenizer", "auto_map": {"AutoTokenizer": ["custom.CustomTokenizer", None]}}
+        )
+    )
+    (folder / "custom.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    return folder, marker
+
+
+def test_train_does_not_run_a_model_folders_custom_code_unless_asked(remote_code_folder, qa_file, tmp_path, capsys):
+    """`train --model_name_or_path` on a folder with custom code refuses to load it: the code never runs."""
+    folder, marker = remote_code_folder
+    argv = ["train", "--dataset_name", str(qa_file), "--model_name_or_path", str(folder)]
+    argv += ["--output_dir", str(tmp_path / "out"), "--report_to", "none", "--use_cpu", "true", "--max_steps", "1"]
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        run_cli(argv, capsys)
+    assert not marker.exists()
+
+
+def test_inspect_does_not_run_a_tokenizer_folders_custom_code(remote_code_folder, qa_file, capsys):
+    """`--tokenizer_name_or_path` on a folder with custom tokenizer code refuses it: the code never runs."""
+    folder, marker = remote_code_folder
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        run_cli(["inspect", "--dataset_name", str(qa_file), "--tokenizer_name_or_path", str(folder)], capsys)
+    assert not marker.exists()
+
+
+def test_the_config_defaults_leave_remote_code_off():
+    """`MaskedSFTConfig` (which carries TRL's `trust_remote_code`, the flag `train` honours) defaults to off."""
+    from trl_masked_sft import MaskedSFTConfig
+
+    config = MaskedSFTConfig(output_dir="x", use_cpu=True)
+    assert config.trust_remote_code is False
+    assert not (config.model_init_kwargs or {}).get("trust_remote_code")

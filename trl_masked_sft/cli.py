@@ -62,8 +62,47 @@ def _parser(command: str, dataclass_types: tuple):
     return TrlParser(dataclass_types, prog=f"trl-masked-sft {command}", description=COMMANDS[command])
 
 
+def _check_recipe(parser, argv: list[str]) -> None:
+    """Read the `--config` YAML recipe safely before TRL's parser does, so a bad one is an argparse error (exit 2)
+    naming the file and the fix: missing, not YAML, not a mapping, or holding a tag such as `!!python/object`
+    (`yaml.safe_load` never builds Python objects from a recipe)."""
+    if "--config" not in argv:
+        return
+    index = argv.index("--config")
+    if index + 1 >= len(argv):
+        parser.error("argument --config: expected one argument (the path of a YAML recipe)")
+    import yaml
+
+    path = Path(argv[index + 1])
+    if not path.is_file():
+        parser.error(
+            f"--config {str(path)!r}: no such file (looked in {Path.cwd()}). Fix: pass the path of a YAML recipe, "
+            "e.g. examples/homework_recipe.yaml."
+        )
+    try:
+        recipe = yaml.safe_load(path.read_text())
+    except yaml.constructor.ConstructorError as error:
+        where = f"line {error.problem_mark.line + 1}" if error.problem_mark else "somewhere"
+        tag = (error.problem or "").rsplit("tag ", 1)[-1].strip("'").replace("tag:yaml.org,2002:", "!!")
+        parser.error(
+            f"--config {str(path)!r}, {where}: the YAML tag {tag} is refused; recipes are loaded with "
+            "yaml.safe_load, which builds only plain values (strings, numbers, lists, mappings), never Python "
+            "objects. Fix: write that value as a plain string or number."
+        )
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        parser.error(f"--config {str(path)!r} is not valid YAML: {error}. Fix: correct the file.")
+    if recipe is None:
+        parser.error(f"--config {str(path)!r} is empty. Fix: write `option: value` lines, one per option.")
+    if not isinstance(recipe, dict):
+        parser.error(
+            f"--config {str(path)!r} must be a YAML mapping of options (`option: value` lines), got a "
+            f"{type(recipe).__name__}."
+        )
+
+
 def _parse(parser, argv: list[str]) -> tuple:
     """Parse `argv` (and `--config` YAML); unknown flags are an argparse error (exit 2), not a traceback."""
+    _check_recipe(parser, argv)
     *parsed, remaining = parser.parse_args_and_config(args=argv, return_remaining_strings=True)
     if remaining:
         parser.error(f"unrecognized arguments: {' '.join(remaining)}")
