@@ -54,6 +54,10 @@ class InspectArguments:
 @dataclass
 class AuditArguments:
     json_path: str | None = field(default=None, metadata={"help": "Also write the report as JSON to this path."})
+    html: str | None = field(
+        default=None,
+        metadata={"help": "Also write a self-contained HTML page (numbers, histogram, worst rows) to this path."},
+    )
 
 
 def _parser(command: str, dataclass_types: tuple):
@@ -262,6 +266,25 @@ def _inspect(argv: list[str]) -> int:
     return 0
 
 
+def _audit_page(report, rows, tokenizer, config, dataset_name: str) -> str:
+    """The audit page: per-row supervised counts of the prepared rows, and the masks of the five worst rows."""
+    from .audit import prepare_dataset
+    from .audit_html import render_audit_html, worst_row_indices
+    from .inspector import RowMarks, inspect_rows
+    from .validation import supervision_stats
+
+    prepared, _, _ = prepare_dataset(rows, tokenizer, config, dataset_name=dataset_name)
+    labels = prepared["labels"]
+    counts = [0 if i in report.unsupervised_rows else supervision_stats(row)[0] for i, row in enumerate(labels)]
+    worst = []
+    for index in worst_row_indices(counts):
+        try:
+            worst += inspect_rows(rows, tokenizer, config, rows=1, start=index)
+        except (ValueError, TypeError) as error:  # e.g. a row that is alone refused (an empty completion)
+            worst.append(RowMarks(index, problem=f"could not be inspected alone: {error}"))
+    return render_audit_html(report, counts, worst)
+
+
 def _audit(argv: list[str]) -> int:
     from .audit import audit_dataset
 
@@ -271,6 +294,9 @@ def _audit(argv: list[str]) -> int:
     if audit_args.json_path:
         report.write_json(audit_args.json_path)
         print(f"Report written to {audit_args.json_path}")
+    if audit_args.html:
+        Path(audit_args.html).write_text(_audit_page(report, rows, tokenizer, config, data_args.dataset_split))
+        print(f"HTML written to {audit_args.html}")
     if report.policy_error:
         print(report.policy_error, file=sys.stderr)
         return 1

@@ -20,7 +20,16 @@ from datasets import Dataset
 from .chat import TRAINED, chat_labels
 from .masking import IGNORE_INDEX, truncate_row
 
-__all__ = ["RowMarks", "TokenMark", "html_page", "inspect_rows", "render_html", "render_row_html", "render_terminal"]
+__all__ = [
+    "RowMarks",
+    "TokenMark",
+    "html_page",
+    "inspect_rows",
+    "render_html",
+    "render_legend_html",
+    "render_row_html",
+    "render_terminal",
+]
 
 PROMPT, PADDING, TRUNCATED, USER_LABELS, FIRST = "prompt", "padding", "truncated", "masked in labels", "first token"
 _ROW_REASONS = ("response template not found", "chat turns not located", "empty completion")
@@ -246,7 +255,8 @@ def _reason_class(reason: str) -> str:
     return "r-" + _REASON_CLASSES.get(reason, "other")
 
 
-def _legend_html(rows: Sequence[RowMarks]) -> str:
+def render_legend_html(rows: Sequence[RowMarks]) -> str:
+    """One coloured chip per reason that occurs in `rows`, for a legend."""
     reasons_seen = sorted({t.reason for row in rows for t in row.tokens})
     return "".join(
         f'<span class="tok {_reason_class(r)}" style="background:{_HTML.get(r, _MASKED_HTML)}">{_esc(r)}</span> '
@@ -306,6 +316,6 @@ def render_html(rows: Sequence[RowMarks], *, title: str = "Mask inspector") -> s
 
     Everything from the dataset or the tokenizer is escaped, attributes included; the page runs no script.
     """
-    body = f'<div class="legend">Legend: {_legend_html(rows)}</div>\n'
+    body = f'<div class="legend">Legend: {render_legend_html(rows)}</div>\n'
     body += "".join(render_row_html(row, anchor=f"row-{row.index}") for row in rows)
     return html_page(title, body)
