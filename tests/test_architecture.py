@@ -18,11 +18,11 @@ LAYERS: list[set[str]] = [
     {"errors", "tiny"},
     {"config", "masking", "hf_compat"},
     {"validation", "chat", "checkpoints", "model_checks", "packing"},
-    {"report", "distributed", "collator"},
+    {"report", "distributed", "collator", "metrics"},
     {"formats", "health"},
     {"pipeline"},
     {"audit", "inspector"},
-    {"trainer"},
+    {"trainer", "audit_html"},
     {"cli", "__init__"},
     {"__main__"},
 ]

@@ -7,7 +7,7 @@ from html.parser import HTMLParser
 
 import pytest
 
-from trl_masked_sft.audit import AuditReport
+from trl_masked_sft.report import AuditReport
 from trl_masked_sft.audit_html import render_audit_html, worst_row_indices
 from trl_masked_sft.cli import main
 from trl_masked_sft.inspector import RowMarks, TokenMark

@@ -6,7 +6,7 @@ import pytest
 import torch
 from datasets import Dataset
 
-from trl_masked_sft.audit import AuditReport
+from trl_masked_sft.report import AuditReport
 from trl_masked_sft.metrics import BatchMaskStats, MaskMetrics, audit_logs, batch_mask_stats
 from trl_masked_sft.packing import pack_rows
 

@@ -271,11 +271,11 @@ def _audit_page(report, rows, tokenizer, config, dataset_name: str) -> str:
     from .audit import prepare_dataset
     from .audit_html import render_audit_html, worst_row_indices
     from .inspector import RowMarks, inspect_rows
-    from .validation import supervision_stats
+    from .masking import count_supervised
 
     prepared, _, _ = prepare_dataset(rows, tokenizer, config, dataset_name=dataset_name)
     labels = prepared["labels"]
-    counts = [0 if i in report.unsupervised_rows else supervision_stats(row)[0] for i, row in enumerate(labels)]
+    counts = [0 if i in report.unsupervised_rows else count_supervised(row) for i, row in enumerate(labels)]
     worst = []
     for index in worst_row_indices(counts):
         try:
