@@ -12,13 +12,20 @@ import subprocess
 # once, at import), and forced, so a caller's `HF_HUB_OFFLINE=0` can't make a test wait on Hub retries.
 os.environ.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# The test models are tiny: intra-op parallelism only adds synchronisation, and on a busy 2-core machine a second
+# thread waiting for a busy core stalls every op (a 40-step LoRA run: 25 s with 2 threads, 4 s with 1). Set before
+# torch is imported, and inherited by the subprocesses the tests start (DDP workers, the benchmark, the example).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 from transformers import PreTrainedTokenizerFast  # noqa: E402
 
 from trl_masked_sft import MaskedSFTConfig  # noqa: E402
 from trl_masked_sft.tiny import build_tiny_model, build_tiny_tokenizer  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # in case a plugin imported torch before this file
 
 
 @pytest.fixture(scope="session")
