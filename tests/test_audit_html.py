@@ -7,10 +7,10 @@ from html.parser import HTMLParser
 
 import pytest
 
-from trl_masked_sft.report import AuditReport
 from trl_masked_sft.audit_html import render_audit_html, worst_row_indices
 from trl_masked_sft.cli import main
 from trl_masked_sft.inspector import RowMarks, TokenMark
+from trl_masked_sft.report import AuditReport
 
 
 class Page(HTMLParser):

@@ -6,9 +6,9 @@ import pytest
 import torch
 from datasets import Dataset
 
-from trl_masked_sft.report import AuditReport
 from trl_masked_sft.metrics import BatchMaskStats, MaskMetrics, audit_logs, batch_mask_stats
 from trl_masked_sft.packing import pack_rows
+from trl_masked_sft.report import AuditReport
 
 IGNORE, PAD = -9, 0  # odd ids, so a test can't pass on defaults
 
