@@ -257,3 +257,21 @@ def test_the_config_defaults_leave_remote_code_off():
     config = MaskedSFTConfig(output_dir="x", use_cpu=True)
     assert config.trust_remote_code is False
     assert not (config.model_init_kwargs or {}).get("trust_remote_code")
+
+
+def test_inspect_html_of_a_dataset_with_a_hostile_role_has_no_script_element(tmp_path, capsys, chromium):
+    """End to end, as issue 12 saw it: `inspect --html` on a conversation whose role and contents carry markup
+    writes a page whose DOM, in headless Chromium, holds no script, img or svg element."""
+    messages = [
+        {"role": BROWSER_ROLE, "content": BROWSER_TEXT},
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": f"Hello <script>{MARK}</script>"},
+    ]
+    data, page = tmp_path / "hostile.jsonl", tmp_path / "masks.html"
+    data.write_text(json.dumps({"messages": messages}) + "\n")
+    code, _ = run_cli(["inspect", "--dataset_name", str(data), "--rows", "1", "--html", str(page)], capsys)
+    assert code == 0
+    written = page.read_text()
+    assert "r-other" in written and "&lt;script&gt;" in written  # the role's tokens were rendered, escaped
+    elements = parse(chromium(page, "--dump-dom"))
+    assert "span" in elements.tags and not {"script", "img", "svg"} & set(elements.tags)
