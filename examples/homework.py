@@ -38,7 +38,6 @@ from homework_data import (
 
 from trl_masked_sft import DatasetFormatError, MaskedSFTConfig, MaskedSFTTrainer, homework_lora_config
 from trl_masked_sft.formats import coerce_dataset, format_answer
-from trl_masked_sft.model_checks import quiet_peft_checkpointing_probe
 from trl_masked_sft.tiny import build_tiny_model, build_tiny_tokenizer
 
 __all__ = [
@@ -327,14 +326,13 @@ def run_homework(
         seed=seed,
         data_seed=seed,
     )
-    with quiet_peft_checkpointing_probe():  # peft 0.21 + transformers 5.24: see its docstring
-        trainer = MaskedSFTTrainer(
-            model=model,
-            args=args,
-            train_dataset=to_prompt_completion(train_rows),
-            processing_class=tokenizer,
-            peft_config=homework_lora_config(r=lora_r, lora_alpha=4 * lora_r),
-        )
+    trainer = MaskedSFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=to_prompt_completion(train_rows),
+        processing_class=tokenizer,
+        peft_config=homework_lora_config(r=lora_r, lora_alpha=4 * lora_r),
+    )
 
     # The demo model's matrices are too small for intra-op parallelism: one thread is faster, several times faster
     # on a busy machine. A real model keeps torch's setting.

@@ -136,42 +136,19 @@ def test_the_audit_becomes_scalars_and_a_summary_text():
 
 
 def test_the_trainer_hook_puts_the_mask_scalars_in_tensorboard(tokenizer, model, make_config, tmp_path, monkeypatch):
-    """With the hook the lead adds to `MaskedSFTTrainer` (below), a run's TensorBoard events hold the mask scalars
+    """With `MaskedSFTTrainer`, a run's TensorBoard events hold the mask scalars
     for train and eval, their values match the batch, and the audit is there as scalars and text."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     from trl_masked_sft import MaskedSFTTrainer
 
-    class Hooked(MaskedSFTTrainer):
-        """The hook, exactly as it should go into `MaskedSFTTrainer`."""
-
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if not hasattr(self, "_msft_mask_metrics"):
-                self._msft_mask_metrics = MaskMetrics()
-            self._msft_mask_metrics.add(batch_mask_stats(inputs), "train" if model.training else "eval")
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-
-        def log(self, logs, start_time=None):
-            metrics = getattr(self, "_msft_mask_metrics", None)
-            if metrics is not None:
-                metrics.rows_dropped = {m: r.rows_dropped for m, r in self.audit_reports.items()}
-                mode = "train" if self.model.training else "eval"
-                step = self.state.global_step if mode == "train" else None
-                logs.update(metrics.pop(mode, global_step=step))
-                if (
-                    mode == "train"
-                    and not getattr(self, "_msft_audit_logged", False)
-                    and "train" in self.audit_reports
-                ):
-                    logs.update(audit_logs(self.audit_reports["train"]))
-                    self._msft_audit_logged = True
-            super().log(logs, start_time)
-
     monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
     rows = {"prompt": [f"What is {i} kg in g?" for i in range(4)], "completion": [f" {i}000 g" for i in range(4)]}
     data = Dataset.from_dict(rows)
     args = make_config(report_to="tensorboard", max_steps=1, eval_strategy="steps", eval_steps=1)
-    trainer = Hooked(model=model, args=args, train_dataset=data, eval_dataset=data, processing_class=tokenizer)
+    trainer = MaskedSFTTrainer(
+        model=model, args=args, train_dataset=data, eval_dataset=data, processing_class=tokenizer
+    )
     trainer.train()
     expected = sum(sum(label != -100 for label in row[1:]) for row in trainer.train_dataset["labels"])
 

@@ -266,36 +266,34 @@ def _inspect(argv: list[str]) -> int:
     return 0
 
 
-def _audit_page(report, rows, tokenizer, config, dataset_name: str) -> str:
+def _audit_page(prepared, rows, tokenizer, config) -> str:
     """The audit page: per-row supervised counts of the prepared rows, and the masks of the five worst rows."""
-    from .audit import prepare_dataset
     from .audit_html import render_audit_html, worst_row_indices
     from .inspector import RowMarks, inspect_rows
-    from .masking import count_supervised
 
-    prepared, _, _ = prepare_dataset(rows, tokenizer, config, dataset_name=dataset_name)
-    labels = prepared["labels"]
-    counts = [0 if i in report.unsupervised_rows else count_supervised(row) for i, row in enumerate(labels)]
+    counts = prepared.supervised_counts
     worst = []
     for index in worst_row_indices(counts):
         try:
             worst += inspect_rows(rows, tokenizer, config, rows=1, start=index)
         except (ValueError, TypeError) as error:  # e.g. a row that is alone refused (an empty completion)
             worst.append(RowMarks(index, problem=f"could not be inspected alone: {error}"))
-    return render_audit_html(report, counts, worst)
+    return render_audit_html(prepared.report, counts, worst)
 
 
 def _audit(argv: list[str]) -> int:
-    from .audit import audit_dataset
+    from .pipeline import PreparationPipeline
 
     data_args, audit_args, config, rows, tokenizer = _data_command("audit", AuditArguments, argv)
-    report = audit_dataset(rows, tokenizer, config, dataset_name=data_args.dataset_split)
+    pipeline = PreparationPipeline.from_config(tokenizer, config)
+    prepared = pipeline.prepare(rows, data_args.dataset_split, enforce=False)
+    report = prepared.report
     print(report.summary())
     if audit_args.json_path:
         report.write_json(audit_args.json_path)
         print(f"Report written to {audit_args.json_path}")
     if audit_args.html:
-        Path(audit_args.html).write_text(_audit_page(report, rows, tokenizer, config, data_args.dataset_split))
+        Path(audit_args.html).write_text(_audit_page(prepared, rows, tokenizer, config))
         print(f"HTML written to {audit_args.html}")
     if report.policy_error:
         print(report.policy_error, file=sys.stderr)

@@ -20,11 +20,13 @@ import warnings
 from collections.abc import Iterator
 
 import torch
+from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 
 from .errors import MaskedSFTWarning, ModelSetupError
 
 __all__ = [
+    "ensure_pad_token",
     "check_peft_setup",
     "adapter_parameters",
     "check_gradients_reached",
@@ -320,3 +322,19 @@ def check_peft_setup(args, model, peft_config) -> None:
             MaskedSFTWarning,
             stacklevel=3,
         )
+
+
+def ensure_pad_token(tokenizer) -> None:
+    """Give a tokenizer without a pad token its eos token (said in the log); refuse one that has neither."""
+    if not isinstance(tokenizer, PreTrainedTokenizerBase) or tokenizer.pad_token is not None:
+        return
+    if tokenizer.eos_token is None:
+        raise ValueError(
+            "The tokenizer has neither a pad token nor an eos token. Fix: set one before building the trainer, e.g. "
+            "`tokenizer.add_special_tokens({'pad_token': '<pad>'})` (and resize the model's embeddings)."
+        )
+    tokenizer.pad_token = tokenizer.eos_token
+    logger.warning(
+        f"The tokenizer had no pad token; set `pad_token` to the eos token {tokenizer.eos_token!r}. The eos token "
+        "that ends each completion stays supervised: padding is found by length, not by id."
+    )

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import is_peft_model
-from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 from trl import SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling as TRLDataCollatorForLanguageModeling
@@ -26,7 +25,14 @@ from .errors import MaskedSFTWarning
 from .formats import coerce_dataset
 from .health import TrainingHealthGuard
 from .masking import IGNORE_INDEX
-from .model_checks import check_model_before_training, check_peft_setup, check_processing_class
+from .metrics import MaskMetrics, audit_logs, batch_mask_stats
+from .model_checks import (
+    check_model_before_training,
+    check_peft_setup,
+    check_processing_class,
+    ensure_pad_token,
+    quiet_peft_checkpointing_probe,
+)
 from .packing import PACKED_TOKENS_KEY, PackingCollator, packing_is_exact
 from .pipeline import PreparationPipeline
 from .report import AuditReport
@@ -99,19 +105,7 @@ class MaskedSFTTrainer(SFTTrainer):
         else:
             eval_dataset = coerce(eval_dataset, "eval")
 
-        tokenizer = getattr(processing_class, "tokenizer", processing_class)
-        if isinstance(tokenizer, PreTrainedTokenizerBase) and tokenizer.pad_token is None:
-            if tokenizer.eos_token is None:
-                raise ValueError(
-                    "The tokenizer has neither a pad token nor an eos token. Fix: set one before building the "
-                    "trainer, e.g. `tokenizer.add_special_tokens({'pad_token': '<pad>'})` (and resize the model's "
-                    "embeddings)."
-                )
-            tokenizer.pad_token = tokenizer.eos_token
-            logger.warning(
-                f"The tokenizer had no pad token; set `pad_token` to the eos token {tokenizer.eos_token!r}. The eos "
-                "token that ends each completion stays supervised: padding is found by length, not by id."
-            )
+        ensure_pad_token(getattr(processing_class, "tokenizer", processing_class))
         check_processing_class(model, processing_class, train_dataset)
         if isinstance(data_collator, DataCollatorForCompletionOnlyLM) and data_collator.ignore_index != IGNORE_INDEX:
             raise ValueError(
@@ -128,23 +122,25 @@ class MaskedSFTTrainer(SFTTrainer):
         if peft_config is not None or (not isinstance(model, str) and is_peft_model(model)):
             check_peft_setup(args, model, peft_config)
 
-        super().__init__(
-            model=model,
-            args=args,
-            data_collator=data_collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            compute_loss_func=compute_loss_func,
-            compute_metrics=compute_metrics,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
-            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-            quantization_config=quantization_config,
-            peft_config=peft_config,
-            formatting_func=None,
-        )
+        with quiet_peft_checkpointing_probe():  # peft 0.21 + transformers 5.24: see its docstring
+            super().__init__(
+                model=model,
+                args=args,
+                data_collator=data_collator,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                compute_loss_func=compute_loss_func,
+                compute_metrics=compute_metrics,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+                preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+                quantization_config=quantization_config,
+                peft_config=peft_config,
+                formatting_func=None,
+            )
+        self._msft_mask_metrics, self._msft_audit_logged = MaskMetrics(), False
         if data_collator is not None and options.completion_only:
             check_collator_keeps_labels(self.data_collator, self.train_dataset)
         self._msft_health = TrainingHealthGuard(self) if getattr(self.args, "health_checks", True) else None
@@ -251,9 +247,10 @@ class MaskedSFTTrainer(SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         packed_tokens = inputs.pop(PACKED_TOKENS_KEY, None)
+        mode = "train" if model.training else "eval"
+        self._msft_mask_metrics.add(batch_mask_stats(inputs, real_tokens=packed_tokens), mode)
         labels = inputs.get("labels")
         if labels is not None:
-            mode = "train" if model.training else "eval"
             where = f"{mode} batch at step {self.state.global_step}"
             validate_batch_across_ranks(inputs, where=where, tokenizer=self._tokenizer)
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -270,6 +267,16 @@ class MaskedSFTTrainer(SFTTrainer):
             self._total_train_tokens += extra // getattr(self, "_tp_size", 1)
             self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
         return result
+
+    def log(self, logs, start_time=None):
+        """TRL's logs plus the mask metrics (`metrics.py`) and, once, the train dataset's audit."""
+        mode, metrics = "train" if self.model.training else "eval", self._msft_mask_metrics
+        metrics.rows_dropped = {name: report.rows_dropped for name, report in self._msft_audits.items()}
+        logs.update(metrics.pop(mode, global_step=self.state.global_step if mode == "train" else None))
+        if mode == "train" and not self._msft_audit_logged and "train" in self._msft_audits:
+            logs.update(audit_logs(self._msft_audits["train"]))
+            self._msft_audit_logged = True
+        super().log(logs, start_time)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         labels = inputs.get("labels") if hasattr(inputs, "get") else None
