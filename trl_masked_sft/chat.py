@@ -1,24 +1,9 @@
 """Assistant-only masks for conversations under any chat template, generation markers or not.
 
-Four ways to find the tokens of each assistant turn are tried in order; the first one that can be verified on the row
-wins, and `ChatMask.method` says which:
-
-1. `MARKERS`: the template's own `{% generation %}` blocks. Authoritative. One render.
-2. `TRL_TEMPLATE`: for a template TRL knows, its training copy with markers
-   (`trl.chat_template_utils.get_training_chat_template`), used only when it renders exactly the token ids of the
-   user's template. Two renders.
-3. `OFFSETS`: one render of the whole conversation; each assistant message's text is found in it after the header the
-   template opens every assistant turn with (read once per template from its generation prompt), and the turn runs to
-   its end-of-turn token. Works on templates that rewrite earlier turns, add reasoning blocks or text after the last
-   turn, or raise on a partial conversation. One render.
-4. `PREFIX_DIFF`: each turn is what rendering `messages[:i + 1]` adds to `messages[:i]` plus the generation prompt,
-   every prefix checked against the whole conversation. One render per message.
-
-A template that raises falls through to the next way; a row is refused (`ChatMask.problem`, every label masked) only
-when no way verifies, with what blocks each one and a fix. Every trained turn trains its end-of-turn token when
-`train_eot` is on; when the template leaves it off the final turn, the template's end-of-turn token (or the eos) is
-appended, as TRL appends the eos to text (`ChatMask.note` says so). An assistant reply with nothing in it is flagged as
-an empty completion rather than trained on its end-of-turn token alone.
+Four ways to find each assistant turn (`METHODS`) are tried in order; the first that verifies on the row wins: the
+template's `{% generation %}` markers; TRL's training copy of a template it knows, where it renders the same ids; content
+offsets (each reply's text found in one render, from the assistant header to the end-of-turn token, both read once per
+template off a probe); the prefix diff. A row is refused only when none verifies (`ChatMask.problem`, with the fix).
 """
 
 from __future__ import annotations
@@ -31,9 +16,10 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
+from itertools import groupby
 from typing import Any
 
-from .conversations import fit_content, is_empty_reply, message_spans, reasoning_text
+from .conversations import fit_content, is_empty_reply, message_spans, reads_parts, reasoning_text
 
 __all__ = ["METHODS", "ChatMask", "chat_labels"]
 
@@ -41,30 +27,25 @@ TRAINED = "trained"
 #: Reason codes for masked tokens of a conversation (see `ChatMask.reasons`).
 SYSTEM, USER, TOOL, TEMPLATE = "system turn", "user turn", "tool turn", "template"
 EARLIER_ASSISTANT, END_OF_TURN = "earlier assistant turn", "end of turn (not trained)"
+_PROBE_ROLES = ("user", "assistant", "user")
+_ROLE_REASONS = {"system": SYSTEM, "user": USER, "tool": TOOL, "ipython": TOOL, "function": TOOL}
 #: Row reason for a conversation whose replies to train are all empty (counted by the pre-flight audit).
 EMPTY_COMPLETION = "empty completion"
 #: The ways to locate assistant turns, in the order they are tried.
 MARKERS, TRL_TEMPLATE, OFFSETS, PREFIX_DIFF = "generation markers", "TRL training template", "offsets", "prefix diff"
 METHODS = (MARKERS, TRL_TEMPLATE, OFFSETS, PREFIX_DIFF)
-_FIX = (
-    "Fix: pass a chat template whose assistant output is wrapped in {% generation %} ... {% endgeneration %} "
-    "(`chat_template_path`, or `chat_template` in the row's `chat_template_kwargs`), or drop such rows with "
-    "`masked_row_policy='drop'`."
-)
+_CACHE: dict[tuple, tuple[Callable[[], Any], Any]] = {}  # what a template does, read once (see `_cached`)
 
 
-class _NotLocated(Exception):
-    """One way to locate the turns does not verify on this row (the message says why)."""
+class _NotLocated(Exception):  # one way to locate the turns does not verify on this row; the message says why
+    pass
 
 
 @dataclass
 class ChatMask:
-    """Token ids of a rendered conversation, their labels, and how the assistant turns were found.
-
-    `method` is the way that located the turns (one of `METHODS`), `note` what the caller should know about the row
-    (an appended end-of-turn token, reasoning the template leaves out, ...), `problem` why nothing is trained.
-    `reasons` (one per token: `TRAINED`, `USER`, `END_OF_TURN`, ...) is worked out when first read.
-    """
+    """Token ids of a rendered conversation, their labels, and how the assistant turns were found: `method` (one of
+    `METHODS`), `note` (an appended end-of-turn token, reasoning the template leaves out, ...), `problem` (why
+    nothing is trained). `reasons`, one per token (`TRAINED`, `USER`, `END_OF_TURN`, ...), is worked out when read."""
 
     input_ids: list[int]
     labels: list[int]
@@ -79,58 +60,42 @@ class ChatMask:
 
     @property
     def row_reason(self) -> str:
-        """The row's reason for the pre-flight audit: '' when trained, else `empty completion: ...` or
-        `chat turns not located: ...`."""
-        if not self.problem:
-            return ""
-        return self.problem if self.problem.startswith(EMPTY_COMPLETION) else f"chat turns not located: {self.problem}"
+        """For the pre-flight audit: '' when trained, else `empty completion: ...` or `chat turns not located: ...`."""
+        problem = self.problem or ""
+        return problem if not problem or problem.startswith(EMPTY_COMPLETION) else f"chat turns not located: {problem}"
 
 
 @dataclass
 class _Located:
-    """Where each assistant turn lies: `turns` holds `(message index, start, eot_start, end)` token positions, the
-    turn's end-of-turn tokens being `[eot_start, end)`."""
-
     ids: list[int]
-    turns: list[tuple[int, int, int, int]]
+    turns: list[tuple[int, int, int, int]]  # (message, start, eot_start, end); end-of-turn tokens: [eot_start, end)
     notes: list[str] = field(default_factory=list)
     text: str | None = None
     offsets: list[tuple[int, int]] | None = None
 
 
 @dataclass(frozen=True)
-class _Facts:
-    """What a template does around assistant replies, read once from a probe conversation."""
-
+class _Facts:  # what a template does around assistant replies, read once off a probe conversation
     header: str  # the text every assistant turn starts with (the generation prompt's part that turns render)
-    eot_ids: tuple[int, ...]  # the end-of-turn tokens after a reply followed by a user turn ('' when none)
+    eot_ids: tuple[int, ...]  # the end-of-turn tokens after a reply followed by a user turn (empty when none)
     stop_ids: frozenset[int]  # special tokens of turn headers: never part of an end-of-turn run
     opener_ids: frozenset[int]  # special tokens that open a turn (the first of a user's or an assistant's header)
 
 
-_CACHE: dict[tuple, tuple[Any, Any]] = {}
-
-
 def _cached(key: tuple, compute: Callable[[], Any], owner: Any = None) -> Any:
-    """`compute()` once per key (per live `owner`, the tokenizer, when given); an exception is remembered too."""
-    ref = weakref.ref(owner) if owner is not None else None
+    """`compute()` once per key (and live `owner`, the tokenizer); an exception is remembered and raised again."""
     hit = _CACHE.get(key)
-    if hit is None or (ref is not None and hit[0]() is not owner):
+    if hit is None or hit[0]() is not owner:
         if len(_CACHE) > 256:
             _CACHE.clear()
         try:
             value = compute()
-        except Exception as error:  # noqa: BLE001 - a template may raise anything; remembered and re-raised
+        except Exception as error:  # noqa: BLE001 - a template may raise anything
             value = error
-        hit = _CACHE[key] = (ref or (lambda: None), value)
-    value = hit[1]
-    if isinstance(value, Exception):
-        raise _NotLocated(_describe(value)) from value
-    return value
-
-
-def _describe(error: Exception) -> str:
-    return str(error) if isinstance(error, _NotLocated) else f"the template raised {type(error).__name__}: {error}"
+        hit = _CACHE[key] = (weakref.ref(owner) if owner is not None else lambda: None, value)
+    if isinstance(hit[1], Exception):
+        raise hit[1]
+    return hit[1]
 
 
 def special_token_ids(tokenizer) -> set[int]:
@@ -144,14 +109,8 @@ def _encode(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
     return list(out["input_ids"]), [tuple(o) for o in out["offset_mapping"]]
 
 
-def _render(tokenizer, messages, kwargs, generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(
-        list(messages), tokenize=False, add_generation_prompt=generation_prompt, **kwargs
-    )
-
-
-def _role_reason(role: str) -> str:
-    return {"system": SYSTEM, "user": USER, "tool": TOOL, "ipython": TOOL, "function": TOOL}.get(role, f"{role} turn")
+def _render(tokenizer, messages, kwargs, prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=prompt, **kwargs)
 
 
 def chat_labels(
@@ -165,95 +124,60 @@ def chat_labels(
     methods: Sequence[str] | None = None,
     **template_kwargs: Any,
 ) -> ChatMask:
-    """Labels that train the assistant turns of `messages` only, for any chat template.
+    """Labels that train the assistant turns of `messages` (`[{"role", "content"}, ...]`, see
+    `conversations.to_messages`) only, under the tokenizer's chat template or `chat_template=`.
 
-    Args:
-        tokenizer: a fast tokenizer with a chat template (or pass `chat_template=` in `template_kwargs`).
-        messages: `[{"role": ..., "content": ...}, ...]` (see `conversations.to_messages` for other shapes).
-        assistant_turns: `"all"` trains every assistant turn, `"last"` only the final one.
-        train_eot: whether each trained turn's end-of-turn token (e.g. `<|im_end|>`, `<|eot_id|>`) is trained.
-        trainable_from: index of the first message that may be trained; earlier ones are context (prompt/completion
-            rows given as messages pass `len(prompt)`).
-        methods: the ways to try, in order (default `METHODS`).
-        template_kwargs: passed to `apply_chat_template` (`chat_template`, `tools`, `enable_thinking`, ...).
-
-    Returns a `ChatMask`. When no way locates the turns, `problem` says what blocks each and every label is
-    `ignore_index`, so the pre-flight pass reports the row (`ChatMask.row_reason`).
+    `assistant_turns` is `"all"` or `"last"`; `train_eot` trains each trained turn's end-of-turn token (appended to a
+    final reply the template leaves without one); messages before `trainable_from` are context (prompt/completion rows
+    pass `len(prompt)`); `methods` are the ways to try, in order (default `METHODS`); `template_kwargs` go to
+    `apply_chat_template` (`tools`, `enable_thinking`, ...). An empty reply to train is skipped; when nothing can be
+    trained, every label is `ignore_index` and `problem` says why (`row_reason` for the pre-flight audit).
     """
     if assistant_turns not in ("all", "last"):
         raise ValueError(f"`assistant_turns` must be 'all' or 'last', got {assistant_turns!r}.")
-    methods = METHODS if methods is None else tuple(methods)
-    if unknown := [m for m in methods if m not in METHODS]:
-        raise ValueError(f"`methods` must be among {METHODS}, got {unknown}.")
-    template = tokenizer.get_chat_template(template_kwargs.get("chat_template"), template_kwargs.get("tools"))
-    options = json.dumps(
-        {k: v for k, v in template_kwargs.items() if k != "chat_template"}, sort_keys=True, default=str
-    )
-    template_kwargs = {**template_kwargs, "chat_template": template}
-    key = (id(tokenizer), len(tokenizer), template, options)
-    try:
-        parts = _cached(("parts", *key), lambda: _reads_parts(tokenizer, template_kwargs), tokenizer)
-    except _NotLocated:
-        parts = False
+    template = tokenizer.get_chat_template(template_kwargs.pop("chat_template", None), template_kwargs.get("tools"))
+    key = (id(tokenizer), len(tokenizer), template, json.dumps(template_kwargs, sort_keys=True, default=str))
+    kwargs = {**template_kwargs, "chat_template": template}
+    parts = _cached(("parts", *key), lambda: reads_parts(lambda m: _render(tokenizer, m, kwargs)), tokenizer)
     messages = fit_content(messages, parts=parts)
-    assistant = [i for i, m in enumerate(messages) if m.get("role") == "assistant"]
-    chosen = [i for i in assistant if i >= trainable_from]
+    chosen = [i for i, m in enumerate(messages) if m.get("role") == "assistant" and i >= trainable_from]
     chosen = chosen[-1:] if assistant_turns == "last" else chosen
     empty = [i for i in chosen if is_empty_reply(messages[i])]
-    trained = [i for i in chosen if i not in empty]
-    if not chosen:
-        ids = _try_ids(tokenizer, messages, template_kwargs)
-        return ChatMask(ids, [ignore_index] * len(ids), "no assistant turn in the conversation")
-    ctx = _Context(tokenizer, messages, template_kwargs, key, parts, set(trained))
+    ctx = _Context(tokenizer, messages, kwargs, key, parts, {i for i in chosen if i not in empty})
     tried: list[tuple[str, Exception]] = []
-    for method in methods:
+    for method in (methods or METHODS) if chosen else ():
         try:
-            located = _LOCATE[method](ctx)
+            mask = _assemble(ctx, _LOCATE[method](ctx), method, train_eot, ignore_index)
         except Exception as error:  # noqa: BLE001 - jinja, type and value errors from templates all fall through
             tried.append((method, error))
             continue
-        mask = _assemble(ctx, located, method, train_eot, ignore_index)
-        if empty and not trained:
-            mask.labels = [ignore_index] * len(mask.labels)
-            mask.problem = f"{EMPTY_COMPLETION}: the assistant reply to train (message {_join(empty)}) has no content"
+        which = ", ".join(map(str, empty))
+        if empty and ctx.trained:
+            mask.note = "; ".join(filter(None, [mask.note, f"empty assistant reply (message {which}) skipped"]))
         elif empty:
-            mask.note = "; ".join(filter(None, [mask.note, f"empty assistant reply (message {_join(empty)}) skipped"]))
+            mask.labels = [ignore_index] * len(mask.labels)
+            mask.problem = f"{EMPTY_COMPLETION}: the assistant reply to train (message {which}) has no content"
         return mask
-    ids = _try_ids(tokenizer, messages, template_kwargs)
-    return ChatMask(ids, [ignore_index] * len(ids), _refusal(tried))
-
-
-def _join(indices: Sequence[int]) -> str:
-    return ", ".join(map(str, indices))
+    try:
+        ids = _encode(tokenizer, _render(tokenizer, messages, kwargs))[0]
+    except Exception:  # noqa: BLE001 - the template can't render this row at all
+        ids = []
+    problem = _refusal(tried) if chosen else "no assistant turn in the conversation"
+    return ChatMask(ids, [ignore_index] * len(ids), problem)
 
 
 def _refusal(tried: list[tuple[str, Exception]]) -> str:
-    """Why no way located the turns, and the fix: a template that can't render the row needs the row (or the
-    template) fixed; one that renders it in a way no method can read needs generation markers."""
-    raised = [e for _, e in tried if not isinstance(e, _NotLocated)]
-    if raised and len(raised) == len(tried):
+    """What blocks each way, and the fix: make the row renderable, or give the template generation markers."""
+    said = [str(e) if isinstance(e, _NotLocated) else f"{type(e).__name__}: {e}" for _, e in tried]
+    if not any(isinstance(e, _NotLocated) for _, e in tried):
         return (
-            f"the chat template can't render this conversation ({type(raised[0]).__name__}: {raised[0]}). Fix: give "
-            "the row the shape the template expects (e.g. tool-call `arguments` as a JSON string for templates that "
-            "concatenate them, a user turn before the first reply), or train with a template that renders it "
-            "(`chat_template_path`)."
+            f"the chat template can't render this conversation ({said[0]}). Fix: give the row the shape the template "
+            "expects (e.g. tool-call `arguments` as a JSON string where it concatenates them, a user turn before "
+            "the first reply), or train with a template that renders it (`chat_template_path`)."
         )
-    return "; ".join(f"{method}: {_describe(error)}" for method, error in tried) + f". {_FIX}"
-
-
-def _try_ids(tokenizer, messages, kwargs) -> list[int]:
-    try:
-        return _encode(tokenizer, _render(tokenizer, messages, kwargs))[0]
-    except Exception:  # noqa: BLE001 - the template can't render this row at all
-        return []
-
-
-def _reads_parts(tokenizer, kwargs) -> bool:
-    """Whether the template renders text only from content parts (vision-language templates drop plain strings)."""
-    if "probe-string" in _render(tokenizer, [{"role": "user", "content": "probe-string"}], kwargs):
-        return False
-    return "probe-part" in _render(
-        tokenizer, [{"role": "user", "content": [{"type": "text", "text": "probe-part"}]}], kwargs
+    return "; ".join(f"{m}: {why}" for (m, _), why in zip(tried, said, strict=True)) + (
+        ". Fix: pass a chat template whose assistant output is wrapped in {% generation %} ... {% endgeneration %} "
+        "(`chat_template_path`), or drop such rows with `masked_row_policy='drop'`."
     )
 
 
@@ -268,128 +192,92 @@ class _Context:
 
     @cached_property
     def special(self) -> set[int]:
-        return _cached(
-            ("special", id(self.tokenizer), len(self.tokenizer)),
-            lambda: special_token_ids(self.tokenizer),
-            self.tokenizer,
-        )
+        return _cached(("special", *self.key[:2]), lambda: special_token_ids(self.tokenizer), self.tokenizer)
 
-    def facts(self) -> _Facts:
-        return _cached(("facts", *self.key), lambda: _probe(self), self.tokenizer)
+    def facts(self, required: bool = True) -> _Facts:
+        try:
+            return _cached(("facts", *self.key), lambda: _probe(self), self.tokenizer)
+        except Exception as error:
+            if required:
+                raise _NotLocated(f"the template can't render a user/assistant/user probe ({error})") from error
+            return _Facts("", (), frozenset(), frozenset())
 
 
 def _probe(ctx: _Context) -> _Facts:
     """Read the assistant header and end-of-turn tokens off a probe conversation: user, assistant, user."""
-    tokenizer, kwargs = ctx.tokenizer, ctx.kwargs
+    tokenizer, kwargs, special = ctx.tokenizer, ctx.kwargs, ctx.special
     texts = ("Probe question one", "Probe answer two", "Probe question three")
-    probe = fit_content(
-        [{"role": r, "content": t} for r, t in zip(("user", "assistant", "user"), texts, strict=True)], parts=ctx.parts
-    )
+    probe = fit_content([{"role": r, "content": t} for r, t in zip(_PROBE_ROLES, texts, strict=True)], parts=ctx.parts)
     alone, prompt = _render(tokenizer, probe[:1], kwargs), _render(tokenizer, probe[:1], kwargs, True)
     generation = prompt[len(os.path.commonprefix([alone, prompt])) :]
     full = _render(tokenizer, probe, kwargs)
     a = full.find(texts[0])
-    b = full.find(texts[1], a + 1)
-    c = full.find(texts[2], b + 1)
+    b, c = full.find(texts[1], a + 1), full.find(texts[2], full.find(texts[1], a + 1) + 1)
     if min(a, b, c) < 0:
-        raise _NotLocated("the template does not render the text of a plain user/assistant/user conversation")
+        raise _NotLocated("the template does not render the text of a user/assistant/user conversation")
     gap = full[a + len(texts[0]) : b]
-    header = next(
-        (generation[:k] for k in range(len(generation), 0, -1) if generation[:k].strip() and generation[:k] in gap), ""
-    )
+    header = next((generation[:k] for k in range(len(generation), 0, -1) if generation[:k] in gap), "")
     ids, offsets = _encode(tokenizer, full)
-    special = ctx.special
-    gen_ids = [i for i in tokenizer(generation, add_special_tokens=False)["input_ids"] if i in special]
-    stop = set(gen_ids[:1])
-    j = bisect_right([s for s, _ in offsets], c) - 1  # the token holding the next user's text
-    while j > 0 and (ids[j - 1] in special or not full[offsets[j - 1][0] : offsets[j - 1][1]].strip()):
+    starts = [s for s, _ in offsets]
+    opening = [i for i in tokenizer(generation, add_special_tokens=False)["input_ids"] if i in special][:1]
+    stop, j = set(opening), bisect_right(starts, c) - 1  # j: the token holding the next user's text
+    while j > 0 and (ids[j - 1] in special or not full[slice(*offsets[j - 1])].strip()):
         j -= 1
-        if ids[j] in special:
+        if ids[j] in special:  # the last special token of the user's header
             stop.add(ids[j])
             break
-    k = bisect_left([s for s, _ in offsets], b + len(texts[1]))
-    eot = []
+    k, eot = bisect_left(starts, b + len(texts[1])), []
     while k < len(ids) and ids[k] in special and ids[k] not in stop:
         eot.append(ids[k])
         k += 1
-    openers = set(gen_ids[:1]) | {next((i for i in ids[k:j] if i in special), gen_ids[0] if gen_ids else -1)}
+    openers = set(opening) | {next((i for i in ids[k:j] if i in special), -1)}  # assistant's and user's
+    if not header.strip() or (opening and tokenizer.decode(opening) not in header):
+        header = ""  # the turns don't start with the generation prompt's opening: found from their text alone
     return _Facts(header, tuple(eot), frozenset(stop), frozenset(openers))
 
 
-def _by_markers(ctx: _Context) -> _Located:
-    from trl.chat_template_utils import has_generation_markers
-
-    if not _cached(
-        ("markers", ctx.kwargs["chat_template"]), lambda: has_generation_markers(ctx.kwargs["chat_template"])
-    ):
-        raise _NotLocated("the template has no {% generation %} markers")
-    return _marked(ctx, ctx.kwargs)
-
-
 def _by_trl_template(ctx: _Context) -> _Located:
-    training = _cached(
-        ("trl", ctx.kwargs["chat_template"]), lambda: _training_template(ctx.tokenizer, ctx.kwargs["chat_template"])
-    )
-    if training is None:
+    from trl.chat_template_utils import get_training_chat_template
+
+    def lookup():  # the template may come from the row's kwargs rather than the tokenizer
+        proxy = copy.copy(ctx.tokenizer)
+        proxy.chat_template = ctx.kwargs["chat_template"]
+        return get_training_chat_template(proxy)
+
+    if (training := _cached(("trl", ctx.kwargs["chat_template"]), lookup)) is None:
         raise _NotLocated("TRL has no training copy of this template")
-    located = _marked(ctx, {**ctx.kwargs, "chat_template": training})
-    own = _encode(ctx.tokenizer, _render(ctx.tokenizer, ctx.messages, ctx.kwargs))[0]
-    if own != located.ids:
+    located = _by_markers(ctx, {**ctx.kwargs, "chat_template": training})
+    if _encode(ctx.tokenizer, _render(ctx.tokenizer, ctx.messages, ctx.kwargs))[0] != located.ids:
         raise _NotLocated("TRL's training copy of this template renders this conversation differently")
     return located
 
 
-def _training_template(tokenizer, template: str) -> str | None:
-    from trl.chat_template_utils import get_training_chat_template
+def _by_markers(ctx: _Context, kwargs: dict | None = None) -> _Located:
+    """Turns from `{% generation %}` blocks: one block per assistant message, or any number when all are trained."""
+    from trl.chat_template_utils import has_generation_markers
 
-    if tokenizer.chat_template != template:
-        tokenizer = copy.copy(tokenizer)
-        tokenizer.chat_template = template
-    return get_training_chat_template(tokenizer)
-
-
-def _marked(ctx: _Context, kwargs: dict) -> _Located:
-    """Turns from `{% generation %}` blocks: one block per assistant message, or every block when all are trained."""
+    if not has_generation_markers((kwargs := kwargs or ctx.kwargs)["chat_template"]):
+        raise _NotLocated("the template has no {% generation %} markers")
     out = ctx.tokenizer.apply_chat_template(
         ctx.messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, **kwargs
     )
-    ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
-    runs, start = [], None
-    for pos, bit in enumerate([*mask, 0]):
-        if bit and start is None:
-            start = pos
-        elif not bit and start is not None:
-            runs.append((start, pos))
-            start = None
+    ids, runs, pos = list(out["input_ids"]), [], 0
+    for bit, group in groupby(out["assistant_masks"]):
+        size = len(list(group))
+        runs += [(pos, pos + size)] if bit else []
+        pos += size
     assistant = [i for i, m in enumerate(ctx.messages) if m.get("role") == "assistant"]
-    if len(runs) == len(assistant):
-        owners = assistant
-    elif ctx.trained == set(assistant) and runs:
-        owners = [assistant[-1]] * len(runs)  # every block is trained; only the last one may need an end of turn
-    else:
+    if len(runs) != len(assistant) and not (runs and ctx.trained == set(assistant)):
         raise _NotLocated(f"the template has {len(runs)} generation blocks for {len(assistant)} assistant messages")
-    special, turns, notes = ctx.special, [], []
+    owners = assistant if len(runs) == len(assistant) else [assistant[-1]] * len(runs)
+    turns, notes = [], []
     for owner, (start, end) in zip(owners, runs, strict=True):
-        eot_start = end
-        while eot_start > start and (
-            ids[eot_start - 1] in special or not ctx.tokenizer.decode(ids[eot_start - 1]).strip()
-        ):
-            eot_start -= 1
-        if not any(i in special for i in ids[eot_start:end]):
-            eot_start = end  # no end-of-turn token inside the block: maybe right after it
-            facts = _try_facts(ctx)
-            if facts and facts.eot_ids and tuple(ids[end : end + len(facts.eot_ids)]) == facts.eot_ids:
-                end += len(facts.eot_ids)
-                notes.append(f"the generation block of message {owner} leaves out its end-of-turn token; trained too")
+        if (eot_start := _eot_start(ctx, ids, start, end)) == end:  # no end-of-turn token inside: maybe right after
+            if (eot := ctx.facts(required=False).eot_ids) and tuple(ids[end : end + len(eot)]) == eot:
+                end += len(eot)
+                notes.append(f"the generation block of message {owner} leaves out its end-of-turn token: trained too")
         turns.append((owner, start, eot_start, end))
     return _Located(ids, turns, notes)
-
-
-def _try_facts(ctx: _Context) -> _Facts | None:
-    try:
-        return ctx.facts()
-    except _NotLocated:
-        return None
 
 
 def _by_offsets(ctx: _Context) -> _Located:
@@ -399,30 +287,26 @@ def _by_offsets(ctx: _Context) -> _Located:
     spans = message_spans(text, ctx.messages, facts.header)
     starts, ends = [s for s, _ in offsets], [e for _, e in offsets]
     turns, notes = [], []
-    for i, message in enumerate(ctx.messages):
-        if message.get("role") != "assistant":
-            continue
+    for i, message in ((i, m) for i, m in enumerate(ctx.messages) if m.get("role") == "assistant"):
         if spans[i] is None:
             raise _NotLocated(f"the text of assistant message {i} is not in the render (the template rewrites it)")
         region, text_start, text_end = spans[i]
-        bound_char = next((s[0] for s in spans[i + 1 :] if s is not None), len(text))
-        first, k, bound = bisect_right(ends, region), bisect_left(starts, text_end), bisect_left(starts, bound_char)
-        eot_start, end = _turn_end(ctx, facts, ids, text, offsets, k, bound, text_end > text_start)
+        bound = bisect_left(starts, next((s[0] for s in spans[i + 1 :] if s is not None), len(text)))
+        first, k = bisect_right(ends, region), bisect_left(starts, text_end)
+        eot_start, end = _turn_end(ctx.special, facts, ids, text, offsets, k, bound, text_end > text_start)
         if eot_start == end and message.get("tool_calls"):
             raise _NotLocated(f"assistant message {i} has tool calls but no end-of-turn token to bound them")
-        reasoning = reasoning_text(message).strip()
-        if reasoning and reasoning not in text[region:text_end]:
+        if (reasoning := reasoning_text(message).strip()) and reasoning not in text[region:text_end]:
             notes.append(f"the template leaves the reasoning of message {i} out of the render: not trained")
         turns.append((i, first, eot_start, end))
     return _Located(ids, turns, notes, text, offsets)
 
 
-def _turn_end(ctx, facts: _Facts, ids, text, offsets, k: int, bound: int, has_text: bool) -> tuple[int, int]:
+def _turn_end(special, facts: _Facts, ids, text, offsets, k: int, bound: int, has_text: bool) -> tuple[int, int]:
     """`(eot_start, end)` of the turn whose text ends at token `k`: the special tokens right after the text, else
     those before the next turn's opening token, else the template's end-of-turn tokens; `(k, k)` when none."""
-    special, stop = ctx.special, facts.stop_ids
     j = k
-    while has_text and j < bound and ids[j] in special and ids[j] not in stop:
+    while has_text and j < bound and ids[j] in special and ids[j] not in facts.stop_ids:
         j += 1
     if j > k:
         return k, j
@@ -431,7 +315,7 @@ def _turn_end(ctx, facts: _Facts, ids, text, offsets, k: int, bound: int, has_te
         while opener > k and ids[opener - 1] not in special and not text[slice(*offsets[opener - 1])].strip():
             opener -= 1
         e = opener
-        while e > k and ids[e - 1] in special and ids[e - 1] not in stop:
+        while e > k and ids[e - 1] in special and ids[e - 1] not in facts.stop_ids:
             e -= 1
         if e < opener:
             return e, opener
@@ -441,95 +325,76 @@ def _turn_end(ctx, facts: _Facts, ids, text, offsets, k: int, bound: int, has_te
 
 
 def _by_prefix_diff(ctx: _Context) -> _Located:
-    tokenizer, messages, kwargs, special = ctx.tokenizer, ctx.messages, ctx.kwargs, ctx.special
-    full = _encode(tokenizer, _render(tokenizer, messages, kwargs))[0]
-    turns, prev_end = [], 0
+    tokenizer, messages, kwargs = ctx.tokenizer, ctx.messages, ctx.kwargs
+    full, turns, prev_end = _encode(tokenizer, _render(tokenizer, messages, kwargs))[0], [], 0
     for i, message in enumerate(messages):
         upto = full if i == len(messages) - 1 else _encode(tokenizer, _render(tokenizer, messages[: i + 1], kwargs))[0]
         if full[: len(upto)] != upto:
-            raise _NotLocated(
-                f"the first {i + 1} messages render differently alone than inside the whole conversation"
-            )
+            raise _NotLocated(f"the first {i + 1} messages render differently alone than inside the conversation")
         if message.get("role") == "assistant":
             head = _encode(tokenizer, _render(tokenizer, messages[:i], kwargs, True))[0] if i else []
             if upto[: len(head)] != head or len(head) < prev_end:
                 raise _NotLocated(f"the generation prompt before assistant message {i} is not a prefix of that turn")
-            start, end = len(head), len(upto)
-            while end > start and full[end - 1] not in special and not tokenizer.decode([full[end - 1]]).strip():
-                end -= 1
-            if end == start:
-                raise _NotLocated(f"assistant message {i} renders to no tokens")
-            eot_start = end
-            while eot_start > start and full[eot_start - 1] in special:
-                eot_start -= 1
-            turns.append((i, start, eot_start, end))
+            turns.append((i, len(head), _eot_start(ctx, full, len(head), len(upto)), len(upto)))
         prev_end = len(upto)
     return _Located(full, turns)
+
+
+def _eot_start(ctx: _Context, ids: list[int], start: int, end: int) -> int:
+    """Where the end-of-turn tokens closing `ids[start:end]` start: its trailing special and blank tokens, if one of
+    them is special (`end` otherwise)."""
+    e = end
+    while e > start and (ids[e - 1] in ctx.special or not ctx.tokenizer.decode([ids[e - 1]]).strip()):
+        e -= 1
+    return e if ctx.special.intersection(ids[e:end]) else end
 
 
 _LOCATE = {MARKERS: _by_markers, TRL_TEMPLATE: _by_trl_template, OFFSETS: _by_offsets, PREFIX_DIFF: _by_prefix_diff}
 
 
 def _assemble(ctx: _Context, located: _Located, method: str, train_eot: bool, ignore_index: int) -> ChatMask:
-    """Labels from located turns; the final turn gets its end-of-turn token appended when the template leaves it off."""
+    """Labels from located turns; a final reply that ends the render without an end-of-turn token gets one."""
     ids, notes = list(located.ids), list(located.notes)
     labels = [ignore_index] * len(ids)
-    trained_turns = [t for t in located.turns if t[0] in ctx.trained]
-    for _, start, eot_start, end in trained_turns:
-        stop = end if train_eot else eot_start
-        labels[start:stop] = ids[start:stop]
-    appended = 0
-    if train_eot and trained_turns:
-        owner, start, eot_start, end = trained_turns[-1]
-        if eot_start == end and owner == len(ctx.messages) - 1:
-            tail = ctx.tokenizer.decode(ids[end:]) if end < len(ids) else ""
-            facts = _try_facts(ctx)
-            eot = list(facts.eot_ids) if facts and facts.eot_ids else [ctx.tokenizer.eos_token_id]
-            if not tail.strip() and eot[0] is not None:
-                appended = len(eot)
-                ids += eot
-                labels[end:] = ids[end : len(labels)]
-                labels += eot
-                notes.append(
-                    f"the template ends the last reply without an end-of-turn token: {ctx.tokenizer.decode(eot)!r} appended"
-                )
-        bare = [t[0] for t in (trained_turns[:-1] if appended else trained_turns) if t[2] == t[3]]
-        if bare:
-            notes.append(f"assistant message {', '.join(map(str, bare))} has no end-of-turn token in the render")
-    explain = lambda: _reasons(ctx, located, train_eot, appended)  # noqa: E731
+    trained = [t for t in located.turns if t[0] in ctx.trained]
+    if any(start >= end for _, start, _, end in trained):
+        raise _NotLocated("an assistant turn to train renders to no tokens")
+    for _, start, eot_start, end in trained:
+        labels[start : end if train_eot else eot_start] = ids[start : end if train_eot else eot_start]
+    appended, bare = 0, [t for t in trained if t[2] == t[3]] if train_eot else []
+    if bare and bare[-1][0] == len(ctx.messages) - 1 and not ctx.tokenizer.decode(ids[bare[-1][3] :]).strip():
+        eot = list(ctx.facts(required=False).eot_ids) or [ctx.tokenizer.eos_token_id]
+        if eot[0] is not None:  # train the stop after the final reply (and any whitespace before it)
+            end, appended, bare = bare[-1][3], len(eot), bare[:-1]
+            ids, labels = ids + eot, labels[:end] + ids[end:] + eot
+            notes.append(
+                f"the last reply has no end-of-turn token in the render: {ctx.tokenizer.decode(eot)!r} appended"
+            )
+    if bare:
+        notes.append(f"assistant message {', '.join(str(t[0]) for t in bare)} has no end-of-turn token in the render")
+    explain = lambda: _reasons(ctx, located, train_eot) + [TRAINED] * appended  # noqa: E731
     return ChatMask(ids, labels, None, method, "; ".join(notes) or None, explain)
 
 
-def _reasons(ctx: _Context, located: _Located, train_eot: bool, appended: int) -> list[str]:
-    n = len(located.ids)
-    reasons = [TEMPLATE] * n
-    text, offsets = located.text, located.offsets
-    if text is None:
+def _reasons(ctx: _Context, located: _Located, train_eot: bool) -> list[str]:
+    """Why each token is trained or not: the turn whose text it holds; the template's own tokens are `TEMPLATE`."""
+    ids, text, offsets = located.ids, located.text, located.offsets
+    reasons = [TEMPLATE] * len(ids)
+    if text is None:  # the marker ways: render the text once more
         try:
             text = _render(ctx.tokenizer, ctx.messages, ctx.kwargs)
-            ids, offsets = _encode(ctx.tokenizer, text)
-            text = text if ids == located.ids else None
+            rendered, offsets = _encode(ctx.tokenizer, text)
         except Exception:  # noqa: BLE001 - reasons are a courtesy; the labels stand
-            text = None
-    if text is not None:
-        starts, turn_ends = [s for s, _ in offsets], {t[0]: t[3] for t in located.turns}
-        prev = 0
-        for i, (message, span) in enumerate(zip(ctx.messages, message_spans(text, ctx.messages), strict=True)):
-            if message.get("role") == "assistant":
-                prev = max(prev, turn_ends.get(i, prev))
-                continue
-            if span is None:
-                continue
-            end = bisect_left(starts, span[2])
-            while end < n and located.ids[end] in ctx.special:
-                end += 1
-            reasons[prev:end] = [_role_reason(message.get("role"))] * max(0, end - prev)
-            prev = max(prev, end)
+            rendered = None
+        text = text if rendered == ids else None
+    spans = message_spans(text, ctx.messages) if text is not None else [None] * len(ctx.messages)
+    for message, span in zip(ctx.messages, spans, strict=True):
+        if span is not None and message.get("role") != "assistant":
+            a, b = bisect_right([e for _, e in offsets], span[1]), bisect_left([s for s, _ in offsets], span[2])
+            reasons[a:b] = [_ROLE_REASONS.get(message["role"], f"{message['role']} turn")] * (b - a)
     for owner, start, eot_start, end in located.turns:
         trained = owner in ctx.trained
         for j in range(start, end):
-            if j >= eot_start and not (trained and train_eot):
-                reasons[j] = END_OF_TURN if trained else EARLIER_ASSISTANT
-            else:
-                reasons[j] = TRAINED if trained else EARLIER_ASSISTANT
-    return reasons + [TRAINED] * appended
+            untrained_eot = j >= eot_start and not (trained and train_eot)
+            reasons[j] = (END_OF_TURN if untrained_eot else TRAINED) if trained else EARLIER_ASSISTANT
+    return reasons

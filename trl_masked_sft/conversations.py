@@ -20,7 +20,7 @@ call is flagged as an empty completion instead of training only its end-of-turn 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from .errors import DatasetFormatError, DatasetTypeError
@@ -33,6 +33,7 @@ __all__ = [
     "fit_content",
     "is_empty_reply",
     "message_spans",
+    "reads_parts",
     "reasoning_text",
     "template_roles",
     "to_messages",
@@ -76,6 +77,17 @@ def content_text(content: Any) -> str:
     if isinstance(content, list):
         return "".join(part.get("text") or "" for part in content if isinstance(part, Mapping))
     return str(content)
+
+
+def reads_parts(render: Callable[[list[dict]], str]) -> bool:
+    """Whether a template (`render(messages) -> text`) renders text only from content parts, as vision-language
+    templates do (they drop a plain string). A template that can't render a lone user message reads strings."""
+    try:
+        if "probe-string" in render([{"role": "user", "content": "probe-string"}]):
+            return False
+        return "probe-part" in render([{"role": "user", "content": [{"type": "text", "text": "probe-part"}]}])
+    except Exception:  # noqa: BLE001 - any template error: the ways to locate turns report it on the rows
+        return False
 
 
 def reasoning_text(message: Mapping[str, Any]) -> str:
