@@ -219,7 +219,8 @@ def _probe(ctx: _Context) -> _Facts:
     header = next((generation[:k] for k in range(len(generation), 0, -1) if generation[:k] in gap), "")
     ids, offsets = _encode(tokenizer, full)
     starts = [s for s, _ in offsets]
-    opening = [i for i in tokenizer(generation, add_special_tokens=False)["input_ids"] if i in special][:1]
+    opening = [i for i in tokenizer(generation, add_special_tokens=False)["input_ids"] if i in special]
+    opening = [next((i for i in opening if i in ids[: bisect_left(starts, a)]), opening[0])] if opening else []
     stop, j = set(opening), bisect_right(starts, c) - 1  # j: the token holding the next user's text
     while j > 0 and (ids[j - 1] in special or not full[slice(*offsets[j - 1])].strip()):
         j -= 1
@@ -231,9 +232,8 @@ def _probe(ctx: _Context) -> _Facts:
         eot.append(ids[k])
         k += 1
     openers = set(opening) | {next((i for i in ids[k:j] if i in special), -1)}  # assistant's and user's
-    if not header.strip() or (opening and tokenizer.decode(opening) not in header):
-        header = ""  # the turns don't start with the generation prompt's opening: found from their text alone
-    return _Facts(header, tuple(eot), frozenset(stop), frozenset(openers))
+    cut = header.find(tokenizer.decode(opening)) if opening else -1  # assistant turns start at the opening token
+    return _Facts(header[cut:] if cut >= 0 else "", tuple(eot), frozenset(stop), frozenset(openers))
 
 
 def _by_trl_template(ctx: _Context) -> _Located:

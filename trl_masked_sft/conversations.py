@@ -103,22 +103,30 @@ def message_spans(
     text: str, messages: Sequence[Mapping[str, Any]], header: str = ""
 ) -> list[tuple[int, int, int] | None]:
     """Where each message lies in `text`, a rendering of `messages`: `(turn start, text start, text end)` character
-    positions, or `None` for a message whose text is not found. Messages are searched in order; an assistant turn
-    starts after `header` (the text the template opens assistant turns with) when it is found, else at its text. A
-    text may be rendered stripped, or cut to its part after `</think>`; a message with no text gets an empty span."""
+    positions, or `None` for a message whose text is not found. Messages are searched in order. An assistant turn
+    starts after `header` (the text the template opens assistant turns with) when one comes before its text and after
+    the previous message, else at its text (DeepSeek writes no header for a reply to a tool). A text may be rendered
+    stripped, or cut to its part after `</think>`; a message with no text gets an empty span."""
     spans: list[tuple[int, int, int] | None] = []
     cursor = 0
-    for message in messages:
-        region = None
-        if header and message.get("role") == "assistant":
-            at = text.find(header, cursor)
-            region = at + len(header) if at >= 0 else None
-        found = _find(text, _text_pieces(message.get("content")), cursor if region is None else region)
+    for i, message in enumerate(messages):
+        pieces = _text_pieces(message.get("content"))
+        found = _find(text, pieces, cursor)
+        at = text.find(header, cursor) if header and message.get("role") == "assistant" and found else -1
+        if at >= 0 and not pieces:  # no text of its own: the header counts if it comes before the next message's
+            after = (
+                _find(text, _text_pieces(messages[i + 1].get("content")), cursor) if i + 1 < len(messages) else None
+            )
+            at = at if after is None or at < after[0] or after[0] == after[1] else -1
+            found = (at + len(header),) * 2 if at >= 0 else found
+        elif at >= 0 and at <= found[0]:  # the header before the text (or the text found inside the header)
+            found = found if found[0] >= at + len(header) else _find(text, pieces, at + len(header))
+        else:
+            at = -1
         if found is None:
             spans.append(None)
             continue
-        region = found[0] if region is None or region > found[0] else region
-        spans.append((region, *found))
+        spans.append((at + len(header) if at >= 0 else found[0], *found))
         cursor = found[1]
     return spans
 
