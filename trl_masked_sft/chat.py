@@ -145,24 +145,22 @@ def chat_labels(
     empty = [i for i in chosen if is_empty_reply(messages[i])]
     ctx = _Context(tokenizer, messages, kwargs, key, parts, {i for i in chosen if i not in empty})
     tried: list[tuple[str, Exception]] = []
-    for method in (methods or METHODS) if chosen else ():
+    which = ", ".join(map(str, empty))
+    for method in (methods or METHODS) if ctx.trained else ():
         try:
             mask = _assemble(ctx, _LOCATE[method](ctx), method, train_eot, ignore_index)
         except Exception as error:  # noqa: BLE001 - jinja, type and value errors from templates all fall through
             tried.append((method, error))
             continue
-        which = ", ".join(map(str, empty))
-        if empty and ctx.trained:
+        if empty:
             mask.note = "; ".join(filter(None, [mask.note, f"empty assistant reply (message {which}) skipped"]))
-        elif empty:
-            mask.labels = [ignore_index] * len(mask.labels)
-            mask.problem = f"{EMPTY_COMPLETION}: the assistant reply to train (message {which}) has no content"
         return mask
     try:
         ids = _encode(tokenizer, _render(tokenizer, messages, kwargs))[0]
     except Exception:  # noqa: BLE001 - the template can't render this row at all
         ids = []
-    problem = _refusal(tried) if chosen else "no assistant turn in the conversation"
+    empty_reply = f"{EMPTY_COMPLETION}: the assistant reply to train (message {which}) has no content"
+    problem = _refusal(tried) if ctx.trained else empty_reply if empty else "no assistant turn in the conversation"
     return ChatMask(ids, [ignore_index] * len(ids), problem)
 
 
