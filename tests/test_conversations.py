@@ -5,7 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from trl_masked_sft import DatasetFormatError, DatasetTypeError
+from trl_masked_sft import (
+    DatasetFormatError,
+    DatasetTypeError,
+    MaskingOptions,
+    PreparationPipeline,
+    UnsupervisedRowsError,
+)
 from trl_masked_sft.chat import EMPTY_COMPLETION, chat_labels
 from trl_masked_sft.conversations import (
     content_text,
@@ -153,3 +159,45 @@ def test_message_spans_skip_the_header_and_find_stripped_text():
     ]
     spans = message_spans(text, messages, header="<a>")
     assert spans[0] == (3, 3, 4) and spans[1] == (11, 11, 12) and spans[2] is None
+
+
+def _supervised_text(tokenizer, row) -> str:
+    return tokenizer.decode([t for t, label in zip(row["input_ids"], row["labels"], strict=True) if label != -100])
+
+
+def test_the_pipeline_trains_the_gpt_turns_of_sharegpt_rows(tokenizer):
+    """A `conversations` column of ShareGPT turns prepares like messages: only the gpt replies are trained."""
+    prepared = PreparationPipeline(tokenizer, MaskingOptions()).prepare([{"conversations": SHAREGPT}])
+    assert _supervised_text(tokenizer, prepared.dataset[0]) == "2000<|im_end|>3000<|im_end|>"
+
+
+def test_the_pipeline_trains_the_text_of_content_parts(tokenizer):
+    """Messages whose content is a list of text parts train the reply's text."""
+    row = {
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "2 kg in grams?"}]},
+            {"role": "assistant", "content": [{"type": "text", "text": "2000"}]},
+        ]
+    }
+    assert _supervised_text(tokenizer, PreparationPipeline(tokenizer, MaskingOptions()).prepare([row]).dataset[0]) == (
+        "2000<|im_end|>"
+    )
+
+
+def test_the_pipeline_counts_an_empty_reply_as_an_empty_completion(tokenizer):
+    """The audit names the row with an empty reply, and the default policy stops on it."""
+    rows = [
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]},
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": ""}]},
+    ]
+    audited = PreparationPipeline(tokenizer, MaskingOptions()).prepare(rows, enforce=False)
+    assert audited.report.unsupervised_rows[1].startswith(EMPTY_COMPLETION)
+    with pytest.raises(UnsupervisedRowsError, match="empty completion"):
+        PreparationPipeline(tokenizer, MaskingOptions()).prepare(rows)
+
+
+def test_the_pipeline_names_an_unknown_role(tokenizer):
+    """A role the template doesn't handle stops preparation with the role's name."""
+    rows = [{"messages": [{"role": "user", "content": "Hi"}, {"role": "bot", "content": "Hello"}]}]
+    with pytest.raises(DatasetFormatError, match="role 'bot'"):
+        PreparationPipeline(tokenizer, MaskingOptions()).prepare(rows)

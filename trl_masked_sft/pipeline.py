@@ -21,6 +21,7 @@ from transformers.utils import logging
 
 from .chat import chat_labels, special_token_ids
 from .config import MaskingOptions
+from .conversations import template_roles, to_messages
 from .distributed import run_on_main
 from .errors import DatasetFormatError, MaskedSFTWarning, UnsupervisedRowsError
 from .formats import Layout, apply_formatting, check_values, coerce_dataset, detect_layout, tokenize_text_rows
@@ -60,16 +61,13 @@ def stop_token_ids(tokenizer) -> set[int]:
     return ids
 
 
-def _messages(example: dict[str, Any], layout: Layout) -> tuple[list[dict], int]:
-    """The conversation of a row and the index of its first trainable message."""
+def _messages(example: dict[str, Any], layout: Layout, roles: tuple[str, ...]) -> tuple[list[dict], int]:
+    """The conversation of a row, in any shape `conversations.to_messages` reads (role/content or ShareGPT
+    `from`/`value`, content as text or text parts), and the index of its first trainable message."""
     if layout is Layout.CONVERSATIONAL_PROMPT_COMPLETION:  # only the completion's replies are trained
-        return list(example["prompt"]) + list(example["completion"]), len(example["prompt"])
-    messages = example.get("messages")
-    if messages is None:  # ShareGPT `conversations`: {"from": "human"|"gpt"|..., "value": ...}
-        from trl.data_utils import maybe_convert_to_chatml
-
-        messages = maybe_convert_to_chatml({"conversations": example["conversations"]})["messages"]
-    return list(messages), 0
+        prompt = to_messages(example["prompt"], roles=roles)
+        return prompt + to_messages(example["completion"], roles=roles), len(prompt)
+    return to_messages(example, roles=roles), 0
 
 
 class PreparationPipeline:
@@ -135,13 +133,14 @@ class PreparationPipeline:
     def _tokenize_conversations(self, dataset, layout: Layout, dataset_name: str):
         """Assistant-only labels for conversations under any chat template (see `chat.chat_labels`)."""
         tokenizer, options = self.tokenizer, self.options
+        roles = template_roles(tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None)
 
         def tokenize(example):
             tools = example.get("tools")
             tools = json.loads(tools) if isinstance(tools, str) else tools
             kwargs = {"tools": tools} if tools else {}
             kwargs.update(example.get("chat_template_kwargs") or {})
-            messages, first = _messages(example, layout)
+            messages, first = _messages(example, layout, roles)
             if not options.chat:  # `completion_only_loss=False`: the whole conversation is trained
                 ids = list(
                     tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)["input_ids"]
@@ -155,8 +154,7 @@ class PreparationPipeline:
                 trainable_from=first,
                 **kwargs,
             )
-            reason = f"chat turns not located: {mask.problem}" if mask.problem else ""
-            return {"input_ids": mask.input_ids, "labels": mask.labels, REASON: reason}
+            return {"input_ids": mask.input_ids, "labels": mask.labels, REASON: mask.row_reason}
 
         columns = column_names(dataset)
         kwargs = {"desc": f"Masking assistant turns of {dataset_name} dataset"} if isinstance(dataset, Dataset) else {}
