@@ -199,5 +199,5 @@ def test_the_pipeline_counts_an_empty_reply_as_an_empty_completion(tokenizer):
 def test_the_pipeline_names_an_unknown_role(tokenizer):
     """A role the template doesn't handle stops preparation with the role's name."""
     rows = [{"messages": [{"role": "user", "content": "Hi"}, {"role": "bot", "content": "Hello"}]}]
-    with pytest.raises(DatasetFormatError, match="role 'bot'"):
+    with pytest.raises(DatasetFormatError, match="Row 0 of the train dataset: message 1 has role 'bot'"):
         PreparationPipeline(tokenizer, MaskingOptions()).prepare(rows)

@@ -61,13 +61,13 @@ def stop_token_ids(tokenizer) -> set[int]:
     return ids
 
 
-def _messages(example: dict[str, Any], layout: Layout, roles: tuple[str, ...]) -> tuple[list[dict], int]:
+def _messages(example: dict[str, Any], layout: Layout, **where: Any) -> tuple[list[dict], int]:
     """The conversation of a row, in any shape `conversations.to_messages` reads (role/content or ShareGPT
     `from`/`value`, content as text or text parts), and the index of its first trainable message."""
     if layout is Layout.CONVERSATIONAL_PROMPT_COMPLETION:  # only the completion's replies are trained
-        prompt = to_messages(example["prompt"], roles=roles)
-        return prompt + to_messages(example["completion"], roles=roles), len(prompt)
-    return to_messages(example, roles=roles), 0
+        prompt = to_messages(example["prompt"], **where)
+        return prompt + to_messages(example["completion"], **where), len(prompt)
+    return to_messages(example, **where), 0
 
 
 class PreparationPipeline:
@@ -135,12 +135,12 @@ class PreparationPipeline:
         tokenizer, options = self.tokenizer, self.options
         roles = template_roles(tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None)
 
-        def tokenize(example):
+        def tokenize(example, index):
             tools = example.get("tools")
             tools = json.loads(tools) if isinstance(tools, str) else tools
             kwargs = {"tools": tools} if tools else {}
             kwargs.update(example.get("chat_template_kwargs") or {})
-            messages, first = _messages(example, layout, roles)
+            messages, first = _messages(example, layout, roles=roles, row=index, dataset_name=dataset_name)
             if not options.chat:  # `completion_only_loss=False`: the whole conversation is trained
                 ids = list(
                     tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)["input_ids"]
@@ -158,7 +158,7 @@ class PreparationPipeline:
 
         columns = column_names(dataset)
         kwargs = {"desc": f"Masking assistant turns of {dataset_name} dataset"} if isinstance(dataset, Dataset) else {}
-        return dataset.map(tokenize, remove_columns=columns, **kwargs)
+        return dataset.map(tokenize, with_indices=True, remove_columns=columns, **kwargs)
 
     def _clean_pretokenized(self, dataset, dataset_name: str):
         """Pre-tokenized rows: lengths checked, padding trimmed, `completion_mask`/`prompt_length` merged into the
