@@ -136,7 +136,8 @@ def chat_labels(
     if assistant_turns not in ("all", "last"):
         raise ValueError(f"`assistant_turns` must be 'all' or 'last', got {assistant_turns!r}.")
     template = tokenizer.get_chat_template(template_kwargs.pop("chat_template", None), template_kwargs.get("tools"))
-    key = (id(tokenizer), len(tokenizer), template, json.dumps(template_kwargs, sort_keys=True, default=str))
+    options = {k: v for k, v in template_kwargs.items() if k != "tools"}  # rows' own tools: one probe for all
+    key = (id(tokenizer), len(tokenizer), template, json.dumps(options, sort_keys=True, default=str))
     kwargs = {**template_kwargs, "chat_template": template}
     parts = _cached(("parts", *key), lambda: reads_parts(lambda m: _render(tokenizer, m, kwargs)), tokenizer)
     messages = fit_content(messages, parts=parts)
@@ -203,7 +204,7 @@ class _Context:
 
 def _probe(ctx: _Context) -> _Facts:
     """Read the assistant header and end-of-turn tokens off a probe conversation: user, assistant, user."""
-    tokenizer, kwargs, special = ctx.tokenizer, ctx.kwargs, ctx.special
+    tokenizer, special, kwargs = ctx.tokenizer, ctx.special, {k: v for k, v in ctx.kwargs.items() if k != "tools"}
     texts = ("Probe question one", "Probe answer two", "Probe question three")
     probe = fit_content([{"role": r, "content": t} for r, t in zip(_PROBE_ROLES, texts, strict=True)], parts=ctx.parts)
     alone, prompt = _render(tokenizer, probe[:1], kwargs), _render(tokenizer, probe[:1], kwargs, True)
