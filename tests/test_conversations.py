@@ -4,6 +4,7 @@ replies; each turned into messages whose assistant turns (and only those) are tr
 from __future__ import annotations
 
 import pytest
+from datasets import Dataset
 
 from trl_masked_sft import (
     DatasetFormatError,
@@ -201,3 +202,14 @@ def test_the_pipeline_names_an_unknown_role(tokenizer):
     rows = [{"messages": [{"role": "user", "content": "Hi"}, {"role": "bot", "content": "Hello"}]}]
     with pytest.raises(DatasetFormatError, match="Row 0 of the train dataset: message 1 has role 'bot'"):
         PreparationPipeline(tokenizer, MaskingOptions()).prepare(rows)
+
+
+def test_a_streamed_empty_reply_stops_the_run_when_read(tokenizer):
+    """Streaming rows are checked as they are read: the empty reply's row is named as an empty completion."""
+    rows = [
+        {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": content}]}
+        for content in ("Hello", "")
+    ]
+    prepared = PreparationPipeline(tokenizer, MaskingOptions()).prepare(Dataset.from_list(rows).to_iterable_dataset())
+    with pytest.raises(UnsupervisedRowsError, match="Row 1 of the streamed train dataset .*empty completion"):
+        list(prepared.dataset)
