@@ -328,3 +328,15 @@ def test_a_row_no_way_can_locate_is_refused_with_what_blocks_each_way(base_token
         assert f"{method}:" in mask.problem
     assert "{% generation %}" in mask.problem and "`chat_template_path`" in mask.problem
     assert mask.row_reason.startswith("chat turns not located: ")
+
+
+def test_a_row_the_template_cannot_render_is_refused_with_the_shape_it_needs(family_tokenizer):
+    """DeepSeek-V3's template concatenates tool arguments: a dict there is reported as the row's shape, not a crash."""
+    tokenizer = family_tokenizer("deepseekv3")
+    messages = _conversation(tokenizer, True)
+    call = {"type": "function", "function": {"name": "convert", "arguments": {"kg": 2}}}
+    messages[2] = {**messages[2], "tool_calls": [call]}
+    mask = chat_labels(tokenizer, messages, tools=TOOLS)
+    assert mask.input_ids == [] and mask.labels == []
+    assert mask.problem.startswith("the chat template can't render this conversation (TypeError")
+    assert "`arguments` as a JSON string" in mask.problem

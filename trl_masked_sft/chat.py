@@ -157,24 +157,25 @@ def chat_labels(
             mask.note = "; ".join(filter(None, [mask.note, f"empty assistant reply (message {which}) skipped"]))
         return mask
     try:
-        ids = _encode(tokenizer, _render(tokenizer, messages, kwargs))[0]
-    except Exception:  # noqa: BLE001 - the template can't render this row at all
-        ids = []
+        ids, unrenderable = _encode(tokenizer, _render(tokenizer, messages, kwargs))[0], None
+    except Exception as error:  # noqa: BLE001 - the template can't render this row at all
+        ids, unrenderable = [], error
     empty_reply = f"{EMPTY_COMPLETION}: the assistant reply to train (message {which}) has no content"
-    problem = _refusal(tried) if ctx.trained else empty_reply if empty else "no assistant turn in the conversation"
-    return ChatMask(ids, [ignore_index] * len(ids), problem)
+    problem = empty_reply if empty else "no assistant turn in the conversation"
+    return ChatMask(ids, [ignore_index] * len(ids), _refusal(tried, unrenderable) if ctx.trained else problem)
 
 
-def _refusal(tried: list[tuple[str, Exception]]) -> str:
+def _refusal(tried: list[tuple[str, Exception]], unrenderable: Exception | None) -> str:
     """What blocks each way, and the fix: make the row renderable, or give the template generation markers."""
-    said = [str(e) if isinstance(e, _NotLocated) else f"{type(e).__name__}: {e}" for _, e in tried]
-    if not any(isinstance(e, _NotLocated) for _, e in tried):
+    if unrenderable is not None:
         return (
-            f"the chat template can't render this conversation ({said[0]}). Fix: give the row the shape the template "
-            "expects (e.g. tool-call `arguments` as a JSON string where it concatenates them, a user turn before "
-            "the first reply), or train with a template that renders it (`chat_template_path`)."
+            f"the chat template can't render this conversation ({type(unrenderable).__name__}: {unrenderable}). Fix: "
+            "give the row the shape the template expects (e.g. tool-call `arguments` as a JSON string where it "
+            "concatenates them, a user turn before the first reply), or train with a template that renders it "
+            "(`chat_template_path`)."
         )
-    return "; ".join(f"{m}: {why}" for (m, _), why in zip(tried, said, strict=True)) + (
+    said = "; ".join(f"{m}: {e if isinstance(e, _NotLocated) else f'{type(e).__name__}: {e}'}" for m, e in tried)
+    return said + (
         ". Fix: pass a chat template whose assistant output is wrapped in {% generation %} ... {% endgeneration %} "
         "(`chat_template_path`), or drop such rows with `masked_row_policy='drop'`."
     )
