@@ -246,10 +246,10 @@ def _by_trl_template(ctx: _Context) -> _Located:
 
     if (training := _cached(("trl", ctx.kwargs["chat_template"]), lookup)) is None:
         raise _NotLocated("TRL has no training copy of this template")
-    located = _by_markers(ctx, {**ctx.kwargs, "chat_template": training})
-    if _encode(ctx.tokenizer, _render(ctx.tokenizer, ctx.messages, ctx.kwargs))[0] != located.ids:
+    copy_kwargs = {**ctx.kwargs, "chat_template": training}  # the same text gives the same ids: one tokenization
+    if _render(ctx.tokenizer, ctx.messages, ctx.kwargs) != _render(ctx.tokenizer, ctx.messages, copy_kwargs):
         raise _NotLocated("TRL's training copy of this template renders this conversation differently")
-    return located
+    return _by_markers(ctx, copy_kwargs)
 
 
 def _by_markers(ctx: _Context, kwargs: dict | None = None) -> _Located:
