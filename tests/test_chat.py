@@ -163,7 +163,7 @@ def test_a_template_no_way_can_read_is_reported(chat_tokenizer):
 def test_conversation_without_assistant_turn_is_reported(chat_tokenizer):
     """A conversation with no assistant reply has nothing to train and says so."""
     mask = chat_labels(chat_tokenizer, CONVERSATION[:2], chat_template=CHATML)
-    assert mask.problem == "no assistant turn in the conversation"
+    assert mask.problem == "no assistant turn to train"
 
 
 def _conversations(n: int = 8) -> Dataset:

@@ -197,11 +197,22 @@ def test_the_pipeline_counts_an_empty_reply_as_an_empty_completion(tokenizer):
         PreparationPipeline(tokenizer, MaskingOptions()).prepare(rows)
 
 
-def test_the_pipeline_names_an_unknown_role(tokenizer):
-    """A role the template doesn't handle stops preparation with the role's name."""
+def test_the_pipeline_names_a_role_the_template_does_not_handle(tokenizer):
+    """Replies under another role (`bot`) leave nothing to train: the audit names the role and the roles the template
+    handles."""
     rows = [{"messages": [{"role": "user", "content": "Hi"}, {"role": "bot", "content": "Hello"}]}]
-    with pytest.raises(DatasetFormatError, match="Row 0 of the train dataset: message 1 has role 'bot'"):
+    with pytest.raises(
+        UnsupervisedRowsError,
+        match="no assistant turn to train \\(roles the template doesn't handle: 'bot'; it handles: assistant",
+    ):
         PreparationPipeline(tokenizer, MaskingOptions()).prepare(rows)
+
+
+def test_a_row_the_template_renders_anyway_keeps_an_odd_role_as_context(tokenizer):
+    """ChatML renders any role: a `developer` turn is masked context, the reply is trained."""
+    messages = [{"role": "developer", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    mask = chat_labels(tokenizer, [*messages, {"role": "assistant", "content": "Hello"}])
+    assert mask.problem is None and trained(tokenizer, mask) == "Hello<|im_end|>"
 
 
 def test_a_streamed_empty_reply_stops_the_run_when_read(tokenizer):

@@ -19,7 +19,7 @@ from functools import cached_property
 from itertools import groupby
 from typing import Any
 
-from .conversations import fit_content, is_empty_reply, message_spans, reads_parts, reasoning_text
+from .conversations import fit_content, is_empty_reply, message_spans, reads_parts, reasoning_text, unknown_roles
 
 __all__ = ["METHODS", "ChatMask", "chat_labels"]
 
@@ -161,8 +161,8 @@ def chat_labels(
     except Exception as error:  # noqa: BLE001 - the template can't render this row at all
         ids, unrenderable = [], error
     empty_reply = f"{EMPTY_COMPLETION}: the assistant reply to train (message {which}) has no content"
-    problem = empty_reply if empty else "no assistant turn in the conversation"
-    return ChatMask(ids, [ignore_index] * len(ids), _refusal(tried, unrenderable) if ctx.trained else problem)
+    problem = _refusal(tried, unrenderable) if ctx.trained else empty_reply if empty else "no assistant turn to train"
+    return ChatMask(ids, [ignore_index] * len(ids), problem + unknown_roles(messages, template))
 
 
 def _refusal(tried: list[tuple[str, Exception]], unrenderable: Exception | None) -> str:
@@ -393,8 +393,7 @@ def _reasons(ctx: _Context, located: _Located, train_eot: bool) -> list[str]:
             a, b = bisect_right([e for _, e in offsets], span[1]), bisect_left([s for s, _ in offsets], span[2])
             reasons[a:b] = [_ROLE_REASONS.get(message["role"], f"{message['role']} turn")] * (b - a)
     for owner, start, eot_start, end in located.turns:
-        trained = owner in ctx.trained
-        for j in range(start, end):
-            untrained_eot = j >= eot_start and not (trained and train_eot)
-            reasons[j] = (END_OF_TURN if untrained_eot else TRAINED) if trained else EARLIER_ASSISTANT
+        cut = end if train_eot or owner not in ctx.trained else eot_start
+        trained = [TRAINED] * (cut - start) + [END_OF_TURN] * (end - cut)
+        reasons[start:end] = trained if owner in ctx.trained else [EARLIER_ASSISTANT] * (end - start)
     return reasons

@@ -37,6 +37,7 @@ __all__ = [
     "reasoning_text",
     "template_roles",
     "to_messages",
+    "unknown_roles",
 ]
 
 #: Roles every chat template is expected to handle.
@@ -77,6 +78,15 @@ def content_text(content: Any) -> str:
     if isinstance(content, list):
         return "".join(part.get("text") or "" for part in content if isinstance(part, Mapping))
     return str(content)
+
+
+def unknown_roles(messages: Sequence[Mapping[str, Any]], template: str | None) -> str:
+    """'' when every role is one the template handles, else a remark naming the others and the handled ones."""
+    handled = template_roles(template)
+    odd = sorted({str(m.get("role")) for m in messages} - set(handled))
+    if not odd:
+        return ""
+    return f" (roles the template doesn't handle: {', '.join(map(repr, odd))}; it handles: {', '.join(handled)})"
 
 
 def reads_parts(render: Callable[[list[dict]], str]) -> bool:
@@ -189,8 +199,9 @@ def to_messages(
     """Messages from one conversation: a list of messages, or a row with a `messages` or `conversations` column.
 
     ShareGPT messages (`from`/`value`) are mapped to `role`/`content` (`SHAREGPT_ROLES`); content given as text parts
-    is joined into a string; every other key passes through. `roles` are the roles the chat template handles
-    (`template_roles(template)`; the standard four when `None`).
+    is joined into a string; every other key passes through. With `roles` (`template_roles(template)`), a role
+    outside them is refused; without, any role passes (templates like ChatML render every role as given, and
+    `chat.chat_labels` names the roles the template doesn't handle when a row can't be trained).
 
     Raises:
         DatasetTypeError: the conversation is not a list of dicts, or a `content` is neither text, parts nor `None`.
@@ -211,7 +222,7 @@ def to_messages(
             f"dicts, got {type(value).__name__} {str(value)[:80]!r}. Fix: write each row as "
             "[{'role': 'user', 'content': ...}, {'role': 'assistant', 'content': ...}]."
         )
-    accepted = tuple(sorted(set(roles))) if roles is not None else STANDARD_ROLES
+    accepted = tuple(sorted(set(roles))) if roles is not None else None
     out = []
     for j, message in enumerate(value):
         message = dict(message)
@@ -224,9 +235,9 @@ def to_messages(
         if not isinstance(role, str) or not role:
             raise DatasetFormatError(
                 f"{where}: message {j} has no `role` (keys: {sorted(message)}). Fix: give every message a role "
-                f"({', '.join(accepted)}), or a ShareGPT `from` ({', '.join(sorted(SHAREGPT_ROLES))})."
+                f"({', '.join(accepted or STANDARD_ROLES)}), or a ShareGPT `from` ({', '.join(sorted(SHAREGPT_ROLES))})."
             )
-        if role not in accepted:
+        if accepted is not None and role not in accepted:
             raise DatasetFormatError(
                 f"{where}: message {j} has role {role!r}, which the chat template does not handle (it handles: "
                 f"{', '.join(accepted)}). Fix: rename the role, e.g. map it to 'assistant' for the model's replies "

@@ -21,7 +21,7 @@ from transformers.utils import logging
 
 from .chat import chat_labels, special_token_ids
 from .config import MaskingOptions
-from .conversations import template_roles, to_messages
+from .conversations import to_messages
 from .distributed import run_on_main
 from .errors import DatasetFormatError, MaskedSFTWarning, UnsupervisedRowsError
 from .formats import Layout, apply_formatting, check_values, coerce_dataset, detect_layout, tokenize_text_rows
@@ -133,14 +133,13 @@ class PreparationPipeline:
     def _tokenize_conversations(self, dataset, layout: Layout, dataset_name: str):
         """Assistant-only labels for conversations under any chat template (see `chat.chat_labels`)."""
         tokenizer, options = self.tokenizer, self.options
-        roles = template_roles(tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None)
 
         def tokenize(example, index):
             tools = example.get("tools")
             tools = json.loads(tools) if isinstance(tools, str) else tools
             kwargs = {"tools": tools} if tools else {}
             kwargs.update(example.get("chat_template_kwargs") or {})
-            messages, first = _messages(example, layout, roles=roles, row=index, dataset_name=dataset_name)
+            messages, first = _messages(example, layout, row=index, dataset_name=dataset_name)
             if not options.chat:  # `completion_only_loss=False`: the whole conversation is trained
                 ids = list(
                     tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)["input_ids"]
