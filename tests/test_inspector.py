@@ -63,6 +63,22 @@ def test_chat_rows_mark_each_turn(tokenizer, config):
     assert "assistant" in found["template"]
 
 
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
+        {"prompt": [{"role": "user", "content": "Hi"}], "completion": [{"role": "assistant", "content": "Hello"}]},
+    ],
+    ids=["sharegpt", "conversational-prompt-completion"],
+)
+def test_other_conversation_shapes_mark_each_turn_too(tokenizer, config, row):
+    """ShareGPT rows and prompt/completion given as messages get per-turn reasons like `messages` rows."""
+    (marked,) = inspect_rows([row], tokenizer, config())
+    found = reasons(marked)
+    assert "Hi" in found["user turn"]
+    assert found["trained"] == "Hello<|im_end|>"
+
+
 def test_template_not_found_marks_the_whole_row(tokenizer, config):
     """A text row without the response template is marked as such, every token."""
     data = Dataset.from_dict({"text": ["### Question: a?\n### Answer: b", "no template here"]})

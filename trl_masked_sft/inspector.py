@@ -18,6 +18,7 @@ from typing import Any
 from datasets import Dataset
 
 from .chat import TRAINED, chat_labels
+from .conversations import conversation_of
 from .masking import IGNORE_INDEX, truncate_row
 
 __all__ = [
@@ -129,7 +130,7 @@ def inspect_rows(
     pipeline = PreparationPipeline.from_config(tokenizer, config, data_collator=data_collator)
     pipeline = PreparationPipeline(tokenizer, untruncated, template=pipeline.template)
     prepared = pipeline.prepare(raw, "train", enforce=False)
-    prepared, verdict = prepared.dataset, prepared.verdict
+    prepared, verdict, prepared_layout = prepared.dataset, prepared.verdict, prepared.layout
     raw_rows = raw if isinstance(raw, list) else [raw[i] for i in range(len(raw))]
     special = set(tokenizer.all_special_ids)
     out = []
@@ -149,12 +150,14 @@ def inspect_rows(
         kept = set(kept_positions)
         raw_row = raw_rows[i] if isinstance(raw_rows[i], dict) else {}
         chat = None
-        if "messages" in raw_row and row_reason is None:
+        if prepared_layout.is_conversational and row_reason is None:
+            messages, first_trained = conversation_of(raw_row)
             chat = chat_labels(
                 tokenizer,
-                raw_row["messages"],
+                messages,
                 assistant_turns=options.assistant_turns,
                 train_eot=options.train_on_eot,
+                trainable_from=first_trained,
             )
             chat = chat if chat.input_ids == list(ids) else None
         first = next((p for p in range(len(labels)) if labels[p] != IGNORE_INDEX), len(labels))

@@ -107,7 +107,12 @@ class RowAudit:
             fixes.append("make `response_template` match the data exactly (spaces and newlines count)")
         if "labels are all" in reasons:
             fixes.append("check how the `labels` column was built: those rows mask every token")
-        fixes.append("or set `masked_row_policy='drop'` (with `max_masked_row_fraction`) to drop such rows knowingly")
+        if "chat turns not located" in reasons:
+            fixes.append(
+                "follow the fix each row's reason names (e.g. pass a `chat_template` with `{% generation %}` markers)"
+            )
+        drop = "set `masked_row_policy='drop'` (with `max_masked_row_fraction`) to drop such rows knowingly"
+        fixes.append(f"or {drop}" if fixes else drop)
         return "Fix: " + "; ".join(fixes) + "."
 
     def enforce(self, policy: str, max_fraction: float) -> set[int]:
