@@ -150,7 +150,7 @@ def virtual_token_count(model) -> int:
     config = getattr(model, "active_peft_config", None)
     if config is None or not getattr(config, "is_prompt_learning", False):
         return 0
-    return int(getattr(config, "num_virtual_tokens", 0) or 0) * int(getattr(config, "num_transformer_submodules", 1) or 1)
+    return int(getattr(config, "num_virtual_tokens", 0) or 0)
 
 
 def _single_row(model) -> bool:
