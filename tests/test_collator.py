@@ -655,8 +655,8 @@ def test_first_token_of_each_flattened_row_is_never_supervised(tok):
 
 
 def test_padding_free_batch_gives_the_padded_batch_loss(tok):
-    """A model run on the flattened batch gives the padded batch's loss (sdpa reads the packed positions when no
-    cache is built, as in training)."""
+    """A model run on the flattened batch gives the padded batch's loss (sdpa reads the packed positions)."""
+    # Without a cache (`use_cache=False`, as trainers pass): transformers reads packed positions only then.
     from trl_masked_sft.tiny import build_tiny_model
 
     model = build_tiny_model(tok).eval()

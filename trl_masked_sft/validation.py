@@ -13,9 +13,33 @@ from datasets import Dataset
 from .errors import AllMaskedBatchError, LabelsOverwrittenError, MaskedSFTWarning, UnsupervisedRowsError
 from .masking import count_supervised
 
-__all__ = ["RowAudit", "audit_labels", "check_collator_keeps_labels", "collated_label_changes", "validate_batch"]
+__all__ = [
+    "RowAudit",
+    "audit_labels",
+    "check_collator_keeps_labels",
+    "collated_label_changes",
+    "first_label_is_target",
+    "validate_batch",
+]
 
 MASKED_ROW_POLICIES = ("error", "drop", "warn")
+
+
+def first_label_is_target(model) -> bool:
+    """Whether `model` trains the first label of each row.
+
+    A causal LM predicts token `i` from the tokens before it, so label 0 is never a target; but prompt tuning and
+    p-tuning (PEFT prompt learning) prepend virtual tokens to each row, with `ignore_index` labels, so the row's label
+    0 is then predicted from the last virtual token and trained. Prefix tuning gives its virtual tokens as a
+    key/value prefix and adds no position: label 0 stays untrained. Wrappers with a `.module` (DDP) are looked
+    through.
+    """
+    while hasattr(model, "module") and not hasattr(model, "active_peft_config"):
+        model = model.module
+    config = getattr(model, "active_peft_config", None)
+    if config is None or not getattr(config, "is_prompt_learning", False):
+        return False
+    return str(getattr(config, "peft_type", "")).split(".")[-1] != "PREFIX_TUNING"
 
 
 def validate_batch(
@@ -24,19 +48,22 @@ def validate_batch(
     ignore_index: int = -100,
     where: str = "batch",
     tokenizer=None,
+    first_label_is_target: bool = False,
 ) -> None:
     """Raise `AllMaskedBatchError` when no label in the batch is trained after the causal shift.
 
     `batch` is a collated batch (a mapping with `labels`) or the labels tensor itself. Position 0 of a row is never
-    a target, so it never counts. The check is one reduction on the labels tensor and one scalar read; the message
-    (built only on failure) names the batch's rows and, given `tokenizer`, shows the end of each.
+    a target, so it does not count, unless `first_label_is_target` (prompt tuning / p-tuning models, see the
+    function of that name). The check is one reduction on the labels tensor and one scalar read; the message (built
+    only on failure) names the batch's rows and, given `tokenizer`, shows the end of each.
     """
     labels = batch["labels"] if isinstance(batch, Mapping) else batch
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"`labels` must be a torch.Tensor, got {type(labels).__name__}.")
     if labels.dim() == 1:
         labels = labels.unsqueeze(0)
-    if bool((labels[..., 1:] != ignore_index).any()):
+    targets = labels if first_label_is_target else labels[..., 1:]
+    if bool((targets != ignore_index).any()):
         return
     rows = labels.shape[0]
     detail = ""
