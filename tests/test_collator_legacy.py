@@ -343,3 +343,25 @@ def _config(tmp_path):
         dataloader_pin_memory=False,
         activation_checkpointing=False,
     )
+
+
+def test_trainer_prepares_a_trailing_space_template_to_train_each_answer(gpt2_style, tmp_path):
+    """MaskedSFTTrainer with `response_template="Answer: "` (GPT-2-style tokenizer) trains each answer and its eos."""
+    answers = ["Paris", "Rome", "Madrid", "Berlin"]
+    texts = [f"Question: What is the capital of country {i}?\nAnswer: {a}" for i, a in enumerate(answers)]
+    collator = DataCollatorForCompletionOnlyLM("Answer: ", tokenizer=gpt2_style)
+
+    trainer = MaskedSFTTrainer(
+        build_tiny_model(gpt2_style),
+        args=_config(tmp_path),
+        train_dataset=Dataset.from_dict({"text": texts}),
+        processing_class=gpt2_style,
+        data_collator=collator,
+    )
+
+    # " Paris" is one token (trained whole); an unknown word is " " + letters, the " " then part of the template.
+    trained = sorted(
+        gpt2_style.decode([label for label in row["labels"] if label != IGNORE]).lstrip()
+        for row in trainer.train_dataset
+    )
+    assert trained == sorted(f"{a}<|im_end|>" for a in answers)

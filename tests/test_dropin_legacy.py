@@ -129,3 +129,22 @@ def test_subclass_overriding_compute_loss_and_training_step_gets_trl_batch_shape
         assert {"input_ids", "attention_mask", "labels"} <= keys
         assert not any(key.startswith("msft") for key in keys)
         assert shape[0] == 4
+
+
+@WIRED_LATER
+def test_rows_where_only_the_eos_follows_the_response_template_are_refused_by_the_audit(tokenizer, model, make_config):
+    """A row whose template is followed by the eos alone counts as unsupervised: refused under policy 'error'."""
+    from trl_masked_sft import DataCollatorForCompletionOnlyLM, UnsupervisedRowsError
+
+    texts = [f"### Question: {q}\n### Answer:{a}" for q, a in zip(QUESTIONS, ANSWERS, strict=True)]
+    texts[3] = f"### Question: {QUESTIONS[3]}\n### Answer:"
+    collator = DataCollatorForCompletionOnlyLM("### Answer:", tokenizer=tokenizer)
+
+    with pytest.raises(UnsupervisedRowsError, match=r"row 3: .*eos"):
+        MaskedSFTTrainer(
+            model,
+            args=make_config(),
+            train_dataset=Dataset.from_dict({"text": texts}),
+            processing_class=tokenizer,
+            data_collator=collator,
+        )
