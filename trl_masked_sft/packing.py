@@ -202,7 +202,8 @@ def packing_is_exact(model, *, pad_token_id: int, tolerance: float | None = None
     Runs the model (in eval mode, without gradients) on four deterministic rows of 3 to 7 tokens: once each alone,
     once packed into two rows with a padded tail (one row for flash attention). A model whose attention ignores the
     restarting `position_ids` lets packed rows see each other and fails. `tolerance` is relative to the largest
-    logit (default 1e-4 in float32, 3e-2 in half precision). Any error in the packed forward counts as a failure.
+    logit (default 1e-4 in float32, 3e-2 in half precision). Any error in the packed forward, or logits of another
+    length than the rows, counts as a failure.
     A prompt-learning PEFT model (`virtual_token_count` > 0) is never packed: its virtual tokens belong to each
     original row, which packing can't give them; that is said in the log and no forward pass is run.
     """
@@ -238,6 +239,9 @@ def packing_is_exact(model, *, pad_token_id: int, tolerance: float | None = None
         return False
     finally:
         model.train(was_training)
+    lengths_seen = [reference.shape[0] for reference in alone]
+    if logits.shape[:2] != packed["input_ids"].shape or lengths_seen != [len(row) for row in rows]:
+        return False  # one logit per token is what packing needs; more means tokens the model adds of its own
     lengths = torch.tensor([len(row) for row in rows])
     capacity = int(lengths.sum()) if single_row else max(int(lengths.max()), 12)
     bins, offsets, _ = _layout(lengths, capacity)
