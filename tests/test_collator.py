@@ -505,6 +505,7 @@ def test_old_constructor_arguments_are_accepted(tok):
         random_replace_prob=0.1,
         seed=0,
         tf_experimental_compile=False,
+        whole_word_mask=False,
     )
 
     assert collator.tokenizer is tok and collator.padding_free is False

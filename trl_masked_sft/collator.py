@@ -117,9 +117,9 @@ class DataCollatorForCompletionOnlyLM:
             A row without `response_template`: `"warn"` masks the whole row and warns (the old collator's behaviour;
             `MaskedSFTTrainer` finds such rows before training and applies `masked_row_policy`, and an all-masked
             batch raises `AllMaskedBatchError`); `"error"` raises `TemplateNotFoundError`.
-        mlm_probability, mask_replace_prob, random_replace_prob, seed, tf_experimental_compile:
-            Arguments of the old base class, accepted so old calls work; they only matter for masked language
-            modelling and have no effect.
+        mlm_probability, mask_replace_prob, random_replace_prob, seed, tf_experimental_compile, whole_word_mask:
+            Arguments of the base class (`transformers.DataCollatorForLanguageModeling`, 4.x and 5.x), accepted so
+            old calls work; they only matter for masked language modelling and have no effect.
 
     Raises:
         TemplateNotFoundError: with `missing_template="error"`, a row does not contain `response_template`; the
@@ -144,6 +144,7 @@ class DataCollatorForCompletionOnlyLM:
         random_replace_prob: float = 0.1,
         seed: int | None = None,
         tf_experimental_compile: bool = False,
+        whole_word_mask: bool = False,
     ):
         if tokenizer is None:
             raise TypeError(
@@ -189,6 +190,7 @@ class DataCollatorForCompletionOnlyLM:
         self.random_replace_prob = random_replace_prob
         self.seed = seed
         self.tf_experimental_compile = tf_experimental_compile
+        self.whole_word_mask = whole_word_mask
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         if pad_id is None:
             raise ValueError(
