@@ -151,3 +151,38 @@ def test_health_guard_counts_label_zero_under_prompt_tuning(tokenizer, tmp_path)
     plain.observe_grad_norm(torch.tensor(1.0))
     with pytest.raises(Exception, match="no supervised token"):
         plain.on_pre_optimizer_step(args, state, control)
+
+
+def test_prefix_tuning_under_activation_checkpointing_is_refused_naming_the_field(tokenizer):
+    """Prefix tuning with `activation_checkpointing=True` raises `ModelSetupError` naming the field and the fix."""
+    from trl_masked_sft import ModelSetupError
+    from trl_masked_sft.validation import check_prompt_learning
+
+    model = get_peft_model(build_tiny_model(tokenizer), PEFT_CONFIGS["prefix_tuning"]())
+
+    with pytest.raises(ModelSetupError, match=r"Prefix tuning .* `activation_checkpointing=True`.*Fix: set"):
+        check_prompt_learning(model, activation_checkpointing=True)
+    check_prompt_learning(model, activation_checkpointing=False)
+
+
+@pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning"])
+def test_prompt_and_p_tuning_are_allowed_under_activation_checkpointing(tokenizer, method):
+    """Prompt tuning and p-tuning train under activation checkpointing: the check lets them through."""
+    from trl_masked_sft.validation import check_prompt_learning
+
+    model = get_peft_model(build_tiny_model(tokenizer), PEFT_CONFIGS[method]())
+
+    check_prompt_learning(model, activation_checkpointing=True)
+    check_prompt_learning(build_tiny_model(tokenizer), activation_checkpointing=True)
+
+
+def test_prefix_tuning_still_fails_under_activation_checkpointing_upstream(tokenizer):
+    """The upstream failure `check_prompt_learning` guards against still happens (when not, drop its prefix rule)."""
+    base = build_tiny_model(tokenizer)
+    model = get_peft_model(base, PEFT_CONFIGS["prefix_tuning"]())
+    model.train()
+    base.gradient_checkpointing_enable()
+    batch = tokenizer(["How many meters are there in 3 km?", "hi"], padding=True, return_tensors="pt")
+
+    with pytest.raises(RuntimeError, match="must match the size"):
+        model(**batch, use_cache=False)

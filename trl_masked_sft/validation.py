@@ -10,13 +10,20 @@ from typing import Any
 import torch
 from datasets import Dataset
 
-from .errors import AllMaskedBatchError, LabelsOverwrittenError, MaskedSFTWarning, UnsupervisedRowsError
+from .errors import (
+    AllMaskedBatchError,
+    LabelsOverwrittenError,
+    MaskedSFTWarning,
+    ModelSetupError,
+    UnsupervisedRowsError,
+)
 from .masking import count_supervised
 
 __all__ = [
     "RowAudit",
     "audit_labels",
     "check_collator_keeps_labels",
+    "check_prompt_learning",
     "collated_label_changes",
     "first_label_is_target",
     "validate_batch",
@@ -40,6 +47,30 @@ def first_label_is_target(model) -> bool:
     if config is None or not getattr(config, "is_prompt_learning", False):
         return False
     return str(getattr(config, "peft_type", "")).split(".")[-1] != "PREFIX_TUNING"
+
+
+def check_prompt_learning(model, *, activation_checkpointing: bool) -> None:
+    """Raise `ModelSetupError` when a prompt-learning adapter can't train as set up: prefix tuning under activation
+    checkpointing.
+
+    Prefix tuning hands its virtual tokens to every layer as a key/value cache; activation checkpointing turns the
+    cache off, so the attention mask keeps the virtual positions while the keys lose them and the first forward pass
+    fails with a raw shape error (PEFT 0.21, transformers 5.24; huggingface/peft#869, the check proposed upstream in
+    huggingface/peft#2191 is not merged: drop this one once PEFT raises its own error).
+    """
+    while hasattr(model, "module") and not hasattr(model, "active_peft_config"):
+        model = model.module
+    config = getattr(model, "active_peft_config", None)
+    if not activation_checkpointing or config is None:
+        return
+    if str(getattr(config, "peft_type", "")).split(".")[-1] == "PREFIX_TUNING":
+        raise ModelSetupError(
+            f"Prefix tuning (`PrefixTuningConfig`, {config.num_virtual_tokens} virtual tokens) can't train with "
+            "`activation_checkpointing=True`: checkpointing turns off the key/value cache that carries the virtual "
+            "tokens, and the forward pass fails on mismatched shapes. Fix: set `activation_checkpointing=False` (or "
+            "the deprecated `gradient_checkpointing=False`), or use prompt tuning, p-tuning or LoRA, which do work "
+            "with checkpointing."
+        )
 
 
 def validate_batch(
