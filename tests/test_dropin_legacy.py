@@ -1,8 +1,4 @@
-"""Old calling conventions of SFTTrainer scripts (TRL 0.11-0.19 docs, notebooks) that MaskedSFTTrainer must accept.
-
-Tests marked `xfail(strict=True)` state a rule the trainer does not follow yet; they are wired in the pipeline
-refactor, which then removes the mark (strict: a mark left on a passing test fails the suite).
-"""
+"""Old calling conventions of SFTTrainer scripts (TRL 0.11-0.19 docs, notebooks) that MaskedSFTTrainer must accept."""
 
 from __future__ import annotations
 
@@ -12,7 +8,6 @@ from datasets import Dataset
 from trl_masked_sft import DatasetFormatError, MaskedSFTTrainer
 
 IGNORE = -100
-WIRED_LATER = pytest.mark.xfail(strict=True, reason="wired in the pipeline refactor")
 
 QUESTIONS = [f"How many meters are there in {i} km?" for i in range(1, 9)]
 ANSWERS = [f" <answer>{i * 1000}</answer>" for i in range(1, 9)]
@@ -73,7 +68,6 @@ def test_text_beside_prompt_and_completion_trains_the_completion_and_its_eos(tok
     assert _trained(row) == _ids(tokenizer, ANSWERS[0]) + [tokenizer.eos_token_id]
 
 
-@WIRED_LATER
 def test_stale_input_ids_beside_prompt_and_completion_never_train_the_prompt(tokenizer, model, make_config):
     """Stale `input_ids` beside prompt/completion are rebuilt or refused: the prompt is never trained."""
     stale = [_ids(tokenizer, q + a) for q, a in zip(QUESTIONS, ANSWERS, strict=True)]
@@ -113,7 +107,6 @@ class _RecordsBatches(MaskedSFTTrainer):
         return super().training_step(model, inputs, num_items_in_batch)
 
 
-@WIRED_LATER
 def test_subclass_overriding_compute_loss_and_training_step_gets_trl_batch_shape(tokenizer, model, make_config):
     """A subclass's `compute_loss`/`training_step` receive TRL's batch: one row per example, with `attention_mask`."""
     trainer = _RecordsBatches(
@@ -131,7 +124,6 @@ def test_subclass_overriding_compute_loss_and_training_step_gets_trl_batch_shape
         assert shape[0] == 4
 
 
-@WIRED_LATER
 def test_rows_where_only_the_eos_follows_the_response_template_are_refused_by_the_audit(tokenizer, model, make_config):
     """A row whose template is followed by the eos alone counts as unsupervised: refused under policy 'error'."""
     from trl_masked_sft import DataCollatorForCompletionOnlyLM, UnsupervisedRowsError

@@ -70,7 +70,7 @@ def test_prompt_learning_batches_are_padded_not_packed_and_the_log_says_why(
     tokenizer, make_config, capture_logs, method
 ):
     """Packing can't give each packed row its own virtual tokens: batches stay padded, and the log says why."""
-    said = capture_logs("trl_masked_sft.packing", logging.INFO)
+    said = capture_logs("trl_masked_sft", logging.INFO)
     trainer = MaskedSFTTrainer(
         build_tiny_model(tokenizer),
         args=make_config(activation_checkpointing=False),
@@ -82,7 +82,7 @@ def test_prompt_learning_batches_are_padded_not_packed_and_the_log_says_why(
     batch = next(iter(trainer.get_train_dataloader()))
 
     assert "attention_mask" in batch and "position_ids" not in batch
-    assert any("prompt-learning PEFT adapter" in message and "stay padded" in message for message in said)
+    assert any("prompt-learning PEFT adapter" in message and "padded, not packed" in message for message in said)
 
 
 def test_packing_probe_declines_prompt_learning_models_without_running_them(tokenizer):

@@ -1,9 +1,8 @@
 """What a dataset looks like, decided once: its `Layout`, the checks of its values, and the tokenization of rows
 that are plain text (prompt/completion strings, or one text column).
 
-Every check names the row, the column, the value seen and the fix, instead of a traceback from inside datasets.
-`[question, answer]` rows (the homework's format) become prompt/completion rows with the answer written as
-`" <answer>{answer}</answer>"` wherever they enter: the trainer, `audit_dataset`, the inspector and the CLI.
+Every check names the row, the column, the value seen and the fix. `[question, answer]` rows become prompt/completion
+rows, a numeric answer written `" <answer>{answer}</answer>"` wherever they enter (trainer, audit, inspector, CLI).
 """
 
 from __future__ import annotations
@@ -60,6 +59,14 @@ def detect_layout(dataset: Dataset | IterableDataset, options: MaskingOptions, d
     prompt, completion, text = options.prompt_column, options.completion_column, options.text_field
     if "input_ids" in columns:
         layout = Layout.PRETOKENIZED
+        boundaries = {"labels", "completion_mask", "prompt_length", "assistant_masks"}
+        if prompt in columns and completion in columns and not boundaries & set(columns):
+            raise DatasetFormatError(
+                f"The {dataset_name} dataset has `input_ids` beside `{prompt}`/`{completion}` but no `labels` or "
+                "`completion_mask`: tokenized rows are trained as given, so these would train the prompt too. Fix: "
+                "drop the stale column (`dataset.remove_columns(['input_ids'])`) so the prompt and completion are "
+                "tokenized and masked here, or add a `completion_mask` (or `labels`) to the tokenized rows."
+            )
     elif text != "text" and text in columns:
         layout = Layout.TEXT
     elif any(c in columns for c in CONVERSATION_COLUMNS):

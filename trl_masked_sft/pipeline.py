@@ -26,7 +26,15 @@ from .distributed import run_on_main
 from .errors import DatasetFormatError, MaskedSFTWarning, UnsupervisedRowsError
 from .formats import Layout, apply_formatting, check_values, coerce_dataset, detect_layout, tokenize_text_rows
 from .hf_compat import column_names, map_rows
-from .masking import IGNORE_INDEX, TemplateMatcher, clean_row, spans_to_labels, supervision_stats, truncate_row
+from .masking import (
+    IGNORE_INDEX,
+    TemplateMatcher,
+    clean_row,
+    spans_to_labels,
+    supervises_only_stop_tokens,
+    supervision_stats,
+    truncate_row,
+)
 from .report import AUDIT_COLUMNS, COUNT, FULL_COUNT, FULL_FIRST, LENGTH, REASON, STOP_OK, AuditReport, build_report
 from .validation import RowAudit, audit_labels
 
@@ -114,7 +122,9 @@ class PreparationPipeline:
         if isinstance(dataset, Dataset) and dataset.format["type"] == "custom":
             raise DatasetFormatError(
                 f"The {dataset_name} dataset uses `Dataset.with_transform()`; preparation maps over the rows and "
-                "would bake the transform in. Fix: apply deterministic transforms with `Dataset.map()` first."
+                "would bake the transform in. Fix: apply deterministic transforms with `Dataset.map()` first, or pass "
+                "`dataset_kwargs={'skip_prepare_dataset': True}` and make the transform return trainer-ready rows "
+                "(`input_ids` and `labels`)."
             )
         if formatting_func is not None and "input_ids" not in column_names(dataset):
             dataset = apply_formatting(dataset, formatting_func, dataset_name)
@@ -206,9 +216,13 @@ class PreparationPipeline:
             reason = example.get(REASON) or ("empty completion" if index in empty_rows else "")
             if template is not None and not reason:
                 spans = template.spans(ids)
+                labels = spans_to_labels(labels, spans or [], IGNORE_INDEX)
                 if spans is None:
                     reason = "response template not found"
-                labels = spans_to_labels(labels, spans or [], IGNORE_INDEX)
+                elif supervises_only_stop_tokens(labels, stop_ids):
+                    reason = (
+                        f"only the eos/end-of-turn token follows `response_template` {template.response_template!r}"
+                    )
             full_count, first = supervision_stats(labels)
             ids, labels = truncate_row(
                 ids,

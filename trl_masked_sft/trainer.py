@@ -33,10 +33,10 @@ from .model_checks import (
     ensure_pad_token,
     quiet_peft_checkpointing_probe,
 )
-from .packing import PACKED_TOKENS_KEY, PackingCollator, packing_is_exact
+from .packing import PACKED_TOKENS_KEY, PackingCollator, packing_is_exact, virtual_token_count
 from .pipeline import PreparationPipeline
 from .report import AuditReport
-from .validation import check_collator_keeps_labels
+from .validation import check_collator_keeps_labels, check_prompt_learning, first_label_is_target
 
 __all__ = ["MaskedSFTTrainer"]
 
@@ -52,9 +52,8 @@ class MaskedSFTTrainer(SFTTrainer):
       pre-tokenized rows whose `completion_mask` is merged into the labels rather than ignored);
     - a pre-flight audit of the prepared train and eval datasets that finds rows with no supervised token and
       applies `masked_row_policy`, naming the rows, the reason and the fix (`trainer.audit_reports`);
-    - `validate_batch` on every train and eval batch before the forward pass;
-    - `label_names=["labels"]` when the model is or becomes a PeftModel and none was given;
-    - a pad token when the tokenizer has none (the eos token, said in the log);
+    - `validate_batch` on every train and eval batch before the forward pass; mask metrics in the logs;
+    - `label_names=["labels"]` for PEFT models; a pad token when the tokenizer has none (the eos, said in the log);
     - a check that a user `data_collator` does not overwrite the prepared labels;
     - model checks at `train()` (`model_checks.py`), resuming only from complete checkpoints (`checkpoints.py`);
     - `TrainingHealthGuard` (`health_checks=True`, `health.py`) and, under several processes, the same verdict on
@@ -181,6 +180,7 @@ class MaskedSFTTrainer(SFTTrainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         check_model_before_training(self.model, self.args, self.train_dataset, self.processing_class)
+        check_prompt_learning(self.model, activation_checkpointing=bool(self.args.activation_checkpointing))
         resume_from_checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
         if self.is_world_process_zero() and self._msft_audits:
             path = Path(self.args.output_dir) / "masked_sft_audit.json"
@@ -231,6 +231,12 @@ class MaskedSFTTrainer(SFTTrainer):
             return "DeepSpeed/FSDP are not supported by the packing check"
         if args.world_size > 1 and (isinstance(self.train_dataset, torch.utils.data.IterableDataset) or split):
             return "batches are split or dispatched across processes"
+        if type(self).compute_loss is not MaskedSFTTrainer.compute_loss or (
+            type(self).training_step is not MaskedSFTTrainer.training_step
+        ):
+            return "a subclass overrides `compute_loss`/`training_step`, which get TRL's batch (a row per example)"
+        if virtual_token_count(self.model):
+            return "a prompt-learning PEFT adapter (prompt tuning, p-tuning, prefix tuning) adds virtual tokens"
         if not packing_is_exact(self.model, pad_token_id=collator.pad_token_id):
             return "the model gives different logits for rows packed and alone (its attention ignores position ids)"
         return None
@@ -252,7 +258,8 @@ class MaskedSFTTrainer(SFTTrainer):
         labels = inputs.get("labels")
         if labels is not None:
             where = f"{mode} batch at step {self.state.global_step}"
-            validate_batch_across_ranks(inputs, where=where, tokenizer=self._tokenizer)
+            first = first_label_is_target(model)
+            validate_batch_across_ranks(inputs, where=where, tokenizer=self._tokenizer, first_label_is_target=first)
         result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if (
             packed_tokens is not None

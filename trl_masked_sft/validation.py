@@ -161,7 +161,7 @@ class RowAudit:
             )
         if "empty completion" in reasons:
             fixes.append("fill in or remove the rows with an empty completion")
-        if "template not found" in reasons:
+        if "template not found" in reasons or "follows `response_template`" in reasons:
             fixes.append("make `response_template` match the data exactly (spaces and newlines count)")
         if "labels are all" in reasons:
             fixes.append("check how the `labels` column was built: those rows mask every token")
