@@ -11,7 +11,6 @@ It needs a tokenizer and the masking options, no model and no trainer: `MaskedSF
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +27,7 @@ from .hf_compat import column_names, map_rows
 from .masking import IGNORE_INDEX, TemplateMatcher, clean_row, spans_to_labels, supervision_stats, truncate_row
 from .report import AUDIT_COLUMNS, COUNT, FULL_COUNT, FULL_FIRST, LENGTH, REASON, STOP_OK, AuditReport, build_report
 from .validation import RowAudit, audit_labels
+from .values import check_messages, check_token_row, parse_tools
 
 __all__ = ["PreparationPipeline", "PreparedDataset"]
 
@@ -136,11 +136,14 @@ class PreparationPipeline:
         """Assistant-only labels for conversations under any chat template (see `chat.chat_labels`)."""
         tokenizer, options = self.tokenizer, self.options
 
-        def tokenize(example):
-            tools = example.get("tools")
-            tools = json.loads(tools) if isinstance(tools, str) else tools
-            kwargs = {"tools": tools} if tools else {}
-            kwargs.update(example.get("chat_template_kwargs") or {})
+        streamed = isinstance(dataset, IterableDataset)  # a Dataset's messages were checked up front
+
+        def tokenize(example, index):
+            kwargs = parse_tools(example, index, dataset_name)
+            if streamed:
+                for column in ("messages", "prompt", "completion"):
+                    if isinstance(example.get(column), list):
+                        check_messages([example[column]], dataset_name, start=index, column=column)
             messages, first = _messages(example)
             if not options.chat:  # `completion_only_loss=False`: the whole conversation is trained
                 ids = list(
@@ -160,7 +163,7 @@ class PreparationPipeline:
 
         columns = column_names(dataset)
         kwargs = {"desc": f"Masking assistant turns of {dataset_name} dataset"} if isinstance(dataset, Dataset) else {}
-        return dataset.map(tokenize, remove_columns=columns, **kwargs)
+        return dataset.map(tokenize, with_indices=True, remove_columns=columns, **kwargs)
 
     def _clean_pretokenized(self, dataset, dataset_name: str):
         """Pre-tokenized rows: lengths checked, padding trimmed, `completion_mask`/`prompt_length` merged into the
@@ -168,6 +171,7 @@ class PreparationPipeline:
         completion_only = self.options.completion_only
 
         def tidy(example, index):
+            check_token_row(example, index, dataset_name)
             ids, labels = clean_row(
                 example, row=f"{index} of the {dataset_name} dataset", completion_only=completion_only
             )
