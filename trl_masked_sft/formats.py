@@ -171,6 +171,9 @@ def _arrow(build, rows: list[dict], dataset_name: str) -> Dataset:
                     f"character {bad[1]}, as bytes decoded with errors='surrogateescape' leave). Fix: decode the "
                     "source with errors='replace', or remove the row."
                 ) from error
+        for key in rows[0] if rows else ():  # a conversation whose messages mix kinds: name the row
+            if any(isinstance(row.get(key), list) and row[key] and isinstance(row[key][0], dict) for row in rows):
+                check_messages([row.get(key) for row in rows], dataset_name, column=key)
         raise DatasetTypeError(
             f"The {dataset_name} dataset's rows can't be stored as a dataset: {error}. Fix: give each column one "
             "kind of value (strings, numbers or lists), or build a `datasets.Dataset` yourself."
