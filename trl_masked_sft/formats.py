@@ -20,6 +20,7 @@ from .hf_compat import column_names, first_row, in_memory_kwargs
 from .masking import IGNORE_INDEX
 from .report import REASON
 from .values import (
+    build_rows,
     check_list_rows,
     check_messages,
     check_text,
@@ -140,7 +141,7 @@ def coerce_dataset(data: Any, *, prompt_column: str, completion_column: str, dat
         raise DatasetFormatError(f"The {dataset_name} dataset is an empty list. Fix: pass at least one row.")
     if all(isinstance(row, dict) for row in data):
         rows = check_list_rows(data, dataset_name, (prompt_column, completion_column, "text"))
-        return _arrow(lambda: Dataset.from_list(rows), rows, dataset_name)
+        return build_rows(lambda: Dataset.from_list(rows), rows, dataset_name)
     prompts, completions = [], []
     for i, row in enumerate(data):
         if not isinstance(row, (list, tuple)) or len(row) != 2:
@@ -154,30 +155,7 @@ def coerce_dataset(data: Any, *, prompt_column: str, completion_column: str, dat
         completions.append(to_text(completion, row=i, column=completion_column, dataset_name=dataset_name))
     columns = {prompt_column: prompts, completion_column: completions}
     rows = [{prompt_column: p, completion_column: c} for p, c in zip(prompts, completions, strict=True)]
-    return _arrow(lambda: Dataset.from_dict(columns), rows, dataset_name)
-
-
-def _arrow(build, rows: list[dict], dataset_name: str) -> Dataset:
-    """`build()`, with a value Arrow can't store (text that is not valid Unicode) reported by row."""
-    try:
-        return build()
-    except (UnicodeEncodeError, ValueError, TypeError) as error:
-        for i, row in enumerate(rows):
-            bad = find_unencodable(list(row.values()))
-            if bad is not None:
-                column = list(row)[bad[0]]
-                raise DatasetTypeError(
-                    f"Row {i} of the {dataset_name} dataset: `{column}` is not valid Unicode (a lone surrogate at "
-                    f"character {bad[1]}, as bytes decoded with errors='surrogateescape' leave). Fix: decode the "
-                    "source with errors='replace', or remove the row."
-                ) from error
-        for key in rows[0] if rows else ():  # a conversation whose messages mix kinds: name the row
-            if any(isinstance(row.get(key), list) and row[key] and isinstance(row[key][0], dict) for row in rows):
-                check_messages([row.get(key) for row in rows], dataset_name, column=key)
-        raise DatasetTypeError(
-            f"The {dataset_name} dataset's rows can't be stored as a dataset: {error}. Fix: give each column one "
-            "kind of value (strings, numbers or lists), or build a `datasets.Dataset` yourself."
-        ) from error
+    return build_rows(lambda: Dataset.from_dict(columns), rows, dataset_name)
 
 
 def apply_formatting(dataset: Dataset | IterableDataset, formatting_func, dataset_name: str):

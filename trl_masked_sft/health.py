@@ -28,7 +28,6 @@ __all__ = ["TrainingHealthGuard"]
 logger = logging.get_logger(__name__)
 
 
-
 def _scalar(value) -> torch.Tensor | None:
     if value is None:
         return None

@@ -14,6 +14,7 @@ from typing import Any
 from .errors import DatasetFormatError, DatasetTypeError
 
 __all__ = [
+    "build_rows",
     "check_list_rows",
     "check_messages",
     "check_text",
@@ -310,3 +311,27 @@ def check_token_features(features, dataset_name: str) -> None:
                 f"integers. Fix: rebuild `{key}` from the tokenizer's output (whole-number floats can be cast: "
                 f"`dataset.cast_column('{key}', datasets.Sequence(datasets.Value('int64')))`)."
             )
+
+
+def build_rows(build, rows: list[dict], dataset_name: str):
+    """`build()` (e.g. `Dataset.from_list`), with a value Arrow can't store reported by row: text that is not valid
+    Unicode, or a conversation whose messages mix kinds."""
+    try:
+        return build()
+    except (UnicodeEncodeError, ValueError, TypeError) as error:
+        for i, row in enumerate(rows):
+            bad = find_unencodable(list(row.values()))
+            if bad is not None:
+                column = list(row)[bad[0]]
+                raise DatasetTypeError(
+                    f"Row {i} of the {dataset_name} dataset: `{column}` is not valid Unicode (a lone surrogate at "
+                    f"character {bad[1]}, as bytes decoded with errors='surrogateescape' leave). Fix: decode the "
+                    "source with errors='replace', or remove the row."
+                ) from error
+        for key in rows[0] if rows else ():  # a conversation whose messages mix kinds: name the row
+            if any(isinstance(row.get(key), list) and row[key] and isinstance(row[key][0], dict) for row in rows):
+                check_messages([row.get(key) for row in rows], dataset_name, column=key)
+        raise DatasetTypeError(
+            f"The {dataset_name} dataset's rows can't be stored as a dataset: {error}. Fix: give each column one "
+            "kind of value (strings, numbers or lists), or build a `datasets.Dataset` yourself."
+        ) from error
