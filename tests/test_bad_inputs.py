@@ -6,9 +6,11 @@ error is not raised from inside torch, datasets or tokenizers (a raw traceback),
 
 from __future__ import annotations
 
+import atexit
 import math
 import re
 import shutil
+import tempfile
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -65,10 +67,6 @@ class Run:
     model: object = None
     weights: dict | None = None
     out_before: set | None = None
-
-    @property
-    def saved(self) -> Path:
-        return self.tmp_path / "saved"
 
     def _mark(self, model=None):
         self.out_before = _listing(self.tmp_path / "out")
@@ -192,15 +190,7 @@ def _changed_config(r: Run, **changes):
 def _checkpoint(r: Run, step: int, *, state: str | None = '{"global_step": 1}', **files: bytes) -> str:
     """A checkpoint folder under `out/` written by a real save: model weights, optimizer, scheduler, RNG, state."""
     path = r.tmp_path / "out" / f"checkpoint-{step}"
-    if not r.saved.exists():
-        trainer = MaskedSFTTrainer(
-            build_tiny_model(r.tokenizer),
-            args=r.make_config(max_steps=1, save_strategy="steps", save_steps=1, output_dir=str(r.saved)),
-            train_dataset=qa_rows(4),
-            processing_class=r.tokenizer,
-        )
-        trainer.train()
-    shutil.copytree(r.saved / "checkpoint-1", path)
+    shutil.copytree(_saved_checkpoint(r), path)
     if state is None:
         (path / "trainer_state.json").unlink()
     else:
@@ -208,6 +198,25 @@ def _checkpoint(r: Run, step: int, *, state: str | None = '{"global_step": 1}', 
     for name, content in files.items():
         (path / name.replace("__", ".")).write_bytes(content)
     return str(path)
+
+
+_SAVED: list[Path] = []
+
+
+def _saved_checkpoint(r: Run) -> Path:
+    """One real checkpoint (one step of the tiny model), written once per session and copied by the cases."""
+    if not _SAVED:
+        folder = Path(tempfile.mkdtemp(prefix="bad-inputs-checkpoint-"))
+        atexit.register(shutil.rmtree, folder, True)
+        trainer = MaskedSFTTrainer(
+            build_tiny_model(r.tokenizer),
+            args=r.make_config(max_steps=1, save_strategy="steps", save_steps=1, output_dir=str(folder)),
+            train_dataset=qa_rows(4),
+            processing_class=r.tokenizer,
+        )
+        trainer.train()
+        _SAVED.append(folder / "checkpoint-1")
+    return _SAVED[0]
 
 
 def _truncated(r: Run, step: int, name: str) -> str:
