@@ -164,7 +164,7 @@ def test_a_response_template_anywhere_masks_everything_before_it(prefix, context
 def test_the_collator_never_trains_padding_and_keeps_each_rows_labels(rows, pad_kind, multiple):
     """Each row's labels come back unchanged in the batch (eos trained once, even when pad == eos); every padding
     position is ignored and has attention 0."""
-    tokenizer = copy.copy(TOKENIZER)
+    tokenizer = copy.deepcopy(TOKENIZER)
     pad_id = {"pad": TOKENIZER.pad_token_id, "eos": EOS, "content": 7}[pad_kind]
     tokenizer.pad_token = TOKENIZER.convert_ids_to_tokens(pad_id)
     collator = DataCollatorForCompletionOnlyLM(None, tokenizer=tokenizer, pad_to_multiple_of=multiple)
@@ -188,7 +188,7 @@ def test_the_collator_never_trains_padding_and_keeps_each_rows_labels(rows, pad_
 
 def _pipeline(**overrides) -> PreparationPipeline:
     config = MaskedSFTConfig(output_dir="unused", report_to="none", use_cpu=True, **overrides)
-    return PreparationPipeline.from_config(copy.copy(TOKENIZER), config)
+    return PreparationPipeline.from_config(copy.deepcopy(TOKENIZER), config)
 
 
 @SLOW
