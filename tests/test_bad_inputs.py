@@ -1459,7 +1459,7 @@ CASES += [
         "resume-from-a-checkpoint-without-trainer-state",
         lambda r: r.resume(_checkpoint(r, 2, state=None)),
         CheckpointError,
-        r"checkpoint-2'` is incomplete: has no readable `trainer_state.json`.*Fix: train without",
+        r"checkpoint-2'` is incomplete: it has no readable `trainer_state.json`.*Fix: train without",
     ),
     (
         "resume-from-a-checkpoint-whose-trainer-state-is-not-json",
@@ -1756,3 +1756,10 @@ def test_resume_true_falls_back_past_a_corrupt_checkpoint_and_says_so(tokenizer,
     logs = capture_logs("trl_masked_sft.checkpoints")
     assert resolve_resume_checkpoint(True, str(tmp_path / "out")) == good
     assert any("checkpoint-2" in m and "optimizer.pt` is corrupt" in m and "falling back" in m for m in logs), logs
+
+
+def test_the_troubleshooting_page_lists_every_case():
+    """docs/troubleshooting.md names every case of the table (regenerate its last section when adding one)."""
+    page = (Path(__file__).resolve().parents[1] / "docs" / "troubleshooting.md").read_text()
+    missing = [case[0] for case in CASES if f"`{case[0]}`" not in page]
+    assert not missing, missing

@@ -189,7 +189,7 @@ def resolve_resume_checkpoint(
     elif not path.is_dir():
         what = "is a file, not a checkpoint folder"
     elif problem.startswith("it has no readable"):
-        what = f"is incomplete: {problem[3:]} (a run killed while saving leaves such a folder behind)"
+        what = f"is incomplete: {problem} (a run killed while saving leaves such a folder behind)"
     else:
         what = f"can't be resumed from: {problem}"
     hint = f"resume from {last} (the last complete one)" if last else "train without `resume_from_checkpoint`"

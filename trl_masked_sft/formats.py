@@ -147,7 +147,7 @@ def coerce_dataset(data: Any, *, prompt_column: str, completion_column: str, dat
         if not isinstance(row, (list, tuple)) or len(row) != 2:
             raise DatasetFormatError(
                 f"Row {i} of the {dataset_name} dataset is {describe(row)}; a list dataset needs every row as a "
-                "`[question, answer]` pair or every row as a dict. Fix that row, or build a `datasets.Dataset`."
+                "`[question, answer]` pair or every row as a dict. Fix: rewrite that row, or build a `datasets.Dataset`."
             )
         prompts.append(to_text(row[0], row=i, column=prompt_column, dataset_name=dataset_name))
         answer = row[1]
