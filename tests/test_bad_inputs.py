@@ -989,16 +989,22 @@ CASES += [
         r"row 3: response template not found.*Fix",
     ),
     (
-        "two-processes-tokenizing-a-bad-row",
+        "streaming-text-not-valid-unicode",
         lambda r: r.prepare(_gen([{"text": "ok"}, {"text": "bad \udcff"}]), dataset_num_proc=2),
         DatasetTypeError,
         r"Row 1 of the train dataset: its text is not valid Unicode.*Fix",
     ),
     (
-        "two-processes-preparing-a-bad-pretokenized-row",
+        "dataset-num-proc-2-pretokenized-negative-id",
         lambda r: r.prepare(Dataset.from_dict({"input_ids": [[5, 6, 7]] * 3 + [[5, -7, 7]]}), dataset_num_proc=2),
         DatasetFormatError,
         r"Row 3 of the train dataset: `input_ids` holds -7.*Fix",
+    ),
+    (
+        "dataset-num-proc-2-text-none",
+        lambda r: r.prepare(Dataset.from_dict({"text": ["ok"] * 3 + [None]}), dataset_num_proc=2),
+        DatasetTypeError,
+        r"Row 3 of the train dataset: column `text` .*got NoneType None.*Fix",
     ),
 ]
 
