@@ -170,8 +170,10 @@ class PreparationPipeline:
         labels (TRL would ignore them next to `labels` and train on the prompt), labels = ids where none are given."""
         completion_only = self.options.completion_only
 
+        typed = isinstance(dataset, Dataset)  # its features were checked: flat int lists
+
         def tidy(example, index):
-            check_token_row(example, index, dataset_name)
+            check_token_row(example, index, dataset_name, typed=typed)
             ids, labels = clean_row(
                 example, row=f"{index} of the {dataset_name} dataset", completion_only=completion_only
             )
