@@ -1551,6 +1551,30 @@ CASES += [
     ),
 ]
 
+CASES += [
+    (
+        "pipeline-without-a-tokenizer",
+        lambda r: __import__("trl_masked_sft").PreparationPipeline.from_config(None, r.make_config()),
+        ModelSetupError,
+        r"The tokenizer given is NoneType None.*Fix: pass the model's tokenizer",
+    ),
+    (
+        "pipeline-given-a-tokenizer-path",
+        lambda r: r.prepare(qa_rows(), tokenizer="./my-tokenizer"),
+        ModelSetupError,
+        r"The tokenizer given is str './my-tokenizer'.*Fix: load it first: `AutoTokenizer.from_pretrained",
+    ),
+    (
+        "response-template-ids-not-in-the-data",
+        lambda r: r.train(
+            Dataset.from_dict({"text": ["### Answer: b"] * 4}),
+            data_collator=DataCollatorForCompletionOnlyLM([399, 398], tokenizer=r.tokenizer),
+        ),
+        UnsupervisedRowsError,
+        r"4 of 4 rows .*response template not found.*Fix: make `response_template` match",
+    ),
+]
+
 # ---------------------------------------------------------------------------------------------------- the CLI
 CASES += [
     (

@@ -21,7 +21,7 @@ from transformers.utils import logging
 from .chat import chat_labels, special_token_ids
 from .config import MaskingOptions
 from .distributed import run_on_main
-from .errors import DatasetFormatError, MaskedSFTWarning, UnsupervisedRowsError
+from .errors import DatasetFormatError, MaskedSFTWarning, ModelSetupError, UnsupervisedRowsError
 from .formats import Layout, apply_formatting, check_values, coerce_dataset, detect_layout, tokenize_text_rows
 from .hf_compat import column_names, map_rows
 from .masking import IGNORE_INDEX, TemplateMatcher, clean_row, spans_to_labels, supervision_stats, truncate_row
@@ -80,6 +80,14 @@ class PreparationPipeline:
     """
 
     def __init__(self, tokenizer, options: MaskingOptions, *, template: TemplateMatcher | None = None):
+        tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor carries its tokenizer
+        if not callable(tokenizer) or not hasattr(tokenizer, "eos_token"):
+            fix = (
+                f"load it first: `AutoTokenizer.from_pretrained({tokenizer!r})`"
+                if isinstance(tokenizer, str)
+                else "pass the model's tokenizer (a `transformers` tokenizer)"
+            )
+            raise ModelSetupError(f"The tokenizer given is {type(tokenizer).__name__} {tokenizer!r:.60}. Fix: {fix}.")
         if tokenizer.pad_token is None and tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token
         self.tokenizer = tokenizer
