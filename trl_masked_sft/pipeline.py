@@ -80,8 +80,8 @@ class PreparationPipeline:
     """
 
     def __init__(self, tokenizer, options: MaskingOptions, *, template: TemplateMatcher | None = None):
-        tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor carries its tokenizer
-        if not callable(tokenizer) or not hasattr(tokenizer, "eos_token"):
+        text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor carries its tokenizer
+        if not callable(text_tokenizer) or not hasattr(text_tokenizer, "eos_token"):
             fix = (
                 f"load it first: `AutoTokenizer.from_pretrained({tokenizer!r})`"
                 if isinstance(tokenizer, str)
