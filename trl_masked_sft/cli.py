@@ -198,8 +198,14 @@ def _load_tokenizer(name: str):
             f"folder written by `tokenizer.save_pretrained(...)`, or use `{DEMO}` for the offline demo tokenizer."
         )
     try:
-        return AutoTokenizer.from_pretrained(name)
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=False)  # never prompts, never runs its code
     except Exception as error:  # OSError/ValueError from the hub client or a folder without tokenizer files
+        if "trust_remote_code" in str(error):
+            raise DataSourceError(
+                f"--tokenizer_name_or_path {name!r} needs custom code to load, which this command never runs "
+                "(`trust_remote_code` stays off). Fix: use a folder with a standard tokenizer (tokenizer.json), e.g. "
+                "one written by `tokenizer.save_pretrained(...)` after you loaded and reviewed it yourself."
+            ) from error
         where = "the folder has no tokenizer files" if path.is_dir() else "it is not on this machine or the Hub"
         raise DataSourceError(
             f"--tokenizer_name_or_path {name!r}: can't load a tokenizer ({where}): {type(error).__name__}: "
