@@ -1510,6 +1510,18 @@ CASES += [
         r"rng_state.pth` is corrupt.*Fix",
     ),
     (
+        "resume-from-a-checkpoint-with-a-truncated-adapter",
+        lambda r: r.resume(_checkpoint(r, 2, adapter_model__safetensors=b"\x40\x00\x00\x00\x00\x00\x00\x00{")),
+        CheckpointError,
+        r"adapter_model.safetensors` is corrupt.*Fix",
+    ),
+    (
+        "resume-from-a-checkpoint-with-an-empty-optimizer-file",
+        lambda r: r.resume(_checkpoint(r, 2, optimizer__pt=b"")),
+        CheckpointError,
+        r"optimizer.pt` is corrupt: it is not a readable torch file.*Fix",
+    ),
+    (
         "resume-names-the-last-sound-checkpoint",
         lambda r: (_checkpoint(r, 1), r.resume(_truncated(r, 2, "optimizer.pt"))),
         CheckpointError,
@@ -1793,3 +1805,12 @@ def test_the_troubleshooting_page_lists_every_case():
     page = (Path(__file__).resolve().parents[1] / "docs" / "troubleshooting.md").read_text()
     missing = [case[0] for case in CASES if f"`{case[0]}`" not in page]
     assert not missing, missing
+
+
+def test_a_legacy_torch_file_in_a_checkpoint_is_not_called_corrupt(tmp_path):
+    """A `torch.save` file in the pre-1.6 (non-zip) format is left to torch, not refused as corrupt."""
+    from trl_masked_sft.checkpoints import checkpoint_problem
+
+    (tmp_path / "trainer_state.json").write_text('{"global_step": 1}')
+    torch.save({"step": torch.tensor(1)}, tmp_path / "scheduler.pt", _use_new_zipfile_serialization=False)
+    assert checkpoint_problem(tmp_path) is None

@@ -61,6 +61,9 @@ def _torch_file_problem(path: Path) -> str | None:
             if path.stat().st_size < 256 * 2**20 and archive.testzip() is not None:
                 return "a member fails its checksum"
     except (OSError, zipfile.BadZipFile, ValueError) as error:
+        with path.open("rb") as handle:
+            if handle.read(1) == b"\x80" and path.stat().st_size > 64:
+                return None  # torch's legacy (pre-1.6) format: a pickle stream, not a zip; left to torch
         return f"it is not a readable torch file ({error})"
     return None
 
