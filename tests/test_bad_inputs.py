@@ -1417,6 +1417,21 @@ CASES += [
         ConfigError,
         r"`loss_type` must be one of .*got 'nl'.*Did you mean 'nll'",
     ),
+    ("fp16-and-bf16", lambda r: r.make_config(fp16=True, bf16=True), ConfigError, r"`bf16` and `fp16` are both True"),
+    (
+        "load-best-model-without-evaluation",
+        lambda r: r.make_config(load_best_model_at_end=True, eval_strategy="no", save_strategy="steps"),
+        ConfigError,
+        r"`load_best_model_at_end=True` needs checkpoints where evaluations happen.*'steps'.*'no'.*Fix",
+    ),
+    (
+        "load-best-model-with-save-steps-not-a-multiple",
+        lambda r: r.make_config(
+            load_best_model_at_end=True, eval_strategy="steps", eval_steps=10, save_strategy="steps", save_steps=15
+        ),
+        ConfigError,
+        r"`save_steps=15` and `eval_steps=10`.*Fix: make `save_steps` a multiple of `eval_steps`, e.g. 20",
+    ),
 ]
 
 # ------------------------------------------------------------------------------------ config read by the pipeline

@@ -191,11 +191,40 @@ def check_types(args: Any) -> None:
     labels = getattr(args, "label_names", None)
     if labels is not None and (not isinstance(labels, list) or not all(isinstance(n, str) for n in labels)):
         raise ConfigError(f"`label_names` must be a list of strings, got {_shown(labels)}. Fix: e.g. ['labels'].")
+    _check_conflicts(args)
     output_dir = getattr(args, "output_dir", "x")
     if output_dir is not None and (not isinstance(output_dir, str) or not output_dir.strip()):
         raise ConfigError(
             f"`output_dir` must be a folder path, got {_shown(output_dir)}. Fix: e.g. `output_dir='out'`; "
             "checkpoints and the audit are written only under it."
+        )
+
+
+def _value(args: Any, name: str) -> Any:
+    value = getattr(args, name, None)
+    return getattr(value, "value", value)
+
+
+def _check_conflicts(args: Any) -> None:
+    """Fields that each look fine but can't go together (transformers would refuse them with no fix)."""
+    if getattr(args, "bf16", False) and getattr(args, "fp16", False):
+        raise ConfigError("`bf16` and `fp16` are both True; pick one. Fix: set `fp16=False` (bf16 where supported).")
+    if not getattr(args, "load_best_model_at_end", False):
+        return
+    save, evaluate = _value(args, "save_strategy"), _value(args, "eval_strategy")
+    if save != "best" and save != evaluate:
+        raise ConfigError(
+            f"`load_best_model_at_end=True` needs checkpoints where evaluations happen, but `save_strategy` is "
+            f"{save!r} and `eval_strategy` is {evaluate!r}. Fix: set both to 'steps' (or 'epoch'), or "
+            "`save_strategy='best'`."
+        )
+    eval_steps = getattr(args, "eval_steps", None) or getattr(args, "logging_steps", None)
+    save_steps = getattr(args, "save_steps", None)
+    if save == "steps" and _is_int(eval_steps) and _is_int(save_steps) and save_steps % eval_steps:
+        raise ConfigError(
+            f"`load_best_model_at_end=True` with `save_steps={save_steps}` and `eval_steps={eval_steps}`: every "
+            f"checkpoint must follow an evaluation. Fix: make `save_steps` a multiple of `eval_steps`, e.g. "
+            f"{eval_steps * max(1, round(save_steps / eval_steps))}."
         )
 
 
@@ -218,8 +247,6 @@ def check_values(args: Any) -> None:
             f"`num_train_epochs` is {args.num_train_epochs:g} and `max_steps` is {args.max_steps}: training would "
             "run 0 steps. Set `num_train_epochs` > 0 or `max_steps` > 0."
         )
-    if getattr(args, "bf16", False) and getattr(args, "fp16", False):
-        raise ConfigError("`bf16` and `fp16` are both True; pick one. Fix: set `fp16=False` (bf16 where supported).")
 
 
 def check_masking_fields(args: Any) -> None:
