@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "trl_masked_sft"
 #: Lowest first. Modules of one layer never import each other.
 LAYERS: list[set[str]] = [
     {"errors", "tiny"},
-    {"config", "masking", "hf_compat", "conversations"},
+    {"constraints"},
+    {"config", "masking", "hf_compat", "values", "conversations"},
     {"validation", "chat", "checkpoints", "model_checks", "packing"},
     {"report", "distributed", "collator", "metrics"},
     {"formats", "health"},

@@ -11,7 +11,6 @@ It needs a tokenizer and the masking options, no model and no trainer: `MaskedSF
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -23,7 +22,7 @@ from .chat import chat_labels, special_token_ids
 from .config import MaskingOptions
 from .conversations import to_messages
 from .distributed import run_on_main
-from .errors import DatasetFormatError, MaskedSFTWarning, UnsupervisedRowsError
+from .errors import DatasetFormatError, MaskedSFTWarning, ModelSetupError, UnsupervisedRowsError
 from .formats import Layout, apply_formatting, check_values, coerce_dataset, detect_layout, tokenize_text_rows
 from .hf_compat import column_names, map_rows
 from .masking import (
@@ -37,6 +36,7 @@ from .masking import (
 )
 from .report import AUDIT_COLUMNS, COUNT, FULL_COUNT, FULL_FIRST, LENGTH, REASON, STOP_OK, AuditReport, build_report
 from .validation import RowAudit, audit_labels
+from .values import check_messages, check_token_row, parse_tools
 
 __all__ = ["PreparationPipeline", "PreparedDataset"]
 
@@ -86,6 +86,14 @@ class PreparationPipeline:
     """
 
     def __init__(self, tokenizer, options: MaskingOptions, *, template: TemplateMatcher | None = None):
+        text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor carries its tokenizer
+        if not callable(text_tokenizer) or not hasattr(text_tokenizer, "eos_token"):
+            fix = (
+                f"load it first: `AutoTokenizer.from_pretrained({tokenizer!r})`"
+                if isinstance(tokenizer, str)
+                else "pass the model's tokenizer (a `transformers` tokenizer)"
+            )
+            raise ModelSetupError(f"The tokenizer given is {type(tokenizer).__name__} {tokenizer!r:.60}. Fix: {fix}.")
         if tokenizer.pad_token is None and tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token
         self.tokenizer = tokenizer
@@ -144,11 +152,14 @@ class PreparationPipeline:
         """Assistant-only labels for conversations under any chat template (see `chat.chat_labels`)."""
         tokenizer, options = self.tokenizer, self.options
 
+        streamed = isinstance(dataset, IterableDataset)  # a Dataset's messages were checked up front
+
         def tokenize(example, index):
-            tools = example.get("tools")
-            tools = json.loads(tools) if isinstance(tools, str) else tools
-            kwargs = {"tools": tools} if tools else {}
-            kwargs.update(example.get("chat_template_kwargs") or {})
+            kwargs = parse_tools(example, index, dataset_name)
+            if streamed:
+                for column in ("messages", "prompt", "completion"):
+                    if isinstance(example.get(column), list):
+                        check_messages([example[column]], dataset_name, start=index, column=column)
             messages, first = _messages(example, layout, row=index, dataset_name=dataset_name)
             if not options.chat:  # `completion_only_loss=False`: the whole conversation is trained
                 ids = list(
@@ -174,7 +185,10 @@ class PreparationPipeline:
         labels (TRL would ignore them next to `labels` and train on the prompt), labels = ids where none are given."""
         completion_only = self.options.completion_only
 
+        typed = isinstance(dataset, Dataset)  # its features were checked: flat int lists
+
         def tidy(example, index):
+            check_token_row(example, index, dataset_name, typed=typed)
             ids, labels = clean_row(
                 example, row=f"{index} of the {dataset_name} dataset", completion_only=completion_only
             )
