@@ -516,7 +516,7 @@ CASES = [
     (
         "tokenizer-without-pad-or-eos",
         lambda r: r.train(tokenizer=_tokenizer_without("pad_token", "eos_token")),
-        ValueError,
+        ModelSetupError,
         r"neither a pad token nor an eos token\. Fix:",
     ),
     (
@@ -1691,7 +1691,6 @@ UPSTREAM = {
     "eval-strategy-without-eval-dataset",
     "peft-model-and-peft-config",
     "chat-data-and-no-chat-template",
-    "tokenizer-without-pad-or-eos",
 }
 #: Written when training starts, before a per-batch check can fail: the pre-flight audit (a report, not a result).
 REPORTS = {"masked_sft_audit.json"}

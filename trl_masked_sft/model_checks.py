@@ -329,7 +329,7 @@ def ensure_pad_token(tokenizer) -> None:
     if not isinstance(tokenizer, PreTrainedTokenizerBase) or tokenizer.pad_token is not None:
         return
     if tokenizer.eos_token is None:
-        raise ValueError(
+        raise ModelSetupError(
             "The tokenizer has neither a pad token nor an eos token. Fix: set one before building the trainer, e.g. "
             "`tokenizer.add_special_tokens({'pad_token': '<pad>'})` (and resize the model's embeddings)."
         )

@@ -181,7 +181,7 @@ class MaskedSFTTrainer(SFTTrainer):
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         check_model_before_training(self.model, self.args, self.train_dataset, self.processing_class)
         check_prompt_learning(self.model, activation_checkpointing=bool(self.args.activation_checkpointing))
-        resume_from_checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        resume_from_checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir, self.model)
         if self.is_world_process_zero() and self._msft_audits:
             path = Path(self.args.output_dir) / "masked_sft_audit.json"
             path.parent.mkdir(parents=True, exist_ok=True)
