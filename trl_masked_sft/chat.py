@@ -20,6 +20,7 @@ from itertools import groupby
 from typing import Any
 
 from .conversations import fit_content, is_empty_reply, message_spans, reads_parts, reasoning_text, unknown_roles
+from .masking import IGNORE_INDEX
 
 __all__ = ["METHODS", "ChatMask", "chat_labels"]
 
@@ -119,7 +120,7 @@ def chat_labels(
     *,
     assistant_turns: str = "all",
     train_eot: bool = True,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     trainable_from: int = 0,
     methods: Sequence[str] | None = None,
     **template_kwargs: Any,

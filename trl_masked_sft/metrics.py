@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from .masking import IGNORE_INDEX
 from .packing import PACKED_TOKENS_KEY
 
 __all__ = ["BatchMaskStats", "MaskMetrics", "audit_logs", "batch_mask_stats"]
@@ -54,7 +55,7 @@ class BatchMaskStats:
 
 
 def batch_mask_stats(
-    batch: Mapping[str, Any], *, ignore_index: int = -100, real_tokens: int | None = None
+    batch: Mapping[str, Any], *, ignore_index: int = IGNORE_INDEX, real_tokens: int | None = None
 ) -> BatchMaskStats:
     """Count the positions, real tokens and supervised tokens of one collated batch (`input_ids` and `labels`).
 

@@ -25,6 +25,8 @@ from typing import Any
 import torch
 from transformers.utils import logging
 
+from .masking import IGNORE_INDEX
+
 __all__ = ["PACKED_TOKENS_KEY", "PackingCollator", "pack_rows", "packing_is_exact", "virtual_token_count"]
 
 logger = logging.get_logger(__name__)
@@ -88,7 +90,7 @@ def pack_rows(
     labels: Sequence[Sequence[int]],
     *,
     pad_token_id: int,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     min_width: int = PACK_MIN_WIDTH,
     pad_to_multiple_of: int | None = None,
     single_row: bool = False,
@@ -171,7 +173,7 @@ class PackingCollator:
         *,
         pad_token_id: int,
         fallback,
-        ignore_index: int = -100,
+        ignore_index: int = IGNORE_INDEX,
         pad_to_multiple_of: int | None = None,
         single_row: bool = False,
     ):

@@ -17,7 +17,7 @@ from .errors import (
     ModelSetupError,
     UnsupervisedRowsError,
 )
-from .masking import count_supervised
+from .masking import IGNORE_INDEX, count_supervised
 
 __all__ = [
     "RowAudit",
@@ -76,7 +76,7 @@ def check_prompt_learning(model, *, activation_checkpointing: bool) -> None:
 def validate_batch(
     batch: Mapping[str, Any] | torch.Tensor,
     *,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     where: str = "batch",
     tokenizer=None,
     first_label_is_target: bool = False,
@@ -204,7 +204,7 @@ def audit_labels(
     dataset_name: str,
     max_length: int | None,
     preset_reasons: Mapping[int, str] | None = None,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
 ) -> RowAudit:
     """Find rows of a prepared (truncated) labels column with no supervised token and say why.
 
@@ -231,7 +231,7 @@ def audit_labels(
 
 
 def collated_label_changes(
-    features: Sequence[Mapping[str, Sequence[int]]], batch: Any, ignore_index: int = -100
+    features: Sequence[Mapping[str, Sequence[int]]], batch: Any, ignore_index: int = IGNORE_INDEX
 ) -> tuple[int, int] | None:
     """`(extra, missing)`: tokens a collator's `batch` trains that the prepared `features` mask, and the reverse.
 
