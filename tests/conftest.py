@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import string
+import subprocess
 
-import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
-
+# Offline by construction: set before anything imports huggingface_hub, datasets or transformers (they read these
+# once, at import), and forced, so a caller's `HF_HUB_OFFLINE=0` can't make a test wait on Hub retries.
+os.environ.update({"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# The test models are tiny: intra-op parallelism only adds synchronisation, and on a busy 2-core machine a second
+# thread waiting for a busy core stalls every op (a 40-step LoRA run: 25 s with 2 threads, 4 s with 1). Set before
+# torch is imported, and inherited by the subprocesses the tests start (DDP workers, the benchmark, the example).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
+from transformers import PreTrainedTokenizerFast  # noqa: E402
 
 from trl_masked_sft import MaskedSFTConfig  # noqa: E402
 from trl_masked_sft.tiny import build_tiny_model, build_tiny_tokenizer  # noqa: E402
+
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))  # in case a plugin imported torch before this file
 
 
 @pytest.fixture(scope="session")
@@ -102,3 +112,34 @@ def sp_tokenizer():
     )
     tokenizer.train_from_iterator(["### Question: What is the capital of France?\n### Answer: Paris"] * 4, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.fixture
+def chromium(tmp_path):
+    """`chromium(page, *flags)`: headless Chromium on a local HTML file, its stdout returned (e.g. with
+    `"--dump-dom"`, or `f"--screenshot={png}"`). Skips, saying why, where Chromium is not installed."""
+    if CHROMIUM is None:
+        pytest.skip("Chromium is not installed (Debian package `chromium`; `.ci/run` installs it where it can)")
+
+    def run(page, *flags: str) -> str:
+        command = [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            f"--user-data-dir={tmp_path / 'chromium-profile'}",
+            *flags,
+            page.as_uri(),
+        ]
+        return subprocess.run(command, check=True, capture_output=True, text=True, timeout=90).stdout
+
+    return run

@@ -16,13 +16,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "trl_masked_sft"
 #: Lowest first. Modules of one layer never import each other.
 LAYERS: list[set[str]] = [
     {"errors", "tiny"},
-    {"config", "masking", "hf_compat"},
+    {"constraints"},
+    {"config", "masking", "hf_compat", "values", "conversations"},
     {"validation", "chat", "checkpoints", "model_checks", "packing", "loss"},
-    {"report", "distributed", "collator"},
+    {"report", "distributed", "collator", "metrics"},
     {"formats", "health"},
     {"pipeline"},
     {"audit", "inspector"},
-    {"trainer"},
+    {"trainer", "audit_html"},
     {"cli", "__init__"},
     {"__main__"},
 ]

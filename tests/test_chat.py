@@ -40,6 +40,11 @@ CHATML_MARKED = (
     "{% else %}{{ '<|im_start|>' + m['role'] + '\n' + m['content'] + '<|im_end|>\n' }}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+# Rewrites the replies (upper case) and marks the last message, so no way can locate the turns.
+UNREADABLE = (
+    "{% for m in messages %}{{ m['role'] + ': ' + m['content'] | upper }}{% if loop.last %} END{% endif %}\n"
+    "{% endfor %}"
+)
 EOT = {
     "chatml": "<|im_end|>",
     "llama3": "<|eot_id|>",
@@ -138,11 +143,19 @@ def test_prefix_diff_agrees_with_generation_markers(chat_tokenizer):
     assert ours.labels == marked.labels
 
 
-def test_a_template_that_renders_the_last_turn_differently_is_reported(chat_tokenizer):
-    """When a prefix renders differently inside the whole conversation, the row is reported, not masked."""
-    # Marks the final message specially: rendering a prefix moves the mark, so prefixes disagree.
+def test_a_template_that_renders_the_last_turn_differently_still_trains_the_replies(chat_tokenizer):
+    """Text the template adds after the last turn moves when a prefix is rendered alone: the prefix diff can't work,
+    locating each reply's text in the whole conversation can, and the note says the replies have no end token."""
     template = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] }}{% if loop.last %}{{ ' END' }}{% endif %}\n{% endfor %}"
     mask = chat_labels(chat_tokenizer, CONVERSATION, chat_template=template)
+    assert mask.problem is None and mask.method == "offsets"
+    assert trained_text(chat_tokenizer, mask) == ["2000 grams.", "3000 grams."]
+    assert "no end-of-turn token" in mask.note
+
+
+def test_a_template_no_way_can_read_is_reported(chat_tokenizer):
+    """When no way locates the turns, the row is reported with every label masked, not trained wrongly."""
+    mask = chat_labels(chat_tokenizer, CONVERSATION, chat_template=UNREADABLE)
     assert mask.problem and "render differently" in mask.problem
     assert set(mask.labels) == {-100}
 
@@ -150,7 +163,7 @@ def test_a_template_that_renders_the_last_turn_differently_is_reported(chat_toke
 def test_conversation_without_assistant_turn_is_reported(chat_tokenizer):
     """A conversation with no assistant reply has nothing to train and says so."""
     mask = chat_labels(chat_tokenizer, CONVERSATION[:2], chat_template=CHATML)
-    assert mask.problem == "no assistant turn in the conversation"
+    assert mask.problem == "no assistant turn to train"
 
 
 def _conversations(n: int = 8) -> Dataset:
@@ -201,10 +214,7 @@ def test_trainer_assistant_only_loss_works_with_an_unknown_template(chat_tokeniz
 
 def test_trainer_reports_conversations_it_cannot_locate(chat_tokenizer, make_config):
     """A chat row whose turns can't be located stops the run with the reason, instead of masking it silently."""
-    chat_tokenizer.chat_template = (
-        "{% for m in messages %}{{ m['role'] + ': ' + m['content'] }}{% if loop.last %}{{ ' END' }}{% endif %}\n"
-        "{% endfor %}"
-    )
+    chat_tokenizer.chat_template = UNREADABLE
     with pytest.raises(UnsupervisedRowsError, match="chat turns not located"):
         MaskedSFTTrainer(
             build_tiny_model(chat_tokenizer),

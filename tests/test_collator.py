@@ -312,15 +312,21 @@ def test_tensors_and_lists_give_the_same_batch(tok):
     mask = [1] * len(ids) + [0, 0]
     collator = DataCollatorForCompletionOnlyLM("### Answer:", tokenizer=tok, ignore_index=IGNORE)
 
-    from_lists = collator(
-        [{"input_ids": padded, "labels": labels, "attention_mask": mask}, {"input_ids": tuple(ids[:-1])}]
-    )
-    from_tensors = collator(
-        [
-            {"input_ids": torch.tensor(padded), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)},
-            {"input_ids": torch.tensor(ids[:-1])},
-        ]
-    )
+    with pytest.warns(MaskedSFTWarning, match="Row 1 of the batch: after `response_template`"):  # nothing after it
+        from_lists = collator(
+            [{"input_ids": padded, "labels": labels, "attention_mask": mask}, {"input_ids": tuple(ids[:-1])}]
+        )
+    with pytest.warns(MaskedSFTWarning, match="Row 1 of the batch: after `response_template`"):
+        from_tensors = collator(
+            [
+                {
+                    "input_ids": torch.tensor(padded),
+                    "labels": torch.tensor(labels),
+                    "attention_mask": torch.tensor(mask),
+                },
+                {"input_ids": torch.tensor(ids[:-1])},
+            ]
+        )
 
     for key in ("input_ids", "attention_mask", "labels"):
         assert torch.equal(from_lists[key], from_tensors[key]), key
@@ -332,13 +338,35 @@ def test_tensors_and_lists_give_the_same_batch(tok):
 # errors
 
 
-def test_row_without_the_template_raises_naming_the_row(tok):
-    """A row lacking the response template raises `TemplateNotFoundError` naming its index in the batch."""
+def test_row_without_the_template_warns_naming_the_row_and_is_masked_whole(tok):
+    """A row lacking the response template warns naming its index and the template, and trains nothing."""
     collator = DataCollatorForCompletionOnlyLM("### Answer:", tokenizer=tok, ignore_index=IGNORE)
+    rows = [{"input_ids": _ids(tok, *QA_PROMPT, " Paris")}, {"input_ids": _ids(tok, "The quick brown fox")}]
+
+    with pytest.warns(
+        MaskedSFTWarning, match=r"Row 1 of the batch does not contain `response_template` '### Answer:'"
+    ):
+        batch = collator(rows)
+
+    assert _trained(batch, 0) == _ids(tok, " Paris")
+    assert _trained(batch, 1) == []
+
+
+def test_row_without_the_template_raises_when_missing_template_is_error(tok):
+    """With `missing_template="error"`, a row lacking the template raises `TemplateNotFoundError` naming the row."""
+    collator = DataCollatorForCompletionOnlyLM(
+        "### Answer:", tokenizer=tok, ignore_index=IGNORE, missing_template="error"
+    )
     rows = [{"input_ids": _ids(tok, *QA_PROMPT, " Paris")}, {"input_ids": _ids(tok, "The quick brown fox")}]
 
     with pytest.raises(TemplateNotFoundError, match=r"Row 1 of the batch does not contain `response_template`"):
         collator(rows)
+
+
+def test_missing_template_policy_other_than_warn_or_error_raises(tok):
+    """`missing_template` accepts "warn" or "error" only, and the message names the field and the value."""
+    with pytest.raises(ValueError, match=r"`missing_template` must be one of \('warn', 'error'\), got 'drop'"):
+        DataCollatorForCompletionOnlyLM("### Answer:", tokenizer=tok, missing_template="drop")
 
 
 def test_labels_of_another_length_than_input_ids_raise(tok):
@@ -456,3 +484,269 @@ def test_tokenizer_without_pad_or_eos_token_raises():
 
     with pytest.raises(ValueError, match=r"neither a pad token nor an eos token"):
         DataCollatorForCompletionOnlyLM(tokenizer=tokenizer)
+
+
+# the old constructor and calling conventions (TRL <= 0.19)
+
+
+def test_old_constructor_arguments_are_accepted(tok):
+    """The old signature works: tokenizer third positional, `padding_free`, `mlm=False` and the base class's kwargs."""
+    collator = DataCollatorForCompletionOnlyLM(
+        "### Answer:",
+        None,
+        tok,
+        mlm=False,
+        ignore_index=IGNORE,
+        padding_free=False,
+        pad_to_multiple_of=None,
+        return_tensors="pt",
+        mlm_probability=0.15,
+        mask_replace_prob=0.8,
+        random_replace_prob=0.1,
+        seed=0,
+        tf_experimental_compile=False,
+        whole_word_mask=False,
+    )
+
+    assert collator.tokenizer is tok and collator.padding_free is False
+    assert _trained(collator([_ids(tok, *QA_PROMPT, " Paris")]), 0) == _ids(tok, " Paris")
+
+
+def test_missing_tokenizer_raises_naming_the_argument():
+    """Without a tokenizer the collator can neither pad nor tokenize templates: `TypeError` naming `tokenizer`."""
+    with pytest.raises(TypeError, match=r"needs a `tokenizer`"):
+        DataCollatorForCompletionOnlyLM("### Answer:")
+
+
+def test_unknown_keyword_argument_raises_type_error(tok):
+    """A keyword the old constructor did not have either is refused, as Python refuses it."""
+    with pytest.raises(TypeError, match="unexpected keyword argument 'response_key'"):
+        DataCollatorForCompletionOnlyLM("### Answer:", tokenizer=tok, response_key="x")
+
+
+def test_torch_call_gives_the_same_batch_as_calling_the_collator(tok):
+    """`torch_call(examples)` (the old entry point) and `collator(examples)` return the same batch."""
+    collator = DataCollatorForCompletionOnlyLM("### Answer:", tokenizer=tok, ignore_index=IGNORE)
+    rows = [{"input_ids": _ids(tok, *QA_PROMPT, " Paris")}, {"input_ids": _ids(tok, *QA_PROMPT_2, " 4")}]
+
+    by_call, by_torch_call = collator(rows), collator.torch_call(rows)
+
+    assert by_call.keys() == by_torch_call.keys()
+    assert all(torch.equal(by_call[key], by_torch_call[key]) for key in by_call)
+
+
+def test_batch_is_a_batch_encoding_read_by_attribute_or_key(tok):
+    """The batch is a `transformers.BatchEncoding`: `batch.input_ids` works and it is still a mapping."""
+    from collections.abc import Mapping
+
+    from transformers import BatchEncoding
+
+    batch = DataCollatorForCompletionOnlyLM("### Answer:", tokenizer=tok)([_ids(tok, *QA_PROMPT, " Paris")])
+
+    assert isinstance(batch, BatchEncoding) and isinstance(batch, Mapping)
+    assert batch.input_ids is batch["input_ids"] and batch.labels is batch["labels"]
+    assert batch.to("cpu")["attention_mask"].tolist() == batch["attention_mask"].tolist()
+
+
+def test_rows_as_lists_dicts_and_batch_encodings_give_the_same_batch(tok):
+    """Rows given as lists of ids, as dicts, as per-row `BatchEncoding`s or as one batched `BatchEncoding` agree."""
+    texts = ["### Question: 2+2?\n### Answer: 4", "### Question: What is the capital of France?\n### Answer: Paris"]
+    collator = DataCollatorForCompletionOnlyLM("### Answer:", tokenizer=tok, ignore_index=IGNORE)
+    as_lists = [tok(text, add_special_tokens=False)["input_ids"] for text in texts]
+
+    batches = [
+        collator(as_lists),
+        collator([{"input_ids": ids} for ids in as_lists]),
+        collator([tok(text, add_special_tokens=False) for text in texts]),
+        collator(tok(texts, add_special_tokens=False)),
+    ]
+
+    for batch in batches[1:]:
+        assert all(torch.equal(batch[key], batches[0][key]) for key in ("input_ids", "attention_mask", "labels"))
+    assert tok.decode(_trained(batches[0], 1)) == " Paris"
+
+
+def test_a_row_that_is_a_string_raises_naming_the_row(tok):
+    """Text is not a row: the collator takes token ids, and says so naming the row."""
+    collator = DataCollatorForCompletionOnlyLM(tokenizer=tok)
+
+    with pytest.raises(TypeError, match=r"Row 0 of the batch is a str"):
+        collator(["### Question: 2+2?"])
+
+
+def test_left_padding_side_pads_on_the_left(tok):
+    """With `tokenizer.padding_side = "left"` the batch is padded on the left, as the old collator did."""
+    import copy
+
+    left = copy.deepcopy(tok)
+    left.padding_side = "left"
+    long_row, short_row = _ids(left, *QA_PROMPT, " Paris"), _ids(left, *QA_PROMPT_2, " 4")
+    collator = DataCollatorForCompletionOnlyLM("### Answer:", tokenizer=left, ignore_index=IGNORE)
+
+    batch = collator([long_row, short_row])
+
+    pad = len(long_row) - len(short_row)
+    assert batch["input_ids"][1].tolist() == [left.pad_token_id] * pad + short_row
+    assert batch["attention_mask"][1].tolist() == [0] * pad + [1] * len(short_row)
+    assert batch["labels"][1].tolist()[:pad] == [IGNORE] * pad
+    assert _trained(batch, 1) == _ids(left, " 4")
+    assert _trained(batch, 0) == _ids(left, " Paris")
+
+
+def test_left_padding_with_pad_to_multiple_of_puts_every_pad_on_the_left(tok):
+    """Left padding and `pad_to_multiple_of` together: the row's tokens end the row."""
+    import copy
+
+    left = copy.deepcopy(tok)
+    left.padding_side = "left"
+    collator = DataCollatorForCompletionOnlyLM(tokenizer=left, ignore_index=IGNORE, pad_to_multiple_of=4)
+
+    batch = collator([[50, 51, 52, 53, 54]])
+
+    assert batch["input_ids"].tolist() == [[left.pad_token_id] * 3 + [50, 51, 52, 53, 54]]
+    assert batch["labels"].tolist() == [[IGNORE] * 3 + [50, 51, 52, 53, 54]]
+
+
+# padding-free
+
+
+def test_padding_free_flattens_the_batch_into_one_row_with_restarting_positions(tok):
+    """`padding_free=True`: one row, no padding and no `attention_mask`, positions restarting at each row."""
+    rows = [[50, 51, 52], [60, 61], [70, 71, 72, 73]]
+    collator = DataCollatorForCompletionOnlyLM(tokenizer=tok, ignore_index=IGNORE, padding_free=True)
+
+    batch = collator(rows)
+
+    assert "attention_mask" not in batch
+    assert batch["input_ids"].tolist() == [[50, 51, 52, 60, 61, 70, 71, 72, 73]]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2, 3]]
+    assert batch["labels"].tolist() == [[IGNORE, 51, 52, IGNORE, 61, IGNORE, 71, 72, 73]]
+    assert batch["cu_seq_lens_q"].tolist() == [0, 3, 5, 9] and batch["cu_seq_lens_q"].dtype == torch.int32
+    assert batch["cu_seq_lens_k"].tolist() == [0, 3, 5, 9]
+    assert batch["max_length_q"] == batch["max_length_k"] == 4
+
+
+def test_padding_free_supervises_the_same_tokens_as_the_padded_batch(eos_pad_tok):
+    """Flattened or padded, the same tokens are trained (position 0 of a row is never a target either way)."""
+    eos = eos_pad_tok.eos_token_id
+    rows = [
+        {"input_ids": _ids(eos_pad_tok, *QA_PROMPT, " Paris") + [eos]},
+        {"input_ids": _ids(eos_pad_tok, *QA_PROMPT_2, " 4") + [eos]},
+    ]
+    padded = DataCollatorForCompletionOnlyLM("### Answer:", tokenizer=eos_pad_tok, ignore_index=IGNORE)(rows)
+    flat = DataCollatorForCompletionOnlyLM(
+        "### Answer:", tokenizer=eos_pad_tok, ignore_index=IGNORE, padding_free=True
+    )(rows)
+
+    mask = padded["attention_mask"].bool()
+    expected = padded["labels"].clone()
+    expected[:, 0] = IGNORE
+    assert flat["input_ids"][0].tolist() == padded["input_ids"][mask].tolist()
+    assert flat["labels"][0].tolist() == expected[mask].tolist()
+    assert _trained(flat, 0) == _ids(eos_pad_tok, " Paris") + [eos] + _ids(eos_pad_tok, " 4") + [eos]
+
+
+def test_first_token_of_each_flattened_row_is_never_supervised(tok):
+    """A row's first token would be predicted from the previous row's last token, so its label is ignored."""
+    collator = DataCollatorForCompletionOnlyLM(tokenizer=tok, ignore_index=IGNORE, padding_free=True)
+
+    batch = collator([{"input_ids": [50, 51], "labels": [50, 51]}, {"input_ids": [60, 61], "labels": [60, 61]}])
+
+    assert batch["labels"].tolist() == [[IGNORE, 51, IGNORE, 61]]
+
+
+def test_padding_free_batch_gives_the_padded_batch_loss(tok):
+    """A model run on the flattened batch gives the padded batch's loss (sdpa reads the packed positions)."""
+    # Without a cache (`use_cache=False`, as trainers pass): transformers reads packed positions only then.
+    from trl_masked_sft.tiny import build_tiny_model
+
+    model = build_tiny_model(tok).eval()
+    rows = [_ids(tok, *QA_PROMPT, " Paris"), _ids(tok, *QA_PROMPT_2, " 4"), _ids(tok, "### Answer:", " 300")]
+    padded = DataCollatorForCompletionOnlyLM("### Answer:", tokenizer=tok)(rows)
+    flat = DataCollatorForCompletionOnlyLM("### Answer:", tokenizer=tok, padding_free=True)(rows)
+
+    with torch.no_grad():
+        padded_loss = model(**padded, use_cache=False).loss
+        flat_loss = model(**flat, use_cache=False).loss
+
+    assert torch.allclose(padded_loss, flat_loss, rtol=1e-5)
+
+
+# templates with whitespace, and rows that train nothing real
+
+
+@pytest.mark.parametrize("template", ["### Answer: ", "\n### Answer: ", "Answer: "])
+def test_template_with_trailing_space_merged_into_the_answer_trains_the_answer(template):
+    """ "### Answer: " (its space glued to " Paris" by a byte-level BPE) is found and the answer is trained."""
+    tokenizer = build_tiny_tokenizer()
+    row = _ids(tokenizer, "### Question: What is the capital of France?\n### Answer: Paris") + [tokenizer.eos_token_id]
+    assert tokenizer.convert_ids_to_tokens(row[-2]) == "ĠParis", "fixture lost the merged-space case"
+    collator = DataCollatorForCompletionOnlyLM(template, tokenizer=tokenizer, ignore_index=IGNORE)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MaskedSFTWarning)
+        batch = collator([row])
+
+    assert _trained(batch, 0) == row[-2:]
+
+
+def test_row_where_only_the_eos_follows_the_template_warns_naming_row_and_template(eos_pad_tok):
+    """An empty answer (the template, then only eos) trains nothing real: it warns, naming the row and template."""
+    eos = eos_pad_tok.eos_token_id
+    collator = DataCollatorForCompletionOnlyLM("### Answer:", tokenizer=eos_pad_tok, ignore_index=IGNORE)
+    rows = [_ids(eos_pad_tok, *QA_PROMPT, " Paris") + [eos], _ids(eos_pad_tok, *QA_PROMPT_2) + [eos]]
+
+    with pytest.warns(MaskedSFTWarning, match=r"Row 1 of the batch: after `response_template` '### Answer:' only"):
+        batch = collator(rows)
+
+    assert _trained(batch, 1) == [eos]
+
+
+def test_rows_with_a_real_answer_do_not_warn(tok):
+    """A well-formed batch collates without any `MaskedSFTWarning`."""
+    collator = DataCollatorForCompletionOnlyLM("### Answer:", tokenizer=tok, ignore_index=IGNORE)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", MaskedSFTWarning)
+        collator([_ids(tok, *QA_PROMPT, " Paris"), _ids(tok, *QA_PROMPT_2, " 4")])
+
+
+def test_trains_nothing_real_tells_an_answer_from_eos_or_whitespace(tok):
+    """`trains_nothing_real`: nothing, only special tokens, or only whitespace is not an answer; a word is."""
+    collator = DataCollatorForCompletionOnlyLM("### Answer:", tokenizer=tok, ignore_index=IGNORE)
+    eos, space = tok.eos_token_id, _ids(tok, " ")
+    ids = [50, 51, 52, 53]
+
+    assert collator.trains_nothing_real(ids, [IGNORE] * 4)
+    assert collator.trains_nothing_real(ids, [IGNORE, IGNORE, IGNORE, eos])
+    assert collator.trains_nothing_real(ids, [IGNORE, IGNORE] + space + [eos])
+    assert not collator.trains_nothing_real(ids, [IGNORE, IGNORE] + _ids(tok, " 4") + [eos])
+
+
+# the masking helpers the collator relies on
+
+
+def test_supervises_only_stop_tokens_is_true_only_when_something_but_nothing_else_is_trained():
+    """Only stop tokens trained: True; an answer token or nothing at all trained: False; position 0 never counts."""
+    from trl_masked_sft.masking import supervises_only_stop_tokens
+
+    assert supervises_only_stop_tokens([-9, -9, 2], {2}, ignore_index=-9)
+    assert not supervises_only_stop_tokens([-9, 7, 2], {2}, ignore_index=-9)
+    assert not supervises_only_stop_tokens([-9, -9, -9], {2}, ignore_index=-9)
+    assert not supervises_only_stop_tokens([2, -9, -9], {2}, ignore_index=-9)
+
+
+def test_text_spans_end_before_the_token_that_holds_the_trailing_space_and_the_answer():
+    """In "Answer: Paris" the span of "Answer: " stops before " Paris"; of "Answer:" it stops at the same place."""
+    from trl_masked_sft.masking import find_template_in_text_trimmed
+
+    tokenizer = build_tiny_tokenizer()
+    ids = _ids(tokenizer, "Q?\nAnswer: Paris")
+    paris = len(ids) - 1
+    assert tokenizer.convert_ids_to_tokens(ids[paris]) == "ĠParis"
+
+    assert find_template_in_text_trimmed(tokenizer, ids, "Answer: ")[0][1] == paris
+    assert find_template_in_text_trimmed(tokenizer, ids, "Answer:")[0][1] == paris
+    assert find_template_in_text_trimmed(tokenizer, ids, "\nAnswer: ") == find_template_in_text_trimmed(
+        tokenizer, ids, "Answer: "
+    )

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-
 import pytest
 from datasets import Dataset
 
@@ -66,6 +63,22 @@ def test_chat_rows_mark_each_turn(tokenizer, config):
     assert "assistant" in found["template"]
 
 
+@pytest.mark.parametrize(
+    "row",
+    [
+        {"conversations": [{"from": "human", "value": "Hi"}, {"from": "gpt", "value": "Hello"}]},
+        {"prompt": [{"role": "user", "content": "Hi"}], "completion": [{"role": "assistant", "content": "Hello"}]},
+    ],
+    ids=["sharegpt", "conversational-prompt-completion"],
+)
+def test_other_conversation_shapes_mark_each_turn_too(tokenizer, config, row):
+    """ShareGPT rows and prompt/completion given as messages get per-turn reasons like `messages` rows."""
+    (marked,) = inspect_rows([row], tokenizer, config())
+    found = reasons(marked)
+    assert "Hi" in found["user turn"]
+    assert found["trained"] == "Hello<|im_end|>"
+
+
 def test_template_not_found_marks_the_whole_row(tokenizer, config):
     """A text row without the response template is marked as such, every token."""
     data = Dataset.from_dict({"text": ["### Question: a?\n### Answer: b", "no template here"]})
@@ -103,42 +116,54 @@ def test_html_is_self_contained_and_carries_every_reason(tokenizer, config):
     """The page needs nothing from outside and names each token's reason in its tooltip."""
     rows = inspect_rows([["word " * 20, " <answer>1</answer>"], ["Q?", " A"]], tokenizer, config(max_length=10))
     page = render_html(rows)
-    assert page.startswith("<!DOCTYPE html>") and "http" not in page and "<script" not in page
+    assert page.startswith("<!DOCTYPE html>") and "<script" not in page
+    assert "http://" not in page and "https://" not in page and "src=" not in page
     assert 'title="truncated' in page and 'title="trained' in page and 'title="prompt' in page
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+def test_each_row_has_an_anchor_to_link_to(tokenizer, config):
+    """Row sections carry `id="row-<index>"`, so a page (the audit page) can link to a row's masks."""
+    rows = inspect_rows([["Q?", " A"], ["R?", " B"]], tokenizer, config(), start=0)
+    page = render_html(rows)
+    assert '<section id="row-0">' in page and '<section id="row-1">' in page
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (Debian package `chromium`)")
-def test_html_renders_in_a_browser_with_trained_tokens_in_green(tokenizer, config, tmp_path):
-    """Headless Chromium renders the page; the screenshot shows the trained colour and the truncated colour."""
+#: The report's background colour per reason, as the screenshot must show it.
+COLOURS = {
+    "trained": (0xB7, 0xF0, 0xB1),
+    "prompt": (0xE2, 0xE2, 0xE2),
+    "truncated": (0xF7, 0xB3, 0xB3),
+    "system turn": (0xE8, 0xC8, 0xF0),
+    "user turn": (0xBF, 0xE6, 0xF5),
+}
+
+
+def test_html_renders_in_a_browser_with_each_reason_in_its_colour(tokenizer, config, tmp_path, chromium):
+    """Headless Chromium renders the report of a truncated row, a prompt/completion row and a chat row; the
+    screenshot shows the trained, prompt, truncated, system-turn and user-turn colours."""
     from PIL import Image
 
     rows = inspect_rows([["word " * 20, " <answer>1</answer>"], ["Q?", " A"]], tokenizer, config(max_length=10))
-    page, shot = tmp_path / "masks.html", tmp_path / "masks.png"
-    page.write_text(render_html(rows))
-    subprocess.run(
-        [
-            CHROMIUM,
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-quic",
-            "--no-first-run",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--disable-sync",
-            f"--user-data-dir={tmp_path / 'profile'}",
-            f"--screenshot={shot}",
-            "--window-size=900,500",
-            page.as_uri(),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=90,
+    chat = Dataset.from_dict(
+        {
+            "messages": [
+                [
+                    {"role": "system", "content": "Be brief."},
+                    {"role": "user", "content": "Hi there"},
+                    {"role": "assistant", "content": "Hello"},
+                ]
+            ]
+        }
     )
+    rows += inspect_rows(chat, tokenizer, config())
+    assert {t.reason for row in rows for t in row.tokens} >= set(COLOURS)
+    page, shot = tmp_path / "masks.html", tmp_path / "masks.png"
+    report = render_html(rows)
+    # The legend shows every colour too: hide it, so only the rows' tokens can put the colours on screen.
+    assert report.count('<div class="legend">') == 1
+    page.write_text(report.replace('<div class="legend">', '<div class="legend" style="display:none">'))
+    chromium(page, f"--screenshot={shot}", "--window-size=1000,900")
     image = Image.open(shot).convert("RGB")
     colours = {colour for _, colour in image.getcolors(maxcolors=1 << 20)}
-    assert (0xB7, 0xF0, 0xB1) in colours  # trained
-    assert (0xF7, 0xB3, 0xB3) in colours  # truncated
+    missing = {reason: colour for reason, colour in COLOURS.items() if colour not in colours}
+    assert missing == {}

@@ -193,7 +193,8 @@ def test_evaluation_equals_trls_path_and_predictions_still_return_logits(tokeniz
     # the probe's two calls (12 and 6 positions), then each eval batch's supervised positions; none on TRL's path
     assert len(projected[True]) == 4 and projected[False] == []
     trainer = build(tokenizer, make_config, on=True, data=data)
-    predictions = trainer.predict(trainer.train_dataset)
+    with pytest.warns(FutureWarning, match="return_outputs=True"):  # TRL's path, which recomputes the logits
+        predictions = trainer.predict(trainer.train_dataset)
     assert predictions.predictions.shape[0] == len(data) and predictions.predictions.shape[-1] == len(tokenizer)
 
 

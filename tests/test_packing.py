@@ -140,6 +140,23 @@ def test_probe_rejects_a_model_that_ignores_position_ids(tokenizer):
     assert not packing_is_exact(_IgnoresPositions(build_tiny_model(tokenizer)), pad_token_id=tokenizer.pad_token_id)
 
 
+class _PrependsAToken(_IgnoresPositions):
+    """A model that puts one token of its own before each row (as prompt tuning does), so its logits are longer."""
+
+    def forward(self, input_ids, position_ids=None, **kwargs):
+        extra = torch.zeros_like(input_ids[:, :1])
+        if position_ids is not None:
+            position_ids = torch.cat([torch.zeros_like(position_ids[:, :1]), position_ids + 1], dim=1)
+        return self.model(input_ids=torch.cat([extra, input_ids], dim=1), position_ids=position_ids, **kwargs)
+
+
+def test_probe_declines_a_model_whose_logits_are_longer_than_its_input(tokenizer):
+    """Logits longer than `input_ids` (virtual tokens the probe does not know of) mean no packing, not a crash."""
+    model = _PrependsAToken(build_tiny_model(tokenizer))
+
+    assert packing_is_exact(model, pad_token_id=tokenizer.pad_token_id) is False
+
+
 def test_collator_hands_rows_without_labels_to_its_fallback():
     """Rows TRL prepared without labels (or pre-packed with `seq_lengths`) keep the usual collator."""
     collator = PackingCollator(pad_token_id=PAD, fallback=lambda rows: {"fallback": len(rows)})

@@ -1,46 +1,102 @@
-"""Assistant-only masks for conversations under any chat template, found without `{% generation %}` markers.
+"""Assistant-only masks for conversations under any chat template, generation markers or not.
 
-Each assistant turn is located by rendering the conversation prefix by prefix and diffing the token ids: the turn's
-tokens are those that rendering `messages[:i + 1]` adds to rendering `messages[:i]` with the generation prompt.
-The result is verified (every prefix must be a prefix of the whole conversation, and, where the template has
-generation markers, the two masks must agree); a row that fails is reported, never silently masked.
+Four ways to find each assistant turn (`METHODS`) are tried in order; the first that verifies on the row wins: the
+template's `{% generation %}` markers; TRL's training copy of a template it knows, where it renders the same ids; content
+offsets (each reply's text found in one render, from the assistant header to the end-of-turn token, both read once per
+template off a probe); the prefix diff. A row is refused only when none verifies (`ChatMask.problem`, with the fix).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import copy
+import json
+import os
+import weakref
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
+from itertools import groupby
 from typing import Any
 
-__all__ = ["ChatMask", "chat_labels"]
+from .conversations import fit_content, is_empty_reply, message_spans, reads_parts, reasoning_text, unknown_roles
+from .masking import IGNORE_INDEX
+
+__all__ = ["METHODS", "ChatMask", "chat_labels"]
 
 TRAINED = "trained"
 #: Reason codes for masked tokens of a conversation (see `ChatMask.reasons`).
 SYSTEM, USER, TOOL, TEMPLATE = "system turn", "user turn", "tool turn", "template"
 EARLIER_ASSISTANT, END_OF_TURN = "earlier assistant turn", "end of turn (not trained)"
+_PROBE_ROLES = ("user", "assistant", "user")
+_ROLE_REASONS = {"system": SYSTEM, "user": USER, "tool": TOOL, "ipython": TOOL, "function": TOOL}
+#: Row reason for a conversation whose replies to train are all empty (counted by the pre-flight audit).
+EMPTY_COMPLETION = "empty completion"
+#: The ways to locate assistant turns, in the order they are tried.
+MARKERS, TRL_TEMPLATE, OFFSETS, PREFIX_DIFF = "generation markers", "TRL training template", "offsets", "prefix diff"
+METHODS = (MARKERS, TRL_TEMPLATE, OFFSETS, PREFIX_DIFF)
+_CACHE: dict[tuple, tuple[Callable[[], Any], Any]] = {}  # what a template does, read once (see `_cached`)
+
+
+class _NotLocated(Exception):  # one way to locate the turns does not verify on this row; the message says why
+    pass
 
 
 @dataclass
 class ChatMask:
-    """Token ids of a rendered conversation, their labels, a reason per token, and what went wrong (if anything)."""
+    """Token ids of a rendered conversation, their labels, and how the assistant turns were found: `method` (one of
+    `METHODS`), `note` (an appended end-of-turn token, reasoning the template leaves out, ...), `problem` (why
+    nothing is trained). `reasons`, one per token (`TRAINED`, `USER`, `END_OF_TURN`, ...), is worked out when read."""
 
     input_ids: list[int]
     labels: list[int]
-    reasons: list[str] = field(default_factory=list)
     problem: str | None = None
+    method: str | None = None
+    note: str | None = None
+    explain: Callable[[], list[str]] | None = field(default=None, repr=False, compare=False)
+
+    @cached_property
+    def reasons(self) -> list[str]:
+        return self.explain() if self.explain is not None else [TEMPLATE] * len(self.input_ids)
+
+    @property
+    def row_reason(self) -> str:
+        """For the pre-flight audit: '' when trained, else `empty completion: ...` or `chat turns not located: ...`."""
+        problem = self.problem or ""
+        return problem if not problem or problem.startswith(EMPTY_COMPLETION) else f"chat turns not located: {problem}"
 
 
-def _render(tokenizer, messages: Sequence[dict], *, add_generation_prompt: bool, **kwargs: Any) -> list[int]:
-    if not messages and not add_generation_prompt:
-        return []
-    out = tokenizer.apply_chat_template(
-        list(messages), tokenize=True, add_generation_prompt=add_generation_prompt, return_dict=True, **kwargs
-    )
-    return list(out["input_ids"])
+@dataclass
+class _Located:
+    ids: list[int]
+    turns: list[tuple[int, int, int, int]]  # (message, start, eot_start, end); end-of-turn tokens: [eot_start, end)
+    notes: list[str] = field(default_factory=list)
+    text: str | None = None
+    offsets: list[tuple[int, int]] | None = None
 
 
-def _role_reason(role: str) -> str:
-    return {"system": SYSTEM, "user": USER, "tool": TOOL, "ipython": TOOL, "function": TOOL}.get(role, f"{role} turn")
+@dataclass(frozen=True)
+class _Facts:  # what a template does around assistant replies, read once off a probe conversation
+    header: str  # the text every assistant turn starts with (the generation prompt's part that turns render)
+    eot_ids: tuple[int, ...]  # the end-of-turn tokens after a reply followed by a user turn (empty when none)
+    stop_ids: frozenset[int]  # special tokens of turn headers: never part of an end-of-turn run
+    opener_ids: frozenset[int]  # special tokens that open a turn (the first of a user's or an assistant's header)
+
+
+def _cached(key: tuple, compute: Callable[[], Any], owner: Any = None) -> Any:
+    """`compute()` once per key (and live `owner`, the tokenizer); an exception is remembered and raised again."""
+    hit = _CACHE.get(key)
+    if hit is None or hit[0]() is not owner:
+        if len(_CACHE) > 256:
+            _CACHE.clear()
+        try:
+            value = compute()
+        except Exception as error:  # noqa: BLE001 - a template may raise anything
+            value = error
+        hit = _CACHE[key] = (weakref.ref(owner) if owner is not None else lambda: None, value)
+    if isinstance(hit[1], Exception):
+        raise hit[1]
+    return hit[1]
 
 
 def special_token_ids(tokenizer) -> set[int]:
@@ -49,18 +105,13 @@ def special_token_ids(tokenizer) -> set[int]:
     return set(tokenizer.all_special_ids) | {i for i, token in added.items() if getattr(token, "special", False)}
 
 
-def _turn_end(tokenizer, ids: Sequence[int], start: int, end: int) -> tuple[int, int]:
-    """`(content_end, eot_end)`: trailing whitespace after the turn's last special token is not part of the turn."""
-    special = special_token_ids(tokenizer)
-    eot_end = end
-    while eot_end > start and ids[eot_end - 1] not in special and not tokenizer.decode([ids[eot_end - 1]]).strip():
-        eot_end -= 1
-    if eot_end == start or ids[eot_end - 1] not in special:
-        eot_end = end  # no special end-of-turn token: keep the turn as rendered
-    content_end = eot_end
-    while content_end > start and ids[content_end - 1] in special:
-        content_end -= 1
-    return content_end, eot_end
+def _encode(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    out = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return list(out["input_ids"]), [tuple(o) for o in out["offset_mapping"]]
+
+
+def _render(tokenizer, messages, kwargs, prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=prompt, **kwargs)
 
 
 def chat_labels(
@@ -69,100 +120,281 @@ def chat_labels(
     *,
     assistant_turns: str = "all",
     train_eot: bool = True,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     trainable_from: int = 0,
+    methods: Sequence[str] | None = None,
     **template_kwargs: Any,
 ) -> ChatMask:
-    """Labels that train the assistant turns of `messages` only, for any chat template.
+    """Labels that train the assistant turns of `messages` (`[{"role", "content"}, ...]`, see
+    `conversations.to_messages`) only, under the tokenizer's chat template or `chat_template=`.
 
-    Args:
-        tokenizer: a tokenizer with a chat template (or pass `chat_template=` in `template_kwargs`).
-        messages: `[{"role": ..., "content": ...}, ...]`.
-        assistant_turns: `"all"` trains every assistant turn, `"last"` only the final one.
-        train_eot: whether each trained turn's end-of-turn token (e.g. `<|im_end|>`, `<|eot_id|>`) is trained.
-        trainable_from: index of the first message that may be trained; earlier ones are context (prompt/completion
-            rows given as messages pass `len(prompt)`).
-        template_kwargs: passed to `apply_chat_template` (`chat_template`, `tools`, ...).
-
-    Returns a `ChatMask`. When a turn can't be located consistently, `problem` says why and every label is
-    `ignore_index`, so the pre-flight pass reports the row.
+    `assistant_turns` is `"all"` or `"last"`; `train_eot` trains each trained turn's end-of-turn token (appended to a
+    final reply the template leaves without one); messages before `trainable_from` are context (prompt/completion rows
+    pass `len(prompt)`); `methods` are the ways to try, in order (default `METHODS`); `template_kwargs` go to
+    `apply_chat_template` (`tools`, `enable_thinking`, ...). An empty reply to train is skipped; when nothing can be
+    trained, every label is `ignore_index` and `problem` says why (`row_reason` for the pre-flight audit).
     """
     if assistant_turns not in ("all", "last"):
         raise ValueError(f"`assistant_turns` must be 'all' or 'last', got {assistant_turns!r}.")
-    full = _render(tokenizer, messages, add_generation_prompt=False, **template_kwargs)
-    reasons = [TEMPLATE] * len(full)
-    trained = [False] * len(full)
-    assistant_idx = [i for i, m in enumerate(messages) if m.get("role") == "assistant" and i >= trainable_from]
-
-    def failed(problem: str) -> ChatMask:
-        return ChatMask(full, [ignore_index] * len(full), reasons, problem)
-
-    if not assistant_idx:
-        return failed("no assistant turn in the conversation")
-    prev_end = 0
-    for i, message in enumerate(messages):
-        last = i == len(messages) - 1  # the whole conversation is already rendered
-        upto = full if last else _render(tokenizer, messages[: i + 1], add_generation_prompt=False, **template_kwargs)
-        if full[: len(upto)] != upto:
-            return failed(
-                f"the first {i + 1} messages render differently alone than inside the whole conversation, so turn "
-                f"{i} can't be located"
-            )
-        role = message.get("role")
-        if role != "assistant":
-            reasons[prev_end : len(upto)] = [_role_reason(role)] * (len(upto) - prev_end)
-            prev_end = len(upto)
+    template = tokenizer.get_chat_template(template_kwargs.pop("chat_template", None), template_kwargs.get("tools"))
+    options = {k: v for k, v in template_kwargs.items() if k != "tools"}  # rows' own tools: one probe for all
+    key = (id(tokenizer), len(tokenizer), template, json.dumps(options, sort_keys=True, default=str))
+    kwargs = {**template_kwargs, "chat_template": template}
+    parts = _cached(("parts", *key), lambda: reads_parts(lambda m: _render(tokenizer, m, kwargs)), tokenizer)
+    messages = fit_content(messages, parts=parts)
+    chosen = [i for i, m in enumerate(messages) if m.get("role") == "assistant" and i >= trainable_from]
+    chosen = chosen[-1:] if assistant_turns == "last" else chosen
+    empty = [i for i in chosen if is_empty_reply(messages[i])]
+    ctx = _Context(tokenizer, messages, kwargs, key, parts, {i for i in chosen if i not in empty})
+    tried: list[tuple[str, Exception]] = []
+    which = ", ".join(map(str, empty))
+    for method in (methods or METHODS) if ctx.trained else ():
+        try:
+            mask = _assemble(ctx, _LOCATE[method](ctx), method, train_eot, ignore_index)
+        except Exception as error:  # noqa: BLE001 - jinja, type and value errors from templates all fall through
+            tried.append((method, error))
             continue
-        head = _render(tokenizer, messages[:i], add_generation_prompt=True, **template_kwargs)
-        if upto[: len(head)] != head or len(head) < prev_end:
-            return failed(f"the generation prompt before assistant turn {i} is not a prefix of that turn")
-        start, end = len(head), len(upto)
-        if start >= end:
-            return failed(f"assistant turn {i} renders to no tokens")
-        content_end, eot_end = _turn_end(tokenizer, full, start, end)
-        train_end = eot_end if train_eot else content_end
-        if train_end <= start:
-            return failed(f"assistant turn {i} has no content tokens")
-        is_trained = i >= trainable_from and (assistant_turns == "all" or i == assistant_idx[-1])
-        for j in range(start, eot_end):
-            if j >= train_end:
-                reasons[j] = END_OF_TURN
-            elif is_trained:
-                reasons[j], trained[j] = TRAINED, True
-            else:
-                reasons[j] = EARLIER_ASSISTANT
-        prev_end = end
-    labels = [token if keep else ignore_index for token, keep in zip(full, trained, strict=True)]
-    mask = ChatMask(full, labels, reasons)
-    context_replies = any(m.get("role") == "assistant" for m in messages[:trainable_from])
-    marker_problem = (
-        None
-        if context_replies
-        else _check_against_markers(tokenizer, messages, mask, assistant_turns, train_eot, template_kwargs)
+        if empty:
+            mask.note = "; ".join(filter(None, [mask.note, f"empty assistant reply (message {which}) skipped"]))
+        return mask
+    try:
+        ids, unrenderable = _encode(tokenizer, _render(tokenizer, messages, kwargs))[0], None
+    except Exception as error:  # noqa: BLE001 - the template can't render this row at all
+        ids, unrenderable = [], error
+    empty_reply = f"{EMPTY_COMPLETION}: the assistant reply to train (message {which}) has no content"
+    problem = _refusal(tried, unrenderable) if ctx.trained else empty_reply if empty else "no assistant turn to train"
+    return ChatMask(ids, [ignore_index] * len(ids), problem + unknown_roles(messages, template))
+
+
+def _refusal(tried: list[tuple[str, Exception]], unrenderable: Exception | None) -> str:
+    """What blocks each way, and the fix: make the row renderable, or give the template generation markers."""
+    if unrenderable is not None:
+        return (
+            f"the chat template can't render this conversation ({type(unrenderable).__name__}: {unrenderable}). Fix: "
+            "give the row the shape the template expects (e.g. tool-call `arguments` as a JSON string where it "
+            "concatenates them, a user turn before the first reply), or train with a template that renders it "
+            "(`chat_template_path`)."
+        )
+    said = "; ".join(f"{m}: {e if isinstance(e, _NotLocated) else f'{type(e).__name__}: {e}'}" for m, e in tried)
+    return said + (
+        ". Fix: pass a chat template whose assistant output is wrapped in {% generation %} ... {% endgeneration %} "
+        "(`chat_template_path`), or drop such rows with `masked_row_policy='drop'`."
     )
-    if marker_problem:
-        return failed(marker_problem)
-    return mask
 
 
-def _check_against_markers(
-    tokenizer, messages, mask: ChatMask, assistant_turns, train_eot, template_kwargs
-) -> str | None:
-    """Where the template has `{% generation %}` markers and every assistant turn is trained, the masks must agree."""
+@dataclass
+class _Context:
+    tokenizer: Any
+    messages: list[dict]
+    kwargs: dict
+    key: tuple
+    parts: bool
+    trained: set[int]
+
+    @cached_property
+    def special(self) -> set[int]:
+        return _cached(("special", *self.key[:2]), lambda: special_token_ids(self.tokenizer), self.tokenizer)
+
+    def facts(self, required: bool = True) -> _Facts:
+        try:
+            return _cached(("facts", *self.key), lambda: _probe(self), self.tokenizer)
+        except Exception as error:
+            if required:
+                raise _NotLocated(f"the template can't render a user/assistant/user probe ({error})") from error
+            return _Facts("", (), frozenset(), frozenset())
+
+
+def _probe(ctx: _Context) -> _Facts:
+    """Read the assistant header and end-of-turn tokens off a probe conversation: user, assistant, user."""
+    tokenizer, special, kwargs = ctx.tokenizer, ctx.special, {k: v for k, v in ctx.kwargs.items() if k != "tools"}
+    texts = ("Probe question one", "Probe answer two", "Probe question three")
+    probe = fit_content([{"role": r, "content": t} for r, t in zip(_PROBE_ROLES, texts, strict=True)], parts=ctx.parts)
+    alone, prompt = _render(tokenizer, probe[:1], kwargs), _render(tokenizer, probe[:1], kwargs, True)
+    generation = prompt[len(os.path.commonprefix([alone, prompt])) :]
+    full = _render(tokenizer, probe, kwargs)
+    a = full.find(texts[0])
+    b, c = full.find(texts[1], a + 1), full.find(texts[2], full.find(texts[1], a + 1) + 1)
+    if min(a, b, c) < 0:
+        raise _NotLocated("the template does not render the text of a user/assistant/user conversation")
+    gap = full[a + len(texts[0]) : b]
+    header = next((generation[:k] for k in range(len(generation), 0, -1) if generation[:k] in gap), "")
+    ids, offsets = _encode(tokenizer, full)
+    starts = [s for s, _ in offsets]
+    opening = [i for i in tokenizer(generation, add_special_tokens=False)["input_ids"] if i in special]
+    opening = [next((i for i in opening if i in ids[: bisect_left(starts, a)]), opening[0])] if opening else []
+    stop, j = set(opening), bisect_right(starts, c) - 1  # j: the token holding the next user's text
+    while j > 0 and (ids[j - 1] in special or not full[slice(*offsets[j - 1])].strip()):
+        j -= 1
+        if ids[j] in special:  # the last special token of the user's header
+            stop.add(ids[j])
+            break
+    k, eot = bisect_left(starts, b + len(texts[1])), []
+    while k < len(ids) and ids[k] in special and ids[k] not in stop:
+        eot.append(ids[k])
+        k += 1
+    openers = set(opening) | {next((i for i in ids[k:j] if i in special), -1)}  # assistant's and user's
+    cut = header.find(tokenizer.decode(opening)) if opening else -1  # assistant turns start at the opening token
+    return _Facts(header[cut:] if cut >= 0 else "", tuple(eot), frozenset(stop), frozenset(openers))
+
+
+def _by_trl_template(ctx: _Context) -> _Located:
+    from trl.chat_template_utils import get_training_chat_template
+
+    def lookup():  # the template may come from the row's kwargs rather than the tokenizer
+        proxy = copy.copy(ctx.tokenizer)
+        proxy.chat_template = ctx.kwargs["chat_template"]
+        return get_training_chat_template(proxy)
+
+    if (training := _cached(("trl", ctx.kwargs["chat_template"]), lookup)) is None:
+        raise _NotLocated("TRL has no training copy of this template")
+    copy_kwargs = {**ctx.kwargs, "chat_template": training}  # the same text gives the same ids: one tokenization
+    if _render(ctx.tokenizer, ctx.messages, ctx.kwargs) != _render(ctx.tokenizer, ctx.messages, copy_kwargs):
+        raise _NotLocated("TRL's training copy of this template renders this conversation differently")
+    return _by_markers(ctx, copy_kwargs)
+
+
+def _by_markers(ctx: _Context, kwargs: dict | None = None) -> _Located:
+    """Turns from `{% generation %}` blocks: one block per assistant message, or any number when all are trained."""
     from trl.chat_template_utils import has_generation_markers
 
-    template = template_kwargs.get("chat_template") or tokenizer.chat_template
-    if not template or not has_generation_markers(template) or assistant_turns != "all" or not train_eot:
-        return None
-    out = tokenizer.apply_chat_template(
-        list(messages), tokenize=True, return_dict=True, return_assistant_tokens_mask=True, **template_kwargs
+    if not has_generation_markers((kwargs := kwargs or ctx.kwargs)["chat_template"]):
+        raise _NotLocated("the template has no {% generation %} markers")
+    out = ctx.tokenizer.apply_chat_template(
+        ctx.messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, **kwargs
     )
-    marked = list(out["assistant_masks"])
-    ours = [1 if reason == TRAINED else 0 for reason in mask.reasons]
-    if marked != ours:
-        differ = [i for i, (a, b) in enumerate(zip(marked, ours, strict=True)) if a != b]
-        return (
-            f"the template's generation markers and the prefix diff disagree on {len(differ)} tokens (first at "
-            f"position {differ[0]})"
-        )
-    return None
+    ids, runs, pos = list(out["input_ids"]), [], 0
+    for bit, group in groupby(out["assistant_masks"]):
+        size = len(list(group))
+        runs += [(pos, pos + size)] if bit else []
+        pos += size
+    assistant = [i for i, m in enumerate(ctx.messages) if m.get("role") == "assistant"]
+    if len(runs) != len(assistant) and not (runs and ctx.trained == set(assistant)):
+        raise _NotLocated(f"the template has {len(runs)} generation blocks for {len(assistant)} assistant messages")
+    owners = assistant if len(runs) == len(assistant) else [assistant[-1]] * len(runs)
+    turns, notes = [], []
+    for owner, (start, end) in zip(owners, runs, strict=True):
+        if (eot_start := _eot_start(ctx, ids, start, end)) == end:  # no end-of-turn token inside: maybe right after
+            if (eot := ctx.facts(required=False).eot_ids) and tuple(ids[end : end + len(eot)]) == eot:
+                end += len(eot)
+                notes.append(f"the generation block of message {owner} leaves out its end-of-turn token: trained too")
+        turns.append((owner, start, eot_start, end))
+    return _Located(ids, turns, notes)
+
+
+def _by_offsets(ctx: _Context) -> _Located:
+    facts = ctx.facts()
+    text = _render(ctx.tokenizer, ctx.messages, ctx.kwargs)
+    ids, offsets = _encode(ctx.tokenizer, text)
+    spans = message_spans(text, ctx.messages, facts.header)
+    starts, ends = [s for s, _ in offsets], [e for _, e in offsets]
+    turns, notes = [], []
+    for i, message in ((i, m) for i, m in enumerate(ctx.messages) if m.get("role") == "assistant"):
+        if spans[i] is None:
+            raise _NotLocated(f"the text of assistant message {i} is not in the render (the template rewrites it)")
+        region, text_start, text_end = spans[i]
+        bound = bisect_left(starts, next((s[0] for s in spans[i + 1 :] if s is not None), len(text)))
+        first, k = bisect_right(ends, region), bisect_left(starts, text_end)
+        eot_start, end = _turn_end(ctx.special, facts, ids, text, offsets, k, bound, text_end > text_start)
+        if eot_start == end and message.get("tool_calls"):
+            raise _NotLocated(f"assistant message {i} has tool calls but no end-of-turn token to bound them")
+        if (reasoning := reasoning_text(message).strip()) and reasoning not in text[region:text_end]:
+            notes.append(f"the template leaves the reasoning of message {i} out of the render: not trained")
+        turns.append((i, first, eot_start, end))
+    return _Located(ids, turns, notes, text, offsets)
+
+
+def _turn_end(special, facts: _Facts, ids, text, offsets, k: int, bound: int, has_text: bool) -> tuple[int, int]:
+    """`(eot_start, end)` of the turn whose text ends at token `k`: the special tokens right after the text, else
+    those before the next turn's opening token, else the template's end-of-turn tokens; `(k, k)` when none."""
+    j = k
+    while has_text and j < bound and ids[j] in special and ids[j] not in facts.stop_ids:
+        j += 1
+    if j > k:
+        return k, j
+    opener = next((p for p in range(k, bound) if ids[p] in facts.opener_ids), None)
+    if opener is not None:
+        while opener > k and ids[opener - 1] not in special and not text[slice(*offsets[opener - 1])].strip():
+            opener -= 1
+        e = opener
+        while e > k and ids[e - 1] in special and ids[e - 1] not in facts.stop_ids:
+            e -= 1
+        if e < opener:
+            return e, opener
+    n = len(facts.eot_ids)
+    at = next((p for p in range(k, bound - n + 1) if tuple(ids[p : p + n]) == facts.eot_ids), None) if n else None
+    return (at, at + n) if at is not None else (k, k)
+
+
+def _by_prefix_diff(ctx: _Context) -> _Located:
+    tokenizer, messages, kwargs = ctx.tokenizer, ctx.messages, ctx.kwargs
+    full, turns, prev_end = _encode(tokenizer, _render(tokenizer, messages, kwargs))[0], [], 0
+    for i, message in enumerate(messages):
+        upto = full if i == len(messages) - 1 else _encode(tokenizer, _render(tokenizer, messages[: i + 1], kwargs))[0]
+        if full[: len(upto)] != upto:
+            raise _NotLocated(f"the first {i + 1} messages render differently alone than inside the conversation")
+        if message.get("role") == "assistant":
+            head = _encode(tokenizer, _render(tokenizer, messages[:i], kwargs, True))[0] if i else []
+            if upto[: len(head)] != head or len(head) < prev_end:
+                raise _NotLocated(f"the generation prompt before assistant message {i} is not a prefix of that turn")
+            turns.append((i, len(head), _eot_start(ctx, full, len(head), len(upto)), len(upto)))
+        prev_end = len(upto)
+    return _Located(full, turns)
+
+
+def _eot_start(ctx: _Context, ids: list[int], start: int, end: int) -> int:
+    """Where the end-of-turn tokens closing `ids[start:end]` start: its trailing special and blank tokens, if one of
+    them is special (`end` otherwise)."""
+    e = end
+    while e > start and (ids[e - 1] in ctx.special or not ctx.tokenizer.decode([ids[e - 1]]).strip()):
+        e -= 1
+    return e if ctx.special.intersection(ids[e:end]) else end
+
+
+_LOCATE = {MARKERS: _by_markers, TRL_TEMPLATE: _by_trl_template, OFFSETS: _by_offsets, PREFIX_DIFF: _by_prefix_diff}
+
+
+def _assemble(ctx: _Context, located: _Located, method: str, train_eot: bool, ignore_index: int) -> ChatMask:
+    """Labels from located turns; a final reply that ends the render without an end-of-turn token gets one."""
+    ids, notes = list(located.ids), list(located.notes)
+    labels = [ignore_index] * len(ids)
+    trained = [t for t in located.turns if t[0] in ctx.trained]
+    if any(start >= end for _, start, _, end in trained):
+        raise _NotLocated("an assistant turn to train renders to no tokens")
+    for _, start, eot_start, end in trained:
+        labels[start : end if train_eot else eot_start] = ids[start : end if train_eot else eot_start]
+    appended, bare = 0, [t for t in trained if t[2] == t[3]] if train_eot else []
+    if bare and bare[-1][0] == len(ctx.messages) - 1 and not ctx.tokenizer.decode(ids[bare[-1][3] :]).strip():
+        eot = list(ctx.facts(required=False).eot_ids) or [ctx.tokenizer.eos_token_id]
+        if eot[0] is not None:  # train the stop after the final reply (and any whitespace before it)
+            end, appended, bare = bare[-1][3], len(eot), bare[:-1]
+            ids, labels = ids + eot, labels[:end] + ids[end:] + eot
+            notes.append(
+                f"the last reply has no end-of-turn token in the render: {ctx.tokenizer.decode(eot)!r} appended"
+            )
+    if bare:
+        notes.append(f"assistant message {', '.join(str(t[0]) for t in bare)} has no end-of-turn token in the render")
+    explain = lambda: _reasons(ctx, located, train_eot) + [TRAINED] * appended  # noqa: E731
+    return ChatMask(ids, labels, None, method, "; ".join(notes) or None, explain)
+
+
+def _reasons(ctx: _Context, located: _Located, train_eot: bool) -> list[str]:
+    """Why each token is trained or not: the turn whose text it holds; the template's own tokens are `TEMPLATE`."""
+    ids, text, offsets = located.ids, located.text, located.offsets
+    reasons = [TEMPLATE] * len(ids)
+    if text is None:  # the marker ways: render the text once more
+        try:
+            text = _render(ctx.tokenizer, ctx.messages, ctx.kwargs)
+            rendered, offsets = _encode(ctx.tokenizer, text)
+        except Exception:  # noqa: BLE001 - reasons are a courtesy; the labels stand
+            rendered = None
+        text = text if rendered == ids else None
+    spans = message_spans(text, ctx.messages) if text is not None else [None] * len(ctx.messages)
+    for message, span in zip(ctx.messages, spans, strict=True):
+        if span is not None and message.get("role") != "assistant":
+            a, b = bisect_right([e for _, e in offsets], span[1]), bisect_left([s for s, _ in offsets], span[2])
+            reasons[a:b] = [_ROLE_REASONS.get(message["role"], f"{message['role']} turn")] * (b - a)
+    for owner, start, eot_start, end in located.turns:
+        cut = end if train_eot or owner not in ctx.trained else eot_start
+        trained = [TRAINED] * (cut - start) + [END_OF_TURN] * (end - cut)
+        reasons[start:end] = trained if owner in ctx.trained else [EARLIER_ASSISTANT] * (end - start)
+    return reasons

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .errors import DataSourceError
+
 __all__ = ["main"]
 
 COMMANDS = {
@@ -54,6 +56,10 @@ class InspectArguments:
 @dataclass
 class AuditArguments:
     json_path: str | None = field(default=None, metadata={"help": "Also write the report as JSON to this path."})
+    html: str | None = field(
+        default=None,
+        metadata={"help": "Also write a self-contained HTML page (numbers, histogram, worst rows) to this path."},
+    )
 
 
 def _parser(command: str, dataclass_types: tuple):
@@ -62,8 +68,47 @@ def _parser(command: str, dataclass_types: tuple):
     return TrlParser(dataclass_types, prog=f"trl-masked-sft {command}", description=COMMANDS[command])
 
 
+def _check_recipe(parser, argv: list[str]) -> None:
+    """Read the `--config` YAML recipe safely before TRL's parser does, so a bad one is an argparse error (exit 2)
+    naming the file and the fix: missing, not YAML, not a mapping, or holding a tag such as `!!python/object`
+    (`yaml.safe_load` never builds Python objects from a recipe)."""
+    if "--config" not in argv:
+        return
+    index = argv.index("--config")
+    if index + 1 >= len(argv):
+        parser.error("argument --config: expected one argument (the path of a YAML recipe)")
+    import yaml
+
+    path = Path(argv[index + 1])
+    if not path.is_file():
+        parser.error(
+            f"--config {str(path)!r}: no such file (looked in {Path.cwd()}). Fix: pass the path of a YAML recipe, "
+            "e.g. examples/homework_recipe.yaml."
+        )
+    try:
+        recipe = yaml.safe_load(path.read_text())
+    except yaml.constructor.ConstructorError as error:
+        where = f"line {error.problem_mark.line + 1}" if error.problem_mark else "somewhere"
+        tag = (error.problem or "").rsplit("tag ", 1)[-1].strip("'").replace("tag:yaml.org,2002:", "!!")
+        parser.error(
+            f"--config {str(path)!r}, {where}: the YAML tag {tag} is refused; recipes are loaded with "
+            "yaml.safe_load, which builds only plain values (strings, numbers, lists, mappings), never Python "
+            "objects. Fix: write that value as a plain string or number."
+        )
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        parser.error(f"--config {str(path)!r} is not valid YAML: {error}. Fix: correct the file.")
+    if recipe is None:
+        parser.error(f"--config {str(path)!r} is empty. Fix: write `option: value` lines, one per option.")
+    if not isinstance(recipe, dict):
+        parser.error(
+            f"--config {str(path)!r} must be a YAML mapping of options (`option: value` lines), got a "
+            f"{type(recipe).__name__}."
+        )
+
+
 def _parse(parser, argv: list[str]) -> tuple:
     """Parse `argv` (and `--config` YAML); unknown flags are an argparse error (exit 2), not a traceback."""
+    _check_recipe(parser, argv)
     *parsed, remaining = parser.parse_args_and_config(args=argv, return_remaining_strings=True)
     if remaining:
         parser.error(f"unrecognized arguments: {' '.join(remaining)}")
@@ -102,35 +147,78 @@ def _load_split_file(path: Path):
     if pairs is not None:
         # `[question, answer]` rows: a numeric answer is written `" <answer>…</answer>"`, as everywhere.
         return coerce_dataset(pairs, prompt_column="prompt", completion_column="completion", dataset_name=path.name)
-    return load_dataset(_LOCAL_SUFFIXES[path.suffix], data_files=str(path), split="train")
+    try:
+        return load_dataset(_LOCAL_SUFFIXES[path.suffix], data_files=str(path), split="train")
+    except Exception as error:  # datasets' own errors (DatasetGenerationError, ArrowInvalid, ...) name no fix
+        raise DataSourceError(
+            f"--dataset_name: can't read {path} as {_LOCAL_SUFFIXES[path.suffix].upper()}: {type(error).__name__}: "
+            f"{str(error)[:300]}. Fix: check the file (one JSON object per line for .jsonl, the same columns in "
+            "every row), or convert it to another of .json/.jsonl/.csv/.parquet."
+        ) from error
+
+
+#: Split names a local folder's files may use for evaluation data, and the `test` split they stand in for.
+_EVAL_ALIASES = ("validation", "valid", "val", "dev", "eval")
+
+
+def _looks_local(name: str) -> bool:
+    """A name that can only be a local path: it starts like one or ends in a data-file suffix."""
+    return name.startswith((".", "/", "~")) or Path(name).suffix in _LOCAL_SUFFIXES or name.endswith("/")
 
 
 def load_rows(name: str, config: str | None = None) -> dict[str, Any]:
     """Splits of a dataset: a Hub name, a local file (one `train` split) or a folder of `train.*`/`valid.*`/`test.*`.
 
-    A JSON file holding `[question, number]` rows (the homework's format) becomes prompt/completion rows with the
-    answer written as `<answer>...</answer>`.
+    Each file of a folder is its own split, named after the file (`valid.jsonl` → `valid`); when the folder has no
+    `test` file, the first of `validation`/`valid`/`val`/`dev`/`eval` also answers to `test` (TRL's
+    `--dataset_test_split` default), said on stdout. Two files for one split are refused. A JSON file holding
+    `[question, number]` rows (the homework's format) becomes prompt/completion rows with the answer written as
+    `<answer>...</answer>`.
     """
     path = Path(name).expanduser()
     if path.is_file():
         if path.suffix not in _LOCAL_SUFFIXES:
-            raise SystemExit(
-                f"error: --dataset_name {name!r} is a file of an unsupported type ({path.suffix or 'no suffix'}); "
-                f"use one of {', '.join(sorted(_LOCAL_SUFFIXES))}."
+            raise DataSourceError(
+                f"--dataset_name {name!r} is a file of an unsupported type ({path.suffix or 'no suffix'}). Fix: use "
+                f"one of {', '.join(sorted(_LOCAL_SUFFIXES))}."
             )
         return {"train": _load_split_file(path)}
     if path.is_dir():
-        splits = {}
+        files: dict[str, Path] = {}
         for file in sorted(path.iterdir()):
             if file.suffix in _LOCAL_SUFFIXES:
-                split = {"valid": "test", "validation": "test"}.get(file.stem, file.stem)
-                splits[split] = _load_split_file(file)
-        if "train" not in splits:
-            raise SystemExit(f"error: folder {name!r} has no train.json/.jsonl/.csv/.parquet file.")
+                if file.stem in files:
+                    raise DataSourceError(
+                        f"--dataset_name folder {name!r} has two files for the split {file.stem!r}: "
+                        f"{files[file.stem].name} and {file.name}. Fix: keep one of them (or rename the other)."
+                    )
+                files[file.stem] = file
+        if "train" not in files:
+            raise DataSourceError(
+                f"--dataset_name folder {name!r} has no train.json/.jsonl/.csv/.parquet file (found: "
+                f"{sorted(f.name for f in files.values()) or 'none'}). Fix: name the training file train.<suffix>."
+            )
+        splits = {split: _load_split_file(file) for split, file in files.items()}
+        alias = next((a for a in _EVAL_ALIASES if a in splits), None)
+        if "test" not in splits and alias is not None:
+            splits["test"] = splits[alias]
+            print(f"Using {files[alias].name} as the `test` split (`--dataset_test_split test`) and as {alias!r}.")
         return splits
+    if _looks_local(name):
+        raise DataSourceError(
+            f"--dataset_name {name!r}: no such file or folder (looked for {path.resolve()}). Fix: check the path; "
+            "a Hub dataset is named 'owner/name'."
+        )
     from datasets import load_dataset
 
-    return dict(load_dataset(name, name=config))
+    try:
+        return dict(load_dataset(name, name=config))
+    except Exception as error:  # offline, unknown name, missing config: the hub client's error names no fix
+        raise DataSourceError(
+            f"--dataset_name {name!r} is not a local file or folder, and loading it from the Hub failed: "
+            f"{type(error).__name__}: {str(error)[:300]}. Fix: pass a local .json/.jsonl/.csv/.parquet file or "
+            "folder, or check the Hub name (and your connection, or HF_DATASETS_OFFLINE)."
+        ) from error
 
 
 def _demo_tokenizer(splits: dict[str, Any]):
@@ -142,13 +230,38 @@ def _demo_tokenizer(splits: dict[str, Any]):
     return build_tiny_tokenizer(corpus, vocab_size=512)
 
 
+def _load_tokenizer(name: str):
+    """`AutoTokenizer.from_pretrained(name)`, with a missing folder or an unreachable Hub name reported as such."""
+    from transformers import AutoTokenizer
+
+    path = Path(name).expanduser()
+    if not path.exists() and _looks_local(name):
+        raise DataSourceError(
+            f"--tokenizer_name_or_path {name!r}: no such folder (looked for {path.resolve()}). Fix: point it at a "
+            f"folder written by `tokenizer.save_pretrained(...)`, or use `{DEMO}` for the offline demo tokenizer."
+        )
+    try:
+        return AutoTokenizer.from_pretrained(name, trust_remote_code=False)  # never prompts, never runs its code
+    except Exception as error:  # OSError/ValueError from the hub client or a folder without tokenizer files
+        if "trust_remote_code" in str(error):
+            raise DataSourceError(
+                f"--tokenizer_name_or_path {name!r} needs custom code to load, which this command never runs "
+                "(`trust_remote_code` stays off). Fix: use a folder with a standard tokenizer (tokenizer.json), e.g. "
+                "one written by `tokenizer.save_pretrained(...)` after you loaded and reviewed it yourself."
+            ) from error
+        where = "the folder has no tokenizer files" if path.is_dir() else "it is not on this machine or the Hub"
+        raise DataSourceError(
+            f"--tokenizer_name_or_path {name!r}: can't load a tokenizer ({where}): {type(error).__name__}: "
+            f"{str(error)[:200]}. Fix: point it at a folder written by `tokenizer.save_pretrained(...)`, or use "
+            f"`{DEMO}` for the offline demo tokenizer."
+        ) from error
+
+
 def _tokenizer(name: str, splits: dict[str, Any], chat_template_path: str | None):
     if name == DEMO:
         tokenizer = _demo_tokenizer(splits)
     else:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(name)
+        tokenizer = _load_tokenizer(name)
     if chat_template_path and Path(chat_template_path).is_file():
         tokenizer.chat_template = Path(chat_template_path).read_text()  # a Jinja file, as `trl sft` takes it
     return tokenizer
@@ -223,15 +336,35 @@ def _inspect(argv: list[str]) -> int:
     return 0
 
 
+def _audit_page(prepared, rows, tokenizer, config) -> str:
+    """The audit page: per-row supervised counts of the prepared rows, and the masks of the five worst rows."""
+    from .audit_html import render_audit_html, worst_row_indices
+    from .inspector import RowMarks, inspect_rows
+
+    counts = prepared.supervised_counts
+    worst = []
+    for index in worst_row_indices(counts):
+        try:
+            worst += inspect_rows(rows, tokenizer, config, rows=1, start=index)
+        except (ValueError, TypeError) as error:  # e.g. a row that is alone refused (an empty completion)
+            worst.append(RowMarks(index, problem=f"could not be inspected alone: {error}"))
+    return render_audit_html(prepared.report, counts, worst)
+
+
 def _audit(argv: list[str]) -> int:
-    from .audit import audit_dataset
+    from .pipeline import PreparationPipeline
 
     data_args, audit_args, config, rows, tokenizer = _data_command("audit", AuditArguments, argv)
-    report = audit_dataset(rows, tokenizer, config, dataset_name=data_args.dataset_split)
+    pipeline = PreparationPipeline.from_config(tokenizer, config)
+    prepared = pipeline.prepare(rows, data_args.dataset_split, enforce=False)
+    report = prepared.report
     print(report.summary())
     if audit_args.json_path:
         report.write_json(audit_args.json_path)
         print(f"Report written to {audit_args.json_path}")
+    if audit_args.html:
+        Path(audit_args.html).write_text(_audit_page(prepared, rows, tokenizer, config))
+        print(f"HTML written to {audit_args.html}")
     if report.policy_error:
         print(report.policy_error, file=sys.stderr)
         return 1

@@ -12,6 +12,8 @@ from transformers.trainer_utils import SaveStrategy
 from transformers.utils import is_torch_bf16_gpu_available
 from trl import SFTConfig
 
+from .constraints import check_masking_fields, check_types, check_values
+
 __all__ = ["MaskedSFTConfig", "MaskingOptions", "homework_lora_config", "trainer_config"]
 
 
@@ -230,67 +232,11 @@ class MaskedSFTConfig(SFTConfig):
     def __post_init__(self):
         if self.activation_checkpointing is None and self.gradient_checkpointing is None:
             self.activation_checkpointing = True
+        check_types(self)  # before transformers converts or compares them: a typo fails there with no fix
         if self.bf16 is None and not self.fp16:
             self.bf16 = not self.use_cpu and is_torch_bf16_gpu_available()
         super().__post_init__()
-        if self.masked_row_policy not in ("error", "drop", "warn"):
-            raise ValueError(
-                f"`masked_row_policy` must be 'error', 'drop' or 'warn', got {self.masked_row_policy!r}. Use 'error' "
-                "to stop on rows with no supervised token, 'drop' or 'warn' to drop them."
-            )
-        if not isinstance(self.max_masked_row_fraction, (int, float)) or not 0 <= self.max_masked_row_fraction <= 1:
-            raise ValueError(
-                f"`max_masked_row_fraction` must be a share between 0 and 1, got {self.max_masked_row_fraction!r}. "
-                "E.g. 0.1 lets `masked_row_policy='drop'` drop up to 10% of the rows."
-            )
-        for name in ("prompt_column", "completion_column"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                raise ValueError(f"`{name}` must be a non-empty column name, got {value!r}.")
-        if self.prompt_column == self.completion_column:
-            raise ValueError(
-                f"`prompt_column` and `completion_column` are both {self.prompt_column!r}; they must name two "
-                "different columns."
-            )
-        if self.assistant_turns not in ("all", "last"):
-            raise ValueError(f"`assistant_turns` must be 'all' or 'last', got {self.assistant_turns!r}.")
-        if self.instruction_template is not None and self.response_template is None:
-            raise ValueError(
-                f"`instruction_template` is {self.instruction_template!r} but `response_template` is None: the "
-                "instruction template only marks user turns. Set `response_template` too."
-            )
-        for name in ("response_template", "instruction_template"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not value):
-                raise ValueError(f"`{name}` must be a non-empty string or None, got {value!r}.")
-        if self.min_completion_tokens is not None:
-            if not isinstance(self.min_completion_tokens, int) or self.min_completion_tokens < 1:
-                raise ValueError(
-                    f"`min_completion_tokens` must be a positive int or None, got {self.min_completion_tokens!r}."
-                )
-            if self.max_length is not None and self.min_completion_tokens >= self.max_length:
-                raise ValueError(
-                    f"`min_completion_tokens` ({self.min_completion_tokens}) must be below `max_length` "
-                    f"({self.max_length}) to leave room for at least one prompt token."
-                )
-        if self.max_length is not None and self.max_length < 2:
-            raise ValueError(
-                f"`max_length` must be at least 2 (one prompt token and one trained token) or None, got "
-                f"{self.max_length}."
-            )
-        # Values that would otherwise fail deep inside torch (optimizer, DataLoader) or train 0 steps silently.
-        if not isinstance(self.learning_rate, (int, float)) or not 0 <= self.learning_rate < float("inf"):
-            raise ValueError(
-                f"`learning_rate` must be a finite number >= 0, got {self.learning_rate!r}; e.g. 2e-4 for LoRA."
-            )
-        for name in ("per_device_train_batch_size", "gradient_accumulation_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"`{name}` must be at least 1, got {getattr(self, name)}.")
-        if self.max_steps <= 0 and self.num_train_epochs <= 0:
-            raise ValueError(
-                f"`num_train_epochs` is {self.num_train_epochs:g} and `max_steps` is {self.max_steps}: training would "
-                "run 0 steps. Set `num_train_epochs` > 0 or `max_steps` > 0."
-            )
+        check_values(self)
 
 
 def homework_lora_config(**overrides):
@@ -333,6 +279,7 @@ class MaskingOptions:
         """Read the options from a `MaskedSFTConfig`, an `SFTConfig` (our fields take their defaults) or `None`."""
         if args is None:
             return cls()
+        check_masking_fields(args)  # a plain SFTConfig, or a config changed after it was built
         defaults = MaskedSFTConfig.__dataclass_fields__
 
         def get(name: str) -> Any:

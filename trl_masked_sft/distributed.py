@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import torch
 
 from .errors import AllMaskedBatchError
+from .masking import IGNORE_INDEX
 from .validation import validate_batch
 
 __all__ = ["process_info", "run_on_main", "validate_batch_across_ranks"]
@@ -30,9 +31,10 @@ def process_info() -> tuple[int, int]:
 def validate_batch_across_ranks(
     batch: Mapping[str, Any] | torch.Tensor,
     *,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     where: str = "batch",
     tokenizer=None,
+    first_label_is_target: bool = False,
 ) -> None:
     """`validate_batch` on every rank, with one all-reduce: if any rank's batch has no supervised token, all raise.
 
@@ -41,21 +43,32 @@ def validate_batch_across_ranks(
     """
     rank, world = process_info()
     if world == 1:
-        validate_batch(batch, ignore_index=ignore_index, where=where, tokenizer=tokenizer)
+        validate_batch(
+            batch,
+            ignore_index=ignore_index,
+            where=where,
+            tokenizer=tokenizer,
+            first_label_is_target=first_label_is_target,
+        )
         return
     labels = batch["labels"] if isinstance(batch, Mapping) else batch
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"`labels` must be a torch.Tensor, got {type(labels).__name__}.")
     rows = labels.unsqueeze(0) if labels.dim() == 1 else labels
     empty = torch.zeros(world, dtype=torch.float32, device=rows.device)
-    empty[rank] = (~(rows[..., 1:] != ignore_index).any()).float()  # no host sync before the collective
+    targets = rows if first_label_is_target else rows[..., 1:]  # label 0 is a target under prompt tuning
+    empty[rank] = (~(targets != ignore_index).any()).float()  # no host sync before the collective
     torch.distributed.all_reduce(empty)
     bad = empty.nonzero().flatten().tolist()
     if not bad:
         return
     if rank in bad:
         validate_batch(
-            batch, ignore_index=ignore_index, where=f"{where} on rank {rank} (of {world})", tokenizer=tokenizer
+            batch,
+            ignore_index=ignore_index,
+            where=f"{where} on rank {rank} (of {world})",
+            tokenizer=tokenizer,
+            first_label_is_target=first_label_is_target,
         )
     ranks = ", ".join(str(r) for r in bad)
     raise AllMaskedBatchError(

@@ -1,14 +1,12 @@
 """What a dataset looks like, decided once: its `Layout`, the checks of its values, and the tokenization of rows
 that are plain text (prompt/completion strings, or one text column).
 
-Every check names the row, the column, the value seen and the fix, instead of a traceback from inside datasets.
-`[question, answer]` rows (the homework's format) become prompt/completion rows with the answer written as
-`" <answer>{answer}</answer>"` wherever they enter: the trainer, `audit_dataset`, the inspector and the CLI.
+Every check names the row, the column, the value seen and the fix. `[question, answer]` rows become prompt/completion
+rows, a numeric answer written `" <answer>{answer}</answer>"` wherever they enter (trainer, audit, inspector, CLI).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from enum import Enum
 from typing import Any
@@ -20,9 +18,23 @@ from .errors import DatasetFormatError, DatasetTypeError
 from .hf_compat import column_names, first_row, in_memory_kwargs
 from .masking import IGNORE_INDEX
 from .report import REASON
+from .values import (
+    build_rows,
+    check_list_rows,
+    check_messages,
+    check_text,
+    check_token_features,
+    dataset_fix,
+    describe,
+    find_unencodable,
+    is_number,
+    to_string,
+    to_text,
+)
 
 __all__ = [
     "Layout",
+    "appends_eos",
     "apply_formatting",
     "check_values",
     "coerce_dataset",
@@ -60,6 +72,14 @@ def detect_layout(dataset: Dataset | IterableDataset, options: MaskingOptions, d
     prompt, completion, text = options.prompt_column, options.completion_column, options.text_field
     if "input_ids" in columns:
         layout = Layout.PRETOKENIZED
+        boundaries = {"labels", "completion_mask", "prompt_length", "assistant_masks"}
+        if prompt in columns and completion in columns and not boundaries & set(columns):
+            raise DatasetFormatError(
+                f"The {dataset_name} dataset has `input_ids` beside `{prompt}`/`{completion}` but no `labels` or "
+                "`completion_mask`: tokenized rows are trained as given, so these would train the prompt too. Fix: "
+                "drop the stale column (`dataset.remove_columns(['input_ids'])`) so the prompt and completion are "
+                "tokenized and masked here, or add a `completion_mask` (or `labels`) to the tokenized rows."
+            )
     elif text != "text" and text in columns:
         layout = Layout.TEXT
     elif any(c in columns for c in CONVERSATION_COLUMNS):
@@ -96,33 +116,9 @@ def detect_layout(dataset: Dataset | IterableDataset, options: MaskingOptions, d
 # ---------------------------------------------------------------------------------------------------- Python rows
 
 
-def _describe(value: Any) -> str:
-    text = repr(value)
-    return f"{type(value).__name__} {text[:60]}{'...' if len(text) > 60 else ''}"
-
-
 def format_answer(answer: float) -> str:
     """The answer text of a numeric `[question, answer]` row: `<answer>{round(answer, 3)}</answer>`."""
     return f"<answer>{round(float(answer), 3)}</answer>"
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _to_text(value: Any, *, row: int | str, column: str, dataset_name: str) -> Any:
-    """A string (or a list of messages) as is; a finite number as `str(number)`; anything else raises."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, list) and all(isinstance(m, dict) for m in value):
-        return value  # conversational prompt/completion
-    if _is_number(value):
-        return str(value)
-    fix = "fill in or remove the row" if value is None else "convert it to a string"
-    raise DatasetTypeError(
-        f"Row {row} of the {dataset_name} dataset: column `{column}` must be a string, got {_describe(value)}. "
-        f"Fix: {fix}."
-    )
 
 
 def coerce_dataset(data: Any, *, prompt_column: str, completion_column: str, dataset_name: str) -> Any:
@@ -132,36 +128,41 @@ def coerce_dataset(data: Any, *, prompt_column: str, completion_column: str, dat
     (`format_answer`, after a space so that the question tokenizes the same alone and followed by its answer), a
     string answer as given. Each row is checked here, so a bad one is reported by index, not as an Arrow error.
     """
-    if isinstance(data, (DatasetDict, IterableDatasetDict)):
+    if isinstance(data, (DatasetDict, IterableDatasetDict)) or (
+        isinstance(data, dict) and data and all(isinstance(v, (Dataset, IterableDataset)) for v in data.values())
+    ):
         raise DatasetFormatError(
             f"The {dataset_name} dataset is a {type(data).__name__} with splits {list(data)}. Fix: pass one split, "
             "e.g. `dataset['train']`."
         )
-    if isinstance(data, Dataset) and data.num_rows == 0:
+    if isinstance(data, Dataset) and data.num_rows == 0 or isinstance(data, IterableDataset) and not first_row(data):
         raise DatasetFormatError(
             f"The {dataset_name} dataset has no rows. Fix: check the file, split or filter that built it; training "
             "needs at least one row."
         )
-    if data is None or isinstance(data, (Dataset, IterableDataset, dict)):
+    if data is None or isinstance(data, (Dataset, IterableDataset)):
         return data
-    if not isinstance(data, Sequence) or isinstance(data, str):
-        return data  # SFTTrainer reports the unsupported type
+    if isinstance(data, (dict, str, bytes)) or not isinstance(data, Sequence):
+        raise DatasetTypeError(f"The {dataset_name} dataset is {describe(data)}. Fix: {dataset_fix(data)}.")
     if len(data) == 0:
-        raise DatasetFormatError(f"The {dataset_name} dataset is an empty list. Pass at least one row.")
+        raise DatasetFormatError(f"The {dataset_name} dataset is an empty list. Fix: pass at least one row.")
     if all(isinstance(row, dict) for row in data):
-        return Dataset.from_list(list(data))
+        rows = check_list_rows(data, dataset_name, (prompt_column, completion_column, "text"))
+        return build_rows(lambda: Dataset.from_list(rows), rows, dataset_name)
     prompts, completions = [], []
     for i, row in enumerate(data):
         if not isinstance(row, (list, tuple)) or len(row) != 2:
             raise DatasetFormatError(
-                f"Row {i} of the {dataset_name} dataset is {_describe(row)}; a list dataset needs every row as a "
-                "`[question, answer]` pair or every row as a dict. Fix that row, or build a `datasets.Dataset`."
+                f"Row {i} of the {dataset_name} dataset is {describe(row)}; a list dataset needs every row as a "
+                "`[question, answer]` pair or every row as a dict. Fix: rewrite that row, or build a `datasets.Dataset`."
             )
-        prompts.append(_to_text(row[0], row=i, column=prompt_column, dataset_name=dataset_name))
+        prompts.append(to_text(row[0], row=i, column=prompt_column, dataset_name=dataset_name))
         answer = row[1]
-        completion = " " + format_answer(answer) if _is_number(answer) else answer
-        completions.append(_to_text(completion, row=i, column=completion_column, dataset_name=dataset_name))
-    return Dataset.from_dict({prompt_column: prompts, completion_column: completions})
+        completion = " " + format_answer(answer) if is_number(answer) else answer
+        completions.append(to_text(completion, row=i, column=completion_column, dataset_name=dataset_name))
+    columns = {prompt_column: prompts, completion_column: completions}
+    rows = [{prompt_column: p, completion_column: c} for p, c in zip(prompts, completions, strict=True)]
+    return build_rows(lambda: Dataset.from_dict(columns), rows, dataset_name)
 
 
 def apply_formatting(dataset: Dataset | IterableDataset, formatting_func, dataset_name: str):
@@ -181,10 +182,22 @@ def apply_formatting(dataset: Dataset | IterableDataset, formatting_func, datase
     kwargs = (
         {"desc": f"Applying formatting function to {dataset_name} dataset"} if isinstance(dataset, Dataset) else {}
     )
+
+    def call(rows, indices):
+        try:
+            return {"text": formatting_func(rows)}
+        except Exception as error:  # the user's function: name the row instead of a traceback from `datasets`
+            where = f"Row {indices[0]}" if not batched else f"The batch of rows {indices[0]}-{indices[-1]}"
+            raise DatasetFormatError(
+                f"{where} of the {dataset_name} dataset: `formatting_func` raised {type(error).__name__}: {error}. "
+                "Fix: make it handle that row (it gets one row as a dict, or a batch as a dict of lists), or clean "
+                "the row first."
+            ) from error
+
     if batched:
-        mapped = dataset.map(lambda batch: {"text": formatting_func(batch)}, batched=True, **kwargs)
+        mapped = dataset.map(call, batched=True, with_indices=True, **kwargs)
     else:
-        mapped = dataset.map(lambda example: {"text": formatting_func(example)}, **kwargs)
+        mapped = dataset.map(lambda example, index: call(example, [index]), with_indices=True, **kwargs)
     return mapped.select_columns(["text"]) if isinstance(mapped, Dataset) else mapped
 
 
@@ -200,15 +213,15 @@ def check_values(
     `masked_row_policy`; a streaming dataset marks them in a column instead).
     """
     if layout is Layout.PRETOKENIZED:
-        _check_integer_columns(dataset, dataset_name)
+        check_token_features(getattr(dataset, "features", None), dataset_name)
         return dataset, set()
     if layout is Layout.CONVERSATION:
         if "messages" in column_names(dataset) and isinstance(dataset, Dataset):
-            _check_messages(dataset["messages"], dataset_name)
+            check_messages(dataset["messages"], dataset_name)
         return dataset, set()
     if layout is Layout.TEXT:
         if isinstance(dataset, Dataset) and not _all_strings(dataset, options.text_field):
-            _check_text(dataset[options.text_field], options.text_field, dataset_name)
+            check_text(dataset[options.text_field], options.text_field, dataset_name)
         return dataset, set()
     columns = column_names(dataset)
     renames = {
@@ -224,9 +237,16 @@ def check_values(
             )
     if renames:
         dataset = dataset.rename_columns(renames)
+    shown = (options.prompt_column, options.completion_column)
+    if layout is Layout.CONVERSATIONAL_PROMPT_COMPLETION:
+        if isinstance(dataset, Dataset):
+            for column, name in zip(("prompt", "completion"), shown, strict=True):
+                check_messages(dataset[column], dataset_name, column=name)
+        return dataset, set()
     if isinstance(dataset, IterableDataset):
-        return dataset.map(_check_example, fn_kwargs={"dataset_name": dataset_name}), set()
-    return _check_columns(dataset, dataset_name, options.prompt_column, options.completion_column)
+        kwargs = {"dataset_name": dataset_name, "shown": shown}
+        return dataset.map(_check_example, with_indices=True, fn_kwargs=kwargs), set()
+    return _check_columns(dataset, dataset_name, *shown)
 
 
 def _all_strings(dataset: Dataset, column: str) -> bool:
@@ -237,49 +257,14 @@ def _all_strings(dataset: Dataset, column: str) -> bool:
     return dataset.data.column(column).null_count == 0
 
 
-def _check_text(values, text_field: str, dataset_name: str) -> None:
-    """Every text row is a string (TRL would fail inside tokenization on None or a number)."""
-    for i, value in enumerate(values):
-        if not isinstance(value, str):
-            raise DatasetTypeError(
-                f"Row {i} of the {dataset_name} dataset: column `{text_field}` (`dataset_text_field`, or the output "
-                f"of `formatting_func`) must be a string, got {_describe(value)}. Fix: fill in or remove the row, or "
-                "make `formatting_func` return a string for every row."
-            )
-
-
-def _check_messages(conversations, dataset_name: str) -> None:
-    """Every conversation is a list of messages with a `role` and a string `content` (None only with tool calls)."""
-    for i, messages in enumerate(conversations):
-        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-            raise DatasetTypeError(
-                f"Row {i} of the {dataset_name} dataset: `messages` must be a list of {{'role', 'content'}} dicts, "
-                f"got {_describe(messages)}. Fix: write each row as [{{'role': 'user', 'content': ...}}, ...]."
-            )
-        for j, message in enumerate(messages):
-            role = message.get("role")
-            if not isinstance(role, str) or not role:
-                raise DatasetFormatError(
-                    f"Row {i} of the {dataset_name} dataset: message {j} has no `role` (got {role!r}). Fix: give every "
-                    "message a role: 'system', 'user', 'assistant' or 'tool'."
-                )
-            content = message.get("content")
-            if not isinstance(content, (str, list)) and not (content is None and message.get("tool_calls")):
-                raise DatasetTypeError(
-                    f"Row {i} of the {dataset_name} dataset: message {j} (role {role!r}) has `content` "
-                    f"{_describe(content)}; it must be a string. Fix: fill in the content, or remove the message or "
-                    "the row."
-                )
-
-
-def _check_example(example: dict, dataset_name: str) -> dict:
-    """Row check for streaming datasets (no index is known; the value is named). An empty completion is marked for
-    the pre-flight check, which applies `masked_row_policy` as it reads the rows."""
-    completion = _to_text(example["completion"], row="(streamed)", column="completion", dataset_name=dataset_name)
+def _check_example(example: dict, index: int, dataset_name: str, shown: tuple[str, str]) -> dict:
+    """Row check for streaming datasets, as the rows are read. An empty completion is marked for the pre-flight
+    check, which applies `masked_row_policy` as it reads the rows."""
+    completion = to_string(example["completion"], row=index, column=shown[1], dataset_name=dataset_name)
     return {
-        "prompt": _to_text(example["prompt"], row="(streamed)", column="prompt", dataset_name=dataset_name),
+        "prompt": to_string(example["prompt"], row=index, column=shown[0], dataset_name=dataset_name),
         "completion": completion,
-        REASON: "empty completion" if isinstance(completion, str) and not completion.strip() else "",
+        REASON: "empty completion" if not completion.strip() else "",
     }
 
 
@@ -292,8 +277,8 @@ def _check_columns(
     for column, values, shown in (("prompt", prompts, prompt_column), ("completion", completions, completion_column)):
         for i, value in enumerate(values):
             if not isinstance(value, str):
-                text = _to_text(value, row=i, column=shown, dataset_name=dataset_name)
-                converted = converted or text is not value
+                to_string(value, row=i, column=shown, dataset_name=dataset_name)
+                converted = True
             elif column == "completion" and not value.strip():
                 empty.add(i)
     if empty and len(empty) == len(completions):
@@ -304,25 +289,12 @@ def _check_columns(
     if converted:
         dataset = dataset.map(
             lambda ex: {
-                "prompt": _to_text(ex["prompt"], row="?", column="prompt", dataset_name=dataset_name),
-                "completion": _to_text(ex["completion"], row="?", column="completion", dataset_name=dataset_name),
+                "prompt": to_text(ex["prompt"], row="", column="prompt", dataset_name=dataset_name),
+                "completion": to_text(ex["completion"], row="", column="completion", dataset_name=dataset_name),
             },
             desc=f"Writing numbers in the {dataset_name} dataset as text",
         )
     return dataset, empty
-
-
-def _check_integer_columns(dataset, dataset_name: str) -> None:
-    """`input_ids` and `labels` hold integers (a float or string column fails deep inside torch otherwise)."""
-    features = getattr(dataset, "features", None) or {}
-    for key in ("input_ids", "labels"):
-        dtype = getattr(getattr(features.get(key), "feature", None), "dtype", None)
-        if dtype is not None and not dtype.startswith(("int", "uint")):
-            raise DatasetTypeError(
-                f"The {dataset_name} dataset's column `{key}` holds {dtype} values; token ids and labels must be "
-                f"integers. Fix: rebuild `{key}` from the tokenizer's output (whole-number floats can be cast: "
-                f"`dataset.cast_column('{key}', datasets.Sequence(datasets.Value('int64')))`)."
-            )
 
 
 # ---------------------------------------------------------------------------------------------------- tokenization
@@ -347,26 +319,38 @@ def tokenize_text_rows(
 
     pairs = layout is Layout.PROMPT_COMPLETION
     text_field, eos = options.text_field, tokenizer.eos_token
+    own_eos = appends_eos(tokenizer)
     said: list[bool] = []
 
-    def with_eos(values: list[str]) -> list[str]:
-        for value in values:  # a Dataset was checked up front; a streamed row is checked here
-            if not isinstance(value, str):
-                column = "completion" if pairs else f"{text_field}` (`dataset_text_field"
-                raise DatasetTypeError(
-                    f"A streamed row of the {dataset_name} dataset: column `{column}` must be a string, got "
-                    f"{_describe(value)}. Fix: fill in or filter out such rows before training."
-                )
+    def with_eos(values: list[str], indices: list[int]) -> list[str]:
+        check_text(values, "completion" if pairs else text_field, dataset_name, start=indices[0])  # streamed rows
+        if own_eos:  # the tokenizer adds the eos itself: one more in the text would train two
+            return [value[: -len(eos)] if value.endswith(eos) else value for value in values]
         return [value if eos is None or value.endswith(eos) else value + eos for value in values]
 
-    def tokenize(batch: dict[str, list]) -> dict[str, list]:
+    def encode(texts: list[str], indices: list[int]) -> list[list[int]]:
+        try:
+            return tokenizer(text=texts)["input_ids"]
+        except (TypeError, ValueError) as error:
+            bad = find_unencodable(texts)
+            if bad is None:
+                raise
+            raise DatasetTypeError(
+                f"Row {indices[bad[0]]} of the {dataset_name} dataset: its text is not valid Unicode (a lone surrogate "
+                f"at character {bad[1]}, as bytes decoded with errors='surrogateescape' leave). Fix: decode the source "
+                "with errors='replace', or remove the row."
+            ) from error
+
+    def tokenize(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
         if not pairs:
-            texts = with_eos(batch[text_field])
-            ids = tokenizer(text=texts)["input_ids"]
+            texts = with_eos(batch[text_field], indices)
+            ids = encode(texts, indices)
             return {text_field: texts, "input_ids": ids, "labels": [list(row) for row in ids]}
-        completions = with_eos(batch["completion"])
-        prompt_ids = tokenizer(text=batch["prompt"])["input_ids"]
-        full_ids = tokenizer(text=[p + c for p, c in zip(batch["prompt"], completions, strict=True)])["input_ids"]
+        completions = with_eos(batch["completion"], indices)
+        prompt_ids = encode(batch["prompt"], indices)
+        if own_eos:
+            prompt_ids = [ids[:-1] if ids and ids[-1] == tokenizer.eos_token_id else ids for ids in prompt_ids]
+        full_ids = encode([p + c for p, c in zip(batch["prompt"], completions, strict=True)], indices)
         labels = []
         for prompt, full in zip(prompt_ids, full_ids, strict=True):
             start = common_prefix_length(prompt, full)
@@ -377,10 +361,22 @@ def tokenize_text_rows(
         return {"completion": completions, "input_ids": full_ids, "labels": labels}
 
     if isinstance(dataset, IterableDataset):
-        return dataset.map(tokenize, batched=True)
+        return dataset.map(tokenize, batched=True, with_indices=True)
     num_proc = options.num_proc
     kwargs = in_memory_kwargs(dataset) if not num_proc or num_proc <= 1 else {}  # num_proc > 1 hashes per shard
-    return dataset.map(tokenize, batched=True, num_proc=num_proc, desc=f"Tokenizing {dataset_name} dataset", **kwargs)
+    desc = f"Tokenizing {dataset_name} dataset"
+    return dataset.map(tokenize, batched=True, with_indices=True, num_proc=num_proc, desc=desc, **kwargs)
+
+
+def appends_eos(tokenizer) -> bool:
+    """Whether the tokenizer's post-processor appends the eos token to every text by itself (T5, some Llama and
+    Gemma setups): then the eos must not be appended to the text as well, or each row would train two."""
+    eos_id = tokenizer.eos_token_id
+    if eos_id is None:
+        return False
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    added = tokenizer("a")["input_ids"]
+    return len(added) > len(plain) and added[-1] == eos_id and plain[-1:] != [eos_id]
 
 
 def _prefix_warning(tail: str) -> None:

@@ -22,11 +22,11 @@ from .distributed import process_info
 from .errors import TrainingHealthError
 from .masking import IGNORE_INDEX
 from .model_checks import check_gradients_reached
+from .validation import first_label_is_target
 
 __all__ = ["TrainingHealthGuard"]
 
 logger = logging.get_logger(__name__)
-
 
 
 def _scalar(value) -> torch.Tensor | None:
@@ -70,6 +70,7 @@ class TrainingHealthGuard(TrainerCallback):
         self._trainer = trainer
         self._save_last_good = save_last_good
         self._grads_checked = False
+        self._first_label_counts = False
         self._reset_step()
 
     def _reset_step(self) -> None:
@@ -83,7 +84,14 @@ class TrainingHealthGuard(TrainerCallback):
         """Record one micro-batch's raw loss and the step's supervised-token count (no host sync)."""
         loss = loss.detach().float().sum()
         self._loss = loss if self._loss is None else self._loss + loss
-        if num_items_in_batch is not None:  # counted by Trainer over the whole accumulation window (and ranks)
+        if self._first_label_counts and isinstance(labels, torch.Tensor):
+            # Prompt tuning / p-tuning train each row's label 0 too, which Trainer's count leaves out; only whether
+            # the step's count is zero matters, so the larger of the two is kept.
+            count = (labels != IGNORE_INDEX).sum().float()
+            if num_items_in_batch is not None:
+                count = torch.maximum(count, _scalar(num_items_in_batch).to(count.device))
+            self._tokens = count if self._tokens is None else self._tokens + count
+        elif num_items_in_batch is not None:  # counted by Trainer over the whole accumulation window (and ranks)
             self._tokens = _scalar(num_items_in_batch)
         elif isinstance(labels, torch.Tensor):
             count = (labels[..., 1:] != IGNORE_INDEX).sum().float()
@@ -95,9 +103,13 @@ class TrainingHealthGuard(TrainerCallback):
 
     # --------------------------------------------------------------------------------- callback events
 
-    def on_train_begin(self, args, state, control, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
         self._grads_checked = False
+        self._first_label_counts = first_label_is_target(model if model is not None else self._model())
         self._reset_step()
+
+    def _model(self):
+        return getattr(self._trainer, "model", None)
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         try:

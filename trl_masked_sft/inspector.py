@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import sys
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,9 +18,19 @@ from typing import Any
 from datasets import Dataset
 
 from .chat import TRAINED, chat_labels
+from .conversations import conversation_of
 from .masking import IGNORE_INDEX, truncate_row
 
-__all__ = ["RowMarks", "TokenMark", "inspect_rows", "render_html", "render_terminal"]
+__all__ = [
+    "RowMarks",
+    "TokenMark",
+    "html_page",
+    "inspect_rows",
+    "render_html",
+    "render_legend_html",
+    "render_row_html",
+    "render_terminal",
+]
 
 PROMPT, PADDING, TRUNCATED, USER_LABELS, FIRST = "prompt", "padding", "truncated", "masked in labels", "first token"
 _ROW_REASONS = ("response template not found", "chat turns not located", "empty completion")
@@ -46,6 +57,25 @@ _HTML = {
     USER_LABELS: "#ffd8a8",
 }
 _MASKED_HTML = "#f6d2d2"
+# CSS class per reason: a fixed set, so nothing from the data (a role name) ever reaches a `class` attribute.
+_REASON_CLASSES = {
+    TRAINED: "trained",
+    FIRST: "first",
+    PROMPT: "prompt",
+    "system turn": "system",
+    "user turn": "user",
+    "tool turn": "tool",
+    "template": "template",
+    "earlier assistant turn": "earlier",
+    "end of turn (not trained)": "eot",
+    USER_LABELS: "labels",
+    PADDING: "padding",
+    TRUNCATED: "truncated",
+    "response template not found": "notemplate",
+    "chat turns not located": "unlocated",
+    "empty completion": "empty",
+}
+_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
 
 @dataclass
@@ -100,7 +130,7 @@ def inspect_rows(
     pipeline = PreparationPipeline.from_config(tokenizer, config, data_collator=data_collator)
     pipeline = PreparationPipeline(tokenizer, untruncated, template=pipeline.template)
     prepared = pipeline.prepare(raw, "train", enforce=False)
-    prepared, verdict = prepared.dataset, prepared.verdict
+    prepared, verdict, prepared_layout = prepared.dataset, prepared.verdict, prepared.layout
     raw_rows = raw if isinstance(raw, list) else [raw[i] for i in range(len(raw))]
     special = set(tokenizer.all_special_ids)
     out = []
@@ -120,12 +150,14 @@ def inspect_rows(
         kept = set(kept_positions)
         raw_row = raw_rows[i] if isinstance(raw_rows[i], dict) else {}
         chat = None
-        if "messages" in raw_row and row_reason is None:
+        if prepared_layout.is_conversational and row_reason is None:
+            messages, first_trained = conversation_of(raw_row)
             chat = chat_labels(
                 tokenizer,
-                raw_row["messages"],
+                messages,
                 assistant_turns=options.assistant_turns,
                 train_eot=options.train_on_eot,
+                trainable_from=first_trained,
             )
             chat = chat if chat.input_ids == list(ids) else None
         first = next((p for p in range(len(labels)) if labels[p] != IGNORE_INDEX), len(labels))
@@ -184,21 +216,29 @@ def _collapse(tokens: Sequence[TokenMark]) -> list[TokenMark]:
     return out
 
 
+def _visible(text: str) -> str:
+    """Control characters shown as `\\x1b`-style escapes, so token text can't drive the terminal (newlines kept)."""
+    return "".join(ch if ch in "\n\t" or unicodedata.category(ch) != "Cc" else repr(ch)[1:-1] for ch in text)
+
+
 def render_terminal(rows: Sequence[RowMarks], *, color: bool | None = None) -> str:
-    """Rows as text: coloured by reason on a terminal, with plain `[reason]...[/reason]` markers otherwise."""
+    """Rows as text: coloured by reason on a terminal, with plain `[reason]...[/reason]` markers otherwise.
+
+    Control characters from the data (e.g. an escape sequence inside a token) are printed as escapes, not sent.
+    """
     if color is None:
         color = sys.stdout.isatty()
     lines = []
     for row in rows:
         header = f"row {row.index}: {row.trained_count} of {len(row.tokens)} tokens trained"
-        lines.append(header + (f" — {row.problem}" if row.problem else ""))
+        lines.append(_visible(header + (f" — {row.problem}" if row.problem else "")))
         pieces = []
         for reason, text in _spans(_collapse(row.tokens)):
-            shown = text.replace("\n", "↵\n")
+            shown = _visible(text).replace("\n", "↵\n")
             if color:
                 pieces.append(f"{_ANSI.get(reason, chr(27) + '[30;41m')}{shown}\033[0m")
             else:
-                tag = "TRAIN" if reason == TRAINED else reason
+                tag = "TRAIN" if reason == TRAINED else _visible(reason)
                 pieces.append(f"[{tag}]{shown}[/{tag}]")
         lines.append("".join(pieces))
         lines.append("")
@@ -208,31 +248,56 @@ def render_terminal(rows: Sequence[RowMarks], *, color: bool | None = None) -> s
     return "\n".join(lines)
 
 
-def render_html(rows: Sequence[RowMarks], *, title: str = "Mask inspector") -> str:
-    """A self-contained HTML page: each token coloured by reason, the reason in its tooltip, a legend."""
+def _esc(value: object) -> str:
+    """Text or attribute value from data, escaped (quotes included): it can't close an attribute or open a tag."""
+    return html.escape(str(value), quote=True)
+
+
+def _reason_class(reason: str) -> str:
+    """The CSS class of a reason: from our fixed set, `r-other` for anything else (e.g. a role named by the data)."""
+    return "r-" + _REASON_CLASSES.get(reason, "other")
+
+
+def render_legend_html(rows: Sequence[RowMarks]) -> str:
+    """One coloured chip per reason that occurs in `rows`, for a legend."""
     reasons_seen = sorted({t.reason for row in rows for t in row.tokens})
-    legend = "".join(
-        f'<span class="tok" style="background:{_HTML.get(r, _MASKED_HTML)}">{html.escape(r)}</span> '
+    return "".join(
+        f'<span class="tok {_reason_class(r)}" style="background:{_HTML.get(r, _MASKED_HTML)}">{_esc(r)}</span> '
         for r in reasons_seen
     )
-    body = []
-    for row in rows:
-        problem = f' <span class="problem">{html.escape(row.problem)}</span>' if row.problem else ""
-        body.append(
-            f"<section><h2>row {row.index}: {row.trained_count} of {len(row.tokens)} tokens trained{problem}</h2>"
-            '<div class="row">'
+
+
+def render_row_html(row: RowMarks, *, anchor: str | None = None) -> str:
+    """One row as an HTML `<section>`: each token coloured by reason, the reason in its tooltip.
+
+    `anchor` becomes the section's `id` (escaped), so another page can link to `#anchor`. Everything from the data
+    (token text, reasons, the problem) is escaped; CSS classes come from a fixed set.
+    """
+    section_id = f' id="{_esc(anchor)}"' if anchor is not None else ""
+    problem = f' <span class="problem">{_esc(row.problem)}</span>' if row.problem else ""
+    parts = [
+        f"<section{section_id}><h2>row {_esc(row.index)}: {row.trained_count} of {len(row.tokens)} tokens trained"
+        f'{problem}</h2><div class="row">'
+    ]
+    for token in _collapse(row.tokens):
+        text = _esc(token.text).replace("\n", "↵<br>").replace(" ", "&nbsp;")
+        style = f"background:{_HTML.get(token.reason, _MASKED_HTML)}"
+        cls = "tok trained" if token.trained else f"tok masked {_reason_class(token.reason)}"
+        parts.append(
+            f'<span class="{cls}" style="{style}" title="{_esc(token.reason)} (id {_esc(token.token_id)})">'
+            f"{text}</span>&#8203;"  # a zero-width space lets long rows wrap between tokens
         )
-        for token in _collapse(row.tokens):
-            text = html.escape(token.text).replace("\n", "↵<br>").replace(" ", "&nbsp;")
-            style = f"background:{_HTML.get(token.reason, _MASKED_HTML)}"
-            cls = "tok trained" if token.trained else f"tok masked r-{token.reason.replace(' ', '-')}"
-            body.append(
-                f'<span class="{cls}" style="{style}" title="{html.escape(token.reason)} (id {token.token_id})">'
-                f"{text}</span>&#8203;"  # a zero-width space lets long rows wrap between tokens
-            )
-        body.append("</div></section>")
+    parts.append("</div></section>")
+    return "".join(parts)
+
+
+def html_page(title: str, body: str, *, extra_css: str = "") -> str:
+    """A self-contained page around `body` (trusted markup): the inspector's styles, and a Content-Security-Policy
+    that allows no script and nothing from outside, so even a missed escape could not run."""
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="Content-Security-Policy" content="{_CSP}">
+<title>{_esc(title)}</title>
 <style>
 body {{ font-family: sans-serif; margin: 24px; color: #222; }}
 h1 {{ font-size: 20px; }} h2 {{ font-size: 15px; margin: 18px 0 6px; }}
@@ -242,9 +307,18 @@ h1 {{ font-size: 20px; }} h2 {{ font-size: 15px; margin: 18px 0 6px; }}
 .r-truncated {{ text-decoration: line-through; }}
 .problem {{ color: #b00020; font-weight: normal; }}
 .legend {{ margin-bottom: 12px; }}
-</style></head><body>
-<h1>{html.escape(title)}</h1>
-<div class="legend">Legend: {legend}</div>
-{"".join(body)}
+{extra_css}</style></head><body>
+<h1>{_esc(title)}</h1>
+{body}
 </body></html>
 """
+
+
+def render_html(rows: Sequence[RowMarks], *, title: str = "Mask inspector") -> str:
+    """A self-contained HTML page: each token coloured by reason, the reason in its tooltip, a legend.
+
+    Everything from the dataset or the tokenizer is escaped, attributes included; the page runs no script.
+    """
+    body = f'<div class="legend">Legend: {render_legend_html(rows)}</div>\n'
+    body += "".join(render_row_html(row, anchor=f"row-{row.index}") for row in rows)
+    return html_page(title, body)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import logging
 
-__all__ = ["MAX_LOGITS", "SupervisedLoss", "supervised_logits_are_exact"]
+__all__ = ["MAX_LOGITS", "SupervisedLoss", "count_packed_tokens", "supervised_logits_are_exact"]
 
 logger = logging.get_logger(__name__)
 
@@ -180,6 +180,22 @@ class SupervisedLoss:
                 raise ValueError("Expected 'attention_mask' or 'position_ids' in inputs.")
             trainer._total_train_tokens += gather(local).sum().item() // trainer._tp_size
         metrics["num_tokens"] = [trainer._total_train_tokens]
+
+
+def count_packed_tokens(trainer: Any, inputs, packed_tokens: int) -> None:
+    """Correct the logged `num_tokens` after a packed training batch (`pack_within_batch`), on either loss path.
+
+    TRL 1.16 counts `position_ids.size(1)` tokens for a batch without `attention_mask` (its padding-free batches are
+    one row); a packed batch has several rows and padding, so its real tokens are counted instead.
+    """
+    if not isinstance(getattr(trainer, "_total_train_tokens", None), int):
+        return
+    extra = int(packed_tokens) - inputs["position_ids"].size(1)  # Python ints: no host sync
+    if trainer.accelerator.num_processes > 1:
+        device = inputs["position_ids"].device
+        extra = int(trainer.accelerator.gather_for_metrics(torch.tensor([extra], device=device)).sum())
+    trainer._total_train_tokens += extra // getattr(trainer, "_tp_size", 1)
+    trainer._metrics["train"]["num_tokens"] = [trainer._total_train_tokens]
 
 
 def _entropy_and_top1(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

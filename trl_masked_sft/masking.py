@@ -20,10 +20,12 @@ __all__ = [
     "find_subsequence",
     "find_template",
     "find_template_in_text",
+    "find_template_in_text_trimmed",
     "first_supervised",
     "merge_occurrences",
     "response_spans",
     "spans_to_labels",
+    "supervises_only_stop_tokens",
     "supervision_stats",
     "template_variants",
     "truncate_row",
@@ -282,7 +284,7 @@ class TemplateMatcher:
         other tokens), the text positions fill in the rest."""
         found = find_template(ids, variants)
         if isinstance(template, str) and self.tokenizer.decode(ids).count(template) > len(found):
-            extra = [s for s in find_template_in_text(self.tokenizer, ids, template) if s not in found]
+            extra = [s for s in find_template_in_text_trimmed(self.tokenizer, ids, template) if s not in found]
             found = merge_occurrences(sorted(found + extra))
         return found
 
@@ -298,3 +300,66 @@ class TemplateMatcher:
             else []
         )
         return response_spans(len(ids), responses, instructions)
+
+
+def find_template_in_text_trimmed(tokenizer, ids: Sequence[int], template: str) -> list[tuple[int, int]]:
+    """Token spans of each occurrence of `template` in the decoded row, where the template's leading and trailing
+    whitespace may share a token with its neighbours.
+
+    A byte-level BPE (GPT-2 style) glues a space to the word after it: in `"Answer: Paris"` the template `"Answer: "`
+    ends inside the token `" Paris"`. Here a span ends exactly before the first token that holds text after the
+    template's last non-whitespace character, so that token (the answer) is trained; a token that holds non-space
+    characters of both the template and what follows is still masked. Likewise a span starts at the token holding
+    the template's first non-whitespace character.
+    """
+    text = tokenizer.decode(ids)
+    core = template.strip() or template
+    lead = len(template) - len(template.lstrip()) if template.strip() else 0
+    core_end = lead + len(core)
+    starts: list[int] = []
+    pos = text.find(template)
+    while pos != -1:
+        starts.append(pos)
+        pos = text.find(template, pos + len(template))
+    if not starts:
+        return []
+    lengths: dict[int, int] = {}
+
+    def decoded_length(k: int) -> int:
+        if k not in lengths:
+            lengths[k] = len(tokenizer.decode(ids[:k]))
+        return lengths[k]
+
+    def tokens_to_cover(n_chars: int) -> int:
+        lo, hi = 0, len(ids)  # smallest k with len(decode(ids[:k])) >= n_chars
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if decoded_length(mid) >= n_chars:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    spans = []
+    for start in starts:
+        first = tokens_to_cover(start + lead + 1) - 1
+        end_chars = start + len(template)
+        end = tokens_to_cover(end_chars)
+        if decoded_length(end) > end_chars and decoded_length(end - 1) >= start + core_end:
+            end -= 1  # the last token starts in the trailing whitespace: it belongs to what follows
+        spans.append((first, max(end, first + 1)))
+    return spans
+
+
+def supervises_only_stop_tokens(
+    labels: Sequence[int], stop_ids: Sequence[int] | set[int], ignore_index: int = IGNORE_INDEX
+) -> bool:
+    """Whether the row trains something, but only stop tokens (eos, end-of-turn, pad): nothing of the answer.
+
+    The tell-tale of a response template matched in the wrong place (e.g. its trailing space merged with the
+    answer's first word and the whole answer masked): the row still has a supervised token, so no count of
+    supervised tokens notices. Position 0 is never a target and does not count.
+    """
+    stop = set(stop_ids)
+    supervised = [label for label in labels[1:] if label != ignore_index]
+    return bool(supervised) and all(label in stop for label in supervised)

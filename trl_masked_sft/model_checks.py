@@ -15,21 +15,25 @@ Each failure raises `ModelSetupError` naming the parameters and the fix; a parti
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Iterator
 
 import torch
+from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 
 from .errors import MaskedSFTWarning, ModelSetupError
 
 __all__ = [
+    "ensure_pad_token",
     "check_peft_setup",
     "adapter_parameters",
     "check_gradients_reached",
     "check_model_before_training",
     "check_processing_class",
     "check_token_ids",
+    "quiet_peft_checkpointing_probe",
 ]
 
 logger = logging.get_logger(__name__)
@@ -125,8 +129,23 @@ def _check_adapters_trainable(model) -> None:
         )
 
 
+@contextlib.contextmanager
+def quiet_peft_checkpointing_probe() -> Iterator[None]:
+    """Silence the one `FutureWarning` that wrapping a model in PEFT triggers on every run, and nothing else.
+
+    peft 0.21 (`PeftModel.__init__`) reads `model.is_gradient_checkpointing`, which transformers 5.24 deprecated in
+    favour of `is_activation_checkpointing`; `SFTTrainer.__init__` wraps the model when given a `peft_config`. We
+    can't avoid the read, so we filter exactly that message around the wrapping. Remove once peft reads
+    `is_activation_checkpointing` (or transformers v6 drops the old property).
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def _checkpointing_on(model, args) -> bool:
-    if getattr(args, "activation_checkpointing", False) or getattr(args, "gradient_checkpointing", False):
+    # transformers >= 5.24 mirrors the deprecated `gradient_checkpointing` into `activation_checkpointing`.
+    if getattr(args, "activation_checkpointing", False):
         return True
     base = model.get_base_model() if _is_peft_model(model) else model
     return bool(getattr(base, "is_activation_checkpointing", False))
@@ -303,3 +322,19 @@ def check_peft_setup(args, model, peft_config) -> None:
             MaskedSFTWarning,
             stacklevel=3,
         )
+
+
+def ensure_pad_token(tokenizer) -> None:
+    """Give a tokenizer without a pad token its eos token (said in the log); refuse one that has neither."""
+    if not isinstance(tokenizer, PreTrainedTokenizerBase) or tokenizer.pad_token is not None:
+        return
+    if tokenizer.eos_token is None:
+        raise ModelSetupError(
+            "The tokenizer has neither a pad token nor an eos token. Fix: set one before building the trainer, e.g. "
+            "`tokenizer.add_special_tokens({'pad_token': '<pad>'})` (and resize the model's embeddings)."
+        )
+    tokenizer.pad_token = tokenizer.eos_token
+    logger.warning(
+        f"The tokenizer had no pad token; set `pad_token` to the eos token {tokenizer.eos_token!r}. The eos token "
+        "that ends each completion stays supervised: padding is found by length, not by id."
+    )

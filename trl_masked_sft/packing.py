@@ -10,7 +10,9 @@ original row is set to `ignore_index`: after the causal shift it would be predic
 token (unpacked, position 0 is never a target), so the supervised tokens, their count and the loss are unchanged.
 
 Whether a model honours packed `position_ids` is not assumed: `packing_is_exact` runs the model once on a few short
-rows, packed and unpacked, and packing is used only when the two agree.
+rows, packed and unpacked, and packing is used only when the two agree. Prompt-learning PEFT models (prompt tuning,
+p-tuning, prefix tuning) are never packed: their virtual tokens are prepended (or given as a key/value prefix) once
+per row of the batch, so in a packed row only the first original row would see them (`virtual_token_count`).
 """
 
 from __future__ import annotations
@@ -21,8 +23,13 @@ from itertools import chain
 from typing import Any
 
 import torch
+from transformers.utils import logging
 
-__all__ = ["PACKED_TOKENS_KEY", "PackingCollator", "pack_rows", "packing_is_exact"]
+from .masking import IGNORE_INDEX
+
+__all__ = ["PACKED_TOKENS_KEY", "PackingCollator", "pack_rows", "packing_is_exact", "virtual_token_count"]
+
+logger = logging.get_logger(__name__)
 
 #: Rows shorter than this are packed up to this width: attention over a few hundred positions costs little next to
 #: the linear layers, and wider rows leave less padding. Rows longer than this are packed up to the longest row, so
@@ -83,7 +90,7 @@ def pack_rows(
     labels: Sequence[Sequence[int]],
     *,
     pad_token_id: int,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     min_width: int = PACK_MIN_WIDTH,
     pad_to_multiple_of: int | None = None,
     single_row: bool = False,
@@ -132,6 +139,22 @@ def pack_rows(
     }
 
 
+def virtual_token_count(model) -> int:
+    """Number of virtual tokens a prompt-learning PEFT adapter (prompt tuning, p-tuning, prefix tuning) adds to each
+    row; 0 for any other model (a plain model, LoRA and the other adapters that change weights only).
+
+    Prompt tuning and p-tuning prepend that many embeddings to each row, so the logits are that much longer than
+    `input_ids`; prefix tuning gives them as a key/value prefix instead. Wrappers with a `.module` (DDP) are looked
+    through.
+    """
+    while hasattr(model, "module") and not hasattr(model, "active_peft_config"):
+        model = model.module
+    config = getattr(model, "active_peft_config", None)
+    if config is None or not getattr(config, "is_prompt_learning", False):
+        return 0
+    return int(getattr(config, "num_virtual_tokens", 0) or 0)
+
+
 def _single_row(model) -> bool:
     """Flash-attention kernels find packed rows from `position_ids` only in a batch of one row."""
     config = getattr(model, "config", None)
@@ -150,7 +173,7 @@ class PackingCollator:
         *,
         pad_token_id: int,
         fallback,
-        ignore_index: int = -100,
+        ignore_index: int = IGNORE_INDEX,
         pad_to_multiple_of: int | None = None,
         single_row: bool = False,
     ):
@@ -181,8 +204,18 @@ def packing_is_exact(model, *, pad_token_id: int, tolerance: float | None = None
     Runs the model (in eval mode, without gradients) on four deterministic rows of 3 to 7 tokens: once each alone,
     once packed into two rows with a padded tail (one row for flash attention). A model whose attention ignores the
     restarting `position_ids` lets packed rows see each other and fails. `tolerance` is relative to the largest
-    logit (default 1e-4 in float32, 3e-2 in half precision). Any error in the packed forward counts as a failure.
+    logit (default 1e-4 in float32, 3e-2 in half precision). Any error in the packed forward, or logits of another
+    length than the rows, counts as a failure.
+    A prompt-learning PEFT model (`virtual_token_count` > 0) is never packed: its virtual tokens belong to each
+    original row, which packing can't give them; that is said in the log and no forward pass is run.
     """
+    if virtual_token_count(model):
+        logger.info(
+            "`pack_within_batch`: a prompt-learning PEFT adapter (prompt tuning, p-tuning or prefix tuning) adds "
+            f"{virtual_token_count(model)} virtual tokens to each row, which a packed row can't give each of its "
+            "rows; training batches stay padded."
+        )
+        return False
     embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
     vocab = getattr(embeddings, "num_embeddings", None)
     parameter = next(model.parameters(), None)
@@ -208,6 +241,9 @@ def packing_is_exact(model, *, pad_token_id: int, tolerance: float | None = None
         return False
     finally:
         model.train(was_training)
+    lengths_seen = [reference.shape[0] for reference in alone]
+    if logits.shape[:2] != packed["input_ids"].shape or lengths_seen != [len(row) for row in rows]:
+        return False  # one logit per token is what packing needs; more means tokens the model adds of its own
     lengths = torch.tensor([len(row) for row in rows])
     capacity = int(lengths.sum()) if single_row else max(int(lengths.max()), 12)
     bins, offsets, _ = _layout(lengths, capacity)

@@ -11,7 +11,6 @@ It needs a tokenizer and the masking options, no model and no trainer: `MaskedSF
 from __future__ import annotations
 
 import dataclasses
-import json
 import warnings
 from dataclasses import dataclass
 from typing import Any
@@ -21,13 +20,23 @@ from transformers.utils import logging
 
 from .chat import chat_labels, special_token_ids
 from .config import MaskingOptions
+from .conversations import to_messages
 from .distributed import run_on_main
-from .errors import DatasetFormatError, MaskedSFTWarning, UnsupervisedRowsError
+from .errors import DatasetFormatError, MaskedSFTWarning, ModelSetupError, UnsupervisedRowsError
 from .formats import Layout, apply_formatting, check_values, coerce_dataset, detect_layout, tokenize_text_rows
 from .hf_compat import column_names, map_rows
-from .masking import IGNORE_INDEX, TemplateMatcher, clean_row, spans_to_labels, supervision_stats, truncate_row
+from .masking import (
+    IGNORE_INDEX,
+    TemplateMatcher,
+    clean_row,
+    spans_to_labels,
+    supervises_only_stop_tokens,
+    supervision_stats,
+    truncate_row,
+)
 from .report import AUDIT_COLUMNS, COUNT, FULL_COUNT, FULL_FIRST, LENGTH, REASON, STOP_OK, AuditReport, build_report
 from .validation import RowAudit, audit_labels
+from .values import check_messages, check_token_row, parse_tools
 
 __all__ = ["PreparationPipeline", "PreparedDataset"]
 
@@ -60,16 +69,13 @@ def stop_token_ids(tokenizer) -> set[int]:
     return ids
 
 
-def _messages(example: dict[str, Any]) -> tuple[list[dict], int]:
-    """The conversation of a row and the index of its first trainable message."""
-    if "prompt" in example and "completion" in example and "messages" not in example:
-        return list(example["prompt"]) + list(example["completion"]), len(example["prompt"])
-    messages = example.get("messages")
-    if messages is None:  # ShareGPT `conversations`: {"from": "human"|"gpt"|..., "value": ...}
-        from trl.data_utils import maybe_convert_to_chatml
-
-        messages = maybe_convert_to_chatml({"conversations": example["conversations"]})["messages"]
-    return list(messages), 0
+def _messages(example: dict[str, Any], layout: Layout, **where: Any) -> tuple[list[dict], int]:
+    """The conversation of a row, in any shape `conversations.to_messages` reads (role/content or ShareGPT
+    `from`/`value`, content as text or text parts), and the index of its first trainable message."""
+    if layout is Layout.CONVERSATIONAL_PROMPT_COMPLETION:  # only the completion's replies are trained
+        prompt = to_messages(example["prompt"], **where)
+        return prompt + to_messages(example["completion"], **where), len(prompt)
+    return to_messages(example, **where), 0
 
 
 class PreparationPipeline:
@@ -80,6 +86,14 @@ class PreparationPipeline:
     """
 
     def __init__(self, tokenizer, options: MaskingOptions, *, template: TemplateMatcher | None = None):
+        text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor carries its tokenizer
+        if not callable(text_tokenizer) or not hasattr(text_tokenizer, "eos_token"):
+            fix = (
+                f"load it first: `AutoTokenizer.from_pretrained({tokenizer!r})`"
+                if isinstance(tokenizer, str)
+                else "pass the model's tokenizer (a `transformers` tokenizer)"
+            )
+            raise ModelSetupError(f"The tokenizer given is {type(tokenizer).__name__} {tokenizer!r:.60}. Fix: {fix}.")
         if tokenizer.pad_token is None and tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token
         self.tokenizer = tokenizer
@@ -116,7 +130,9 @@ class PreparationPipeline:
         if isinstance(dataset, Dataset) and dataset.format["type"] == "custom":
             raise DatasetFormatError(
                 f"The {dataset_name} dataset uses `Dataset.with_transform()`; preparation maps over the rows and "
-                "would bake the transform in. Fix: apply deterministic transforms with `Dataset.map()` first."
+                "would bake the transform in. Fix: apply deterministic transforms with `Dataset.map()` first, or pass "
+                "`dataset_kwargs={'skip_prepare_dataset': True}` and make the transform return trainer-ready rows "
+                "(`input_ids` and `labels`)."
             )
         if formatting_func is not None and "input_ids" not in column_names(dataset):
             dataset = apply_formatting(dataset, formatting_func, dataset_name)
@@ -127,21 +143,24 @@ class PreparationPipeline:
         if layout in (Layout.PROMPT_COMPLETION, Layout.TEXT):
             dataset = tokenize_text_rows(dataset, self.tokenizer, layout, options, dataset_name)
         elif layout.is_conversational:
-            dataset = self._tokenize_conversations(dataset, dataset_name)
+            dataset = self._tokenize_conversations(dataset, layout, dataset_name)
         else:
             dataset = self._clean_pretokenized(dataset, dataset_name)
         return self._audit(dataset, layout, dataset_name, empty_rows, enforce)
 
-    def _tokenize_conversations(self, dataset, dataset_name: str):
+    def _tokenize_conversations(self, dataset, layout: Layout, dataset_name: str):
         """Assistant-only labels for conversations under any chat template (see `chat.chat_labels`)."""
         tokenizer, options = self.tokenizer, self.options
 
-        def tokenize(example):
-            tools = example.get("tools")
-            tools = json.loads(tools) if isinstance(tools, str) else tools
-            kwargs = {"tools": tools} if tools else {}
-            kwargs.update(example.get("chat_template_kwargs") or {})
-            messages, first = _messages(example)
+        streamed = isinstance(dataset, IterableDataset)  # a Dataset's messages were checked up front
+
+        def tokenize(example, index):
+            kwargs = parse_tools(example, index, dataset_name)
+            if streamed:
+                for column in ("messages", "prompt", "completion"):
+                    if isinstance(example.get(column), list):
+                        check_messages([example[column]], dataset_name, start=index, column=column)
+            messages, first = _messages(example, layout, row=index, dataset_name=dataset_name)
             if not options.chat:  # `completion_only_loss=False`: the whole conversation is trained
                 ids = list(
                     tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)["input_ids"]
@@ -155,19 +174,21 @@ class PreparationPipeline:
                 trainable_from=first,
                 **kwargs,
             )
-            reason = f"chat turns not located: {mask.problem}" if mask.problem else ""
-            return {"input_ids": mask.input_ids, "labels": mask.labels, REASON: reason}
+            return {"input_ids": mask.input_ids, "labels": mask.labels, REASON: mask.row_reason}
 
         columns = column_names(dataset)
         kwargs = {"desc": f"Masking assistant turns of {dataset_name} dataset"} if isinstance(dataset, Dataset) else {}
-        return dataset.map(tokenize, remove_columns=columns, **kwargs)
+        return dataset.map(tokenize, with_indices=True, remove_columns=columns, **kwargs)
 
     def _clean_pretokenized(self, dataset, dataset_name: str):
         """Pre-tokenized rows: lengths checked, padding trimmed, `completion_mask`/`prompt_length` merged into the
         labels (TRL would ignore them next to `labels` and train on the prompt), labels = ids where none are given."""
         completion_only = self.options.completion_only
 
+        typed = isinstance(dataset, Dataset)  # its features were checked: flat int lists
+
         def tidy(example, index):
+            check_token_row(example, index, dataset_name, typed=typed)
             ids, labels = clean_row(
                 example, row=f"{index} of the {dataset_name} dataset", completion_only=completion_only
             )
@@ -209,9 +230,13 @@ class PreparationPipeline:
             reason = example.get(REASON) or ("empty completion" if index in empty_rows else "")
             if template is not None and not reason:
                 spans = template.spans(ids)
+                labels = spans_to_labels(labels, spans or [], IGNORE_INDEX)
                 if spans is None:
                     reason = "response template not found"
-                labels = spans_to_labels(labels, spans or [], IGNORE_INDEX)
+                elif supervises_only_stop_tokens(labels, stop_ids):
+                    reason = (
+                        f"only the eos/end-of-turn token follows `response_template` {template.response_template!r}"
+                    )
             full_count, first = supervision_stats(labels)
             ids, labels = truncate_row(
                 ids,

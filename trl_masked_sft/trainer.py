@@ -14,7 +14,6 @@ from pathlib import Path
 
 import torch
 from accelerate.utils import is_peft_model
-from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 from trl import SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling as TRLDataCollatorForLanguageModeling
@@ -26,13 +25,20 @@ from .distributed import validate_batch_across_ranks
 from .errors import MaskedSFTWarning
 from .formats import coerce_dataset
 from .health import TrainingHealthGuard
-from .loss import SupervisedLoss
+from .loss import SupervisedLoss, count_packed_tokens
 from .masking import IGNORE_INDEX
-from .model_checks import check_model_before_training, check_peft_setup, check_processing_class
-from .packing import PACKED_TOKENS_KEY, PackingCollator, packing_is_exact
+from .metrics import MaskMetrics, audit_logs, batch_mask_stats
+from .model_checks import (
+    check_model_before_training,
+    check_peft_setup,
+    check_processing_class,
+    ensure_pad_token,
+    quiet_peft_checkpointing_probe,
+)
+from .packing import PACKED_TOKENS_KEY, PackingCollator, packing_is_exact, virtual_token_count
 from .pipeline import PreparationPipeline
 from .report import AuditReport
-from .validation import check_collator_keeps_labels
+from .validation import check_collator_keeps_labels, check_prompt_learning, first_label_is_target
 
 __all__ = ["MaskedSFTTrainer"]
 
@@ -48,9 +54,8 @@ class MaskedSFTTrainer(SFTTrainer):
       pre-tokenized rows whose `completion_mask` is merged into the labels rather than ignored);
     - a pre-flight audit of the prepared train and eval datasets that finds rows with no supervised token and
       applies `masked_row_policy`, naming the rows, the reason and the fix (`trainer.audit_reports`);
-    - `validate_batch` on every train and eval batch before the forward pass;
-    - `label_names=["labels"]` when the model is or becomes a PeftModel and none was given;
-    - a pad token when the tokenizer has none (the eos token, said in the log);
+    - `validate_batch` on every train and eval batch before the forward pass; mask metrics in the logs;
+    - `label_names=["labels"]` for PEFT models; a pad token when the tokenizer has none (the eos, said in the log);
     - a check that a user `data_collator` does not overwrite the prepared labels;
     - model checks at `train()` (`model_checks.py`), resuming only from complete checkpoints (`checkpoints.py`);
     - `TrainingHealthGuard` (`health_checks=True`, `health.py`) and, under several processes, the same verdict on
@@ -102,19 +107,7 @@ class MaskedSFTTrainer(SFTTrainer):
         else:
             eval_dataset = coerce(eval_dataset, "eval")
 
-        tokenizer = getattr(processing_class, "tokenizer", processing_class)
-        if isinstance(tokenizer, PreTrainedTokenizerBase) and tokenizer.pad_token is None:
-            if tokenizer.eos_token is None:
-                raise ValueError(
-                    "The tokenizer has neither a pad token nor an eos token. Fix: set one before building the "
-                    "trainer, e.g. `tokenizer.add_special_tokens({'pad_token': '<pad>'})` (and resize the model's "
-                    "embeddings)."
-                )
-            tokenizer.pad_token = tokenizer.eos_token
-            logger.warning(
-                f"The tokenizer had no pad token; set `pad_token` to the eos token {tokenizer.eos_token!r}. The eos "
-                "token that ends each completion stays supervised: padding is found by length, not by id."
-            )
+        ensure_pad_token(getattr(processing_class, "tokenizer", processing_class))
         check_processing_class(model, processing_class, train_dataset)
         if isinstance(data_collator, DataCollatorForCompletionOnlyLM) and data_collator.ignore_index != IGNORE_INDEX:
             raise ValueError(
@@ -131,23 +124,25 @@ class MaskedSFTTrainer(SFTTrainer):
         if peft_config is not None or (not isinstance(model, str) and is_peft_model(model)):
             check_peft_setup(args, model, peft_config)
 
-        super().__init__(
-            model=model,
-            args=args,
-            data_collator=data_collator,
-            train_dataset=train_dataset,
-            eval_dataset=eval_dataset,
-            processing_class=processing_class,
-            compute_loss_func=compute_loss_func,
-            compute_metrics=compute_metrics,
-            callbacks=callbacks,
-            optimizers=optimizers,
-            optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
-            preprocess_logits_for_metrics=preprocess_logits_for_metrics,
-            quantization_config=quantization_config,
-            peft_config=peft_config,
-            formatting_func=None,
-        )
+        with quiet_peft_checkpointing_probe():  # peft 0.21 + transformers 5.24: see its docstring
+            super().__init__(
+                model=model,
+                args=args,
+                data_collator=data_collator,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                compute_loss_func=compute_loss_func,
+                compute_metrics=compute_metrics,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                optimizer_cls_and_kwargs=optimizer_cls_and_kwargs,
+                preprocess_logits_for_metrics=preprocess_logits_for_metrics,
+                quantization_config=quantization_config,
+                peft_config=peft_config,
+                formatting_func=None,
+            )
+        self._msft_mask_metrics, self._msft_audit_logged = MaskMetrics(), False
         if data_collator is not None and options.completion_only:
             check_collator_keeps_labels(self.data_collator, self.train_dataset)
         self._msft_loss = SupervisedLoss(self)  # the loss on supervised positions only (`score_supervised_only`)
@@ -189,7 +184,8 @@ class MaskedSFTTrainer(SFTTrainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         check_model_before_training(self.model, self.args, self.train_dataset, self.processing_class)
-        resume_from_checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir)
+        check_prompt_learning(self.model, activation_checkpointing=bool(self.args.activation_checkpointing))
+        resume_from_checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir, self.model)
         if self.is_world_process_zero() and self._msft_audits:
             path = Path(self.args.output_dir) / "masked_sft_audit.json"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -239,6 +235,12 @@ class MaskedSFTTrainer(SFTTrainer):
             return "DeepSpeed/FSDP are not supported by the packing check"
         if args.world_size > 1 and (isinstance(self.train_dataset, torch.utils.data.IterableDataset) or split):
             return "batches are split or dispatched across processes"
+        if type(self).compute_loss is not MaskedSFTTrainer.compute_loss or (
+            type(self).training_step is not MaskedSFTTrainer.training_step
+        ):
+            return "a subclass overrides `compute_loss`/`training_step`, which get TRL's batch (a row per example)"
+        if virtual_token_count(self.model):
+            return "a prompt-learning PEFT adapter (prompt tuning, p-tuning, prefix tuning) adds virtual tokens"
         if not packing_is_exact(self.model, pad_token_id=collator.pad_token_id):
             return "the model gives different logits for rows packed and alone (its attention ignores position ids)"
         return None
@@ -255,27 +257,29 @@ class MaskedSFTTrainer(SFTTrainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         packed_tokens = inputs.pop(PACKED_TOKENS_KEY, None)
+        mode = "train" if model.training else "eval"
+        self._msft_mask_metrics.add(batch_mask_stats(inputs, real_tokens=packed_tokens), mode)
         labels = inputs.get("labels")
         if labels is not None:
-            mode = "train" if model.training else "eval"
             where = f"{mode} batch at step {self.state.global_step}"
-            validate_batch_across_ranks(inputs, where=where, tokenizer=self._tokenizer)
+            first = first_label_is_target(model)
+            validate_batch_across_ranks(inputs, where=where, tokenizer=self._tokenizer, first_label_is_target=first)
         result = self._msft_loss(model, inputs, return_outputs, num_items_in_batch)  # None: TRL's path takes it
         if result is None:
             result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-        if (
-            packed_tokens is not None
-            and model.training
-            and isinstance(getattr(self, "_total_train_tokens", None), int)
-        ):
-            # TRL 1.16 counts `position_ids.size(1)` tokens for a batch without `attention_mask` (its padding-free
-            # batches are one row); a packed batch has several rows and padding, so count its real tokens instead.
-            extra = int(packed_tokens) - inputs["position_ids"].size(1)  # Python ints: no host sync
-            if self.accelerator.num_processes > 1:
-                extra = int(self.accelerator.gather_for_metrics(torch.tensor([extra], device=labels.device)).sum())
-            self._total_train_tokens += extra // getattr(self, "_tp_size", 1)
-            self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
+        if packed_tokens is not None and model.training:
+            count_packed_tokens(self, inputs, packed_tokens)
         return result
+
+    def log(self, logs, start_time=None):
+        """TRL's logs plus the mask metrics (`metrics.py`) and, once, the train dataset's audit."""
+        mode, metrics = "train" if self.model.training else "eval", self._msft_mask_metrics
+        metrics.rows_dropped = {name: report.rows_dropped for name, report in self._msft_audits.items()}
+        logs.update(metrics.pop(mode, global_step=self.state.global_step if mode == "train" else None))
+        if mode == "train" and not self._msft_audit_logged and "train" in self._msft_audits:
+            logs.update(audit_logs(self._msft_audits["train"]))
+            self._msft_audit_logged = True
+        super().log(logs, start_time)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         labels = inputs.get("labels") if hasattr(inputs, "get") else None

@@ -10,33 +10,91 @@ from typing import Any
 import torch
 from datasets import Dataset
 
-from .errors import AllMaskedBatchError, LabelsOverwrittenError, MaskedSFTWarning, UnsupervisedRowsError
-from .masking import count_supervised
+from .errors import (
+    AllMaskedBatchError,
+    LabelsOverwrittenError,
+    MaskedSFTWarning,
+    ModelSetupError,
+    UnsupervisedRowsError,
+)
+from .masking import IGNORE_INDEX, count_supervised
 
-__all__ = ["RowAudit", "audit_labels", "check_collator_keeps_labels", "collated_label_changes", "validate_batch"]
+__all__ = [
+    "RowAudit",
+    "audit_labels",
+    "check_collator_keeps_labels",
+    "check_prompt_learning",
+    "collated_label_changes",
+    "first_label_is_target",
+    "validate_batch",
+]
 
 MASKED_ROW_POLICIES = ("error", "drop", "warn")
+
+
+def first_label_is_target(model) -> bool:
+    """Whether `model` trains the first label of each row.
+
+    A causal LM predicts token `i` from the tokens before it, so label 0 is never a target; but prompt tuning and
+    p-tuning (PEFT prompt learning) prepend virtual tokens to each row, with `ignore_index` labels, so the row's label
+    0 is then predicted from the last virtual token and trained. Prefix tuning gives its virtual tokens as a
+    key/value prefix and adds no position: label 0 stays untrained. Wrappers with a `.module` (DDP) are looked
+    through.
+    """
+    while hasattr(model, "module") and not hasattr(model, "active_peft_config"):
+        model = model.module
+    config = getattr(model, "active_peft_config", None)
+    if config is None or not getattr(config, "is_prompt_learning", False):
+        return False
+    return str(getattr(config, "peft_type", "")).split(".")[-1] != "PREFIX_TUNING"
+
+
+def check_prompt_learning(model, *, activation_checkpointing: bool) -> None:
+    """Raise `ModelSetupError` when a prompt-learning adapter can't train as set up: prefix tuning under activation
+    checkpointing.
+
+    Prefix tuning hands its virtual tokens to every layer as a key/value cache; activation checkpointing turns the
+    cache off, so the attention mask keeps the virtual positions while the keys lose them and the first forward pass
+    fails with a raw shape error (PEFT 0.21, transformers 5.24; huggingface/peft#869, the check proposed upstream in
+    huggingface/peft#2191 is not merged: drop this one once PEFT raises its own error).
+    """
+    while hasattr(model, "module") and not hasattr(model, "active_peft_config"):
+        model = model.module
+    config = getattr(model, "active_peft_config", None)
+    if not activation_checkpointing or config is None:
+        return
+    if str(getattr(config, "peft_type", "")).split(".")[-1] == "PREFIX_TUNING":
+        raise ModelSetupError(
+            f"Prefix tuning (`PrefixTuningConfig`, {config.num_virtual_tokens} virtual tokens) can't train with "
+            "`activation_checkpointing=True`: checkpointing turns off the key/value cache that carries the virtual "
+            "tokens, and the forward pass fails on mismatched shapes. Fix: set `activation_checkpointing=False` (or "
+            "the deprecated `gradient_checkpointing=False`), or use prompt tuning, p-tuning or LoRA, which do work "
+            "with checkpointing."
+        )
 
 
 def validate_batch(
     batch: Mapping[str, Any] | torch.Tensor,
     *,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
     where: str = "batch",
     tokenizer=None,
+    first_label_is_target: bool = False,
 ) -> None:
     """Raise `AllMaskedBatchError` when no label in the batch is trained after the causal shift.
 
     `batch` is a collated batch (a mapping with `labels`) or the labels tensor itself. Position 0 of a row is never
-    a target, so it never counts. The check is one reduction on the labels tensor and one scalar read; the message
-    (built only on failure) names the batch's rows and, given `tokenizer`, shows the end of each.
+    a target, so it does not count, unless `first_label_is_target` (prompt tuning / p-tuning models, see the
+    function of that name). The check is one reduction on the labels tensor and one scalar read; the message (built
+    only on failure) names the batch's rows and, given `tokenizer`, shows the end of each.
     """
     labels = batch["labels"] if isinstance(batch, Mapping) else batch
     if not isinstance(labels, torch.Tensor):
         raise TypeError(f"`labels` must be a torch.Tensor, got {type(labels).__name__}.")
     if labels.dim() == 1:
         labels = labels.unsqueeze(0)
-    if bool((labels[..., 1:] != ignore_index).any()):
+    targets = labels if first_label_is_target else labels[..., 1:]
+    if bool((targets != ignore_index).any()):
         return
     rows = labels.shape[0]
     detail = ""
@@ -103,11 +161,16 @@ class RowAudit:
             )
         if "empty completion" in reasons:
             fixes.append("fill in or remove the rows with an empty completion")
-        if "template not found" in reasons:
+        if "template not found" in reasons or "follows `response_template`" in reasons:
             fixes.append("make `response_template` match the data exactly (spaces and newlines count)")
         if "labels are all" in reasons:
             fixes.append("check how the `labels` column was built: those rows mask every token")
-        fixes.append("or set `masked_row_policy='drop'` (with `max_masked_row_fraction`) to drop such rows knowingly")
+        if "chat turns not located" in reasons:
+            fixes.append(
+                "follow the fix each row's reason names (e.g. pass a `chat_template` with `{% generation %}` markers)"
+            )
+        drop = "set `masked_row_policy='drop'` (with `max_masked_row_fraction`) to drop such rows knowingly"
+        fixes.append(f"or {drop}" if fixes else drop)
         return "Fix: " + "; ".join(fixes) + "."
 
     def enforce(self, policy: str, max_fraction: float) -> set[int]:
@@ -141,7 +204,7 @@ def audit_labels(
     dataset_name: str,
     max_length: int | None,
     preset_reasons: Mapping[int, str] | None = None,
-    ignore_index: int = -100,
+    ignore_index: int = IGNORE_INDEX,
 ) -> RowAudit:
     """Find rows of a prepared (truncated) labels column with no supervised token and say why.
 
@@ -168,7 +231,7 @@ def audit_labels(
 
 
 def collated_label_changes(
-    features: Sequence[Mapping[str, Sequence[int]]], batch: Any, ignore_index: int = -100
+    features: Sequence[Mapping[str, Sequence[int]]], batch: Any, ignore_index: int = IGNORE_INDEX
 ) -> tuple[int, int] | None:
     """`(extra, missing)`: tokens a collator's `batch` trains that the prepared `features` mask, and the reverse.
 
