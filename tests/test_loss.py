@@ -226,8 +226,7 @@ def test_prompt_tuning_falls_back_to_trls_path_and_trains(tokenizer, make_config
     records = capture_logs("trl_masked_sft.loss", level=20)
     data, _ = dataset("prompt_completion", tokenizer)
     peft_config = PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=4)
-    # pack_within_batch=False: `packing_is_exact` fails on prompt tuning's longer logits (reported to packing.py)
-    trainer = build(tokenizer, make_config, on=True, data=data, peft=peft_config, max_steps=2, pack_within_batch=False)
+    trainer = build(tokenizer, make_config, on=True, data=data, peft=peft_config, max_steps=2)
     trainer.train()
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))
