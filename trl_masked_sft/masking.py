@@ -88,6 +88,16 @@ def merge_occurrences(spans: Sequence[tuple[int, int]]) -> list[tuple[int, int]]
     return kept
 
 
+def _text_occurrences(text: str, template: str) -> list[int]:
+    """Character offsets of the non-overlapping occurrences of `template` in `text`."""
+    starts: list[int] = []
+    pos = text.find(template)
+    while pos != -1:
+        starts.append(pos)
+        pos = text.find(template, pos + len(template))
+    return starts
+
+
 def find_template_in_text(tokenizer, ids: Sequence[int], template: str) -> list[tuple[int, int]]:
     """Token spans covering each occurrence of `template` in the decoded row: the fallback when no token variant
     matches (the template's first or last characters merged with its neighbours into other tokens).
@@ -96,11 +106,7 @@ def find_template_in_text(tokenizer, ids: Sequence[int], template: str) -> list[
     so a token shared with the completion is masked rather than half-trained.
     """
     text = tokenizer.decode(ids)
-    starts: list[int] = []
-    pos = text.find(template)
-    while pos != -1:
-        starts.append(pos)
-        pos = text.find(template, pos + len(template))
+    starts = _text_occurrences(text, template)
     if not starts:
         return []
 
@@ -316,11 +322,7 @@ def find_template_in_text_trimmed(tokenizer, ids: Sequence[int], template: str) 
     core = template.strip() or template
     lead = len(template) - len(template.lstrip()) if template.strip() else 0
     core_end = lead + len(core)
-    starts: list[int] = []
-    pos = text.find(template)
-    while pos != -1:
-        starts.append(pos)
-        pos = text.find(template, pos + len(template))
+    starts = _text_occurrences(text, template)
     if not starts:
         return []
     lengths: dict[int, int] = {}
