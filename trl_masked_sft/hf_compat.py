@@ -1,4 +1,5 @@
-"""The seams to `datasets`: column names of any dataset, and a fast per-row `map` that keeps untouched columns."""
+"""The seams to `datasets` and PEFT: column names of any dataset, a fast per-row `map` that keeps untouched columns,
+and the active adapter config of a (wrapped) model."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any
 
 from datasets import Dataset, IterableDataset
 
-__all__ = ["column_names", "first_row", "in_memory_kwargs", "map_rows"]
+__all__ = ["active_peft_config", "column_names", "first_row", "in_memory_kwargs", "map_rows"]
 
 
 def column_names(dataset: Dataset | IterableDataset) -> list[str]:
@@ -80,3 +81,10 @@ def map_rows(
         return mapped
     joined = concatenate_datasets([dataset.select_columns(untouched), mapped], axis=1)
     return joined.select_columns(order + [c for c in mapped.column_names if c not in order])
+
+
+def active_peft_config(model) -> Any:
+    """The active PEFT adapter config of `model` (looking through `.module` wrappers such as DDP), or `None`."""
+    while hasattr(model, "module") and not hasattr(model, "active_peft_config"):
+        model = model.module
+    return getattr(model, "active_peft_config", None)

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from transformers.utils import logging
 
+from .hf_compat import active_peft_config
 from .masking import IGNORE_INDEX
 
 __all__ = ["PACKED_TOKENS_KEY", "PackingCollator", "pack_rows", "packing_is_exact", "virtual_token_count"]
@@ -147,9 +148,7 @@ def virtual_token_count(model) -> int:
     `input_ids`; prefix tuning gives them as a key/value prefix instead. Wrappers with a `.module` (DDP) are looked
     through.
     """
-    while hasattr(model, "module") and not hasattr(model, "active_peft_config"):
-        model = model.module
-    config = getattr(model, "active_peft_config", None)
+    config = active_peft_config(model)
     if config is None or not getattr(config, "is_prompt_learning", False):
         return 0
     return int(getattr(config, "num_virtual_tokens", 0) or 0)

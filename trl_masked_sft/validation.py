@@ -17,6 +17,7 @@ from .errors import (
     ModelSetupError,
     UnsupervisedRowsError,
 )
+from .hf_compat import active_peft_config
 from .masking import IGNORE_INDEX, count_supervised
 
 __all__ = [
@@ -41,9 +42,7 @@ def first_label_is_target(model) -> bool:
     key/value prefix and adds no position: label 0 stays untrained. Wrappers with a `.module` (DDP) are looked
     through.
     """
-    while hasattr(model, "module") and not hasattr(model, "active_peft_config"):
-        model = model.module
-    config = getattr(model, "active_peft_config", None)
+    config = active_peft_config(model)
     if config is None or not getattr(config, "is_prompt_learning", False):
         return False
     return str(getattr(config, "peft_type", "")).split(".")[-1] != "PREFIX_TUNING"
@@ -58,9 +57,7 @@ def check_prompt_learning(model, *, activation_checkpointing: bool) -> None:
     fails with a raw shape error (PEFT 0.21, transformers 5.24; huggingface/peft#869, the check proposed upstream in
     huggingface/peft#2191 is not merged: drop this one once PEFT raises its own error).
     """
-    while hasattr(model, "module") and not hasattr(model, "active_peft_config"):
-        model = model.module
-    config = getattr(model, "active_peft_config", None)
+    config = active_peft_config(model)
     if not activation_checkpointing or config is None:
         return
     if str(getattr(config, "peft_type", "")).split(".")[-1] == "PREFIX_TUNING":
