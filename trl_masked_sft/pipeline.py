@@ -94,8 +94,8 @@ class PreparationPipeline:
                 else "pass the model's tokenizer (a `transformers` tokenizer)"
             )
             raise ModelSetupError(f"The tokenizer given is {type(tokenizer).__name__} {tokenizer!r:.60}. Fix: {fix}.")
-        if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-            tokenizer.pad_token = tokenizer.eos_token
+        if text_tokenizer.pad_token is None and text_tokenizer.eos_token is not None:
+            text_tokenizer.pad_token = text_tokenizer.eos_token
         self.tokenizer = tokenizer
         self.options = options
         if template is None and options.response_template is not None:
