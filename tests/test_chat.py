@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from datasets import Dataset
+from template_families import byte_level_tokenizer, family_tokenizer, trained_runs
 
 from trl_masked_sft import MaskedSFTTrainer, UnsupervisedRowsError
 from trl_masked_sft.chat import END_OF_TURN, SYSTEM, TOOL, TRAINED, USER, chat_labels
@@ -222,3 +223,51 @@ def test_trainer_reports_conversations_it_cannot_locate(chat_tokenizer, make_con
             train_dataset=_conversations(),
             processing_class=chat_tokenizer,
         )
+
+
+# The end-of-turn rule (docs/chat_templates.md): what the model must generate to end its reply is trained, the next
+# turn's bos or header never is, even when it is the same token as the eos.
+TWO_REPLIES = CONVERSATION[1:]
+#: Mistral-style, bos before every user turn: `...</s><s>[INST]...`, with `<s>` and `</s>` two tokens.
+MISTRAL_BOS_PER_TURN = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}{{ bos_token + '[INST] ' + m['content'] + ' [/INST]' }}"
+    "{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}"
+)
+#: Prints bos and eos around every turn: `...</s><s>user...`; on a GPT-2-style tokenizer both are `<|endoftext|>`.
+BOS_AND_EOS = (
+    "{% for m in messages %}{{ bos_token + m['role'] + '\n' + m['content'] + eos_token }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ bos_token + 'assistant\n' }}{% endif %}"
+)
+
+
+def test_llama2_chat_trains_the_eos_after_the_space():
+    """Llama-2's template ends each reply with `' ' + eos_token`: the `</s>` is what the model must generate."""
+    tokenizer = family_tokenizer("llama-2-chat")
+    mask = chat_labels(tokenizer, TWO_REPLIES)
+    assert mask.problem is None
+    assert trained_runs(tokenizer, mask) == [" 2000 grams. </s>", " 3000 grams. </s>"]
+
+
+def test_mistral_style_next_turn_bos_is_not_trained():
+    """`</s><s>[INST]`: the reply's `</s>` is trained, the next turn's `<s>` is not."""
+    tokenizer = byte_level_tokenizer("<s>", "</s>")
+    mask = chat_labels(tokenizer, TWO_REPLIES, chat_template=MISTRAL_BOS_PER_TURN)
+    assert mask.problem is None
+    assert trained_runs(tokenizer, mask) == ["2000 grams.</s>", "3000 grams.</s>"]
+
+
+@pytest.mark.parametrize("method", [None, "offsets", "prefix diff"])
+def test_bos_equal_to_eos_trains_one_stop_token_per_reply(method):
+    """GPT-2-style bos == eos == `<|endoftext|>`: each reply trains the one it ends with, not the next turn's."""
+    tokenizer = byte_level_tokenizer("<|endoftext|>", "<|endoftext|>")
+    mask = chat_labels(tokenizer, TWO_REPLIES, chat_template=BOS_AND_EOS, methods=(method,) if method else None)
+    assert mask.problem is None
+    assert trained_runs(tokenizer, mask) == ["2000 grams.<|endoftext|>", "3000 grams.<|endoftext|>"]
+
+
+@pytest.mark.parametrize("method", [None, "offsets", "prefix diff"])
+def test_llama2_rule_holds_for_every_way_of_locating_replies(method):
+    """The end-of-turn rule is one rule: the content offsets and the prefix diff agree on Llama-2."""
+    tokenizer = family_tokenizer("llama-2-chat")
+    mask = chat_labels(tokenizer, TWO_REPLIES, methods=(method,) if method else None)
+    assert trained_runs(tokenizer, mask) == [" 2000 grams. </s>", " 3000 grams. </s>"]
