@@ -271,3 +271,45 @@ def test_llama2_rule_holds_for_every_way_of_locating_replies(method):
     tokenizer = family_tokenizer("llama-2-chat")
     mask = chat_labels(tokenizer, TWO_REPLIES, methods=(method,) if method else None)
     assert trained_runs(tokenizer, mask) == [" 2000 grams. </s>", " 3000 grams. </s>"]
+
+
+#: A bos before every turn and nothing after a reply: on a GPT-2-style tokenizer that bos is also the eos.
+BOS_BEFORE_TURNS = "{% for m in messages %}{{ bos_token + m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
+
+
+def test_a_turn_opening_that_is_also_the_eos_is_refused_as_ambiguous():
+    """bos == eos printed only before each turn: the rule can't tell a stop from the next turn's bos, so the row is
+    refused, naming the template and the fix, instead of training either guess."""
+    tokenizer = byte_level_tokenizer("<|endoftext|>", "<|endoftext|>")
+    tokenizer.name_or_path = "my-org/gpt2-chat"
+    mask = chat_labels(tokenizer, TWO_REPLIES, chat_template=BOS_BEFORE_TURNS)
+    assert set(mask.labels) == {-100}
+    assert mask.problem.startswith("ambiguous end of turn: the chat template of 'my-org/gpt2-chat' prints ")
+    assert "'<|endoftext|>'" in mask.problem and "eos_token" in mask.problem and "`chat_template_path`" in mask.problem
+    assert mask.row_reason.startswith("chat turns not located: ambiguous end of turn")
+
+
+def test_a_bos_before_every_turn_is_never_trained_when_it_is_not_the_eos():
+    """The same template with `<s>` and `</s>`: no stop token is printed after a reply, the next `<s>` stays masked,
+    and the last reply gets the eos appended (the note says so)."""
+    tokenizer = byte_level_tokenizer("<s>", "</s>")
+    mask = chat_labels(tokenizer, TWO_REPLIES, chat_template=BOS_BEFORE_TURNS)
+    assert mask.problem is None
+    assert trained_runs(tokenizer, mask) == [" 2000 grams.", " 3000 grams.\n</s>"]
+    assert "appended" in mask.note and "message 1 has no end-of-turn token" in mask.note
+
+
+def test_trainer_refuses_rows_whose_end_of_turn_is_ambiguous(make_config):
+    """The refusal reaches the user as our error, before training."""
+    tokenizer = byte_level_tokenizer("<|endoftext|>", "<|endoftext|>", texts=[TEXT_FOR_TRAINER])
+    tokenizer.chat_template = BOS_BEFORE_TURNS
+    with pytest.raises(UnsupervisedRowsError, match="ambiguous end of turn"):
+        MaskedSFTTrainer(
+            build_tiny_model(tokenizer),
+            args=make_config(max_length=256),
+            train_dataset=_conversations(),
+            processing_class=tokenizer,
+        )
+
+
+TEXT_FOR_TRAINER = "Be brief. What is 0 + 0? And doubled? 0 2 4 6 8 10 12 14 16 18 20 24 28"

@@ -153,7 +153,7 @@ def _closing(tokenizer, kwargs, messages, full, encoded, k, special, stop) -> tu
     eos = tokenizer.eos_token_id
     if eos is not None and eos in run:
         return (), (
-            f"it prints {tokenizer.decode([eos])!r} after a reply only as the opening of the next turn (the "
+            f"prints {tokenizer.decode([eos])!r} after a reply only as the opening of the next turn (the "
             "token is both its bos and its eos), so whether the model must generate it to end its reply is "
             "ambiguous"
         )
