@@ -313,3 +313,18 @@ def test_trainer_refuses_rows_whose_end_of_turn_is_ambiguous(make_config):
 
 
 TEXT_FOR_TRAINER = "Be brief. What is 0 + 0? And doubled? 0 2 4 6 8 10 12 14 16 18 20 24 28"
+
+
+def test_a_generation_block_without_its_stop_gets_the_stop_after_a_space():
+    """A marked Llama-2-style template whose block holds the reply only: the ` </s>` after it is added by the same
+    rule as for the other ways; the next `<s>` is not."""
+    template = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}{{ bos_token + '[INST] ' + m['content'] + ' [/INST]' }}"
+        "{% else %}{{ ' ' }}{% generation %}{{ m['content'] }}{% endgeneration %}{{ ' ' + eos_token }}{% endif %}"
+        "{% endfor %}"
+    )
+    tokenizer = byte_level_tokenizer("<s>", "</s>")
+    mask = chat_labels(tokenizer, TWO_REPLIES, chat_template=template)
+    assert mask.method == "generation markers"
+    assert trained_runs(tokenizer, mask) == [" 2000 grams. </s>", " 3000 grams. </s>"]
+    assert "leaves out its end-of-turn token" in mask.note

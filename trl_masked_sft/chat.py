@@ -4,6 +4,9 @@ Four ways to find each assistant turn (`METHODS`) are tried in order; the first 
 template's `{% generation %}` markers; TRL's training copy of a template it knows, where it renders the same ids; content
 offsets (each reply's text found in one render, from the assistant header to the end-of-turn token, both read once per
 template off a probe); the prefix diff. A row is refused only when none verifies (`ChatMask.problem`, with the fix).
+
+This module locates replies; which tokens end a reply (and are trained with it) is one rule for every way, in
+`end_of_turn`: each way hands its turns to `end_of_turn.settle`.
 """
 
 from __future__ import annotations
@@ -234,11 +237,12 @@ def _by_markers(ctx: _Context, kwargs: dict | None = None) -> _Located:
     if len(runs) != len(assistant) and not (runs and ctx.trained == set(assistant)):
         raise _NotLocated(f"the template has {len(runs)} generation blocks for {len(assistant)} assistant messages")
     owners = assistant if len(runs) == len(assistant) else [assistant[-1]] * len(runs)
-    turns, notes = [], []
-    for owner, (start, end) in zip(owners, runs, strict=True):
+    turns, notes, blank = [], [], ctx.blank(ids)
+    for n, (owner, (start, end)) in enumerate(zip(owners, runs, strict=True)):
         if (eot_start := ctx.trailing_start(ids, start, end)) == end:  # no end-of-turn token inside: maybe after
-            if (eot := ctx.facts(required=False).closing) and tuple(ids[end : end + len(eot)]) == eot:
-                end += len(eot)
+            bound = runs[n + 1][0] if n + 1 < len(runs) else len(ids)
+            if (after := settle(ids, end, (end, end), bound, ctx.facts(required=False), blank)[1]) > end:
+                end = after
                 notes.append(f"the generation block of message {owner} leaves out its end-of-turn token: trained too")
         turns.append((owner, start, eot_start, end))
     return _Located(ids, turns, notes)
