@@ -135,7 +135,7 @@ def _closing(tokenizer, kwargs, messages, full, encoded, k, special, stop) -> tu
     run = ids[p:end]
     if not run:
         return (), None
-    reply_end = offsets[k - 1][1] if k else 0
+    reply_end = full.find(_PROBE_TEXTS[1], full.find(_PROBE_TEXTS[0])) + len(_PROBE_TEXTS[1])
     try:  # the same reply, last: what the template prints after it then is the reply's own
         last = render(tokenizer, messages[:2], kwargs)
         at = last.rfind(_PROBE_TEXTS[1])
