@@ -17,9 +17,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "trl_masked_sft"
 LAYERS: list[set[str]] = [
     {"errors", "tiny"},
     {"constraints"},
-    {"config", "masking", "hf_compat", "values", "conversations"},
-    {"validation", "chat", "checkpoints", "model_checks", "packing", "loss"},
-    {"report", "distributed", "collator", "metrics"},
+    {"config", "masking", "hf_compat", "conversations"},
+    {"validation", "end_of_turn", "checkpoints", "model_checks", "packing", "loss", "values"},
+    {"report", "distributed", "collator", "metrics", "chat"},
     {"formats", "health"},
     {"pipeline"},
     {"audit", "inspector"},
@@ -98,3 +98,24 @@ def test_nothing_builds_a_trainer_without_its_constructor():
     """No `__new__` tricks: preparing data needs no trainer at all."""
     offenders = [p.name for p in PACKAGE.glob("*.py") if "__new__(" in p.read_text()]
     assert offenders == []
+
+
+def test_the_ignore_index_is_defined_once():
+    """`masking.IGNORE_INDEX` is the one -100 in code: no module assigns or compares with its own."""
+    offenders = []
+    for path in sorted(PACKAGE.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            is_minus_100 = (
+                isinstance(node, ast.UnaryOp)
+                and isinstance(node.op, ast.USub)
+                and isinstance(node.operand, ast.Constant)
+                and node.operand.value == 100
+            )
+            if is_minus_100 and not (path.stem == "masking" and node.lineno == _line_of_ignore_index()):
+                offenders.append(f"{path.name}:{node.lineno}")
+    assert offenders == [], f"-100 written outside `masking.IGNORE_INDEX`: {offenders}"
+
+
+def _line_of_ignore_index() -> int:
+    source = (PACKAGE / "masking.py").read_text().splitlines()
+    return next(i for i, line in enumerate(source, 1) if line.startswith("IGNORE_INDEX = "))

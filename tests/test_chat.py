@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from datasets import Dataset
+from template_families import byte_level_tokenizer, family_tokenizer, trained_runs
 
 from trl_masked_sft import MaskedSFTTrainer, UnsupervisedRowsError
 from trl_masked_sft.chat import END_OF_TURN, SYSTEM, TOOL, TRAINED, USER, chat_labels
@@ -222,3 +223,108 @@ def test_trainer_reports_conversations_it_cannot_locate(chat_tokenizer, make_con
             train_dataset=_conversations(),
             processing_class=chat_tokenizer,
         )
+
+
+# The end-of-turn rule (docs/chat_templates.md): what the model must generate to end its reply is trained, the next
+# turn's bos or header never is, even when it is the same token as the eos.
+TWO_REPLIES = CONVERSATION[1:]
+#: Mistral-style, bos before every user turn: `...</s><s>[INST]...`, with `<s>` and `</s>` two tokens.
+MISTRAL_BOS_PER_TURN = (
+    "{% for m in messages %}{% if m['role'] == 'user' %}{{ bos_token + '[INST] ' + m['content'] + ' [/INST]' }}"
+    "{% else %}{{ m['content'] + eos_token }}{% endif %}{% endfor %}"
+)
+#: Prints bos and eos around every turn: `...</s><s>user...`; on a GPT-2-style tokenizer both are `<|endoftext|>`.
+BOS_AND_EOS = (
+    "{% for m in messages %}{{ bos_token + m['role'] + '\n' + m['content'] + eos_token }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ bos_token + 'assistant\n' }}{% endif %}"
+)
+
+
+def test_llama2_chat_trains_the_eos_after_the_space():
+    """Llama-2's template ends each reply with `' ' + eos_token`: the `</s>` is what the model must generate."""
+    tokenizer = family_tokenizer("llama-2-chat")
+    mask = chat_labels(tokenizer, TWO_REPLIES)
+    assert mask.problem is None
+    assert trained_runs(tokenizer, mask) == [" 2000 grams. </s>", " 3000 grams. </s>"]
+
+
+def test_mistral_style_next_turn_bos_is_not_trained():
+    """`</s><s>[INST]`: the reply's `</s>` is trained, the next turn's `<s>` is not."""
+    tokenizer = byte_level_tokenizer("<s>", "</s>")
+    mask = chat_labels(tokenizer, TWO_REPLIES, chat_template=MISTRAL_BOS_PER_TURN)
+    assert mask.problem is None
+    assert trained_runs(tokenizer, mask) == ["2000 grams.</s>", "3000 grams.</s>"]
+
+
+@pytest.mark.parametrize("method", [None, "offsets", "prefix diff"])
+def test_bos_equal_to_eos_trains_one_stop_token_per_reply(method):
+    """GPT-2-style bos == eos == `<|endoftext|>`: each reply trains the one it ends with, not the next turn's."""
+    tokenizer = byte_level_tokenizer("<|endoftext|>", "<|endoftext|>")
+    mask = chat_labels(tokenizer, TWO_REPLIES, chat_template=BOS_AND_EOS, methods=(method,) if method else None)
+    assert mask.problem is None
+    assert trained_runs(tokenizer, mask) == ["2000 grams.<|endoftext|>", "3000 grams.<|endoftext|>"]
+
+
+@pytest.mark.parametrize("method", [None, "offsets", "prefix diff"])
+def test_llama2_rule_holds_for_every_way_of_locating_replies(method):
+    """The end-of-turn rule is one rule: the content offsets and the prefix diff agree on Llama-2."""
+    tokenizer = family_tokenizer("llama-2-chat")
+    mask = chat_labels(tokenizer, TWO_REPLIES, methods=(method,) if method else None)
+    assert trained_runs(tokenizer, mask) == [" 2000 grams. </s>", " 3000 grams. </s>"]
+
+
+#: A bos before every turn and nothing after a reply: on a GPT-2-style tokenizer that bos is also the eos.
+BOS_BEFORE_TURNS = "{% for m in messages %}{{ bos_token + m['role'] + ': ' + m['content'] + '\n' }}{% endfor %}"
+
+
+def test_a_turn_opening_that_is_also_the_eos_is_refused_as_ambiguous():
+    """bos == eos printed only before each turn: the rule can't tell a stop from the next turn's bos, so the row is
+    refused, naming the template and the fix, instead of training either guess."""
+    tokenizer = byte_level_tokenizer("<|endoftext|>", "<|endoftext|>")
+    tokenizer.name_or_path = "my-org/gpt2-chat"
+    mask = chat_labels(tokenizer, TWO_REPLIES, chat_template=BOS_BEFORE_TURNS)
+    assert set(mask.labels) == {-100}
+    assert mask.problem.startswith("ambiguous end of turn: the chat template of 'my-org/gpt2-chat' prints ")
+    assert "'<|endoftext|>'" in mask.problem and "eos_token" in mask.problem and "`chat_template_path`" in mask.problem
+    assert mask.row_reason.startswith("chat turns not located: ambiguous end of turn")
+
+
+def test_a_bos_before_every_turn_is_never_trained_when_it_is_not_the_eos():
+    """The same template with `<s>` and `</s>`: no stop token is printed after a reply, the next `<s>` stays masked,
+    and the last reply gets the eos appended (the note says so)."""
+    tokenizer = byte_level_tokenizer("<s>", "</s>")
+    mask = chat_labels(tokenizer, TWO_REPLIES, chat_template=BOS_BEFORE_TURNS)
+    assert mask.problem is None
+    assert trained_runs(tokenizer, mask) == [" 2000 grams.", " 3000 grams.\n</s>"]
+    assert "appended" in mask.note and "message 1 has no end-of-turn token" in mask.note
+
+
+def test_trainer_refuses_rows_whose_end_of_turn_is_ambiguous(make_config):
+    """The refusal reaches the user as our error, before training."""
+    tokenizer = byte_level_tokenizer("<|endoftext|>", "<|endoftext|>", texts=[TEXT_FOR_TRAINER])
+    tokenizer.chat_template = BOS_BEFORE_TURNS
+    with pytest.raises(UnsupervisedRowsError, match="ambiguous end of turn"):
+        MaskedSFTTrainer(
+            build_tiny_model(tokenizer),
+            args=make_config(max_length=256),
+            train_dataset=_conversations(),
+            processing_class=tokenizer,
+        )
+
+
+TEXT_FOR_TRAINER = "Be brief. What is 0 + 0? And doubled? 0 2 4 6 8 10 12 14 16 18 20 24 28"
+
+
+def test_a_generation_block_without_its_stop_gets_the_stop_after_a_space():
+    """A marked Llama-2-style template whose block holds the reply only: the ` </s>` after it is added by the same
+    rule as for the other ways; the next `<s>` is not."""
+    template = (
+        "{% for m in messages %}{% if m['role'] == 'user' %}{{ bos_token + '[INST] ' + m['content'] + ' [/INST]' }}"
+        "{% else %}{{ ' ' }}{% generation %}{{ m['content'] }}{% endgeneration %}{{ ' ' + eos_token }}{% endif %}"
+        "{% endfor %}"
+    )
+    tokenizer = byte_level_tokenizer("<s>", "</s>")
+    mask = chat_labels(tokenizer, TWO_REPLIES, chat_template=template)
+    assert mask.method == "generation markers"
+    assert trained_runs(tokenizer, mask) == [" 2000 grams. </s>", " 3000 grams. </s>"]
+    assert "leaves out its end-of-turn token" in mask.note

@@ -39,6 +39,9 @@ from pathlib import Path
 
 import pytest
 import trl
+from template_families import FAMILIES as REAL_FAMILIES
+from template_families import family_tokenizer as real_tokenizer
+from template_families import trained_runs
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 from trl.chat_template_utils import get_training_chat_template, supports_tool_calling
@@ -340,3 +343,54 @@ def test_a_row_the_template_cannot_render_is_refused_with_the_shape_it_needs(fam
     assert mask.input_ids == [] and mask.labels == []
     assert mask.problem.startswith("the chat template can't render this conversation (TypeError")
     assert "`arguments` as a JSON string" in mask.problem
+
+
+# Real templates of families TRL does not ship (tests/data/chat_templates/, sources in its README), each with a
+# tokenizer holding that family's special tokens. The end-of-turn rule (docs/chat_templates.md) on each of them.
+REPLIES = ("That is 2000 grams.", "That is 3000 grams.")
+REAL = [(f, m) for f in sorted(REAL_FAMILIES) for m in ("default", OFFSETS, PREFIX_DIFF)]
+#: Templates whose conversation prefixes render differently alone (Alpaca's and Falcon's whitespace; Mistral v3
+#: moves the system prompt to the last user turn): the prefix diff refuses them, the default way does not.
+PREFIX_DIFF_REFUSES = {"alpaca", "falcon", "mistral-v0.3", "mistral-v3-tekken"}
+
+
+def _real_conversation(tokenizer) -> list[dict]:
+    """System, user, reply, user, reply; without the system turn where the template refuses one (Mistral v0.1)."""
+    messages = [
+        {"role": "system", "content": "Answer briefly."},
+        {"role": "user", "content": "How many grams in 2 kg?"},
+        {"role": "assistant", "content": REPLIES[0]},
+        {"role": "user", "content": "And in 3 kg?"},
+        {"role": "assistant", "content": REPLIES[1]},
+    ]
+    try:
+        tokenizer.apply_chat_template(messages, tokenize=False)
+    except Exception:  # noqa: BLE001 - roles must alternate from the first message
+        return messages[1:]
+    return messages
+
+
+@pytest.mark.parametrize(("family", "method"), REAL, ids=[f"{f}-{m}" for f, m in REAL])
+def test_real_templates_train_each_reply_with_its_stop_token_and_nothing_of_the_next_turn(family, method):
+    """Each reply's content plus the stop token the template prints after it (after a space, for Llama-2) is
+    trained, and nothing else: no header, no next-turn bos (even when bos == eos), no user or system text."""
+    tokenizer, spec = real_tokenizer(family), REAL_FAMILIES[family]
+    messages = _real_conversation(tokenizer)
+    mask = chat_labels(tokenizer, messages, methods=None if method == "default" else (method,))
+    if method == PREFIX_DIFF and family in PREFIX_DIFF_REFUSES:
+        assert "render differently alone" in mask.problem and set(mask.labels) == {-100}
+        return
+    assert mask.problem is None, mask.problem
+    ids = tokenizer(tokenizer.apply_chat_template(messages, tokenize=False), add_special_tokens=False)["input_ids"]
+    assert mask.input_ids[: len(ids)] == ids  # the template's own rendering, tokens appended only after it
+    runs = trained_runs(tokenizer, mask)
+    stops = [spec["stop"], spec["stop"]] if spec["stop"] else ["", spec["eos"]]  # Falcon: eos appended at the end
+    assert len(runs) == 2, runs
+    for run, reply, stop in zip(runs, REPLIES, stops, strict=True):
+        assert re.fullmatch(rf"\s?{re.escape(reply)}\s*{re.escape(stop)}", run), f"{family}: trained {run!r}"
+
+
+def test_every_real_family_is_in_the_documented_table():
+    """docs/chat_templates.md lists each family kept under tests/data/chat_templates/."""
+    doc = (Path(__file__).parents[1] / "docs" / "chat_templates.md").read_text(encoding="utf-8")
+    assert [f for f in REAL_FAMILIES if f"| {f} |" not in doc] == []

@@ -4,14 +4,15 @@ Four ways to find each assistant turn (`METHODS`) are tried in order; the first 
 template's `{% generation %}` markers; TRL's training copy of a template it knows, where it renders the same ids; content
 offsets (each reply's text found in one render, from the assistant header to the end-of-turn token, both read once per
 template off a probe); the prefix diff. A row is refused only when none verifies (`ChatMask.problem`, with the fix).
+
+This module locates replies; which tokens end a reply (and are trained with it) is one rule for every way, in
+`end_of_turn`: each way hands its turns to `end_of_turn.settle`.
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import os
-import weakref
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,22 +21,32 @@ from itertools import groupby
 from typing import Any
 
 from .conversations import fit_content, is_empty_reply, message_spans, reads_parts, reasoning_text, unknown_roles
+from .end_of_turn import (
+    NO_FACTS,
+    TurnFacts,
+    cached,
+    encode,
+    probe,
+    render,
+    settle,
+    special_token_ids,
+    trailing_start,
+    turn_end,
+)
 from .masking import IGNORE_INDEX
 
-__all__ = ["METHODS", "ChatMask", "chat_labels"]
+__all__ = ["METHODS", "ChatMask", "chat_labels", "special_token_ids"]
 
 TRAINED = "trained"
 #: Reason codes for masked tokens of a conversation (see `ChatMask.reasons`).
 SYSTEM, USER, TOOL, TEMPLATE = "system turn", "user turn", "tool turn", "template"
 EARLIER_ASSISTANT, END_OF_TURN = "earlier assistant turn", "end of turn (not trained)"
-_PROBE_ROLES = ("user", "assistant", "user")
 _ROLE_REASONS = {"system": SYSTEM, "user": USER, "tool": TOOL, "ipython": TOOL, "function": TOOL}
 #: Row reason for a conversation whose replies to train are all empty (counted by the pre-flight audit).
 EMPTY_COMPLETION = "empty completion"
 #: The ways to locate assistant turns, in the order they are tried.
 MARKERS, TRL_TEMPLATE, OFFSETS, PREFIX_DIFF = "generation markers", "TRL training template", "offsets", "prefix diff"
 METHODS = (MARKERS, TRL_TEMPLATE, OFFSETS, PREFIX_DIFF)
-_CACHE: dict[tuple, tuple[Callable[[], Any], Any]] = {}  # what a template does, read once (see `_cached`)
 
 
 class _NotLocated(Exception):  # one way to locate the turns does not verify on this row; the message says why
@@ -75,45 +86,6 @@ class _Located:
     offsets: list[tuple[int, int]] | None = None
 
 
-@dataclass(frozen=True)
-class _Facts:  # what a template does around assistant replies, read once off a probe conversation
-    header: str  # the text every assistant turn starts with (the generation prompt's part that turns render)
-    eot_ids: tuple[int, ...]  # the end-of-turn tokens after a reply followed by a user turn (empty when none)
-    stop_ids: frozenset[int]  # special tokens of turn headers: never part of an end-of-turn run
-    opener_ids: frozenset[int]  # special tokens that open a turn (the first of a user's or an assistant's header)
-
-
-def _cached(key: tuple, compute: Callable[[], Any], owner: Any = None) -> Any:
-    """`compute()` once per key (and live `owner`, the tokenizer); an exception is remembered and raised again."""
-    hit = _CACHE.get(key)
-    if hit is None or hit[0]() is not owner:
-        if len(_CACHE) > 256:
-            _CACHE.clear()
-        try:
-            value = compute()
-        except Exception as error:  # noqa: BLE001 - a template may raise anything
-            value = error
-        hit = _CACHE[key] = (weakref.ref(owner) if owner is not None else lambda: None, value)
-    if isinstance(hit[1], Exception):
-        raise hit[1]
-    return hit[1]
-
-
-def special_token_ids(tokenizer) -> set[int]:
-    """Ids of special tokens, including added special tokens such as `<|im_end|>` the tokenizer doesn't name."""
-    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-    return set(tokenizer.all_special_ids) | {i for i, token in added.items() if getattr(token, "special", False)}
-
-
-def _encode(tokenizer, text: str) -> tuple[list[int], list[tuple[int, int]]]:
-    out = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    return list(out["input_ids"]), [tuple(o) for o in out["offset_mapping"]]
-
-
-def _render(tokenizer, messages, kwargs, prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=prompt, **kwargs)
-
-
 def chat_labels(
     tokenizer,
     messages: Sequence[dict],
@@ -140,7 +112,7 @@ def chat_labels(
     options = {k: v for k, v in template_kwargs.items() if k != "tools"}  # rows' own tools: one probe for all
     key = (id(tokenizer), len(tokenizer), template, json.dumps(options, sort_keys=True, default=str))
     kwargs = {**template_kwargs, "chat_template": template}
-    parts = _cached(("parts", *key), lambda: reads_parts(lambda m: _render(tokenizer, m, kwargs)), tokenizer)
+    parts = cached(("parts", *key), lambda: reads_parts(lambda m: render(tokenizer, m, kwargs)), tokenizer)
     messages = fit_content(messages, parts=parts)
     chosen = [i for i, m in enumerate(messages) if m.get("role") == "assistant" and i >= trainable_from]
     chosen = chosen[-1:] if assistant_turns == "last" else chosen
@@ -148,6 +120,9 @@ def chat_labels(
     ctx = _Context(tokenizer, messages, kwargs, key, parts, {i for i in chosen if i not in empty})
     tried: list[tuple[str, Exception]] = []
     which = ", ".join(map(str, empty))
+    if ctx.trained and (ambiguous := _ambiguous_end(ctx, template)):
+        ids = encode(tokenizer, render(tokenizer, messages, kwargs))[0]
+        return ChatMask(ids, [ignore_index] * len(ids), ambiguous)
     for method in (methods or METHODS) if ctx.trained else ():
         try:
             mask = _assemble(ctx, _LOCATE[method](ctx), method, train_eot, ignore_index)
@@ -158,12 +133,28 @@ def chat_labels(
             mask.note = "; ".join(filter(None, [mask.note, f"empty assistant reply (message {which}) skipped"]))
         return mask
     try:
-        ids, unrenderable = _encode(tokenizer, _render(tokenizer, messages, kwargs))[0], None
+        ids, unrenderable = encode(tokenizer, render(tokenizer, messages, kwargs))[0], None
     except Exception as error:  # noqa: BLE001 - the template can't render this row at all
         ids, unrenderable = [], error
     empty_reply = f"{EMPTY_COMPLETION}: the assistant reply to train (message {which}) has no content"
     problem = _refusal(tried, unrenderable) if ctx.trained else empty_reply if empty else "no assistant turn to train"
     return ChatMask(ids, [ignore_index] * len(ids), problem + unknown_roles(messages, template))
+
+
+def _ambiguous_end(ctx: _Context, template: str) -> str | None:
+    """The refusal for a template whose end of turn the rule can't read (`TurnFacts.ambiguous`); marked templates
+    say it themselves."""
+    from trl.chat_template_utils import has_generation_markers
+
+    why = ctx.facts(required=False).ambiguous
+    if why is None or has_generation_markers(template):
+        return None
+    name = getattr(ctx.tokenizer, "name_or_path", "") or ""
+    return (
+        f"ambiguous end of turn: the chat template{f' of {name!r}' if name else ''} {why}. Fix: end each assistant "
+        "reply with its stop token in the template (e.g. `{{ message['content'] + eos_token }}`) and pass it with "
+        "`chat_template_path`, or wrap each reply and its stop token in {% generation %} ... {% endgeneration %}."
+    )
 
 
 def _refusal(tried: list[tuple[str, Exception]], unrenderable: Exception | None) -> str:
@@ -193,48 +184,23 @@ class _Context:
 
     @cached_property
     def special(self) -> set[int]:
-        return _cached(("special", *self.key[:2]), lambda: special_token_ids(self.tokenizer), self.tokenizer)
+        return cached(("special", *self.key[:2]), lambda: special_token_ids(self.tokenizer), self.tokenizer)
 
-    def facts(self, required: bool = True) -> _Facts:
+    def facts(self, required: bool = True) -> TurnFacts:
         try:
-            return _cached(("facts", *self.key), lambda: _probe(self), self.tokenizer)
+            compute = lambda: probe(self.tokenizer, self.kwargs, self.parts, self.special)  # noqa: E731
+            return cached(("facts", *self.key), compute, self.tokenizer)
         except Exception as error:
             if required:
                 raise _NotLocated(f"the template can't render a user/assistant/user probe ({error})") from error
-            return _Facts("", (), frozenset(), frozenset())
+            return NO_FACTS
 
+    def blank(self, ids: list[int]) -> Callable[[int], bool]:
+        """`blank(i)`: token `i` of `ids` is whitespace, not a special token."""
+        return lambda i: ids[i] not in self.special and not self.tokenizer.decode([ids[i]]).strip()
 
-def _probe(ctx: _Context) -> _Facts:
-    """Read the assistant header and end-of-turn tokens off a probe conversation: user, assistant, user."""
-    tokenizer, special, kwargs = ctx.tokenizer, ctx.special, {k: v for k, v in ctx.kwargs.items() if k != "tools"}
-    texts = ("Probe question one", "Probe answer two", "Probe question three")
-    probe = fit_content([{"role": r, "content": t} for r, t in zip(_PROBE_ROLES, texts, strict=True)], parts=ctx.parts)
-    alone, prompt = _render(tokenizer, probe[:1], kwargs), _render(tokenizer, probe[:1], kwargs, True)
-    generation = prompt[len(os.path.commonprefix([alone, prompt])) :]
-    full = _render(tokenizer, probe, kwargs)
-    a = full.find(texts[0])
-    b, c = full.find(texts[1], a + 1), full.find(texts[2], full.find(texts[1], a + 1) + 1)
-    if min(a, b, c) < 0:
-        raise _NotLocated("the template does not render the text of a user/assistant/user conversation")
-    gap = full[a + len(texts[0]) : b]
-    header = next((generation[:k] for k in range(len(generation), 0, -1) if generation[:k] in gap), "")
-    ids, offsets = _encode(tokenizer, full)
-    starts = [s for s, _ in offsets]
-    opening = [i for i in tokenizer(generation, add_special_tokens=False)["input_ids"] if i in special]
-    opening = [next((i for i in opening if i in ids[: bisect_left(starts, a)]), opening[0])] if opening else []
-    stop, j = set(opening), bisect_right(starts, c) - 1  # j: the token holding the next user's text
-    while j > 0 and (ids[j - 1] in special or not full[slice(*offsets[j - 1])].strip()):
-        j -= 1
-        if ids[j] in special:  # the last special token of the user's header
-            stop.add(ids[j])
-            break
-    k, eot = bisect_left(starts, b + len(texts[1])), []
-    while k < len(ids) and ids[k] in special and ids[k] not in stop:
-        eot.append(ids[k])
-        k += 1
-    openers = set(opening) | {next((i for i in ids[k:j] if i in special), -1)}  # assistant's and user's
-    cut = header.find(tokenizer.decode(opening)) if opening else -1  # assistant turns start at the opening token
-    return _Facts(header[cut:] if cut >= 0 else "", tuple(eot), frozenset(stop), frozenset(openers))
+    def trailing_start(self, ids: list[int], start: int, end: int) -> int:
+        return trailing_start(self.special, self.tokenizer.decode, ids, start, end)
 
 
 def _by_trl_template(ctx: _Context) -> _Located:
@@ -245,10 +211,10 @@ def _by_trl_template(ctx: _Context) -> _Located:
         proxy.chat_template = ctx.kwargs["chat_template"]
         return get_training_chat_template(proxy)
 
-    if (training := _cached(("trl", ctx.kwargs["chat_template"]), lookup)) is None:
+    if (training := cached(("trl", ctx.kwargs["chat_template"]), lookup)) is None:
         raise _NotLocated("TRL has no training copy of this template")
     copy_kwargs = {**ctx.kwargs, "chat_template": training}  # the same text gives the same ids: one tokenization
-    if _render(ctx.tokenizer, ctx.messages, ctx.kwargs) != _render(ctx.tokenizer, ctx.messages, copy_kwargs):
+    if render(ctx.tokenizer, ctx.messages, ctx.kwargs) != render(ctx.tokenizer, ctx.messages, copy_kwargs):
         raise _NotLocated("TRL's training copy of this template renders this conversation differently")
     return _by_markers(ctx, copy_kwargs)
 
@@ -271,11 +237,12 @@ def _by_markers(ctx: _Context, kwargs: dict | None = None) -> _Located:
     if len(runs) != len(assistant) and not (runs and ctx.trained == set(assistant)):
         raise _NotLocated(f"the template has {len(runs)} generation blocks for {len(assistant)} assistant messages")
     owners = assistant if len(runs) == len(assistant) else [assistant[-1]] * len(runs)
-    turns, notes = [], []
-    for owner, (start, end) in zip(owners, runs, strict=True):
-        if (eot_start := _eot_start(ctx, ids, start, end)) == end:  # no end-of-turn token inside: maybe right after
-            if (eot := ctx.facts(required=False).eot_ids) and tuple(ids[end : end + len(eot)]) == eot:
-                end += len(eot)
+    turns, notes, blank = [], [], ctx.blank(ids)
+    for n, (owner, (start, end)) in enumerate(zip(owners, runs, strict=True)):
+        if (eot_start := ctx.trailing_start(ids, start, end)) == end:  # no end-of-turn token inside: maybe after
+            bound = runs[n + 1][0] if n + 1 < len(runs) else len(ids)
+            if (after := settle(ids, end, (end, end), bound, ctx.facts(required=False), blank)[1]) > end:
+                end = after
                 notes.append(f"the generation block of message {owner} leaves out its end-of-turn token: trained too")
         turns.append((owner, start, eot_start, end))
     return _Located(ids, turns, notes)
@@ -283,8 +250,8 @@ def _by_markers(ctx: _Context, kwargs: dict | None = None) -> _Located:
 
 def _by_offsets(ctx: _Context) -> _Located:
     facts = ctx.facts()
-    text = _render(ctx.tokenizer, ctx.messages, ctx.kwargs)
-    ids, offsets = _encode(ctx.tokenizer, text)
+    text = render(ctx.tokenizer, ctx.messages, ctx.kwargs)
+    ids, offsets = encode(ctx.tokenizer, text)
     spans = message_spans(text, ctx.messages, facts.header)
     starts, ends = [s for s, _ in offsets], [e for _, e in offsets]
     turns, notes = [], []
@@ -294,7 +261,8 @@ def _by_offsets(ctx: _Context) -> _Located:
         region, text_start, text_end = spans[i]
         bound = bisect_left(starts, next((s[0] for s in spans[i + 1 :] if s is not None), len(text)))
         first, k = bisect_right(ends, region), bisect_left(starts, text_end)
-        eot_start, end = _turn_end(ctx.special, facts, ids, text, offsets, k, bound, text_end > text_start)
+        found = turn_end(ctx.special, facts, ids, text, offsets, k, bound, text_end > text_start)
+        eot_start, end = settle(ids, k, found, bound, facts, ctx.blank(ids))
         if eot_start == end and message.get("tool_calls"):
             raise _NotLocated(f"assistant message {i} has tool calls but no end-of-turn token to bound them")
         if (reasoning := reasoning_text(message).strip()) and reasoning not in text[region:text_end]:
@@ -303,51 +271,22 @@ def _by_offsets(ctx: _Context) -> _Located:
     return _Located(ids, turns, notes, text, offsets)
 
 
-def _turn_end(special, facts: _Facts, ids, text, offsets, k: int, bound: int, has_text: bool) -> tuple[int, int]:
-    """`(eot_start, end)` of the turn whose text ends at token `k`: the special tokens right after the text, else
-    those before the next turn's opening token, else the template's end-of-turn tokens; `(k, k)` when none."""
-    j = k
-    while has_text and j < bound and ids[j] in special and ids[j] not in facts.stop_ids:
-        j += 1
-    if j > k:
-        return k, j
-    opener = next((p for p in range(k, bound) if ids[p] in facts.opener_ids), None)
-    if opener is not None:
-        while opener > k and ids[opener - 1] not in special and not text[slice(*offsets[opener - 1])].strip():
-            opener -= 1
-        e = opener
-        while e > k and ids[e - 1] in special and ids[e - 1] not in facts.stop_ids:
-            e -= 1
-        if e < opener:
-            return e, opener
-    n = len(facts.eot_ids)
-    at = next((p for p in range(k, bound - n + 1) if tuple(ids[p : p + n]) == facts.eot_ids), None) if n else None
-    return (at, at + n) if at is not None else (k, k)
-
-
 def _by_prefix_diff(ctx: _Context) -> _Located:
     tokenizer, messages, kwargs = ctx.tokenizer, ctx.messages, ctx.kwargs
-    full, turns, prev_end = _encode(tokenizer, _render(tokenizer, messages, kwargs))[0], [], 0
+    full, turns, prev_end = encode(tokenizer, render(tokenizer, messages, kwargs))[0], [], 0
     for i, message in enumerate(messages):
-        upto = full if i == len(messages) - 1 else _encode(tokenizer, _render(tokenizer, messages[: i + 1], kwargs))[0]
+        upto = full if i == len(messages) - 1 else encode(tokenizer, render(tokenizer, messages[: i + 1], kwargs))[0]
         if full[: len(upto)] != upto:
             raise _NotLocated(f"the first {i + 1} messages render differently alone than inside the conversation")
         if message.get("role") == "assistant":
-            head = _encode(tokenizer, _render(tokenizer, messages[:i], kwargs, True))[0] if i else []
+            head = encode(tokenizer, render(tokenizer, messages[:i], kwargs, True))[0] if i else []
             if upto[: len(head)] != head or len(head) < prev_end:
                 raise _NotLocated(f"the generation prompt before assistant message {i} is not a prefix of that turn")
-            turns.append((i, len(head), _eot_start(ctx, full, len(head), len(upto)), len(upto)))
+            k = ctx.trailing_start(full, len(head), len(upto))  # the reply's own tokens end here
+            eot_start, end = settle(full, k, (k, len(upto)), len(upto), ctx.facts(required=False), ctx.blank(full))
+            turns.append((i, len(head), eot_start, end))
         prev_end = len(upto)
     return _Located(full, turns)
-
-
-def _eot_start(ctx: _Context, ids: list[int], start: int, end: int) -> int:
-    """Where the end-of-turn tokens closing `ids[start:end]` start: its trailing special and blank tokens, if one of
-    them is special (`end` otherwise)."""
-    e = end
-    while e > start and (ids[e - 1] in ctx.special or not ctx.tokenizer.decode([ids[e - 1]]).strip()):
-        e -= 1
-    return e if ctx.special.intersection(ids[e:end]) else end
 
 
 _LOCATE = {MARKERS: _by_markers, TRL_TEMPLATE: _by_trl_template, OFFSETS: _by_offsets, PREFIX_DIFF: _by_prefix_diff}
@@ -364,7 +303,7 @@ def _assemble(ctx: _Context, located: _Located, method: str, train_eot: bool, ig
         labels[start : end if train_eot else eot_start] = ids[start : end if train_eot else eot_start]
     appended, bare = 0, [t for t in trained if t[2] == t[3]] if train_eot else []
     if bare and bare[-1][0] == len(ctx.messages) - 1 and not ctx.tokenizer.decode(ids[bare[-1][3] :]).strip():
-        eot = list(ctx.facts(required=False).eot_ids) or [ctx.tokenizer.eos_token_id]
+        eot = list(ctx.facts(required=False).closing) or [ctx.tokenizer.eos_token_id]
         if eot[0] is not None:  # train the stop after the final reply (and any whitespace before it)
             end, appended, bare = bare[-1][3], len(eot), bare[:-1]
             ids, labels = ids + eot, labels[:end] + ids[end:] + eot
@@ -383,8 +322,8 @@ def _reasons(ctx: _Context, located: _Located, train_eot: bool) -> list[str]:
     reasons = [TEMPLATE] * len(ids)
     if text is None:  # the marker ways: render the text once more
         try:
-            text = _render(ctx.tokenizer, ctx.messages, ctx.kwargs)
-            rendered, offsets = _encode(ctx.tokenizer, text)
+            text = render(ctx.tokenizer, ctx.messages, ctx.kwargs)
+            rendered, offsets = encode(ctx.tokenizer, text)
         except Exception:  # noqa: BLE001 - reasons are a courtesy; the labels stand
             rendered = None
         text = text if rendered == ids else None

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from transformers.utils import logging
 
+from .masking import IGNORE_INDEX
+
 __all__ = ["MAX_LOGITS", "SupervisedLoss", "count_packed_tokens", "supervised_logits_are_exact"]
 
 logger = logging.get_logger(__name__)
@@ -30,7 +32,6 @@ logger = logging.get_logger(__name__)
 #: Above this many logits (positions × vocabulary) in one batch, TRL's chunked head takes the batch: it never holds
 #: more than a `4096 × 32768` tile, and a batch this full of supervised positions gains little from skipping prompts.
 MAX_LOGITS = 2**27
-_IGNORE = -100
 _ENTROPY_CHUNK = 2**24  # logits per block when computing the entropy (bounds its temporaries)
 
 
@@ -135,7 +136,7 @@ class SupervisedLoss:
             return None
         trainer = self.trainer
         keep = torch.zeros_like(labels, dtype=torch.bool)
-        label_mask = labels[:, 1:] != _IGNORE
+        label_mask = labels[:, 1:] != IGNORE_INDEX
         keep[:, :-1] = label_mask
         vocab = trainer.model.get_output_embeddings().weight.shape[0]
         num_kept = int(keep.sum())  # CPU only: no device sync

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .errors import DatasetFormatError, DatasetTypeError
+from .masking import IGNORE_INDEX
 
 __all__ = [
     "build_rows",
@@ -218,7 +219,7 @@ def _ids(values: Any, row: int | str, column: str, dataset_name: str, *, labels:
                 f"rebuild `{column}` from the tokenizer's output."
             )
         if value < 0 and not labels:  # a negative label other than -100 is named by `masking.clean_row`
-            what = "-100 belongs in `labels` only" if value == -100 else "token ids are >= 0"
+            what = "-100 belongs in `labels` only" if value == IGNORE_INDEX else "token ids are >= 0"
             raise DatasetFormatError(
                 f"{where}: `{column}` holds {value} at position {position}; {what}, and a negative id fails inside "
                 "the model's embedding lookup. Fix: pad `input_ids` with `tokenizer.pad_token_id` and mark the "
