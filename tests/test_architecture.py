@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "trl_masked_sft"
 #: Lowest first. Modules of one layer never import each other.
 LAYERS: list[set[str]] = [
     {"errors", "tiny"},
-    {"constraints"},
+    {"constraints", "precision"},
     {"config", "masking", "hf_compat", "conversations"},
     {"validation", "end_of_turn", "checkpoints", "model_checks", "packing", "loss", "values"},
     {"report", "distributed", "collator", "metrics", "chat"},

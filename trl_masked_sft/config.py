@@ -13,6 +13,7 @@ from transformers.utils import is_torch_bf16_gpu_available
 from trl import SFTConfig
 
 from .constraints import check_masking_fields, check_types, check_values
+from .precision import has_accelerator
 
 __all__ = ["MaskedSFTConfig", "MaskingOptions", "homework_lora_config", "trainer_config"]
 
@@ -24,9 +25,11 @@ class MaskedSFTConfig(SFTConfig):
 
     The defaults mirror the course homework this package grew from (LoRA SFT of SmolLM2-360M-Instruct on unit
     conversions): learning_rate 2e-4, num_train_epochs 3, per_device_train_batch_size 32, activation checkpointing
-    on, save_strategy "epoch", save_total_limit 1, logging_steps 10, report_to "tensorboard", label_names
-    ["labels"], max_length 128, completion_only_loss True. `bf16` defaults to True only where the hardware supports
-    it, so the config constructs on a CPU-only machine.
+    on (on a GPU or other accelerator; off on a CPU, whose memory is the host's and where recomputing costs a third
+    more time), save_strategy "epoch", save_total_limit 1, logging_steps 10, report_to "tensorboard", label_names
+    ["labels"], max_length 128, completion_only_loss True. `bf16` left unset is True where a GPU supports it; on a
+    CPU with native bfloat16 units the trainer turns bfloat16 autocast on for a model of at least 20M parameters
+    (`precision.py`), and the config constructs on a CPU-only machine.
 
     Args:
         masked_row_policy (`str`, *optional*, defaults to `"error"`):
@@ -91,7 +94,8 @@ class MaskedSFTConfig(SFTConfig):
         default=None,
         metadata={
             "help": "Trade compute for memory by recomputing activations in the backward pass. If not set, True "
-            "(the homework's setting) unless the deprecated `gradient_checkpointing` says otherwise."
+            "(the homework's setting) where a GPU or other accelerator is present and False on a CPU, unless the "
+            "deprecated `gradient_checkpointing` says otherwise."
         },
     )
     gradient_checkpointing: bool | None = field(
@@ -100,7 +104,9 @@ class MaskedSFTConfig(SFTConfig):
     bf16: bool | None = field(
         default=None,
         metadata={
-            "help": "Whether to use bf16 mixed precision. If not set, True only where the hardware supports it."
+            "help": "Whether to use bf16 mixed precision. If not set, True where a GPU supports it; on a CPU with "
+            "native bfloat16 units (AVX512-BF16, AMX, Arm BF16) the trainer turns it on for a model of at least 20M "
+            "parameters, and says so in the log."
         },
     )
     save_strategy: SaveStrategy | str = field(
@@ -231,10 +237,13 @@ class MaskedSFTConfig(SFTConfig):
 
     def __post_init__(self):
         if self.activation_checkpointing is None and self.gradient_checkpointing is None:
-            self.activation_checkpointing = True
+            self.activation_checkpointing = not self.use_cpu and has_accelerator()
         check_types(self)  # before transformers converts or compares them: a typo fails there with no fix
+        self._bf16_auto = False
         if self.bf16 is None and not self.fp16:
             self.bf16 = not self.use_cpu and is_torch_bf16_gpu_available()
+            # Left to the trainer, which sees the model: bfloat16 autocast on a CPU that has it (`precision.py`).
+            self._bf16_auto = not self.bf16
         super().__post_init__()
         check_values(self)
 

@@ -37,6 +37,7 @@ from .model_checks import (
 )
 from .packing import PACKED_TOKENS_KEY, PackingCollator, packing_is_exact, virtual_token_count
 from .pipeline import PreparationPipeline
+from .precision import cpu_bf16_setup, resolve_cpu_bf16
 from .report import AuditReport
 from .validation import check_collator_keeps_labels, check_prompt_learning, first_label_is_target
 
@@ -86,6 +87,7 @@ class MaskedSFTTrainer(SFTTrainer):
     ):
         args = trainer_config(model, args)
         self._msft_options = options = MaskingOptions.from_args(args)
+        self._msft_precision = resolve_cpu_bf16(model, args)  # said once training starts
         if not options.completion_only:
             warnings.warn(
                 "`completion_only_loss=False`: the loss covers the whole sequence, prompts included. Set "
@@ -186,6 +188,7 @@ class MaskedSFTTrainer(SFTTrainer):
         check_model_before_training(self.model, self.args, self.train_dataset, self.processing_class)
         check_prompt_learning(self.model, activation_checkpointing=bool(self.args.activation_checkpointing))
         resume_from_checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir, self.model)
+        cpu_bf16_setup(self.model, self.args, note=self._msft_precision)
         if self.is_world_process_zero() and self._msft_audits:
             path = Path(self.args.output_dir) / "masked_sft_audit.json"
             path.parent.mkdir(parents=True, exist_ok=True)
