@@ -18,7 +18,7 @@ LAYERS: list[set[str]] = [
     {"errors", "tiny"},
     {"constraints"},
     {"config", "masking", "hf_compat", "values", "conversations"},
-    {"validation", "chat", "checkpoints", "model_checks", "packing", "loss"},
+    {"validation", "chat", "checkpoints", "model_checks", "packing", "loss", "steps"},
     {"report", "distributed", "collator", "metrics"},
     {"formats", "health"},
     {"pipeline"},
