@@ -20,7 +20,7 @@ LAYERS: list[set[str]] = [
     {"config", "masking", "hf_compat", "values", "conversations"},
     {"validation", "chat", "checkpoints", "model_checks", "packing", "loss", "steps"},
     {"report", "distributed", "collator", "metrics"},
-    {"formats", "health"},
+    {"formats", "health", "streaming"},
     {"pipeline"},
     {"audit", "inspector"},
     {"trainer", "audit_html"},
