@@ -51,8 +51,9 @@ class MaskedSFTConfig(SFTConfig):
             given as `[question, answer]` lists fill this column and `completion_column`.
         completion_column (`str`, *optional*, defaults to `"completion"`):
             Column holding the completion (the answer, the only part trained); renamed to `completion` before
-            preparation (e.g. `"answer"`). Numbers are written with `str()`, after a space in `[question, answer]`
-            rows (the homework's text is `f"{question} {answer}"`).
+            preparation (e.g. `"answer"`). A finite number in the prompt or completion column is written with
+            `str()` in every layout (a list, a typed `Dataset`, a stream); NaN, inf and bools are refused. In
+            `[question, answer]` rows a numeric answer is written `" <answer>{answer}</answer>"`.
         response_template (`str`, *optional*):
             For `text` datasets: the text right before each answer (e.g. `"### Answer:"`); only what follows it is
             trained, found in context as `DataCollatorForCompletionOnlyLM` does. Rows without it are reported by the
@@ -180,8 +181,9 @@ class MaskedSFTConfig(SFTConfig):
         default="completion",
         metadata={
             "help": "Column holding the completion (the answer, the only part trained); renamed to `completion` "
-            'before preparation (e.g. `"answer"`). Numbers are written with `str()`, after a space in '
-            '`[question, answer]` rows (the homework\'s text is `f"{question} {answer}"`).'
+            'before preparation (e.g. `"answer"`). A finite number in the prompt or completion column is written '
+            "with `str()` in every layout (a list, a typed `Dataset`, a stream); NaN, inf and bools are refused. In "
+            '`[question, answer]` rows a numeric answer is written `" <answer>{answer}</answer>"`.'
         },
     )
 

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from enum import Enum
 from typing import Any
 
-from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
+from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, Value
 
 from .config import MaskingOptions
 from .errors import DatasetFormatError, DatasetTypeError
@@ -286,12 +286,16 @@ def _check_columns(
             f"Every completion in the {dataset_name} dataset (`{completion_column}`) is empty, so there is nothing "
             "to train on. Fix: point `completion_column` at the column that holds the answers."
         )
-    if converted:
+    if converted:  # numbers: `str()` here, with the columns typed as strings (`map` would cast them back)
+        features = dataset.features.copy()
+        features["prompt"] = features["completion"] = Value("string")
         dataset = dataset.map(
-            lambda ex: {
-                "prompt": to_text(ex["prompt"], row="", column="prompt", dataset_name=dataset_name),
-                "completion": to_text(ex["completion"], row="", column="completion", dataset_name=dataset_name),
+            lambda ex, i: {
+                "prompt": to_text(ex["prompt"], row=i, column=prompt_column, dataset_name=dataset_name),
+                "completion": to_text(ex["completion"], row=i, column=completion_column, dataset_name=dataset_name),
             },
+            with_indices=True,
+            features=features,
             desc=f"Writing numbers in the {dataset_name} dataset as text",
         )
     return dataset, empty
@@ -323,7 +327,8 @@ def tokenize_text_rows(
     said: list[bool] = []
 
     def with_eos(values: list[str], indices: list[int]) -> list[str]:
-        check_text(values, "completion" if pairs else text_field, dataset_name, start=indices[0])  # streamed rows
+        if not pairs:  # streamed text rows (prompt/completion rows were checked by `check_values`)
+            check_text(values, text_field, dataset_name, start=indices[0])
         if own_eos:  # the tokenizer adds the eos itself: one more in the text would train two
             return [value[: -len(eos)] if value.endswith(eos) else value for value in values]
         return [value if eos is None or value.endswith(eos) else value + eos for value in values]
