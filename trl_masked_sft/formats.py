@@ -60,13 +60,16 @@ class Layout(Enum):
         return self in (Layout.CONVERSATION, Layout.CONVERSATIONAL_PROMPT_COMPLETION)
 
 
-def detect_layout(dataset: Dataset | IterableDataset, options: MaskingOptions, dataset_name: str) -> Layout:
+def detect_layout(
+    dataset: Dataset | IterableDataset, options: MaskingOptions, dataset_name: str, *, template: bool = False
+) -> Layout:
     """The dataset's layout, from its columns (and first row): the one place it is decided.
 
-    In order: pre-tokenized `input_ids`; an explicitly configured `dataset_text_field` (other than TRL's default
-    `"text"`) that names a column; a conversation column; the prompt and completion columns (`prompt_column`,
-    `completion_column`), as strings or as lists of messages; the text column. Anything else raises, naming the
-    columns seen and the fields to set.
+    In order: pre-tokenized `input_ids`; the `dataset_text_field` column when it is set to another name than TRL's
+    default `"text"`, or when a response template (`template`: the collator's or `response_template`) is there to
+    mask it, as old TRL scripts kept `prompt`/`target` beside `text`; a conversation column; the prompt and
+    completion columns (`prompt_column`, `completion_column`), as strings or as lists of messages; the text column.
+    Anything else raises, naming the columns seen and the fields to set.
     """
     columns = column_names(dataset)
     prompt, completion, text = options.prompt_column, options.completion_column, options.text_field
@@ -80,7 +83,7 @@ def detect_layout(dataset: Dataset | IterableDataset, options: MaskingOptions, d
                 "drop the stale column (`dataset.remove_columns(['input_ids'])`) so the prompt and completion are "
                 "tokenized and masked here, or add a `completion_mask` (or `labels`) to the tokenized rows."
             )
-    elif text != "text" and text in columns:
+    elif text in columns and (text != "text" or template):
         layout = Layout.TEXT
     elif any(c in columns for c in CONVERSATION_COLUMNS):
         layout = Layout.CONVERSATION
@@ -90,9 +93,15 @@ def detect_layout(dataset: Dataset | IterableDataset, options: MaskingOptions, d
         layout = Layout.CONVERSATIONAL_PROMPT_COMPLETION if messages else Layout.PROMPT_COMPLETION
     elif prompt in columns or completion in columns:
         missing, field_name = (completion, "completion_column") if prompt in columns else (prompt, "prompt_column")
+        also = (
+            f"; or, to train the `{text}` column, pass a response-template collator "
+            "(`DataCollatorForCompletionOnlyLM`) or set `response_template`, which mask its prompt"
+            if text in columns
+            else ""
+        )
         raise DatasetFormatError(
             f"The {dataset_name} dataset has no `{missing}` column (columns: {columns}). Fix: set `{field_name}` to "
-            f"the column that holds the {'completion' if prompt in columns else 'prompt'}."
+            f"the column that holds the {'completion' if prompt in columns else 'prompt'}{also}."
         )
     elif text in columns:
         layout = Layout.TEXT

@@ -163,7 +163,7 @@ class PreparationPipeline:
         if formatting_func is not None and "input_ids" not in column_names(dataset):
             dataset = apply_formatting(dataset, formatting_func, dataset_name)
             options = dataclasses.replace(options, text_field="text")
-        layout = detect_layout(dataset, options, dataset_name)
+        layout = detect_layout(dataset, options, dataset_name, template=self.template is not None)
         dataset, empty_rows = check_values(dataset, layout, options, dataset_name)
         self._say_if_nothing_to_mask(layout, column_names(dataset))
         if layout in (Layout.PROMPT_COMPLETION, Layout.TEXT):
