@@ -18,7 +18,7 @@ LAYERS: list[set[str]] = [
     {"errors", "tiny"},
     {"constraints"},
     {"config", "masking", "hf_compat", "values", "conversations"},
-    {"validation", "chat", "checkpoints", "model_checks", "packing", "loss", "steps"},
+    {"validation", "chat", "checkpoints", "model_checks", "packing", "loss", "steps", "context"},
     {"report", "distributed", "collator", "metrics"},
     {"formats", "health", "streaming"},
     {"pipeline"},

@@ -93,12 +93,8 @@ def detect_layout(
         layout = Layout.CONVERSATIONAL_PROMPT_COMPLETION if messages else Layout.PROMPT_COMPLETION
     elif prompt in columns or completion in columns:
         missing, field_name = (completion, "completion_column") if prompt in columns else (prompt, "prompt_column")
-        also = (
-            f"; or, to train the `{text}` column, pass a response-template collator "
-            "(`DataCollatorForCompletionOnlyLM`) or set `response_template`, which mask its prompt"
-            if text in columns
-            else ""
-        )
+        template_fix = "pass a response-template collator or set `response_template` (they mask its prompt)"
+        also = f"; or, to train the `{text}` column, {template_fix}" if text in columns else ""
         raise DatasetFormatError(
             f"The {dataset_name} dataset has no `{missing}` column (columns: {columns}). Fix: set `{field_name}` to "
             f"the column that holds the {'completion' if prompt in columns else 'prompt'}{also}."

@@ -20,6 +20,7 @@ from transformers.utils import logging
 
 from .chat import chat_labels, special_token_ids
 from .config import MaskingOptions
+from .context import fold_context, warn_unused_context
 from .conversations import to_messages
 from .distributed import run_on_main
 from .errors import (
@@ -163,7 +164,10 @@ class PreparationPipeline:
         if formatting_func is not None and "input_ids" not in column_names(dataset):
             dataset = apply_formatting(dataset, formatting_func, dataset_name)
             options = dataclasses.replace(options, text_field="text")
+        dataset = fold_context(dataset, options, dataset_name, self.tokenizer)
         layout = detect_layout(dataset, options, dataset_name, template=self.template is not None)
+        if layout in (Layout.PROMPT_COMPLETION, Layout.CONVERSATIONAL_PROMPT_COMPLETION, Layout.CONVERSATION):
+            warn_unused_context(dataset, {options.prompt_column, options.completion_column}, dataset_name)
         dataset, empty_rows = check_values(dataset, layout, options, dataset_name)
         self._say_if_nothing_to_mask(layout, column_names(dataset))
         if layout in (Layout.PROMPT_COMPLETION, Layout.TEXT):
