@@ -133,6 +133,8 @@ def test_audit_dataset_reports_the_policy_error_without_raising(tokenizer):
     report = audit_dataset(rows(6, 4), tokenizer, config)
     assert report.rows_stop_token_truncated == 6
     assert "max_truncated_completion_fraction" in report.policy_error
+    page = render_audit_html(report, [1] * report.rows, [])
+    assert "Training would stop" in page and "truncated_completion_policy=warn" in page
 
 
 def test_streamed_rows_follow_the_policy(tokenizer, model, make_config):

@@ -156,16 +156,17 @@ def render_audit_html(report, supervised_counts: Sequence[int], worst_rows: Sequ
             "per row of the audited dataset."
         )
     shown = {row.index for row in worst_rows}
+    policies = (
+        f"`masked_row_policy={_esc(report.policy)}`, "
+        f"`truncated_completion_policy={_esc(report.truncated_completion_policy)}`"
+    )
     if report.policy_error:
         verdict = (
-            f'<div class="verdict stop"><strong>Training would stop</strong> (`masked_row_policy={_esc(report.policy)}`)'
+            f'<div class="verdict stop"><strong>Training would stop</strong> ({policies})'
             f"<pre>{_esc(report.policy_error)}</pre></div>"
         )
     else:
-        verdict = (
-            f'<div class="verdict go"><strong>Training may start</strong> '
-            f"(`masked_row_policy={_esc(report.policy)}`).</div>"
-        )
+        verdict = f'<div class="verdict go"><strong>Training may start</strong> ({policies}).</div>'
     body = [
         verdict,
         _numbers_table(report, shown),
