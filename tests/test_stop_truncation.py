@@ -168,3 +168,13 @@ def test_a_plain_sftconfig_names_no_kept_default(tokenizer, model, tmp_path, cap
     config = SFTConfig(output_dir=str(tmp_path), bf16=False, report_to="none", save_strategy="no", max_steps=1)
     MaskedSFTTrainer(model, args=config, train_dataset=rows(0, 8), processing_class=tokenizer)
     assert said and not [line for line in said if "differ from SFTConfig's" in line]
+
+
+def test_a_plain_sftconfig_keeps_trls_behaviour_with_the_warning(tokenizer, model, tmp_path):
+    """Drop-in parity: with `SFTConfig(max_length=...)` chosen by the user, every row cut still trains, said once."""
+    from trl import SFTConfig
+
+    config = SFTConfig(output_dir=str(tmp_path), bf16=False, report_to="none", max_length=40, max_steps=1)
+    with pytest.warns(MaskedSFTWarning, match=r"10 of 10 rows \(100.0%\) .* lose their stop token"):
+        trainer = MaskedSFTTrainer(model, args=config, train_dataset=rows(10, 0), processing_class=tokenizer)
+    assert len(trainer.train_dataset) == 10

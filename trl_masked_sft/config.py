@@ -46,6 +46,7 @@ class MaskedSFTConfig(SFTConfig):
         max_truncated_completion_fraction (`float`, *optional*, defaults to `0.5`):
             Largest share of a dataset's rows (0 to 1) that `truncated_completion_policy="warn"` or `"drop"` accepts
             cut before their stop token; past it training stops (by default, when most rows lose their stop token).
+            A plain `SFTConfig` keeps TRL's behaviour: the rows are trained as cut, with the warning.
         prompt_column (`str`, *optional*, defaults to `"prompt"`):
             Column holding the prompt; renamed to `prompt` before preparation (e.g. `"question"`). Homework rows
             given as `[question, answer]` lists fill this column and `completion_column`.
@@ -167,7 +168,8 @@ class MaskedSFTConfig(SFTConfig):
         metadata={
             "help": 'Largest share of a dataset\'s rows (0 to 1) that `truncated_completion_policy="warn"` or '
             '`"drop"` accepts cut before their stop token; past it training stops (by default, when most rows lose '
-            "their stop token)."
+            "their stop token). A plain `SFTConfig` keeps TRL's behaviour: the rows are trained as cut, with the "
+            "warning."
         },
     )
     prompt_column: str = field(
@@ -320,6 +322,7 @@ class MaskingOptions:
             return getattr(args, name) if hasattr(args, name) else defaults[name].default
 
         completion_only = get("completion_only_loss") is not False
+        ours = hasattr(args, "max_truncated_completion_fraction")
         assistant_only = bool(get("assistant_only_loss"))
         return cls(
             completion_only=completion_only,
@@ -338,7 +341,8 @@ class MaskingOptions:
             masked_row_policy=get("masked_row_policy"),
             max_masked_row_fraction=get("max_masked_row_fraction"),
             truncated_completion_policy=get("truncated_completion_policy"),
-            max_truncated_completion_fraction=get("max_truncated_completion_fraction"),
+            # a plain SFTConfig keeps TRL's behaviour (rows trained as cut), with the warning
+            max_truncated_completion_fraction=get("max_truncated_completion_fraction") if ours else 1.0,
             inherited_defaults=kept_defaults(args),
             num_proc=get("dataset_num_proc"),
         )
