@@ -621,9 +621,9 @@ def test_padding_free_flattens_the_batch_into_one_row_with_restarting_positions(
     assert batch["input_ids"].tolist() == [[50, 51, 52, 60, 61, 70, 71, 72, 73]]
     assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2, 3]]
     assert batch["labels"].tolist() == [[IGNORE, 51, 52, IGNORE, 61, IGNORE, 71, 72, 73]]
-    assert batch["cu_seq_lens_q"].tolist() == [0, 3, 5, 9] and batch["cu_seq_lens_q"].dtype == torch.int32
-    assert batch["cu_seq_lens_k"].tolist() == [0, 3, 5, 9]
-    assert batch["max_length_q"] == batch["max_length_k"] == 4
+    assert batch["cu_seq_lens_q"].tolist() == [[0, 3, 5, 9]] and batch["cu_seq_lens_q"].dtype == torch.int32
+    assert batch["cu_seq_lens_k"].tolist() == [[0, 3, 5, 9]]
+    assert batch["max_length_q"].tolist() == batch["max_length_k"].tolist() == [4]
 
 
 def test_padding_free_supervises_the_same_tokens_as_the_padded_batch(eos_pad_tok):

@@ -186,7 +186,7 @@ def test_padding_free_batch_is_the_padded_batch_without_its_padding(qwen2_style)
 
 
 def test_padding_free_batch_carries_flat_positions_and_sequence_boundaries(qwen2_style):
-    """Rows of 6 and 7 tokens: positions 0-5 then 0-6, boundaries [0, 6, 13], longest row 7 (flash-attention keys)."""
+    """Rows of 6 and 7 tokens: positions 0-5 then 0-6, boundaries [[0, 6, 13]], longest row [7], shaped as v0.19.1."""
     marker = qwen2_style.encode(" Assistant")
     assert len(marker) == 1
     template = qwen2_style.decode(marker)
@@ -199,8 +199,12 @@ def test_padding_free_batch_carries_flat_positions_and_sequence_boundaries(qwen2
     batch = collator(rows)
 
     assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4, 5, 6]]
-    assert batch["cu_seq_lens_q"].tolist() == batch["cu_seq_lens_k"].tolist() == [0, 6, 13]
-    assert batch["max_length_q"] == batch["max_length_k"] == 7
+    # TRL v0.19.1's shapes (its test_data_collator_for_completion_only_lm): boundaries as a (1, rows + 1) int32
+    # tensor, the longest row as a one-element tensor
+    assert batch["cu_seq_lens_q"].tolist() == batch["cu_seq_lens_k"].tolist() == [[0, 6, 13]]
+    assert batch["cu_seq_lens_q"].dtype == torch.int32
+    assert batch["max_length_q"] == torch.tensor([7]) and batch["max_length_k"] == torch.tensor([7])
+    assert isinstance(batch["max_length_k"], torch.Tensor) and batch["max_length_k"].shape == (1,)
     assert batch["labels"].tolist() == [[IGNORE] * 4 + [14, 15] + [IGNORE] * 5 + [20, 21]]
 
 

@@ -17,6 +17,7 @@ from .errors import (
     ModelSetupError,
     TemplateNotFoundError,
     TrainingHealthError,
+    TruncatedCompletionError,
     UnsupervisedRowsError,
 )
 from .formats import Layout
@@ -54,6 +55,7 @@ __all__ = [
     "TemplateNotFoundError",
     "TrainingHealthError",
     "TrainingHealthGuard",
+    "TruncatedCompletionError",
     "UnsupervisedRowsError",
     "audit_dataset",
     "chat_labels",

@@ -97,10 +97,12 @@ def _numbers_table(report, shown: set[int]) -> str:
         ("rows with no supervised token", report.rows_fully_masked),
         ("rows with a truncated completion", report.rows_completion_truncated),
         ("rows whose stop token is not trained", report.rows_stop_token_not_supervised),
+        ("rows whose completion is cut before its stop token", report.rows_stop_token_truncated),
         ("supervised tokens per row, min / median / max", spread),
         ("supervised share of all tokens", share),
         ("rows dropped", report.rows_dropped),
         ("masked_row_policy", report.policy),
+        ("truncated_completion_policy", report.truncated_completion_policy),
     ]
     body = "".join(f'<tr><th>{_esc(name)}</th><td class="n">{_esc(value)}</td></tr>' for name, value in lines)
     table = f'<table class="numbers">{body}</table>'
@@ -114,6 +116,18 @@ def _numbers_table(report, shown: set[int]) -> str:
         table += (
             "<h2>Rows with no supervised token</h2>"
             f'<table class="numbers"><tr><th>row</th><th>why</th></tr>{rows}</table>{note}'
+        )
+    if report.stop_truncated_rows:
+        rows = "".join(
+            f'<tr><td class="n">{link(int(index))}</td><td>{_esc(line)}</td></tr>'
+            for index, line in report.stop_truncated_rows.items()
+        )
+        more = report.rows_stop_token_truncated - len(report.stop_truncated_rows)
+        note = f"<p>… and {more} more.</p>" if more > 0 else ""
+        table += (
+            "<h2>Rows whose completion is cut before its stop token</h2><p>The model is never shown where these "
+            "answers end. Fix: raise <code>max_length</code>.</p>"
+            f'<table class="numbers"><tr><th>row</th><th>lengths</th></tr>{rows}</table>{note}'
         )
     return table
 
@@ -142,16 +156,17 @@ def render_audit_html(report, supervised_counts: Sequence[int], worst_rows: Sequ
             "per row of the audited dataset."
         )
     shown = {row.index for row in worst_rows}
+    policies = (
+        f"`masked_row_policy={_esc(report.policy)}`, "
+        f"`truncated_completion_policy={_esc(report.truncated_completion_policy)}`"
+    )
     if report.policy_error:
         verdict = (
-            f'<div class="verdict stop"><strong>Training would stop</strong> (`masked_row_policy={_esc(report.policy)}`)'
+            f'<div class="verdict stop"><strong>Training would stop</strong> ({policies})'
             f"<pre>{_esc(report.policy_error)}</pre></div>"
         )
     else:
-        verdict = (
-            f'<div class="verdict go"><strong>Training may start</strong> '
-            f"(`masked_row_policy={_esc(report.policy)}`).</div>"
-        )
+        verdict = f'<div class="verdict go"><strong>Training may start</strong> ({policies}).</div>'
     body = [
         verdict,
         _numbers_table(report, shown),

@@ -105,7 +105,8 @@ class DataCollatorForCompletionOnlyLM:
             Return the batch as one row without padding: `input_ids`, `labels` and `position_ids` of shape
             `(1, total tokens)`, the positions restarting at 0 where each row starts and the first label of each row
             ignored (it would be predicted from the previous row), plus `cu_seq_lens_q`/`cu_seq_lens_k` (int32 row
-            boundaries) and `max_length_q`/`max_length_k` (the longest row) as flash-attention kernels take them. No
+            boundaries, shape `(1, rows + 1)`) and `max_length_q`/`max_length_k` (the longest row, a tensor of shape
+            `(1,)`), shaped exactly as TRL v0.19.1's collator returns them. No
             `attention_mask`: the model needs an attention implementation that reads packed `position_ids`
             (flash attention; `sdpa` and `eager` in transformers >= 4.54, when no cache is built: trainers pass
             `use_cache=False`).
@@ -312,8 +313,9 @@ class DataCollatorForCompletionOnlyLM:
         labels = torch.tensor([label for _, row_labels in rows for label in row_labels], dtype=torch.long)
         position_ids = torch.cat([torch.arange(n, dtype=torch.long) for n in lengths])
         labels[position_ids == 0] = self.ignore_index  # each row's first token: unpadded, it is never a target
-        boundaries = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
-        longest = max(lengths)
+        # Shaped as TRL v0.19.1 returns them: boundaries (1, rows + 1) int32, the longest row a one-element tensor.
+        boundaries = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32).unsqueeze(0)
+        longest = torch.tensor([max(lengths)])
         return BatchEncoding(
             {
                 "input_ids": input_ids.unsqueeze(0),

@@ -15,7 +15,7 @@ from trl import SFTConfig
 from .constraints import check_masking_fields, check_types, check_values
 from .precision import has_accelerator
 
-__all__ = ["MaskedSFTConfig", "MaskingOptions", "homework_lora_config", "trainer_config"]
+__all__ = ["MaskedSFTConfig", "MaskingOptions", "homework_lora_config", "kept_defaults", "trainer_config"]
 
 
 @dataclass
@@ -40,13 +40,24 @@ class MaskedSFTConfig(SFTConfig):
         max_masked_row_fraction (`float`, *optional*, defaults to `0.1`):
             Largest share of a dataset's rows (0 to 1) that `masked_row_policy="drop"` or `"warn"` may drop before
             it fails.
+        truncated_completion_policy (`str`, *optional*, defaults to `"warn"`):
+            What the pre-flight pass does with rows whose completion truncation at `max_length` cuts before its stop
+            token (eos or end-of-turn), so that the model would never learn to stop there: `"warn"` trains them with
+            a warning naming the rows, their lengths and the fix; `"drop"` drops them; `"error"` stops before
+            training. `"warn"` and `"drop"` fail when more than `max_truncated_completion_fraction` of a dataset's
+            rows are cut.
+        max_truncated_completion_fraction (`float`, *optional*, defaults to `0.5`):
+            Largest share of a dataset's rows (0 to 1) that `truncated_completion_policy="warn"` or `"drop"` accepts
+            cut before their stop token; past it training stops (by default, when most rows lose their stop token).
+            A plain `SFTConfig` keeps TRL's behaviour: the rows are trained as cut, with the warning.
         prompt_column (`str`, *optional*, defaults to `"prompt"`):
             Column holding the prompt; renamed to `prompt` before preparation (e.g. `"question"`). Homework rows
             given as `[question, answer]` lists fill this column and `completion_column`.
         completion_column (`str`, *optional*, defaults to `"completion"`):
             Column holding the completion (the answer, the only part trained); renamed to `completion` before
-            preparation (e.g. `"answer"`). Numbers are written with `str()`, after a space in `[question, answer]`
-            rows (the homework's text is `f"{question} {answer}"`).
+            preparation (e.g. `"answer"`). A finite number in the prompt or completion column is written with
+            `str()` in every layout (a list, a typed `Dataset`, a stream); NaN, inf and bools are refused. In
+            `[question, answer]` rows a numeric answer is written `" <answer>{answer}</answer>"`.
         response_template (`str`, *optional*):
             For `text` datasets: the text right before each answer (e.g. `"### Answer:"`); only what follows it is
             trained, found in context as `DataCollatorForCompletionOnlyLM` does. Rows without it are reported by the
@@ -147,6 +158,26 @@ class MaskedSFTConfig(SFTConfig):
             "drop before it fails."
         },
     )
+    truncated_completion_policy: str = field(
+        default="warn",
+        metadata={
+            "help": "What the pre-flight pass does with rows whose completion truncation at `max_length` cuts before "
+            'its stop token (eos or end-of-turn), so that the model would never learn to stop there: `"warn"` '
+            'trains them with a warning naming the rows, their lengths and the fix; `"drop"` drops them; '
+            '`"error"` stops before training. `"warn"` and `"drop"` fail when more than '
+            "`max_truncated_completion_fraction` of a dataset's rows are cut.",
+            "choices": ["error", "drop", "warn"],
+        },
+    )
+    max_truncated_completion_fraction: float = field(
+        default=0.5,
+        metadata={
+            "help": 'Largest share of a dataset\'s rows (0 to 1) that `truncated_completion_policy="warn"` or '
+            '`"drop"` accepts cut before their stop token; past it training stops (by default, when most rows lose '
+            "their stop token). A plain `SFTConfig` keeps TRL's behaviour: the rows are trained as cut, with the "
+            "warning."
+        },
+    )
     prompt_column: str = field(
         default="prompt",
         metadata={
@@ -158,8 +189,9 @@ class MaskedSFTConfig(SFTConfig):
         default="completion",
         metadata={
             "help": "Column holding the completion (the answer, the only part trained); renamed to `completion` "
-            'before preparation (e.g. `"answer"`). Numbers are written with `str()`, after a space in '
-            '`[question, answer]` rows (the homework\'s text is `f"{question} {answer}"`).'
+            'before preparation (e.g. `"answer"`). A finite number in the prompt or completion column is written '
+            "with `str()` in every layout (a list, a typed `Dataset`, a stream); NaN, inf and bools are refused. In "
+            '`[question, answer]` rows a numeric answer is written `" <answer>{answer}</answer>"`.'
         },
     )
 
@@ -281,6 +313,10 @@ class MaskingOptions:
     min_completion_tokens: int | None = None
     masked_row_policy: str = "error"
     max_masked_row_fraction: float = 0.1
+    truncated_completion_policy: str = "warn"
+    max_truncated_completion_fraction: float = 0.5
+    #: the `MaskedSFTConfig` defaults kept that differ from `SFTConfig`'s, as `{field: (ours, SFTConfig's)}`
+    inherited_defaults: tuple[tuple[str, Any, Any], ...] = ()
     num_proc: int | None = None
 
     @classmethod
@@ -295,6 +331,7 @@ class MaskingOptions:
             return getattr(args, name) if hasattr(args, name) else defaults[name].default
 
         completion_only = get("completion_only_loss") is not False
+        ours = hasattr(args, "max_truncated_completion_fraction")
         assistant_only = bool(get("assistant_only_loss"))
         return cls(
             completion_only=completion_only,
@@ -312,8 +349,34 @@ class MaskingOptions:
             min_completion_tokens=get("min_completion_tokens"),
             masked_row_policy=get("masked_row_policy"),
             max_masked_row_fraction=get("max_masked_row_fraction"),
+            truncated_completion_policy=get("truncated_completion_policy"),
+            # a plain SFTConfig keeps TRL's behaviour (rows trained as cut), with the warning
+            max_truncated_completion_fraction=get("max_truncated_completion_fraction") if ours else 1.0,
+            inherited_defaults=kept_defaults(args),
             num_proc=get("dataset_num_proc"),
         )
+
+
+#: `MaskedSFTConfig` defaults that change what or how long a swapped-in config trains, compared with `SFTConfig`'s.
+_DIFFERENT_DEFAULTS = ("max_length", "per_device_train_batch_size", "learning_rate", "save_strategy", "report_to")
+
+
+def kept_defaults(args: Any) -> tuple[tuple[str, Any, Any], ...]:
+    """`(field, our default, SFTConfig's default)` for each `MaskedSFTConfig` default in `args` that differs from
+    `SFTConfig`'s and still holds its default value (not set by the user); empty for any other config."""
+    if not isinstance(args, MaskedSFTConfig):
+        return ()
+
+    def plain(value: Any) -> Any:
+        value = getattr(value, "value", value)  # transformers' enums
+        return value[0] if isinstance(value, list) and len(value) == 1 else value
+
+    kept = []
+    for name in _DIFFERENT_DEFAULTS:
+        ours, theirs = MaskedSFTConfig.__dataclass_fields__[name].default, SFTConfig.__dataclass_fields__[name].default
+        if plain(getattr(args, name)) == plain(ours) and plain(ours) != plain(theirs):
+            kept.append((name, plain(ours), plain(theirs)))
+    return tuple(kept)
 
 
 def trainer_config(model, args) -> MaskedSFTConfig | SFTConfig:

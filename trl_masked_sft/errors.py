@@ -22,6 +22,7 @@ __all__ = [
     "ModelSetupError",
     "TemplateNotFoundError",
     "TrainingHealthError",
+    "TruncatedCompletionError",
     "UnsupervisedRowsError",
 ]
 
@@ -40,6 +41,11 @@ class AllMaskedBatchError(MaskedSFTError, ValueError):
 
 class UnsupervisedRowsError(MaskedSFTError, ValueError):
     """The pre-flight pass found rows with no supervised token and `masked_row_policy` does not allow them."""
+
+
+class TruncatedCompletionError(MaskedSFTError, ValueError):
+    """Truncation at `max_length` cuts completions before their stop token and `truncated_completion_policy` does
+    not allow it: a model trained on them never learns to stop."""
 
 
 class TemplateNotFoundError(MaskedSFTError, ValueError):

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from enum import Enum
 from typing import Any
 
-from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
+from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, Value
 
 from .config import MaskingOptions
 from .errors import DatasetFormatError, DatasetTypeError
@@ -60,13 +60,16 @@ class Layout(Enum):
         return self in (Layout.CONVERSATION, Layout.CONVERSATIONAL_PROMPT_COMPLETION)
 
 
-def detect_layout(dataset: Dataset | IterableDataset, options: MaskingOptions, dataset_name: str) -> Layout:
+def detect_layout(
+    dataset: Dataset | IterableDataset, options: MaskingOptions, dataset_name: str, *, template: bool = False
+) -> Layout:
     """The dataset's layout, from its columns (and first row): the one place it is decided.
 
-    In order: pre-tokenized `input_ids`; an explicitly configured `dataset_text_field` (other than TRL's default
-    `"text"`) that names a column; a conversation column; the prompt and completion columns (`prompt_column`,
-    `completion_column`), as strings or as lists of messages; the text column. Anything else raises, naming the
-    columns seen and the fields to set.
+    In order: pre-tokenized `input_ids`; the `dataset_text_field` column when it is set to another name than TRL's
+    default `"text"`, or when a response template (`template`: the collator's or `response_template`) is there to
+    mask it, as old TRL scripts kept `prompt`/`target` beside `text`; a conversation column; the prompt and
+    completion columns (`prompt_column`, `completion_column`), as strings or as lists of messages; the text column.
+    Anything else raises, naming the columns seen and the fields to set.
     """
     columns = column_names(dataset)
     prompt, completion, text = options.prompt_column, options.completion_column, options.text_field
@@ -80,7 +83,7 @@ def detect_layout(dataset: Dataset | IterableDataset, options: MaskingOptions, d
                 "drop the stale column (`dataset.remove_columns(['input_ids'])`) so the prompt and completion are "
                 "tokenized and masked here, or add a `completion_mask` (or `labels`) to the tokenized rows."
             )
-    elif text != "text" and text in columns:
+    elif text in columns and (text != "text" or template):
         layout = Layout.TEXT
     elif any(c in columns for c in CONVERSATION_COLUMNS):
         layout = Layout.CONVERSATION
@@ -90,9 +93,11 @@ def detect_layout(dataset: Dataset | IterableDataset, options: MaskingOptions, d
         layout = Layout.CONVERSATIONAL_PROMPT_COMPLETION if messages else Layout.PROMPT_COMPLETION
     elif prompt in columns or completion in columns:
         missing, field_name = (completion, "completion_column") if prompt in columns else (prompt, "prompt_column")
+        template_fix = "pass a response-template collator or set `response_template` (they mask its prompt)"
+        also = f"; or, to train the `{text}` column, {template_fix}" if text in columns else ""
         raise DatasetFormatError(
             f"The {dataset_name} dataset has no `{missing}` column (columns: {columns}). Fix: set `{field_name}` to "
-            f"the column that holds the {'completion' if prompt in columns else 'prompt'}."
+            f"the column that holds the {'completion' if prompt in columns else 'prompt'}{also}."
         )
     elif text in columns:
         layout = Layout.TEXT
@@ -286,12 +291,16 @@ def _check_columns(
             f"Every completion in the {dataset_name} dataset (`{completion_column}`) is empty, so there is nothing "
             "to train on. Fix: point `completion_column` at the column that holds the answers."
         )
-    if converted:
+    if converted:  # numbers: `str()` here, with the columns typed as strings (`map` would cast them back)
+        features = dataset.features.copy()
+        features["prompt"] = features["completion"] = Value("string")
         dataset = dataset.map(
-            lambda ex: {
-                "prompt": to_text(ex["prompt"], row="", column="prompt", dataset_name=dataset_name),
-                "completion": to_text(ex["completion"], row="", column="completion", dataset_name=dataset_name),
+            lambda ex, i: {
+                "prompt": to_text(ex["prompt"], row=i, column=prompt_column, dataset_name=dataset_name),
+                "completion": to_text(ex["completion"], row=i, column=completion_column, dataset_name=dataset_name),
             },
+            with_indices=True,
+            features=features,
             desc=f"Writing numbers in the {dataset_name} dataset as text",
         )
     return dataset, empty
@@ -323,7 +332,8 @@ def tokenize_text_rows(
     said: list[bool] = []
 
     def with_eos(values: list[str], indices: list[int]) -> list[str]:
-        check_text(values, "completion" if pairs else text_field, dataset_name, start=indices[0])  # streamed rows
+        if not pairs:  # streamed text rows (prompt/completion rows were checked by `check_values`)
+            check_text(values, text_field, dataset_name, start=indices[0])
         if own_eos:  # the tokenizer adds the eos itself: one more in the text would train two
             return [value[: -len(eos)] if value.endswith(eos) else value for value in values]
         return [value if eos is None or value.endswith(eos) else value + eos for value in values]

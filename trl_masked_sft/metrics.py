@@ -145,6 +145,7 @@ def audit_logs(report) -> dict[str, float | str]:
         "rows_fully_masked",
         "rows_completion_truncated",
         "rows_stop_token_not_supervised",
+        "rows_stop_token_truncated",
         "rows_dropped",
         "supervised_tokens_min",
         "supervised_tokens_median",

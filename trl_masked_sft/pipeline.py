@@ -20,9 +20,16 @@ from transformers.utils import logging
 
 from .chat import chat_labels, special_token_ids
 from .config import MaskingOptions
+from .context import fold_context, warn_unused_context
 from .conversations import to_messages
 from .distributed import run_on_main
-from .errors import DatasetFormatError, MaskedSFTWarning, ModelSetupError, UnsupervisedRowsError
+from .errors import (
+    DatasetFormatError,
+    MaskedSFTWarning,
+    ModelSetupError,
+    TruncatedCompletionError,
+    UnsupervisedRowsError,
+)
 from .formats import Layout, apply_formatting, check_values, coerce_dataset, detect_layout, tokenize_text_rows
 from .hf_compat import column_names, map_rows
 from .masking import (
@@ -34,8 +41,22 @@ from .masking import (
     supervision_stats,
     truncate_row,
 )
-from .report import AUDIT_COLUMNS, COUNT, FULL_COUNT, FULL_FIRST, LENGTH, REASON, STOP_OK, AuditReport, build_report
-from .validation import RowAudit, audit_labels
+from .report import (
+    AUDIT_COLUMNS,
+    COUNT,
+    FULL_COUNT,
+    FULL_FIRST,
+    FULL_LENGTH,
+    LENGTH,
+    REASON,
+    STOP_CUT,
+    STOP_OK,
+    AuditReport,
+    StopTruncation,
+    build_report,
+)
+from .streaming import check_stream
+from .validation import RowAudit
 from .values import check_messages, check_token_row, parse_tools
 
 __all__ = ["PreparationPipeline", "PreparedDataset"]
@@ -57,6 +78,7 @@ class PreparedDataset:
     report: AuditReport | None = None
     verdict: RowAudit | None = None
     supervised_counts: list[int] | None = None
+    stops: StopTruncation | None = None
 
 
 def stop_token_ids(tokenizer) -> set[int]:
@@ -67,6 +89,11 @@ def stop_token_ids(tokenizer) -> set[int]:
     if tokenizer.pad_token_id != tokenizer.eos_token_id:
         ids.discard(tokenizer.pad_token_id)
     return ids
+
+
+def _last_label(labels: list[int]) -> int | None:
+    """The last supervised label of a row, or None."""
+    return next((lab for lab in reversed(labels) if lab != IGNORE_INDEX), None)
 
 
 def _messages(example: dict[str, Any], layout: Layout, **where: Any) -> tuple[list[dict], int]:
@@ -101,7 +128,7 @@ class PreparationPipeline:
         if template is None and options.response_template is not None:
             template = TemplateMatcher(tokenizer, options.response_template, options.instruction_template)
         self.template = template
-        self._said_no_boundary = False
+        self._said_no_boundary = self._said_defaults = False
 
     @classmethod
     def from_config(cls, tokenizer, config: Any = None, *, data_collator: Any = None) -> PreparationPipeline:
@@ -137,7 +164,10 @@ class PreparationPipeline:
         if formatting_func is not None and "input_ids" not in column_names(dataset):
             dataset = apply_formatting(dataset, formatting_func, dataset_name)
             options = dataclasses.replace(options, text_field="text")
-        layout = detect_layout(dataset, options, dataset_name)
+        dataset = fold_context(dataset, options, dataset_name, self.tokenizer)
+        layout = detect_layout(dataset, options, dataset_name, template=self.template is not None)
+        if layout in (Layout.PROMPT_COMPLETION, Layout.CONVERSATIONAL_PROMPT_COMPLETION, Layout.CONVERSATION):
+            warn_unused_context(dataset, {options.prompt_column, options.completion_column}, dataset_name)
         dataset, empty_rows = check_values(dataset, layout, options, dataset_name)
         self._say_if_nothing_to_mask(layout, column_names(dataset))
         if layout in (Layout.PROMPT_COMPLETION, Layout.TEXT):
@@ -238,6 +268,7 @@ class PreparationPipeline:
                         f"only the eos/end-of-turn token follows `response_template` {template.response_template!r}"
                     )
             full_count, first = supervision_stats(labels)
+            full_length, stop_before = len(ids), _last_label(labels) in stop_ids
             ids, labels = truncate_row(
                 ids,
                 labels,
@@ -246,7 +277,7 @@ class PreparationPipeline:
                 min_completion=options.min_completion_tokens,
             )
             count = 0 if reason else supervision_stats(labels)[0]
-            last = next((lab for lab in reversed(labels) if lab != IGNORE_INDEX), None)
+            last = _last_label(labels)
             return {
                 "input_ids": ids,
                 "labels": labels,
@@ -256,11 +287,13 @@ class PreparationPipeline:
                 COUNT: count,
                 STOP_OK: last in stop_ids,
                 LENGTH: len(ids),
+                FULL_LENGTH: full_length,
+                STOP_CUT: bool(count) and stop_before and last not in stop_ids and len(ids) < full_length,
             }
 
         if isinstance(dataset, IterableDataset):
             mapped = dataset.map(mask_and_truncate, with_indices=True)
-            return PreparedDataset(self._check_streaming(mapped, dataset_name, enforce), layout)
+            return PreparedDataset(check_stream(mapped, options, dataset_name, enforce), layout)
         dataset = map_rows(
             dataset,
             mask_and_truncate,
@@ -270,12 +303,14 @@ class PreparationPipeline:
         # the audit columns as lists, read once (a `Column` is read row by row)
         audit_columns = dataset.select_columns([c for c in AUDIT_COLUMNS if c in dataset.column_names]).to_dict()
         # Audited once, on the main process; every rank gets the same verdict (and raises the same error).
-        report, verdict = run_on_main(
+        report, verdict, stops = run_on_main(
             lambda: build_report(
                 audit_columns,
                 dataset_name=dataset_name,
                 max_length=options.max_length,
                 policy=options.masked_row_policy,
+                stop_policy=options.truncated_completion_policy,
+                kept_defaults=options.inherited_defaults,
             )
         )
         dataset = dataset.remove_columns([c for c in AUDIT_COLUMNS if c in dataset.column_names])
@@ -283,78 +318,53 @@ class PreparationPipeline:
             labels, ids = dataset[index]["labels"], dataset[index]["input_ids"]
             first = next((i for i, lab in enumerate(labels) if lab != IGNORE_INDEX), len(ids))
             verdict.prompt_tails[index] = self.tokenizer.decode(ids[:first])[-60:]
-        prepared = PreparedDataset(dataset, layout, report, verdict, list(audit_columns[COUNT]))
+        prepared = PreparedDataset(dataset, layout, report, verdict, list(audit_columns[COUNT]), stops)
         if not enforce:
-            try:
-                report.rows_dropped = len(verdict.enforce(options.masked_row_policy, options.max_masked_row_fraction))
-            except UnsupervisedRowsError as error:
-                report.policy_error = str(error)
+            errors, dropped = [], set()
+            for check in (
+                lambda: verdict.enforce(options.masked_row_policy, options.max_masked_row_fraction),
+                lambda: stops.enforce(options.truncated_completion_policy, options.max_truncated_completion_fraction),
+            ):
+                try:
+                    dropped |= check()
+                except (UnsupervisedRowsError, TruncatedCompletionError) as error:
+                    errors.append(str(error))
+            report.rows_dropped, report.policy_error = len(dropped), "\n\n".join(errors) or None
             return prepared
         return self._enforce(prepared)
 
     def _enforce(self, prepared: PreparedDataset) -> PreparedDataset:
-        """Raise or drop the rows with no supervised token, as `masked_row_policy` says; log the audit."""
-        policy, report, verdict = self.options.masked_row_policy, prepared.report, prepared.verdict
-        drop = verdict.enforce(policy, self.options.max_masked_row_fraction)
-        report.rows_dropped = len(drop)
-        logger.warning(report.summary())
+        """Raise or drop the rows with no supervised token (`masked_row_policy`) and the rows whose stop token
+        truncation cut (`truncated_completion_policy`); log the audit."""
+        options, report, verdict, stops = self.options, prepared.report, prepared.verdict, prepared.stops
+        policy, stop_policy = options.masked_row_policy, options.truncated_completion_policy
+        drop = verdict.enforce(policy, options.max_masked_row_fraction)
+        drop_cut = stops.enforce(stop_policy, options.max_truncated_completion_fraction)
+        report.rows_dropped = len(drop | drop_cut)
+        summary = report.summary()
+        if options.inherited_defaults and not self._said_defaults:  # once per pipeline (train, then eval)
+            kept = ", ".join(
+                f"`{name}={ours!r}` (SFTConfig: {theirs!r})" for name, ours, theirs in options.inherited_defaults
+            )
+            summary += (
+                f" MaskedSFTConfig defaults in use that differ from SFTConfig's (not set in the config): {kept}."
+            )
+            self._said_defaults = True
+        logger.warning(summary)
+        if stops.rows:
+            done = "dropped them" if drop_cut else "trained as cut"
+            message = f"{stops.describe()}\n`truncated_completion_policy={stop_policy!r}`: {done}. {stops.fix()}"
+            if stop_policy == "warn":
+                warnings.warn(message, MaskedSFTWarning, stacklevel=4)
+            else:
+                logger.info(message)
         if drop:
             message = f"{verdict.describe()}\nDropped them (`masked_row_policy={policy!r}`). {verdict.fix()}"
             if policy == "warn":
                 warnings.warn(message, MaskedSFTWarning, stacklevel=4)
             else:
                 logger.info(message)
-            dataset = prepared.dataset
-            prepared.dataset = dataset.select([i for i in range(len(dataset)) if i not in drop])
+        if drop or drop_cut:
+            dataset, gone = prepared.dataset, drop | drop_cut
+            prepared.dataset = dataset.select([i for i in range(len(dataset)) if i not in gone])
         return prepared
-
-    def _check_streaming(self, dataset: IterableDataset, dataset_name: str, enforce: bool) -> IterableDataset:
-        """A streaming dataset can't be counted up front: rows are checked as they are read, with running counts.
-
-        `error` raises at the first row with no supervised token; `drop`/`warn` drop it (`warn` names the first one
-        in a warning) and raise once more than `max_masked_row_fraction` of the rows read so far (at least 10) went.
-        Without `enforce`, rows are only counted.
-        """
-        options = self.options
-        policy, max_fraction = options.masked_row_policy, options.max_masked_row_fraction
-        seen = {"rows": 0, "dropped": 0}
-
-        def check(example, index):
-            seen["rows"] += 1
-            if not example[REASON] and example[COUNT] > 0:
-                return True
-            if not enforce:
-                return True
-            row_audit = audit_labels(
-                supervised_counts=[example[COUNT]],
-                full_supervised=[example[FULL_COUNT]],
-                full_first=[example[FULL_FIRST]],
-                dataset_name=dataset_name,
-                max_length=options.max_length,
-                preset_reasons={0: example[REASON]} if example[REASON] else None,
-            )
-            reason, fix = row_audit.unsupervised[0], row_audit.fix()
-            where = f"row {index} of the streamed {dataset_name} dataset"
-            if policy == "error":
-                raise UnsupervisedRowsError(
-                    f"{where[0].upper()}{where[1:]} has no supervised token: {reason}. With "
-                    f"`masked_row_policy='error'` (the default) training stops here instead of training on nothing. "
-                    f"{fix}"
-                )
-            seen["dropped"] += 1
-            if policy == "warn" and seen["dropped"] == 1:
-                warnings.warn(
-                    f"Dropped {where}: no supervised token ({reason}). Later rows like it are dropped without a "
-                    f"warning while they stay within `max_masked_row_fraction` ({max_fraction:.1%}). {fix}",
-                    MaskedSFTWarning,
-                    stacklevel=2,
-                )
-            if seen["rows"] >= 10 and seen["dropped"] > max_fraction * seen["rows"]:
-                raise UnsupervisedRowsError(
-                    f"{seen['dropped']} of the first {seen['rows']} rows of the streamed {dataset_name} dataset had no "
-                    f"supervised token (latest: {where}, {reason}): more than `max_masked_row_fraction` "
-                    f"({max_fraction:.1%}) allows with `masked_row_policy={policy!r}`. {fix}"
-                )
-            return False
-
-        return dataset.filter(check, with_indices=True).remove_columns(AUDIT_COLUMNS)

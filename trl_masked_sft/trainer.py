@@ -39,6 +39,7 @@ from .packing import PACKED_TOKENS_KEY, PackingCollator, packing_is_exact, virtu
 from .pipeline import PreparationPipeline
 from .precision import cpu_bf16_setup, resolve_cpu_bf16
 from .report import AuditReport
+from .steps import check_run_length
 from .validation import check_collator_keeps_labels, check_prompt_learning, first_label_is_target
 
 __all__ = ["MaskedSFTTrainer"]
@@ -188,6 +189,7 @@ class MaskedSFTTrainer(SFTTrainer):
         check_model_before_training(self.model, self.args, self.train_dataset, self.processing_class)
         check_prompt_learning(self.model, activation_checkpointing=bool(self.args.activation_checkpointing))
         resume_from_checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir, self.model)
+        check_run_length(self.train_dataset, self.eval_dataset, self.args, self._msft_audits)
         cpu_bf16_setup(self.model, self.args, note=self._msft_precision)
         if self.is_world_process_zero() and self._msft_audits:
             path = Path(self.args.output_dir) / "masked_sft_audit.json"

@@ -60,7 +60,12 @@ def _kind(value: Any) -> str | None:
 
 
 def to_text(value: Any, *, row: int | str, column: str, dataset_name: str) -> Any:
-    """A string (or a non-empty list of messages) as is; a finite number as `str(number)`; anything else raises."""
+    """A string (or a non-empty list of messages) as is; a finite number as `str(number)`; anything else raises.
+
+    The one rule for numbers in prompt and completion columns, whatever the rows come in (a list of dicts, a typed
+    `Dataset`, a stream): a finite int or float is written with `str()`; NaN, inf and bools have no text and are
+    refused, naming `column` (the user's column name).
+    """
     if isinstance(value, str):
         return value
     if isinstance(value, list) and value and all(isinstance(m, dict) for m in value):
@@ -69,6 +74,12 @@ def to_text(value: Any, *, row: int | str, column: str, dataset_name: str) -> An
         return str(value)
     if value is None:
         fix = "fill in or remove the row"
+    elif isinstance(value, bool):
+        fix = f"a bool is not text: write `{column}` as the text to train on (e.g. 'yes'/'no'), or remove the row"
+    elif isinstance(value, (int, float)):
+        fix = (
+            "a NaN or infinite number has no text (finite numbers are written with `str()`): fill in or remove the row"
+        )
     elif isinstance(value, list) and not value:
         fix = "an empty list is neither text nor messages: fill in or remove the row"
     elif isinstance(value, (bytes, bytearray)):
@@ -78,8 +89,8 @@ def to_text(value: Any, *, row: int | str, column: str, dataset_name: str) -> An
     else:
         fix = "convert it to a string"
     raise DatasetTypeError(
-        f"Row {row} of the {dataset_name} dataset: column `{column}` must be a string, got {describe(value)}. "
-        f"Fix: {fix}."
+        f"Row {row} of the {dataset_name} dataset: column `{column}` must be a string, got {describe(value)} (a "
+        f"finite number is written with `str()`). Fix: {fix}."
     )
 
 
@@ -117,7 +128,12 @@ def check_list_rows(rows: Sequence[dict], dataset_name: str, text_columns: Seque
                 f"dicts needs the same keys in every row (a key missing from row 0 would be dropped from all rows). "
                 f"Fix: give row {i} a `{key}` (None for a missing value), or remove the row."
             )
-        row = {k: str(v) if k in text_columns and is_number(v) else v for k, v in row.items()}
+        row = {
+            k: to_text(v, row=i, column=k, dataset_name=dataset_name)
+            if k in text_columns and isinstance(v, (int, float)) and not isinstance(v, bool)
+            else v
+            for k, v in row.items()
+        }
         for key, value in row.items():
             kind = _kind(value)
             if kind is None:
