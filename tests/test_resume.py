@@ -75,20 +75,31 @@ def test_run_killed_mid_epoch_resumes_to_the_same_weights_and_losses(tmp_path, o
         assert resumed_losses[step] == pytest.approx(reference_losses[step], abs=1e-5), step
 
 
+def _checkpoint(path: Path, *, state: str | None = None, weights: str | None = "model.safetensors") -> Path:
+    """A checkpoint folder with a `trainer_state.json` (`state`, or a sound one) and a tiny weights file."""
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True)
+    step = int(path.name.rsplit("-", 1)[-1])
+    (path / "trainer_state.json").write_text(state or f'{{"global_step": {step}, "train_batch_size": 4}}')
+    if weights:
+        save_file({"w": torch.zeros(2)}, str(path / weights))
+    return path
+
+
 def test_resume_true_skips_incomplete_checkpoints(tmp_path):
-    """`resume_from_checkpoint=True` picks the highest checkpoint that has a readable trainer_state.json."""
-    (tmp_path / "checkpoint-2").mkdir()
-    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{}")
-    (tmp_path / "checkpoint-4").mkdir()
-    (tmp_path / "checkpoint-4" / "trainer_state.json").write_text('{"trunc')  # killed while writing it
+    """`resume_from_checkpoint=True` picks the highest checkpoint with weights and a sound trainer_state.json."""
+    _checkpoint(tmp_path / "checkpoint-2", weights="adapter_model.safetensors")
+    _checkpoint(tmp_path / "checkpoint-4", state='{"trunc')  # killed while writing it
+    _checkpoint(tmp_path / "checkpoint-6", weights=None)  # state without weights: never chosen
+    _checkpoint(tmp_path / "checkpoint-8", state="{}")  # corrupt state
     (tmp_path / "checkpoint-10").mkdir()  # killed before writing it
     assert resolve_resume_checkpoint(True, str(tmp_path)) == str(tmp_path / "checkpoint-2")
 
 
 def test_resume_from_an_incomplete_checkpoint_path_names_the_last_complete_one(tmp_path):
     """An explicit partial checkpoint is refused, naming what is missing and the checkpoint to use instead."""
-    (tmp_path / "checkpoint-3").mkdir()
-    (tmp_path / "checkpoint-3" / "trainer_state.json").write_text("{}")
+    _checkpoint(tmp_path / "checkpoint-3")
     (tmp_path / "checkpoint-6").mkdir()
     with pytest.raises(CheckpointError, match=r"(?s)checkpoint-6'` is incomplete.*resume from .*checkpoint-3"):
         resolve_resume_checkpoint(str(tmp_path / "checkpoint-6"), str(tmp_path))
