@@ -1854,9 +1854,9 @@ def test_the_troubleshooting_page_lists_every_case():
 
 def test_a_legacy_torch_file_in_a_checkpoint_is_not_called_corrupt(tmp_path):
     """A `torch.save` file in the pre-1.6 (non-zip) format is left to torch, not refused as corrupt."""
-    from trl_masked_sft.checkpoints import checkpoint_problem
-
     from safetensors.torch import save_file
+
+    from trl_masked_sft.checkpoints import checkpoint_problem
 
     (tmp_path / "trainer_state.json").write_text('{"global_step": 1, "train_batch_size": 4}')
     save_file({"w": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
