@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +112,85 @@ def test_resume_true_without_any_complete_checkpoint_says_how_to_start(tmp_path)
     (tmp_path / "checkpoint-1").mkdir()
     with pytest.raises(CheckpointError, match=r"no complete checkpoint .*incomplete: .*checkpoint-1.*start afresh"):
         resolve_resume_checkpoint(True, str(tmp_path))
+
+
+TWO_NODES = Path(__file__).parent / "scripts" / "two_nodes.py"
+
+
+@pytest.fixture(scope="module")
+def two_nodes(tmp_path_factory) -> tuple[list[dict], str]:
+    """tests/scripts/two_nodes.py as two torchrun "nodes" of one process, each with its own output_dir: the results of
+    both ranks and their joined output. The whole process group of each node is killed if it hangs."""
+    out = tmp_path_factory.mktemp("nodes")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_OFFLINE": "1"}
+    launches = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nnodes",
+                "2",
+                "--node_rank",
+                str(node),
+                "--nproc_per_node",
+                "1",
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                str(port),
+                str(TWO_NODES),
+                str(out),
+            ],  # fmt: skip
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            start_new_session=True,
+        )
+        for node in (0, 1)
+    ]
+    logs = []
+    for process in launches:
+        try:
+            logs.append(process.communicate(timeout=240)[0])
+        except subprocess.TimeoutExpired:
+            for other in launches:
+                os.killpg(other.pid, signal.SIGKILL)
+            pytest.fail("the two-node run did not finish in 240 s (a rank hangs)")
+    files = [out / f"rank{r}.json" for r in (0, 1)]
+    assert all(f.is_file() for f in files), "\n".join(log[-3000:] for log in logs)
+    return [json.loads(f.read_text()) for f in files], "\n".join(logs)
+
+
+@pytest.mark.slow
+def test_two_nodes_with_their_own_checkpoints_resume_from_the_same_one(two_nodes):
+    """`save_on_each_node=True`, separate output_dirs: both ranks resume from checkpoint-4 and train steps 5-6."""
+    ranks, _ = two_nodes
+    for result in ranks:
+        assert result["per_node"]["resumed_from"] == "checkpoint-4"
+        assert result["per_node"]["steps"][-2:] == [5, 6] and result["per_node"]["last_step"] == 6
+
+
+@pytest.mark.slow
+def test_a_node_without_the_newest_checkpoint_makes_every_rank_resume_from_an_older_one(two_nodes):
+    """Node 1's checkpoint-4 is incomplete: every rank resumes from checkpoint-2, said once (by rank 0)."""
+    ranks, log = two_nodes
+    assert [r["lagging"]["resumed_from"] for r in ranks] == ["checkpoint-2", "checkpoint-2"]
+    assert log.count("Resuming every rank from checkpoint-2") == 1
+    assert "node 1" in log and "checkpoint-4: it has no readable `trainer_state.json`" in log
+
+
+@pytest.mark.slow
+def test_a_node_without_any_checkpoint_stops_every_rank_with_one_error_naming_it(two_nodes):
+    """`save_on_each_node=False` on separate disks: both ranks raise the same CheckpointError naming node 1 and the fix."""
+    ranks, _ = two_nodes
+    errors = [r["main_only"] for r in ranks]
+    assert [e["error"] for e in errors] == ["CheckpointError"] * 2
+    assert errors[0]["message"] == errors[1]["message"]
+    message = errors[0]["message"]
+    assert "node 1" in message and "nothing complete" in message and "checkpoint-2 is its last complete one" in message
+    assert "`save_on_each_node=True`" in message and "storage every node shares" in message

@@ -23,19 +23,21 @@ from pathlib import Path
 
 from transformers import TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-from transformers.utils import logging
 
 from .errors import CheckpointError
+from .logs import get_logger
 
 __all__ = [
     "checkpoint_problem",
+    "checkpoint_steps",
     "check_checkpoint_fits",
     "is_complete_checkpoint",
     "last_complete_checkpoint",
+    "last_sound_checkpoint",
     "resolve_resume_checkpoint",
 ]
 
-logger = logging.get_logger(__name__)
+logger = get_logger(__name__)
 
 _STATE_FILE = "trainer_state.json"
 #: the files (or folder name prefixes) of which one holds the model weights, as `Trainer._load_from_checkpoint` looks
@@ -185,13 +187,19 @@ def _checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def checkpoint_steps(output_dir: str | os.PathLike) -> list[int]:
+    """The steps of the `checkpoint-N` folders in `output_dir`, complete or not, lowest first."""
+    return [step for step, _ in _checkpoints(output_dir)]
+
+
 def last_complete_checkpoint(output_dir: str | os.PathLike) -> tuple[str | None, list[str]]:
     """`(the highest-step complete checkpoint or None, the incomplete or corrupt checkpoints above it)`."""
-    path, skipped = _last_sound(output_dir)
+    path, skipped = last_sound_checkpoint(output_dir)
     return path, list(skipped)
 
 
-def _last_sound(output_dir: str | os.PathLike) -> tuple[str | None, dict[str, str]]:
+def last_sound_checkpoint(output_dir: str | os.PathLike) -> tuple[str | None, dict[str, str]]:
+    """`(the highest-step complete and sound checkpoint or None, {each one skipped above it: why})`."""
     skipped: dict[str, str] = {}
     for _, path in reversed(_checkpoints(output_dir)):
         problem = checkpoint_problem(path)
@@ -213,7 +221,7 @@ def resolve_resume_checkpoint(
     if resume_from_checkpoint is None or resume_from_checkpoint is False:
         return resume_from_checkpoint
     if resume_from_checkpoint is True:
-        path, skipped = _last_sound(output_dir)
+        path, skipped = last_sound_checkpoint(output_dir)
         if path is None:
             found = f" (incomplete: {_listed(skipped)})" if skipped else ""
             raise CheckpointError(
@@ -239,7 +247,7 @@ def resolve_resume_checkpoint(
     if path.is_dir() and problem is None:
         check_checkpoint_fits(path, model)
         return str(path)
-    last, _ = _last_sound(path.parent if path.name.startswith(PREFIX_CHECKPOINT_DIR) else output_dir)
+    last, _ = last_sound_checkpoint(path.parent if path.name.startswith(PREFIX_CHECKPOINT_DIR) else output_dir)
     if not path.exists():
         what = "does not exist"
     elif not path.is_dir():

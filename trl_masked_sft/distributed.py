@@ -2,21 +2,46 @@
 
 Under `accelerate launch` / `torchrun`, a check that fails on one rank only would leave the others waiting in the
 next collective (DDP's gradient all-reduce, FSDP's all-gather) until a timeout. Each check here costs one collective
-on a tiny tensor, and every rank then raises the same error. Without a process group they are the plain checks.
+on a tiny tensor (or a small pickled object), and every rank then raises the same error. Without a process group
+they are the plain checks.
+
+- `validate_batch_across_ranks`: one all-reduce per batch; `run_on_main`: rank 0 computes, every rank gets it;
+- `agree_on_checkpoint`: every rank looks at its own disk, and all resume from one checkpoint or stop together with
+  one error naming the node that lacks it;
+- `sum_across_ranks`: the mask metrics of the whole step, not rank 0's.
 """
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
-from .errors import AllMaskedBatchError
+from .checkpoints import (
+    check_checkpoint_fits,
+    checkpoint_problem,
+    checkpoint_steps,
+    last_sound_checkpoint,
+    resolve_resume_checkpoint,
+)
+from .errors import AllMaskedBatchError, CheckpointError
+from .logs import get_logger
 from .masking import IGNORE_INDEX
 from .validation import validate_batch
 
-__all__ = ["process_info", "run_on_main", "validate_batch_across_ranks"]
+__all__ = [
+    "agree_on_checkpoint",
+    "process_info",
+    "run_on_main",
+    "sum_across_ranks",
+    "validate_batch_across_ranks",
+]
+
+logger = get_logger(__name__)
 
 T = TypeVar("T")
 
@@ -99,3 +124,102 @@ def run_on_main(fn: Callable[[], T]) -> T:
     if not ok:
         raise value
     return value
+
+
+def sum_across_ranks(values: list[float]) -> list[float]:
+    """`values` summed element-wise over every rank (one all-reduce of a small tensor); as is with one process."""
+    if process_info()[1] == 1:
+        return list(values)
+    total = torch.tensor(values, dtype=torch.float64)
+    if torch.distributed.get_backend() == "nccl":
+        total = total.cuda()
+    torch.distributed.all_reduce(total)
+    return total.cpu().tolist()
+
+
+def _gather(value: Any) -> list[Any]:
+    gathered: list[Any] = [None] * process_info()[1]
+    torch.distributed.all_gather_object(gathered, value)
+    return gathered
+
+
+def _node() -> str:
+    """This process's node, for messages: torchrun's node rank (`GROUP_RANK`) and the host name."""
+    group = os.environ.get("GROUP_RANK")
+    return f"node {group} ({socket.gethostname()})" if group is not None else f"host {socket.gethostname()}"
+
+
+def _by_node(views: list[dict], text: Callable[[dict], str]) -> str:
+    """One line per node (ranks of a node that see the same thing are named together)."""
+    lines: dict[tuple[str, str], list[int]] = {}
+    for rank, view in enumerate(views):
+        lines.setdefault((view["node"], text(view)), []).append(rank)
+    return "; ".join(f"{node}, rank {', '.join(map(str, ranks))}: {what}" for (node, what), ranks in lines.items())
+
+
+_FIX = (
+    "Every rank loads the weights, trainer state and optimizer from its own disk. Fix: put `output_dir` on storage "
+    "every node shares, or set `save_on_each_node=True` so that every node keeps its own complete copy, or copy the "
+    "checkpoint folder to every node and pass its path as `resume_from_checkpoint`."
+)
+
+
+def agree_on_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: str, model=None) -> str | bool | None:
+    """`resolve_resume_checkpoint` agreed by every rank: all resume from the same checkpoint, or all raise one error.
+
+    Each rank checks its own disk (nodes may not share `output_dir`). `True` picks the highest step whose
+    `checkpoint-N` is complete and sound on every rank, saying which newer ones some node lacks; a path must be
+    sound on every rank. Otherwise every rank raises `CheckpointError` naming each node, what it lacks, and the fix.
+    One `all_gather_object` per candidate step (one in the common case).
+    """
+    rank, world = process_info()
+    if world == 1 or resume_from_checkpoint is None or resume_from_checkpoint is False:
+        return resolve_resume_checkpoint(resume_from_checkpoint, output_dir, model)
+    if resume_from_checkpoint is not True:
+        try:
+            path, problem = resolve_resume_checkpoint(resume_from_checkpoint, output_dir, model), None
+        except CheckpointError as error:
+            path, problem = None, str(error)
+        views = _gather({"node": _node(), "problem": problem})
+        if any(view["problem"] for view in views):
+            bad = [view for view in views if view["problem"]]
+            raise CheckpointError(
+                f"`resume_from_checkpoint={str(resume_from_checkpoint)!r}` can't be resumed from on every rank: "
+                f"{_by_node(bad, lambda view: view['problem'])}. {_FIX}"
+            )
+        return path
+    last, skipped = last_sound_checkpoint(output_dir)
+    steps = checkpoint_steps(output_dir)
+    mine = {"node": _node(), "dir": str(output_dir), "last": _step(last), "steps": steps, "skipped": skipped}
+    views = _gather(mine)
+    if all(view["last"] is None for view in views):
+        return resolve_resume_checkpoint(True, output_dir, model)  # nothing anywhere: the same error on every rank
+    lowest = min(-1 if view["last"] is None else view["last"] for view in views)
+    common = set.intersection(*(set(view["steps"]) for view in views))
+    for step in sorted((s for s in common if s <= lowest), reverse=True):
+        path = Path(output_dir) / f"checkpoint-{step}"
+        problems = _gather(checkpoint_problem(path) if step != mine["last"] else None)
+        if not any(problems):
+            newest = max(view["last"] for view in views if view["last"] is not None)
+            if step < newest or any(view["skipped"] for view in views):
+                logger.warning(
+                    f"Resuming every rank from checkpoint-{step}, the newest checkpoint complete on every rank; "
+                    f"skipped the newer ones: {_by_node(views, _described)}. {_FIX}"
+                )
+            check_checkpoint_fits(path, model)
+            return str(path)
+    raise CheckpointError(
+        "`resume_from_checkpoint=True` finds no checkpoint that every rank can resume from: "
+        f"{_by_node(views, _described)}. {_FIX}"
+    )
+
+
+def _step(path: str | None) -> int | None:
+    return None if path is None else int(path.rsplit("-", 1)[1])
+
+
+def _described(view: dict) -> str:
+    """What one rank's `output_dir` holds, for the messages of `agree_on_checkpoint`."""
+    last = f"checkpoint-{view['last']} is its last complete one" if view["last"] is not None else "nothing complete"
+    skipped = "; ".join(f"{Path(path).name}: {problem}" for path, problem in list(view["skipped"].items())[:2])
+    return f"in {view['dir']}, {last}" + (f" ({skipped})" if skipped else "")

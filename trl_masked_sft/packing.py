@@ -23,14 +23,14 @@ from itertools import chain
 from typing import Any
 
 import torch
-from transformers.utils import logging
 
 from .hf_compat import active_peft_config
+from .logs import get_logger
 from .masking import IGNORE_INDEX
 
 __all__ = ["PACKED_TOKENS_KEY", "PackingCollator", "pack_rows", "packing_is_exact", "virtual_token_count"]
 
-logger = logging.get_logger(__name__)
+logger = get_logger(__name__)
 
 #: Rows shorter than this are packed up to this width: attention over a few hundred positions costs little next to
 #: the linear layers, and wider rows leave less padding. Rows longer than this are packed up to the longest row, so

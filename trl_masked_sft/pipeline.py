@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from datasets import Dataset, IterableDataset
-from transformers.utils import logging
 
 from .chat import chat_labels, special_token_ids
 from .config import MaskingOptions
@@ -25,6 +24,7 @@ from .distributed import run_on_main
 from .errors import DatasetFormatError, MaskedSFTWarning, ModelSetupError, UnsupervisedRowsError
 from .formats import Layout, apply_formatting, check_values, coerce_dataset, detect_layout, tokenize_text_rows
 from .hf_compat import column_names, map_rows
+from .logs import get_logger, warn
 from .masking import (
     IGNORE_INDEX,
     TemplateMatcher,
@@ -40,7 +40,7 @@ from .values import check_messages, check_token_row, parse_tools
 
 __all__ = ["PreparationPipeline", "PreparedDataset"]
 
-logger = logging.get_logger(__name__)
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -301,7 +301,7 @@ class PreparationPipeline:
         if drop:
             message = f"{verdict.describe()}\nDropped them (`masked_row_policy={policy!r}`). {verdict.fix()}"
             if policy == "warn":
-                warnings.warn(message, MaskedSFTWarning, stacklevel=4)
+                warn(message, stacklevel=4)
             else:
                 logger.info(message)
             dataset = prepared.dataset

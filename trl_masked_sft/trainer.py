@@ -9,22 +9,19 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import warnings
 from pathlib import Path
 
 import torch
 from accelerate.utils import is_peft_model
-from transformers.utils import logging
 from trl import SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling as TRLDataCollatorForLanguageModeling
 
-from .checkpoints import resolve_resume_checkpoint
 from .collator import DataCollatorForCompletionOnlyLM
 from .config import MaskingOptions, trainer_config
-from .distributed import validate_batch_across_ranks
-from .errors import MaskedSFTWarning
+from .distributed import agree_on_checkpoint, validate_batch_across_ranks
 from .formats import coerce_dataset
 from .health import TrainingHealthGuard
+from .logs import get_logger, warn
 from .loss import SupervisedLoss, count_packed_tokens
 from .masking import IGNORE_INDEX
 from .metrics import MaskMetrics, audit_logs, batch_mask_stats
@@ -42,7 +39,7 @@ from .validation import check_collator_keeps_labels, check_prompt_learning, firs
 
 __all__ = ["MaskedSFTTrainer"]
 
-logger = logging.get_logger(__name__)
+logger = get_logger(__name__)
 
 
 class MaskedSFTTrainer(SFTTrainer):
@@ -87,10 +84,9 @@ class MaskedSFTTrainer(SFTTrainer):
         args = trainer_config(model, args)
         self._msft_options = options = MaskingOptions.from_args(args)
         if not options.completion_only:
-            warnings.warn(
+            warn(
                 "`completion_only_loss=False`: the loss covers the whole sequence, prompts included. Set "
                 "`completion_only_loss=True` (the MaskedSFTConfig default) to train on the answers only.",
-                MaskedSFTWarning,
                 stacklevel=2,
             )
         # Assistant-only masks are built by the pipeline for any chat template, so TRL's own path (which needs
@@ -185,7 +181,7 @@ class MaskedSFTTrainer(SFTTrainer):
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         check_model_before_training(self.model, self.args, self.train_dataset, self.processing_class)
         check_prompt_learning(self.model, activation_checkpointing=bool(self.args.activation_checkpointing))
-        resume_from_checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir, self.model)
+        resume_from_checkpoint = agree_on_checkpoint(resume_from_checkpoint, self.args.output_dir, self.model)
         if self.is_world_process_zero() and self._msft_audits:
             path = Path(self.args.output_dir) / "masked_sft_audit.json"
             path.parent.mkdir(parents=True, exist_ok=True)
