@@ -177,7 +177,11 @@ class PreparationPipeline:
             return {"input_ids": mask.input_ids, "labels": mask.labels, REASON: mask.row_reason}
 
         columns = column_names(dataset)
-        kwargs = {"desc": f"Masking assistant turns of {dataset_name} dataset"} if isinstance(dataset, Dataset) else {}
+        kwargs = (
+            {"desc": f"Masking assistant turns of {dataset_name} dataset", "num_proc": options.num_proc}
+            if isinstance(dataset, Dataset)
+            else {}
+        )
         return dataset.map(tokenize, with_indices=True, remove_columns=columns, **kwargs)
 
     def _clean_pretokenized(self, dataset, dataset_name: str):
@@ -202,6 +206,7 @@ class PreparationPipeline:
             desc=f"Checking pre-tokenized {dataset_name} dataset",
             columns=["input_ids", "labels", *masks],
             remove_columns=drop,
+            num_proc=self.options.num_proc,
         )
 
     def _say_if_nothing_to_mask(self, layout: Layout, columns: list[str]) -> None:
@@ -266,6 +271,7 @@ class PreparationPipeline:
             mask_and_truncate,
             desc=f"Checking supervised tokens of {dataset_name} dataset",
             columns=["input_ids", "labels", REASON],
+            num_proc=options.num_proc,
         )
         # the audit columns as lists, read once (a `Column` is read row by row)
         audit_columns = dataset.select_columns([c for c in AUDIT_COLUMNS if c in dataset.column_names]).to_dict()
