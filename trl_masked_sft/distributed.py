@@ -8,14 +8,20 @@ they are the plain checks.
 - `validate_batch_across_ranks`: one all-reduce per batch; `run_on_main`: rank 0 computes, every rank gets it;
 - `agree_on_checkpoint`: every rank looks at its own disk, and all resume from one checkpoint or stop together with
   one error naming the node that lacks it;
-- `sum_across_ranks`: the mask metrics of the whole step, not rank 0's.
+- `sum_across_ranks`: the mask metrics of the whole step, not rank 0's;
+- `prepare_once`: each node's main process prepares the data, the other processes on that node load its result;
+- `fsdp_not_sharded`: an FSDP configuration that accelerate ran unsharded (its CPU fallback), said.
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import os
+import shutil
 import socket
-from collections.abc import Callable, Mapping
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,6 +41,8 @@ from .validation import validate_batch
 
 __all__ = [
     "agree_on_checkpoint",
+    "fsdp_not_sharded",
+    "prepare_once",
     "process_info",
     "run_on_main",
     "sum_across_ranks",
@@ -44,11 +52,12 @@ __all__ = [
 logger = get_logger(__name__)
 
 T = TypeVar("T")
+_alone = [False]  # True while a node's main process prepares the data for its node: no collective inside
 
 
 def process_info() -> tuple[int, int]:
-    """`(rank, world_size)` of the default process group; `(0, 1)` without one."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
+    """`(rank, world_size)` of the default process group; `(0, 1)` without one, or inside `prepare_once`."""
+    if not _alone[0] and torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
     return 0, 1
 
@@ -223,3 +232,68 @@ def _described(view: dict) -> str:
     last = f"checkpoint-{view['last']} is its last complete one" if view["last"] is not None else "nothing complete"
     skipped = "; ".join(f"{Path(path).name}: {problem}" for path, problem in list(view["skipped"].items())[:2])
     return f"in {view['dir']}, {last}" + (f" ({skipped})" if skipped else "")
+
+
+@contextlib.contextmanager
+def _as_one_process() -> Iterator[None]:
+    _alone[0] = True
+    try:
+        yield
+    finally:
+        _alone[0] = False
+
+
+def prepare_once(prepare: Callable[[], tuple[Any, T]], *, streamed: bool = False) -> tuple[Any, T]:
+    """`prepare()` -> `(datasets.Dataset, extra)` run by each node's main process (`LOCAL_RANK` 0) only; the other
+    processes of the node load the dataset it saved (Arrow files, memory-mapped) and get `extra` (picklable).
+
+    As transformers' `main_process_first` intends, but without preparing again behind it: a node of 8 processes
+    prepares once. An exception raised by a main process is raised on every rank. Inside `prepare`, the collectives
+    of this module act as in one process (the other ranks are not there). A `streamed` dataset is prepared lazily by
+    every rank (nothing is read up front, nothing to share). One `all_gather_object` per dataset.
+    """
+    rank, world = process_info()
+    if world == 1 or streamed:
+        return prepare()
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    payload = None
+    if local_rank == 0:
+        try:
+            with _as_one_process():
+                dataset, extra = prepare()
+            folder = tempfile.mkdtemp(prefix="trl_masked_sft-prepared-")
+            atexit.register(shutil.rmtree, folder, True)  # the other ranks hold memory maps, which outlive the files
+            dataset.save_to_disk(folder)
+            payload = (True, (folder, extra))
+        except Exception as exc:  # handed to every rank, then raised everywhere
+            payload = (False, exc)
+    views = _gather((rank - local_rank, payload))  # (the node's first rank, what its main process sends)
+    failed = next((value for _, sent in views if sent is not None for ok, value in [sent] if not ok), None)
+    if failed is not None:
+        raise failed
+    if local_rank == 0:
+        return dataset, extra
+    from datasets import load_from_disk
+
+    folder, extra = next(sent[1] for node, sent in views if node == rank - local_rank and sent is not None)
+    return load_from_disk(folder), extra
+
+
+def fsdp_not_sharded(trainer) -> str | None:
+    """A warning when FSDP is configured (`fsdp` or accelerate's `ACCELERATE_USE_FSDP`) but the run is not sharded,
+    as accelerate does on a machine without accelerators; None otherwise."""
+    configured = bool(getattr(trainer.args, "fsdp", None)) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in (
+        "1",
+        "true",
+        "yes",
+    )
+    if not configured or trainer.is_fsdp_enabled:
+        return None
+    world = trainer.accelerator.num_processes
+    return (
+        f"FSDP is configured, but this run is not sharded: accelerate runs it as "
+        f"`{trainer.accelerator.distributed_type}` on {world} process(es), each holding the whole model, its gradients "
+        "and optimizer state (under several processes, plain DistributedDataParallel). accelerate does this where FSDP "
+        "can't run, e.g. on CPUs. Packing and the supervised-only loss behave as under DDP. Fix: launch on GPUs to "
+        "shard, or remove the FSDP configuration (`fsdp`, `distributed_type: FSDP`) to train as DDP knowingly."
+    )
