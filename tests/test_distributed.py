@@ -1,4 +1,5 @@
-"""Two processes (`accelerate launch`, gloo on CPU): a failure on one rank stops every rank with the same error."""
+"""Several processes: a failure on one rank stops every rank with the same error (two processes under `accelerate
+launch`, gloo on CPU), the metrics and messages of the whole run, the data prepared once; FSDP and streaming said true."""
 
 from __future__ import annotations
 
@@ -14,7 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from trl_masked_sft import MaskedSFTTrainer
+from trl_masked_sft.tiny import build_tiny_model
+
 SCRIPT = Path(__file__).parent / "scripts" / "ddp_checks.py"
+QA_ROWS = [[f"How many meters are there in {i} km?", f" <answer>{i * 1000}</answer>"] for i in range(1, 9)]
 LAUNCH_TIMEOUT_S = 200  # imports in two processes on two cores plus four short scenarios; ~40 s unloaded
 
 
@@ -122,3 +127,67 @@ def test_the_audit_summary_shows_once_per_run_at_the_default_verbosity(launch):
     _, log = launch
     lines = [line for line in log.splitlines() if line.startswith("Pre-flight audit of the train dataset: 24 rows")]
     assert len(lines) == 1, log[-3000:]
+
+
+def test_a_streamed_dataset_stays_streamed_and_is_not_read_up_front(tokenizer, model, make_config):
+    """A streamed train set of 50,000 rows: building the trainer peeks at its first row only (to learn the columns),
+    and training 2 steps of 4 rows reads no more than the tokenizing map's read-ahead (one batch of 1,000 rows)."""
+    from datasets import IterableDataset
+
+    read = []
+
+    def rows():
+        for i in range(50_000):
+            read.append(i)
+            yield {"prompt": f"How many meters are there in {i} km?", "completion": f" <answer>{i * 1000}</answer>"}
+
+    trainer = MaskedSFTTrainer(
+        model, args=make_config(), train_dataset=IterableDataset.from_generator(rows), processing_class=tokenizer
+    )
+    assert isinstance(trainer.train_dataset, IterableDataset)
+    assert set(read) == {0}, sorted(set(read))[:10]
+    trainer.train()
+    assert max(read) < 2_000, max(read)
+
+
+def test_an_fsdp_config_that_runs_unsharded_says_so_once(tokenizer, model, make_config, monkeypatch, capfd):
+    """accelerate's FSDP switch on a machine that runs the model whole: one warning, naming what happened and the fix."""
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    trainer = MaskedSFTTrainer(model, args=make_config(), train_dataset=QA_ROWS, processing_class=tokenizer)
+    assert not trainer.is_fsdp_enabled
+    err = capfd.readouterr().err
+    assert err.count("FSDP is configured, but this run is not sharded") == 1, err
+    assert "each holding the whole model" in err and "Fix: launch on GPUs" in err
+
+
+def test_without_fsdp_configured_nothing_is_said_about_it(tokenizer, model, make_config, monkeypatch, capfd):
+    """The warning names a configuration the user made; without one it stays silent."""
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    MaskedSFTTrainer(model, args=make_config(), train_dataset=QA_ROWS, processing_class=tokenizer)
+    assert "FSDP" not in capfd.readouterr().err
+
+
+def test_package_info_lines_follow_transformers_verbosity(tokenizer, model, make_config, capfd):
+    """`score_supervised_only`'s line is INFO: hidden at transformers' default verbosity, shown after
+    `transformers.logging.set_verbosity_info()`."""
+    from transformers.utils import logging as hf_logging
+
+    def run():
+        trainer = MaskedSFTTrainer(
+            build_tiny_model(tokenizer),
+            args=make_config(max_steps=1),
+            train_dataset=QA_ROWS,
+            processing_class=tokenizer,
+        )
+        capfd.readouterr()
+        trainer.train()
+        return capfd.readouterr().err
+
+    previous = hf_logging.get_verbosity()
+    try:
+        hf_logging.set_verbosity_warning()
+        assert "`score_supervised_only`" not in run()
+        hf_logging.set_verbosity_info()
+        assert "`score_supervised_only`" in run()
+    finally:
+        hf_logging.set_verbosity(previous)
