@@ -191,3 +191,49 @@ def test_package_info_lines_follow_transformers_verbosity(tokenizer, model, make
         assert "`score_supervised_only`" in run()
     finally:
         hf_logging.set_verbosity(previous)
+
+
+DEEPSPEED_SCRIPT = Path(__file__).parent / "scripts" / "deepspeed_run.py"
+NO_DEEPSPEED = (
+    "deepspeed is not installed; CI leaves it out (its CPU optimizer op compiles for minutes on first use). "
+    "To run this: DS_BUILD_OPS=0 pip install deepspeed"
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_on_cpu_trains_and_stops_every_rank_together(stage, tmp_path):
+    """ZeRO-2/3 on 2 CPU processes: DeepSpeed runs, the loss takes TRL's path (said), the mask metrics agree on both
+    ranks, and an all-masked batch on rank 1 stops both ranks with AllMaskedBatchError."""
+    pytest.importorskip("deepspeed", reason=NO_DEEPSPEED)
+    config = tmp_path / "zero.yaml"
+    config.write_text(
+        "compute_environment: LOCAL_MACHINE\ndistributed_type: DEEPSPEED\nuse_cpu: true\nnum_machines: 1\n"
+        f"num_processes: 2\nmixed_precision: 'no'\nmain_process_port: {_free_port()}\ndeepspeed_config:\n"
+        f"  zero_stage: {stage}\n  offload_optimizer_device: none\n  offload_param_device: none\n"
+        f"  zero3_init_flag: false\n  gradient_accumulation_steps: 1\n"
+    )
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_OFFLINE": "1"}
+    process = subprocess.Popen(
+        [*command, str(DEEPSPEED_SCRIPT), str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        log, _ = process.communicate(timeout=600)  # the first run compiles DeepSpeed's CPU Adam
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        log, _ = process.communicate()
+        pytest.fail(f"the DeepSpeed run did not finish in 600 s:\n{log[-3000:]}")
+    files = [tmp_path / f"rank{r}.json" for r in (0, 1)]
+    assert all(f.is_file() for f in files), f"exit code {process.returncode}:\n{log[-3000:]}"
+    ranks = [json.loads(f.read_text()) for f in files]
+    assert [r["deepspeed"] for r in ranks] == [True, True]
+    assert all("DeepSpeed" in (r["loss_path"] or "") for r in ranks), [r["loss_path"] for r in ranks]
+    assert ranks[0]["logs"] == ranks[1]["logs"] and len(ranks[0]["logs"]) == 2
+    assert all(entry["supervised_tokens"] > 0 for entry in ranks[0]["logs"])
+    assert [r["masked"]["error"] for r in ranks] == ["AllMaskedBatchError"] * 2
