@@ -9,7 +9,8 @@ rows and, between barriers, times:
 - `once`: `distributed.prepare_once` around the same call: the node's main process prepares and saves the Arrow files,
   the other rank waits for them and memory-maps them.
 
-and, on rank 0, the parts: the preparation per row, `save_to_disk` and `load_from_disk` of the result, and one
+(wall seconds, and CPU seconds per rank: on a busy machine the wall time is noise, the CPU time is what each rank
+pays) and, on rank 0, the parts: the preparation per row, `save_to_disk` and `load_from_disk` of the result, and one
 all-reduce of a `[world_size]` float tensor (what `validate_batch` sends per micro-batch), for docs/distributed.md's
 estimates. On a machine with fewer free cores than processes, `each` shows the contention every rank adds.
 """
@@ -57,14 +58,15 @@ def worker(out: str, rows: int) -> None:
     barrier = dist.barrier if world > 1 else (lambda: None)
     result: dict[str, float] = {"rank": rank, "world": world}
 
+    pipeline.prepare(data.select(range(min(rows, 1000))))  # warm-up: caches, lazy imports
     barrier()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     prepared = pipeline.prepare(data).dataset
-    result["each_s"] = time.perf_counter() - start
+    result["each_s"], result["each_cpu_s"] = time.perf_counter() - start, time.process_time() - cpu
     barrier()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     dataset, _ = prepare_once(lambda: (pipeline.prepare(data).dataset, None))
-    result["once_s"] = time.perf_counter() - start
+    result["once_s"], result["once_cpu_s"] = time.perf_counter() - start, time.process_time() - cpu
     assert len(dataset) == rows
     barrier()
     if rank == 0:
