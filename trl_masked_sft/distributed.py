@@ -161,8 +161,8 @@ def _node() -> str:
 def _by_node(views: list[dict], text: Callable[[dict], str]) -> str:
     """One line per node (ranks of a node that see the same thing are named together)."""
     lines: dict[tuple[str, str], list[int]] = {}
-    for rank, view in enumerate(views):
-        lines.setdefault((view["node"], text(view)), []).append(rank)
+    for view in views:
+        lines.setdefault((view["node"], text(view)), []).append(view["rank"])
     return "; ".join(f"{node}, rank {', '.join(map(str, ranks))}: {what}" for (node, what), ranks in lines.items())
 
 
@@ -179,7 +179,7 @@ def agree_on_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: s
     Each rank checks its own disk (nodes may not share `output_dir`). `True` picks the highest step whose
     `checkpoint-N` is complete and sound on every rank, saying which newer ones some node lacks; a path must be
     sound on every rank. Otherwise every rank raises `CheckpointError` naming each node, what it lacks, and the fix.
-    One `all_gather_object` per candidate step (one in the common case).
+    One `all_gather_object` when every rank's newest complete checkpoint is the same, one more per older candidate.
     """
     rank, world = process_info()
     if world == 1 or resume_from_checkpoint is None or resume_from_checkpoint is False:
@@ -189,7 +189,7 @@ def agree_on_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: s
             path, problem = resolve_resume_checkpoint(resume_from_checkpoint, output_dir, model), None
         except CheckpointError as error:
             path, problem = None, str(error)
-        views = _gather({"node": _node(), "problem": problem})
+        views = _gather({"rank": rank, "node": _node(), "problem": problem})
         if any(view["problem"] for view in views):
             bad = [view for view in views if view["problem"]]
             raise CheckpointError(
@@ -199,7 +199,8 @@ def agree_on_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: s
         return path
     last, skipped = last_sound_checkpoint(output_dir)
     steps = checkpoint_steps(output_dir)
-    mine = {"node": _node(), "dir": str(output_dir), "last": _step(last), "steps": steps, "skipped": skipped}
+    mine = {"rank": rank, "node": _node(), "dir": str(output_dir), "last": _step(last), "steps": steps}
+    mine["skipped"] = skipped
     views = _gather(mine)
     if all(view["last"] is None for view in views):
         return resolve_resume_checkpoint(True, output_dir, model)  # nothing anywhere: the same error on every rank
@@ -207,13 +208,14 @@ def agree_on_checkpoint(resume_from_checkpoint: str | bool | None, output_dir: s
     common = set.intersection(*(set(view["steps"]) for view in views))
     for step in sorted((s for s in common if s <= lowest), reverse=True):
         path = Path(output_dir) / f"checkpoint-{step}"
-        problems = _gather(checkpoint_problem(path) if step != mine["last"] else None)
-        if not any(problems):
+        everywhere = all(view["last"] == step for view in views)  # the same on every rank: no gather, or one each
+        if everywhere or not any(_gather(checkpoint_problem(path) if step != mine["last"] else None)):
             newest = max(view["last"] for view in views if view["last"] is not None)
             if step < newest or any(view["skipped"] for view in views):
+                fix = f" {_FIX}" if step < newest else " Delete the skipped ones to silence this message."
                 logger.warning(
                     f"Resuming every rank from checkpoint-{step}, the newest checkpoint complete on every rank; "
-                    f"skipped the newer ones: {_by_node(views, _described)}. {_FIX}"
+                    f"skipped the newer ones: {_by_node(views, _described)}.{fix}"
                 )
             check_checkpoint_fits(path, model)
             return str(path)
