@@ -257,16 +257,20 @@ def prepare_once(prepare: Callable[[], tuple[Any, T]], *, streamed: bool = False
     rank, world = process_info()
     if world == 1 or streamed:
         return prepare()
+    from datasets import Dataset, load_from_disk
+
     local_rank = int(os.environ.get("LOCAL_RANK", rank))
     payload = None
     if local_rank == 0:
         try:
             with _as_one_process():
                 dataset, extra = prepare()
-            folder = tempfile.mkdtemp(prefix="trl_masked_sft-prepared-")
-            atexit.register(shutil.rmtree, folder, True)  # the other ranks hold memory maps, which outlive the files
-            dataset.save_to_disk(folder)
-            payload = (True, (folder, extra))
+            payload = (True, None)  # not an Arrow dataset (a torch dataset): the other ranks prepare it themselves
+            if isinstance(dataset, Dataset):
+                folder = tempfile.mkdtemp(prefix="trl_masked_sft-prepared-")
+                atexit.register(shutil.rmtree, folder, True)  # the other ranks' memory maps outlive the files
+                dataset.save_to_disk(folder)
+                payload = (True, (folder, extra))
         except Exception as exc:  # handed to every rank, then raised everywhere
             payload = (False, exc)
     views = _gather((rank - local_rank, payload))  # (the node's first rank, what its main process sends)
@@ -275,9 +279,11 @@ def prepare_once(prepare: Callable[[], tuple[Any, T]], *, streamed: bool = False
         raise failed
     if local_rank == 0:
         return dataset, extra
-    from datasets import load_from_disk
-
-    folder, extra = next(sent[1] for node, sent in views if node == rank - local_rank and sent is not None)
+    saved = next(sent[1] for node, sent in views if node == rank - local_rank and sent is not None)
+    if saved is None:
+        with _as_one_process():
+            return prepare()
+    folder, extra = saved
     return load_from_disk(folder), extra
 
 

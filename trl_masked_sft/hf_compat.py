@@ -71,15 +71,20 @@ def map_rows(
     order = [c for c in dataset.column_names if c not in remove_columns]
     read = [c for c in dataset.column_names if columns is None or c in columns]
     parallel = num_proc is not None and num_proc > 1
-    mapped = dataset.select_columns(read).map(
-        apply,
-        with_indices=True,
-        batched=True,
-        desc=desc,
-        remove_columns=[c for c in remove_columns if c in read] or None,
-        num_proc=num_proc if parallel else None,
-        **({} if parallel else in_memory_kwargs(dataset)),  # worker processes name their shards from a hash
-    )
+    try:
+        mapped = dataset.select_columns(read).map(
+            apply,
+            with_indices=True,
+            batched=True,
+            desc=desc,
+            remove_columns=[c for c in remove_columns if c in read] or None,
+            num_proc=num_proc if parallel else None,
+            **({} if parallel else in_memory_kwargs(dataset)),  # worker processes name their shards from a hash
+        )
+    except Exception as error:
+        if parallel and type(error).__module__.startswith(__name__.rpartition(".")[0] + "."):
+            raise error.with_traceback(None) from None  # our error in a worker: raised here, as in one process
+        raise
     untouched = [c for c in order if c not in read and c not in mapped.column_names]
     if not untouched:
         return mapped
