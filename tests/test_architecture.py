@@ -16,7 +16,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "trl_masked_sft"
 #: Lowest first. Modules of one layer never import each other.
 LAYERS: list[set[str]] = [
     {"errors", "tiny"},
-    {"constraints", "precision"},
+    {"constraints", "logs"},
+    {"precision"},
     {"config", "masking", "hf_compat", "conversations"},
     {"validation", "end_of_turn", "checkpoints", "model_checks", "packing", "loss", "values", "steps"},
     {"report", "distributed", "collator", "metrics", "chat", "context"},

@@ -187,13 +187,14 @@ def _changed_config(r: Run, **changes):
     return config
 
 
-def _checkpoint(r: Run, step: int, *, state: str | None = '{"global_step": 1}', **files: bytes) -> str:
-    """A checkpoint folder under `out/` written by a real save: model weights, optimizer, scheduler, RNG, state."""
+def _checkpoint(r: Run, step: int, *, state: str | None = "", **files: bytes) -> str:
+    """A checkpoint folder under `out/` written by a real save: model weights, optimizer, scheduler, RNG, state
+    (the saved one unless `state` gives its text; `None` removes it)."""
     path = r.tmp_path / "out" / f"checkpoint-{step}"
     shutil.copytree(_saved_checkpoint(r), path)
     if state is None:
         (path / "trainer_state.json").unlink()
-    else:
+    elif state:
         (path / "trainer_state.json").write_text(state)
     for name, content in files.items():
         (path / name.replace("__", ".")).write_bytes(content)
@@ -223,6 +224,12 @@ def _truncated(r: Run, step: int, name: str) -> str:
     path = Path(_checkpoint(r, step)) / name
     path.write_bytes(path.read_bytes()[: max(8, path.stat().st_size // 2)])
     return str(path.parent)
+
+
+def _without(r: Run, step: int, name: str) -> str:
+    path = Path(_checkpoint(r, step))
+    (path / name).unlink()
+    return str(path)
 
 
 def _other_model_checkpoint(r: Run) -> str:
@@ -1495,6 +1502,30 @@ CASES += [
         r"trainer_state.json` is not a JSON object.*Fix",
     ),
     (
+        "resume-from-a-checkpoint-whose-trainer-state-is-empty",
+        lambda r: r.resume(_checkpoint(r, 2, state="{}")),
+        CheckpointError,
+        r"trainer_state.json` is corrupt: it has no `global_step`.*Fix",
+    ),
+    (
+        "resume-true-past-a-checkpoint-whose-trainer-state-is-empty",
+        lambda r: (_checkpoint(r, 1, state="{}"), r.resume(True)),
+        CheckpointError,
+        r"holds no complete checkpoint \(incomplete: .*checkpoint-1 \(`.*trainer_state.json` is corrupt.*start afresh",
+    ),
+    (
+        "resume-from-a-checkpoint-without-weights",
+        lambda r: r.resume(_without(r, 2, "model.safetensors")),
+        CheckpointError,
+        r"checkpoint-2'` is incomplete: it holds no model weights \(no `model.safetensors`.*adapter.*Fix",
+    ),
+    (
+        "resume-from-a-checkpoint-with-a-scheduler-but-no-optimizer",
+        lambda r: r.resume(_without(r, 2, "optimizer.pt")),
+        CheckpointError,
+        r"checkpoint-2'` is incomplete: it has `scheduler.pt` but no `optimizer.pt`.*Fix",
+    ),
+    (
         "resume-from-a-checkpoint-with-truncated-weights",
         lambda r: r.resume(_truncated(r, 2, "model.safetensors")),
         CheckpointError,
@@ -1823,8 +1854,11 @@ def test_the_troubleshooting_page_lists_every_case():
 
 def test_a_legacy_torch_file_in_a_checkpoint_is_not_called_corrupt(tmp_path):
     """A `torch.save` file in the pre-1.6 (non-zip) format is left to torch, not refused as corrupt."""
+    from safetensors.torch import save_file
+
     from trl_masked_sft.checkpoints import checkpoint_problem
 
-    (tmp_path / "trainer_state.json").write_text('{"global_step": 1}')
-    torch.save({"step": torch.tensor(1)}, tmp_path / "scheduler.pt", _use_new_zipfile_serialization=False)
+    (tmp_path / "trainer_state.json").write_text('{"global_step": 1, "train_batch_size": 4}')
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
+    torch.save({"step": torch.tensor(1)}, tmp_path / "rng_state.pth", _use_new_zipfile_serialization=False)
     assert checkpoint_problem(tmp_path) is None

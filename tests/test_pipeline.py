@@ -124,3 +124,14 @@ def test_the_trainer_prepares_exactly_what_the_pipeline_prepares(tokenizer, make
     assert trainer.train_dataset["input_ids"] == prepared.dataset["input_ids"]
     assert trainer.train_dataset["labels"] == prepared.dataset["labels"]
     assert trainer.audit_reports["train"] == prepared.report
+
+
+def test_the_audit_honours_dataset_num_proc(tokenizer, make_config, capfd):
+    """`dataset_num_proc=2`: the supervised-token audit maps in 2 worker processes, to the same rows as with one."""
+    rows = Dataset.from_dict({key: values * 8 for key, values in ROWS.items()})
+    alone = PreparationPipeline.from_config(tokenizer, make_config()).prepare(rows)
+    capfd.readouterr()
+    parallel = PreparationPipeline.from_config(tokenizer, make_config(dataset_num_proc=2)).prepare(rows)
+    assert "Checking supervised tokens of train dataset (num_proc=2)" in capfd.readouterr().err
+    assert parallel.dataset.to_dict() == alone.dataset.to_dict()
+    assert parallel.report.to_dict() == alone.report.to_dict()

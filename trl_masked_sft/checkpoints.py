@@ -1,11 +1,14 @@
 """Resuming from checkpoints that are complete: a run killed while saving leaves a partial `checkpoint-N` behind.
 
 `Trainer` writes `trainer_state.json` last when it saves a checkpoint (after the weights, optimizer, scheduler and RNG
-states), so a checkpoint is complete when that file exists and parses. `transformers.trainer_utils.get_last_checkpoint`
-picks the highest-numbered folder whatever it holds, and resuming from a partial one fails inside `Trainer` (or, with
-only the weights written, restarts the schedule from step 0). A complete checkpoint can still be corrupt (a disk
-filled up, a copy cut short): the weights, optimizer, scheduler and RNG files it holds are checked too, cheaply (the
-safetensors header against the file size, the zip directory of `torch.save` files), and the bad file is named.
+states). A checkpoint is complete when it holds model weights (full, sharded or adapter; FSDP's or DeepSpeed's own
+folders count), a `trainer_state.json` that `Trainer` can resume from, and the optimizer and scheduler as a pair or
+not at all (`save_only_model`). `transformers.trainer_utils.get_last_checkpoint` picks the highest-numbered folder
+whatever it holds, and resuming from a partial one fails inside `Trainer` (or, with only the weights written, restarts
+the schedule from step 0). A complete checkpoint can still be corrupt (a disk filled up, a copy cut short): the
+weights, optimizer, scheduler and RNG files it holds are checked too, cheaply (the safetensors header against the file
+size, the zip directory of `torch.save` files), and the bad file is named. Under several processes, which checkpoint
+every rank resumes from is agreed in `distributed.agree_on_checkpoint`.
 """
 
 from __future__ import annotations
@@ -15,24 +18,40 @@ import os
 import re
 import struct
 import zipfile
+from dataclasses import fields
 from pathlib import Path
 
+from transformers import TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-from transformers.utils import logging
 
 from .errors import CheckpointError
+from .logs import get_logger
 
 __all__ = [
     "checkpoint_problem",
+    "checkpoint_steps",
     "check_checkpoint_fits",
     "is_complete_checkpoint",
     "last_complete_checkpoint",
+    "last_sound_checkpoint",
     "resolve_resume_checkpoint",
 ]
 
-logger = logging.get_logger(__name__)
+logger = get_logger(__name__)
 
 _STATE_FILE = "trainer_state.json"
+#: the files (or folder name prefixes) of which one holds the model weights, as `Trainer._load_from_checkpoint` looks
+_WEIGHTS = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+    "adapter_model.safetensors",
+    "adapter_model.bin",
+)
+_ENGINE_FOLDERS = ("pytorch_model_fsdp", "global_step")  # FSDP's sharded state, DeepSpeed's engine state
+_PAIR = ("optimizer.pt", "scheduler.pt")
+_STATE_FIELDS = frozenset(f.name for f in fields(TrainerState))
 _CHECKPOINT = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
 
 
@@ -68,21 +87,57 @@ def _torch_file_problem(path: Path) -> str | None:
     return None
 
 
-def checkpoint_problem(path: str | os.PathLike) -> str | None:
-    """What makes `path` unusable to resume from, naming the file, or None when it is complete and sound.
-
-    Incomplete: no readable `trainer_state.json` (written last). Corrupt: a weights, optimizer, scheduler or RNG file
-    that is truncated or unreadable.
-    """
-    root = Path(path)
-    state = root / _STATE_FILE
+def _state_problem(state: Path) -> str | None:
+    """Why `trainer_state.json` can't be resumed from, or None. Unreadable means incomplete (it is written last)."""
     try:
         parsed = json.loads(state.read_text())
     except (OSError, ValueError):
         return f"it has no readable `{_STATE_FILE}`"
     if not isinstance(parsed, dict):
         return f"`{state}` is not a JSON object (got {type(parsed).__name__})"
-    for file in sorted(root.iterdir()):
+    for key in ("global_step", "train_batch_size"):  # `Trainer` computes with both when it resumes
+        value = parsed.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            got = f"`{key}` is {value!r}" if key in parsed else f"it has no `{key}`"
+            return f"`{state}` is corrupt: {got} (a non-negative int that `Trainer` needs to resume)"
+    unknown = sorted(set(parsed) - _STATE_FIELDS)
+    if unknown:
+        return f"`{state}` is corrupt: keys {unknown} are not fields of this transformers' `TrainerState`"
+    return None
+
+
+def _missing_files(root: Path, names: set[str]) -> str | None:
+    """What a checkpoint lacks that `Trainer` needs (weights; an optimizer without scheduler or back), or None."""
+    engine = any(name.startswith(_ENGINE_FOLDERS) and (root / name).is_dir() for name in names)
+    adapters = any((root / name / weights).is_file() for name in names for weights in _WEIGHTS[4:])
+    if not (names & set(_WEIGHTS) or engine or adapters):
+        return (
+            f"it holds no model weights (no `{_WEIGHTS[0]}`, `{_WEIGHTS[2]}`, adapter or sharded weights): the "
+            "weights were not saved on this node, or the save was cut"
+        )
+    present = [name for name in _PAIR if name in names]
+    if len(present) == 1 and not engine:  # DeepSpeed keeps the optimizer in its own folder
+        other = _PAIR[1 - _PAIR.index(present[0])]
+        return f"it has `{present[0]}` but no `{other}`, which are saved together"
+    return None
+
+
+def checkpoint_problem(path: str | os.PathLike) -> str | None:
+    """What makes `path` unusable to resume from, naming the file, or None when it is complete and sound.
+
+    Incomplete (the message starts with "it "): no readable `trainer_state.json` (written last), no model weights, or
+    an optimizer without its scheduler (or the reverse). Corrupt: a `trainer_state.json` without the numbers
+    `Trainer` resumes from, or a weights, optimizer, scheduler or RNG file that is truncated or unreadable.
+    """
+    root = Path(path)
+    problem = _state_problem(root / _STATE_FILE)
+    if problem is not None:
+        return problem
+    files = sorted(root.iterdir())
+    problem = _missing_files(root, {file.name for file in files})
+    if problem is not None:
+        return problem
+    for file in files:
         if file.suffix == ".safetensors":
             problem = _safetensors_problem(file)
         elif file.suffix in (".pt", ".pth", ".bin"):
@@ -95,7 +150,7 @@ def checkpoint_problem(path: str | os.PathLike) -> str | None:
 
 
 def is_complete_checkpoint(path: str | os.PathLike) -> bool:
-    """True when `path` holds a readable `trainer_state.json` (written last by `Trainer`) and no corrupt file."""
+    """True when `path` holds weights, a sound `trainer_state.json` (written last by `Trainer`) and no corrupt file."""
     return Path(path).is_dir() and checkpoint_problem(path) is None
 
 
@@ -132,13 +187,19 @@ def _checkpoints(output_dir: str | os.PathLike) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+def checkpoint_steps(output_dir: str | os.PathLike) -> list[int]:
+    """The steps of the `checkpoint-N` folders in `output_dir`, complete or not, lowest first."""
+    return [step for step, _ in _checkpoints(output_dir)]
+
+
 def last_complete_checkpoint(output_dir: str | os.PathLike) -> tuple[str | None, list[str]]:
     """`(the highest-step complete checkpoint or None, the incomplete or corrupt checkpoints above it)`."""
-    path, skipped = _last_sound(output_dir)
+    path, skipped = last_sound_checkpoint(output_dir)
     return path, list(skipped)
 
 
-def _last_sound(output_dir: str | os.PathLike) -> tuple[str | None, dict[str, str]]:
+def last_sound_checkpoint(output_dir: str | os.PathLike) -> tuple[str | None, dict[str, str]]:
+    """`(the highest-step complete and sound checkpoint or None, {each one skipped above it: why})`."""
     skipped: dict[str, str] = {}
     for _, path in reversed(_checkpoints(output_dir)):
         problem = checkpoint_problem(path)
@@ -160,13 +221,13 @@ def resolve_resume_checkpoint(
     if resume_from_checkpoint is None or resume_from_checkpoint is False:
         return resume_from_checkpoint
     if resume_from_checkpoint is True:
-        path, skipped = _last_sound(output_dir)
+        path, skipped = last_sound_checkpoint(output_dir)
         if path is None:
             found = f" (incomplete: {_listed(skipped)})" if skipped else ""
             raise CheckpointError(
                 f"`resume_from_checkpoint=True` but `output_dir` ({output_dir}) holds no complete checkpoint{found}. "
                 "Fix: train without `resume_from_checkpoint` to start afresh, or point it at a checkpoint folder "
-                f"that has a `{_STATE_FILE}`."
+                f"that holds the weights and a `{_STATE_FILE}`."
             )
         if skipped:
             logger.warning(
@@ -186,12 +247,12 @@ def resolve_resume_checkpoint(
     if path.is_dir() and problem is None:
         check_checkpoint_fits(path, model)
         return str(path)
-    last, _ = _last_sound(path.parent if path.name.startswith(PREFIX_CHECKPOINT_DIR) else output_dir)
+    last, _ = last_sound_checkpoint(path.parent if path.name.startswith(PREFIX_CHECKPOINT_DIR) else output_dir)
     if not path.exists():
         what = "does not exist"
     elif not path.is_dir():
         what = "is a file, not a checkpoint folder"
-    elif problem.startswith("it has no readable"):
+    elif problem.startswith("it "):
         what = f"is incomplete: {problem} (a run killed while saving leaves such a folder behind)"
     else:
         what = f"can't be resumed from: {problem}"

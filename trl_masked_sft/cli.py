@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import DataSourceError
+from .logs import is_main_process
 
 __all__ = ["main"]
 
@@ -202,7 +203,8 @@ def load_rows(name: str, config: str | None = None) -> dict[str, Any]:
         alias = next((a for a in _EVAL_ALIASES if a in splits), None)
         if "test" not in splits and alias is not None:
             splits["test"] = splits[alias]
-            print(f"Using {files[alias].name} as the `test` split (`--dataset_test_split test`) and as {alias!r}.")
+            if is_main_process():  # once per run under `accelerate launch`
+                print(f"Using {files[alias].name} as the `test` split (`--dataset_test_split test`) and as {alias!r}.")
         return splits
     if _looks_local(name):
         raise DataSourceError(
@@ -290,7 +292,8 @@ def _train(argv: list[str]) -> int:
 
         processing_class = _demo_tokenizer(splits)
         model = build_tiny_model(processing_class, hidden_size=128, num_hidden_layers=2)
-        print(f"Using the offline demo model `{DEMO}`: a tiny random Llama, not a real language model.")
+        if is_main_process():
+            print(f"Using the offline demo model `{DEMO}`: a tiny random Llama, not a real language model.")
     else:
         model, processing_class = model_args.model_name_or_path, None
     eval_split = splits.get(script_args.dataset_test_split) if training_args.eval_strategy != "no" else None

@@ -16,6 +16,7 @@ from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict,
 from .config import MaskingOptions
 from .errors import DatasetFormatError, DatasetTypeError
 from .hf_compat import column_names, first_row, in_memory_kwargs
+from .logs import get_logger
 from .masking import IGNORE_INDEX
 from .report import REASON
 from .values import (
@@ -390,9 +391,7 @@ def appends_eos(tokenizer) -> bool:
 
 
 def _prefix_warning(tail: str) -> None:
-    from transformers.utils import logging
-
-    logging.get_logger(__name__).warning(
+    get_logger(__name__).warning(
         "The tokenized prompt is not a prefix of the tokenized prompt+completion, usually because tokens merge across "
         f"the boundary. The completion starts where they diverge; this end of the prompt is not trained: {tail!r}. "
         "To avoid it, end the prompt on a token boundary (e.g. start the completion with a space). Shown once."

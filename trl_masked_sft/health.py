@@ -15,18 +15,18 @@ from typing import Any, Protocol
 import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
-from transformers.utils import logging
 
 from .checkpoints import last_complete_checkpoint
 from .distributed import process_info
 from .errors import TrainingHealthError
+from .logs import get_logger
 from .masking import IGNORE_INDEX
 from .model_checks import check_gradients_reached
 from .validation import first_label_is_target
 
 __all__ = ["TrainingHealthGuard"]
 
-logger = logging.get_logger(__name__)
+logger = get_logger(__name__)
 
 
 def _scalar(value) -> torch.Tensor | None:

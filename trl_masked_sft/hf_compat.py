@@ -49,13 +49,15 @@ def map_rows(
     desc: str,
     columns: Sequence[str] | None = None,
     remove_columns: Sequence[str] = (),
+    num_proc: int | None = None,
 ) -> Dataset | IterableDataset:
     """`dataset.map(fn, with_indices=True, remove_columns=...)` for a per-row `fn(example, index) -> dict`, in
     batches of 1000 rows, reading and rewriting only `columns` (the ones `fn` reads; all when `None`).
 
     The per-row Python work is the same; what goes is the Arrow decode and encode of every single row and of the
     columns `fn` never touches (conversations, images), which cost more than most row checks themselves. The other
-    columns are joined back unchanged, in their order. A streaming dataset is mapped row by row.
+    columns are joined back unchanged, in their order. A streaming dataset is mapped row by row. `num_proc` > 1 maps
+    in that many worker processes (`dataset_num_proc`).
     """
     if not isinstance(dataset, Dataset):
         return dataset.map(fn, with_indices=True, remove_columns=list(remove_columns) or None)
@@ -68,14 +70,21 @@ def map_rows(
 
     order = [c for c in dataset.column_names if c not in remove_columns]
     read = [c for c in dataset.column_names if columns is None or c in columns]
-    mapped = dataset.select_columns(read).map(
-        apply,
-        with_indices=True,
-        batched=True,
-        desc=desc,
-        remove_columns=[c for c in remove_columns if c in read] or None,
-        **in_memory_kwargs(dataset),
-    )
+    parallel = num_proc is not None and num_proc > 1
+    try:
+        mapped = dataset.select_columns(read).map(
+            apply,
+            with_indices=True,
+            batched=True,
+            desc=desc,
+            remove_columns=[c for c in remove_columns if c in read] or None,
+            num_proc=num_proc if parallel else None,
+            **({} if parallel else in_memory_kwargs(dataset)),  # worker processes name their shards from a hash
+        )
+    except Exception as error:
+        if parallel and type(error).__module__.startswith(__name__.rpartition(".")[0] + "."):
+            raise error.with_traceback(None) from None  # our error in a worker: raised here, as in one process
+        raise
     untouched = [c for c in order if c not in read and c not in mapped.column_names]
     if not untouched:
         return mapped

@@ -21,13 +21,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from transformers.utils import logging
+
+from .logs import get_logger
 
 from .masking import IGNORE_INDEX
 
 __all__ = ["MAX_LOGITS", "SupervisedLoss", "count_packed_tokens", "supervised_logits_are_exact"]
 
-logger = logging.get_logger(__name__)
+logger = get_logger(__name__)
 
 #: Above this many logits (positions × vocabulary) in one batch, TRL's chunked head takes the batch: it never holds
 #: more than a `4096 × 32768` tile, and a batch this full of supervised positions gains little from skipping prompts.

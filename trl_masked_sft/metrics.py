@@ -15,12 +15,13 @@
 - `audit_logs(report)`: the pre-flight `AuditReport` as scalars `audit/...` plus its one-line summary as text
   (`audit/summary`, TensorBoard's text tab), to be logged once.
 
-Counts are per process; nothing here talks to other ranks.
+Under several processes, `pop(..., reduce=distributed.sum_across_ranks)` sums the counts of every rank first (one
+all-reduce per log, on every rank), so the scalars describe the whole global batch, not rank 0's share of it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,17 +110,28 @@ class MaskMetrics:
         sums[2] += stats.real_tokens
         sums[3] += stats.supervised_tokens
 
-    def pop(self, mode: str = "train", *, global_step: int | None = None) -> dict[str, float]:
+    def pop(
+        self,
+        mode: str = "train",
+        *,
+        global_step: int | None = None,
+        reduce: Callable[[list[float]], list[float]] | None = None,
+    ) -> dict[str, float]:
         """The scalars of the batches counted since the last `pop` of `mode`, then reset; `{}` when none.
 
         With `global_step` (train), `supervised_tokens` is per optimizer step since the previous `pop` with a step,
         so gradient accumulation sums its micro-batches; without it, per batch. Eval names start with `eval_`.
+        `reduce` sums the counts across processes (a collective: every rank calls `pop` at the same point); the
+        scalars are then those of the global batch (per step: all ranks' micro-batches; per batch: one per rank).
         """
         self._check_mode(mode)
-        batches, positions, real, supervised = self._sums[mode]
+        counts = [*self._sums[mode], 1]  # the last one counts the processes
+        if reduce is not None:
+            counts = [round(value) for value in reduce(counts)]
+        batches, positions, real, supervised, ranks = counts
         if batches == 0:
             return {}
-        per = batches
+        per = batches / ranks
         if global_step is not None:
             per = max(1, global_step - self._last_step[mode])
             self._last_step[mode] = global_step

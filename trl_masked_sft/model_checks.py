@@ -21,9 +21,9 @@ from collections.abc import Iterator
 
 import torch
 from transformers import PreTrainedTokenizerBase
-from transformers.utils import logging
 
-from .errors import MaskedSFTWarning, ModelSetupError
+from .errors import ModelSetupError
+from .logs import get_logger, warn
 
 __all__ = [
     "ensure_pad_token",
@@ -36,7 +36,7 @@ __all__ = [
     "quiet_peft_checkpointing_probe",
 ]
 
-logger = logging.get_logger(__name__)
+logger = get_logger(__name__)
 
 
 def _is_peft_model(model) -> bool:
@@ -121,10 +121,9 @@ def _check_adapters_trainable(model) -> None:
             "`for n, p in model.named_parameters(): p.requires_grad_('lora_' in n)`."
         )
     if frozen:
-        warnings.warn(
+        warn(
             f"{len(frozen)} of the {len(adapter)} adapter weight tensors are frozen and will not train: "
             f"{_names(frozen)}. Fix: `param.requires_grad_(True)` on them, or ignore this if it is intended.",
-            MaskedSFTWarning,
             stacklevel=3,
         )
 
@@ -296,12 +295,11 @@ def check_gradients_reached(model) -> None:
             "`model.enable_input_require_grads()` before training (or use `activation_checkpointing_kwargs="
             "{'use_reentrant': False}`), and check `target_modules`."
         )
-    warnings.warn(
+    warn(
         f"{len(missing)} of {len(trainable)} trainable tensors received no gradient in the first step and will "
         f"never train: {_names(missing)}. Likely: activation checkpointing (reentrant) with frozen input embeddings "
         "(fix: `model.enable_input_require_grads()` before training), or adapters or unfrozen weights on modules "
         "the forward pass does not use (check `target_modules` / which weights you unfroze).",
-        MaskedSFTWarning,
         stacklevel=2,
     )
 
@@ -315,11 +313,10 @@ def check_peft_setup(args, model, peft_config) -> None:
     else:
         task_type = next((c.task_type for c in (getattr(model, "peft_config", {}) or {}).values()), None)
     if task_type is None:
-        warnings.warn(
+        warn(
             "The PEFT config has no `task_type`, so PEFT builds a generic PeftModel instead of "
             "PeftModelForCausalLM and the labels may not reach the loss the way a causal LM expects. Fix: "
             "set `task_type='CAUSAL_LM'` in your LoraConfig (homework_lora_config() does).",
-            MaskedSFTWarning,
             stacklevel=3,
         )
 

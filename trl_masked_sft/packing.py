@@ -23,14 +23,21 @@ from itertools import chain
 from typing import Any
 
 import torch
-from transformers.utils import logging
 
 from .hf_compat import active_peft_config
+from .logs import get_logger
 from .masking import IGNORE_INDEX
 
-__all__ = ["PACKED_TOKENS_KEY", "PackingCollator", "pack_rows", "packing_is_exact", "virtual_token_count"]
+__all__ = [
+    "PACKED_TOKENS_KEY",
+    "PackingCollator",
+    "pack_rows",
+    "packing_blocker",
+    "packing_is_exact",
+    "virtual_token_count",
+]
 
-logger = logging.get_logger(__name__)
+logger = get_logger(__name__)
 
 #: Rows shorter than this are packed up to this width: attention over a few hundred positions costs little next to
 #: the linear layers, and wider rows leave less padding. Rows longer than this are packed up to the longest row, so
@@ -253,3 +260,29 @@ def packing_is_exact(model, *, pad_token_id: int, tolerance: float | None = None
         if not torch.allclose(got, reference, rtol=0, atol=tolerance * scale):
             return False
     return True
+
+
+def packing_blocker(trainer, *, custom_collator: bool, base: type) -> str | None:
+    """Why `trainer`'s training batches can't be packed exactly, or `None`. `custom_collator`: the user passed a
+    `data_collator`; `base`: the trainer class whose `compute_loss`/`training_step` take packed batches."""
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    args, collator = trainer.args, trainer.data_collator
+    split = getattr(getattr(args, "accelerator_config", None), "split_batches", False)
+    if custom_collator or not isinstance(collator, DataCollatorForLanguageModeling):
+        return "a custom `data_collator` is used"
+    if args.packing or getattr(trainer, "padding_free", False) or getattr(trainer, "_is_vision_dataset", False):
+        return "`packing`/`padding_free` or a vision dataset lays out the batches"
+    if trainer.compute_loss_func is not None:
+        return "a `compute_loss_func` may expect one row per example"
+    if trainer.is_deepspeed_enabled or trainer.is_fsdp_enabled:
+        return "DeepSpeed/FSDP are not supported by the packing check"
+    if args.world_size > 1 and (isinstance(trainer.train_dataset, torch.utils.data.IterableDataset) or split):
+        return "batches are split or dispatched across processes"
+    if type(trainer).compute_loss is not base.compute_loss or type(trainer).training_step is not base.training_step:
+        return "a subclass overrides `compute_loss`/`training_step`, which get TRL's batch (a row per example)"
+    if virtual_token_count(trainer.model):
+        return "a prompt-learning PEFT adapter (prompt tuning, p-tuning, prefix tuning) adds virtual tokens"
+    if not packing_is_exact(trainer.model, pad_token_id=collator.pad_token_id):
+        return "the model gives different logits for rows packed and alone (its attention ignores position ids)"
+    return None

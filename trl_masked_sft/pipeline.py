@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from datasets import Dataset, IterableDataset
-from transformers.utils import logging
 
 from .chat import chat_labels, special_token_ids
 from .config import MaskingOptions
@@ -32,6 +31,7 @@ from .errors import (
 )
 from .formats import Layout, apply_formatting, check_values, coerce_dataset, detect_layout, tokenize_text_rows
 from .hf_compat import column_names, map_rows
+from .logs import get_logger, warn
 from .masking import (
     IGNORE_INDEX,
     TemplateMatcher,
@@ -61,7 +61,7 @@ from .values import check_messages, check_token_row, parse_tools
 
 __all__ = ["PreparationPipeline", "PreparedDataset"]
 
-logger = logging.get_logger(__name__)
+logger = get_logger(__name__)
 
 
 @dataclass
@@ -207,7 +207,11 @@ class PreparationPipeline:
             return {"input_ids": mask.input_ids, "labels": mask.labels, REASON: mask.row_reason}
 
         columns = column_names(dataset)
-        kwargs = {"desc": f"Masking assistant turns of {dataset_name} dataset"} if isinstance(dataset, Dataset) else {}
+        kwargs = (
+            {"desc": f"Masking assistant turns of {dataset_name} dataset", "num_proc": options.num_proc}
+            if isinstance(dataset, Dataset)
+            else {}
+        )
         return dataset.map(tokenize, with_indices=True, remove_columns=columns, **kwargs)
 
     def _clean_pretokenized(self, dataset, dataset_name: str):
@@ -232,6 +236,7 @@ class PreparationPipeline:
             desc=f"Checking pre-tokenized {dataset_name} dataset",
             columns=["input_ids", "labels", *masks],
             remove_columns=drop,
+            num_proc=self.options.num_proc,
         )
 
     def _say_if_nothing_to_mask(self, layout: Layout, columns: list[str]) -> None:
@@ -299,6 +304,7 @@ class PreparationPipeline:
             mask_and_truncate,
             desc=f"Checking supervised tokens of {dataset_name} dataset",
             columns=["input_ids", "labels", REASON],
+            num_proc=options.num_proc,
         )
         # the audit columns as lists, read once (a `Column` is read row by row)
         audit_columns = dataset.select_columns([c for c in AUDIT_COLUMNS if c in dataset.column_names]).to_dict()
@@ -361,7 +367,7 @@ class PreparationPipeline:
         if drop:
             message = f"{verdict.describe()}\nDropped them (`masked_row_policy={policy!r}`). {verdict.fix()}"
             if policy == "warn":
-                warnings.warn(message, MaskedSFTWarning, stacklevel=4)
+                warn(message, stacklevel=4)
             else:
                 logger.info(message)
         if drop or drop_cut:

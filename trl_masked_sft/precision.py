@@ -20,9 +20,10 @@ from functools import lru_cache
 from pathlib import Path
 
 import torch
-from transformers.utils import logging
 
-logger = logging.get_logger(__name__)
+from .logs import get_logger
+
+logger = get_logger(__name__)
 
 __all__ = [
     "MIN_BF16_PARAMETERS",

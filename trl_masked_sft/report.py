@@ -10,7 +10,7 @@ from pathlib import Path
 from .errors import TruncatedCompletionError
 from .validation import RowAudit, audit_labels
 
-__all__ = ["AUDIT_COLUMNS", "AuditReport", "StopTruncation", "build_report"]
+__all__ = ["AUDIT_COLUMNS", "AuditReport", "StopTruncation", "build_report", "save_audits"]
 
 # Per-row columns the trainer's pre-flight pass adds to a prepared dataset (removed before training).
 FULL_COUNT, FULL_FIRST, REASON = "_msft_full_count", "_msft_full_first", "_msft_reason"
@@ -189,3 +189,11 @@ def build_report(
     report.rows_stop_token_truncated = len(cut)
     report.stop_truncated_rows = {i: stops.line(i, cut[i], max_length) for i in list(cut)[:50]}
     return report, verdict, stops
+
+
+def save_audits(reports: dict[str, AuditReport], path: str | Path) -> Path:
+    """Write the reports of several datasets (`{"train": ..., "eval": ...}`) as one JSON file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({name: report.to_dict() for name, report in reports.items()}, indent=2) + "\n")
+    return path

@@ -8,23 +8,25 @@ The trainer only wires TRL's hooks: construction checks, `_prepare_dataset` dele
 from __future__ import annotations
 
 import dataclasses
-import json
-import warnings
 from pathlib import Path
 
 import torch
 from accelerate.utils import is_peft_model
-from transformers.utils import logging
+from datasets import IterableDataset
 from trl import SFTTrainer
-from trl.trainer.sft_trainer import DataCollatorForLanguageModeling as TRLDataCollatorForLanguageModeling
 
-from .checkpoints import resolve_resume_checkpoint
 from .collator import DataCollatorForCompletionOnlyLM
 from .config import MaskingOptions, trainer_config
-from .distributed import validate_batch_across_ranks
-from .errors import MaskedSFTWarning
+from .distributed import (
+    agree_on_checkpoint,
+    fsdp_not_sharded,
+    prepare_once,
+    sum_across_ranks,
+    validate_batch_across_ranks,
+)
 from .formats import coerce_dataset
 from .health import TrainingHealthGuard
+from .logs import get_logger, warn
 from .loss import SupervisedLoss, count_packed_tokens
 from .masking import IGNORE_INDEX
 from .metrics import MaskMetrics, audit_logs, batch_mask_stats
@@ -35,16 +37,16 @@ from .model_checks import (
     ensure_pad_token,
     quiet_peft_checkpointing_probe,
 )
-from .packing import PACKED_TOKENS_KEY, PackingCollator, packing_is_exact, virtual_token_count
+from .packing import PACKED_TOKENS_KEY, PackingCollator, packing_blocker
 from .pipeline import PreparationPipeline
 from .precision import cpu_bf16_setup, resolve_cpu_bf16
-from .report import AuditReport
+from .report import AuditReport, save_audits
 from .steps import check_run_length
 from .validation import check_collator_keeps_labels, check_prompt_learning, first_label_is_target
 
 __all__ = ["MaskedSFTTrainer"]
 
-logger = logging.get_logger(__name__)
+logger = get_logger(__name__)
 
 
 class MaskedSFTTrainer(SFTTrainer):
@@ -90,10 +92,9 @@ class MaskedSFTTrainer(SFTTrainer):
         self._msft_options = options = MaskingOptions.from_args(args)
         self._msft_precision = resolve_cpu_bf16(model, args)  # said once training starts
         if not options.completion_only:
-            warnings.warn(
+            warn(
                 "`completion_only_loss=False`: the loss covers the whole sequence, prompts included. Set "
                 "`completion_only_loss=True` (the MaskedSFTConfig default) to train on the answers only.",
-                MaskedSFTWarning,
                 stacklevel=2,
             )
         # Assistant-only masks are built by the pipeline for any chat template, so TRL's own path (which needs
@@ -146,6 +147,8 @@ class MaskedSFTTrainer(SFTTrainer):
                 formatting_func=None,
             )
         self._msft_mask_metrics, self._msft_audit_logged = MaskMetrics(), False
+        if (unsharded := fsdp_not_sharded(self)) is not None:
+            logger.warning(unsharded)
         if data_collator is not None and options.completion_only:
             check_collator_keeps_labels(self.data_collator, self.train_dataset)
         self._msft_loss = SupervisedLoss(self)  # the loss on supervised positions only (`score_supervised_only`)
@@ -158,6 +161,16 @@ class MaskedSFTTrainer(SFTTrainer):
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
         if getattr(self, "_skip_prepare_dataset", False):
             return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
+        dataset, report = prepare_once(  # each node's main process prepares; its other ranks load the result
+            lambda: self._msft_prepare(dataset, processing_class, args, packing, formatting_func, dataset_name),
+            streamed=isinstance(dataset, torch.utils.data.IterableDataset | IterableDataset),
+        )
+        if report is not None:
+            self._msft_audits[dataset_name] = report
+        return dataset
+
+    def _msft_prepare(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
+        """The pipeline (then TRL's packing, or the shuffle) on this process: `(dataset, its audit report)`."""
         if self._msft_pipeline is None:  # here the tokenizer is known, also when `model` was given as a path
             collator = self._msft_collator
             matcher = collator.matcher if isinstance(collator, DataCollatorForCompletionOnlyLM) else None
@@ -173,12 +186,12 @@ class MaskedSFTTrainer(SFTTrainer):
         prepared = pipeline.prepare(
             dataset, dataset_name, formatting_func=formatting_func or self._msft_formatting_func
         )
-        if prepared.report is not None:
-            self._msft_audits[dataset_name] = prepared.report
         dataset = prepared.dataset
         if packing:  # TRL packs (and shuffles) the prepared rows; its truncation is a no-op now
-            return super()._prepare_dataset(dataset, processing_class, args, packing, None, dataset_name)
-        return dataset.shuffle(seed=args.seed) if args.shuffle_dataset else dataset
+            dataset = super()._prepare_dataset(dataset, processing_class, args, packing, None, dataset_name)
+        elif args.shuffle_dataset:
+            dataset = dataset.shuffle(seed=args.seed)
+        return dataset, prepared.report
 
     @property
     def audit_reports(self) -> dict[str, AuditReport]:
@@ -188,13 +201,11 @@ class MaskedSFTTrainer(SFTTrainer):
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         check_model_before_training(self.model, self.args, self.train_dataset, self.processing_class)
         check_prompt_learning(self.model, activation_checkpointing=bool(self.args.activation_checkpointing))
-        resume_from_checkpoint = resolve_resume_checkpoint(resume_from_checkpoint, self.args.output_dir, self.model)
+        resume_from_checkpoint = agree_on_checkpoint(resume_from_checkpoint, self.args.output_dir, self.model)
         check_run_length(self.train_dataset, self.eval_dataset, self.args, self._msft_audits)
         cpu_bf16_setup(self.model, self.args, note=self._msft_precision)
         if self.is_world_process_zero() and self._msft_audits:
-            path = Path(self.args.output_dir) / "masked_sft_audit.json"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({k: v.to_dict() for k, v in self._msft_audits.items()}, indent=2) + "\n")
+            save_audits(self._msft_audits, Path(self.args.output_dir) / "masked_sft_audit.json")
         return super().train(resume_from_checkpoint, *args, **kwargs)
 
     def save_last_good_checkpoint(self) -> None:
@@ -213,7 +224,7 @@ class MaskedSFTTrainer(SFTTrainer):
         collator = self.data_collator
         if not getattr(self.args, "pack_within_batch", True):
             return None
-        reason = self._msft_packing_blocker()
+        reason = packing_blocker(self, custom_collator=self._msft_collator is not None, base=MaskedSFTTrainer)
         if reason is not None:
             logger.info(f"`pack_within_batch`: training batches are padded, not packed: {reason}.")
             return None
@@ -225,30 +236,6 @@ class MaskedSFTTrainer(SFTTrainer):
         )
         logger.info("`pack_within_batch`: each training batch's rows are packed end to end (checked exact).")
         return self._msft_packing
-
-    def _msft_packing_blocker(self) -> str | None:
-        """Why the training batches can't be packed exactly, or `None`."""
-        args, collator = self.args, self.data_collator
-        split = getattr(getattr(args, "accelerator_config", None), "split_batches", False)
-        if self._msft_collator is not None or not isinstance(collator, TRLDataCollatorForLanguageModeling):
-            return "a custom `data_collator` is used"
-        if args.packing or getattr(self, "padding_free", False) or getattr(self, "_is_vision_dataset", False):
-            return "`packing`/`padding_free` or a vision dataset lays out the batches"
-        if self.compute_loss_func is not None:
-            return "a `compute_loss_func` may expect one row per example"
-        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-            return "DeepSpeed/FSDP are not supported by the packing check"
-        if args.world_size > 1 and (isinstance(self.train_dataset, torch.utils.data.IterableDataset) or split):
-            return "batches are split or dispatched across processes"
-        if type(self).compute_loss is not MaskedSFTTrainer.compute_loss or (
-            type(self).training_step is not MaskedSFTTrainer.training_step
-        ):
-            return "a subclass overrides `compute_loss`/`training_step`, which get TRL's batch (a row per example)"
-        if virtual_token_count(self.model):
-            return "a prompt-learning PEFT adapter (prompt tuning, p-tuning, prefix tuning) adds virtual tokens"
-        if not packing_is_exact(self.model, pad_token_id=collator.pad_token_id):
-            return "the model gives different logits for rows packed and alone (its attention ignores position ids)"
-        return None
 
     def get_train_dataloader(self):
         packer = self._msft_packer()
@@ -280,7 +267,8 @@ class MaskedSFTTrainer(SFTTrainer):
         """TRL's logs plus the mask metrics (`metrics.py`) and, once, the train dataset's audit."""
         mode, metrics = "train" if self.model.training else "eval", self._msft_mask_metrics
         metrics.rows_dropped = {name: report.rows_dropped for name, report in self._msft_audits.items()}
-        logs.update(metrics.pop(mode, global_step=self.state.global_step if mode == "train" else None))
+        step = self.state.global_step if mode == "train" else None
+        logs.update(metrics.pop(mode, global_step=step, reduce=sum_across_ranks))  # the whole step, every rank
         if mode == "train" and not self._msft_audit_logged and "train" in self._msft_audits:
             logs.update(audit_logs(self._msft_audits["train"]))
             self._msft_audit_logged = True

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,11 +12,11 @@ from datasets import Dataset
 from .errors import (
     AllMaskedBatchError,
     LabelsOverwrittenError,
-    MaskedSFTWarning,
     ModelSetupError,
     UnsupervisedRowsError,
 )
 from .hf_compat import active_peft_config
+from .logs import warn
 from .masking import IGNORE_INDEX, count_supervised
 
 __all__ = [
@@ -287,10 +286,9 @@ def check_collator_keeps_labels(collator, dataset) -> None:
             "keep the `labels` it receives. Set `completion_only_loss=False` if training on prompts is intended."
         )
     if changes and changes[1]:
-        warnings.warn(
+        warn(
             f"The data collator ({name}) masks {changes[1]} of the supervised tokens of the first {len(features)} "
             "rows (often the eos token when pad == eos and padding is found by id), so the model may never "
             "learn to stop. Fix: pass no `data_collator`, or use DataCollatorForCompletionOnlyLM.",
-            MaskedSFTWarning,
             stacklevel=3,
         )

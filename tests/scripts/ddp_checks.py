@@ -1,11 +1,14 @@
-"""Run by tests/test_distributed.py under `accelerate launch --num_processes 2 --cpu`: three failures on two ranks.
+"""Run by tests/test_distributed.py under `accelerate launch --multi_gpu --num_processes 2` (CPU, gloo).
 
-Each scenario must end with *every* rank raising the same error type (none hangs in a collective). Each rank writes
+Scenarios 1-3 must end with *every* rank raising the same error type (none hangs in a collective). Each rank writes
 `<out>/rank<r>.json`: per scenario, the exception type, its message and the seconds it took.
 
 1. preflight: every row's answer is truncated -> UnsupervisedRowsError; the audit runs on rank 0 only.
 2. masked: only rank 1's batches are all masked -> AllMaskedBatchError on both ranks.
 3. nan: only rank 1's loss is NaN at step 2 -> TrainingHealthError at step 2 on both ranks.
+4. metrics: two steps of `metrics_trainer` (2 rows per rank, accumulation 2): the logged mask metrics, how many
+   times each rank ran the preparation pipeline, and whether its train set was loaded from the files rank 0 saved.
+   `metrics_trainer` is imported by the test for the single-process run on the same global batches.
 """
 
 from __future__ import annotations
@@ -24,13 +27,45 @@ from trl_masked_sft import (  # noqa: E402
     DataCollatorForCompletionOnlyLM,
     MaskedSFTConfig,
     MaskedSFTTrainer,
+    PreparationPipeline,
     homework_lora_config,
 )
 from trl_masked_sft.tiny import build_tiny_model, build_tiny_tokenizer  # noqa: E402
 
-out = sys.argv[1]
+out = sys.argv[1] if __name__ == "__main__" else ""
 rows = [[f"How many meters are there in {i} km?", f" <answer>{i * 1000}</answer>"] for i in range(1, 33)]
 tokenizer = build_tiny_tokenizer()
+METRIC_ROWS = [
+    [f"Question {i}: repeat {'the digit ' * (i % 4)}now.", " " + "7" * (1 + (i * 7) % 9)] for i in range(24)
+]
+METRIC_KEYS = ("supervised_tokens", "masked_share", "padding_share", "num_tokens")
+
+
+def metrics_trainer(output_dir: str, *, accumulation: int) -> MaskedSFTTrainer:
+    """Rows of different lengths, 2 per batch, in-batch packing; with 2 processes x accumulation 2, or 1 x 4, each
+    optimizer step sees the same 8 rows in the same 2-row micro-batches (accelerate hands process r batch r, r+2...)."""
+    config = MaskedSFTConfig(
+        output_dir=output_dir,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        per_device_train_batch_size=2,
+        gradient_accumulation_steps=accumulation,
+        max_steps=2,
+        logging_steps=1,
+        disable_tqdm=True,
+        activation_checkpointing=False,
+        dataloader_pin_memory=False,
+        seed=5,
+    )
+    torch.manual_seed(0)
+    return MaskedSFTTrainer(
+        build_tiny_model(tokenizer),
+        args=config,
+        train_dataset=METRIC_ROWS,
+        processing_class=tokenizer,
+        peft_config=homework_lora_config(r=4),
+    )
 
 
 def config(name: str, **overrides) -> MaskedSFTConfig:
@@ -61,9 +96,6 @@ def counting_run_on_main(fn):
         return fn()
 
     return _run_on_main(counted)
-
-
-pipeline_module.run_on_main = counting_run_on_main
 
 
 def rank() -> int:
@@ -112,16 +144,37 @@ def scenario_nan():
     trainer.train()
 
 
-results = {}
-for name, run in (("preflight", scenario_preflight), ("masked", scenario_masked), ("nan", scenario_nan)):
-    start = time.monotonic()
+def scenario_metrics() -> dict:
+    prepared = []
+    prepare = PreparationPipeline.prepare
+
+    def counting_prepare(self, *args, **kwargs):
+        prepared.append(1)
+        return prepare(self, *args, **kwargs)
+
+    PreparationPipeline.prepare = counting_prepare
     try:
-        run()
-        results[name] = {"error": None, "seconds": time.monotonic() - start}
-    except Exception as exc:  # recorded for the test, which checks every rank raised the same error
-        results[name] = {"error": type(exc).__name__, "message": str(exc), "seconds": time.monotonic() - start}
-    if name == "preflight":
-        results[name]["audits"] = len(audits)
-results["world_size"] = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-with open(os.path.join(out, f"rank{rank()}.json"), "w") as f:
-    json.dump(results, f, indent=2)
+        trainer = metrics_trainer(os.path.join(out, "metrics"), accumulation=2)
+    finally:
+        PreparationPipeline.prepare = prepare
+    trainer.train()
+    logs = [{k: e[k] for k in METRIC_KEYS} for e in trainer.state.log_history if "loss" in e]
+    return {"logs": logs, "prepared": len(prepared), "loaded_from_files": bool(trainer.train_dataset.cache_files)}
+
+
+if __name__ == "__main__":
+    pipeline_module.run_on_main = counting_run_on_main
+    results = {}
+    for name, run in (("preflight", scenario_preflight), ("masked", scenario_masked), ("nan", scenario_nan)):
+        start = time.monotonic()
+        try:
+            run()
+            results[name] = {"error": None, "seconds": time.monotonic() - start}
+        except Exception as exc:  # recorded for the test, which checks every rank raised the same error
+            results[name] = {"error": type(exc).__name__, "message": str(exc), "seconds": time.monotonic() - start}
+        if name == "preflight":
+            results[name]["audits"] = len(audits)
+    results["metrics"] = scenario_metrics()
+    results["world_size"] = torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+    with open(os.path.join(out, f"rank{rank()}.json"), "w") as f:
+        json.dump(results, f, indent=2)
