@@ -27,7 +27,7 @@ from .formats import coerce_dataset
 from .health import TrainingHealthGuard
 from .loss import SupervisedLoss, count_packed_tokens
 from .masking import IGNORE_INDEX
-from .metrics import MaskMetrics, audit_logs, batch_mask_stats
+from .metrics import MaskMetrics, audit_logs, batch_mask_stats, write_audit_text
 from .model_checks import (
     check_model_before_training,
     check_peft_setup,
@@ -276,10 +276,13 @@ class MaskedSFTTrainer(SFTTrainer):
         mode, metrics = "train" if self.model.training else "eval", self._msft_mask_metrics
         metrics.rows_dropped = {name: report.rows_dropped for name, report in self._msft_audits.items()}
         logs.update(metrics.pop(mode, global_step=self.state.global_step if mode == "train" else None))
+        audit = None
         if mode == "train" and not self._msft_audit_logged and "train" in self._msft_audits:
-            logs.update(audit_logs(self._msft_audits["train"]))
-            self._msft_audit_logged = True
+            audit, self._msft_audit_logged = self._msft_audits["train"], True
+            logs.update(audit_logs(audit))
         super().log(logs, start_time)
+        if audit is not None:
+            write_audit_text(self.callback_handler.callbacks, audit, self.state.global_step)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         labels = inputs.get("labels") if hasattr(inputs, "get") else None
