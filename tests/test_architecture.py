@@ -16,12 +16,12 @@ PACKAGE = Path(__file__).resolve().parents[1] / "trl_masked_sft"
 #: Lowest first. Modules of one layer never import each other.
 LAYERS: list[set[str]] = [
     {"errors", "tiny"},
-    {"constraints"},
+    {"constraints", "cli_errors"},
     {"config", "masking", "hf_compat", "values", "conversations"},
     {"validation", "chat", "checkpoints", "model_checks", "packing", "loss"},
     {"report", "distributed", "collator", "metrics"},
     {"formats", "health"},
-    {"pipeline"},
+    {"pipeline", "sources"},
     {"audit", "inspector"},
     {"trainer", "audit_html"},
     {"cli", "__init__"},
