@@ -23,8 +23,9 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"
 
 
 def _reason(error: BaseException) -> str:
-    """A library's error as `Type: message`, whole, its lines joined (never cut)."""
-    return f"{type(error).__name__}: {' '.join(str(error).split())}"
+    """A library's error as `Type: message`, whole (never cut), its lines joined, without a final full stop (the
+    caller's sentence goes on)."""
+    return f"{type(error).__name__}: {' '.join(str(error).split()).rstrip('.')}"
 
 
 def _homework_pairs(path: Path) -> list | None:
