@@ -15,7 +15,9 @@ if TYPE_CHECKING:  # what type checkers (and tests/test_architecture.py's import
     from .audit import audit_dataset, prepare_dataset
     from .chat import ChatMask, chat_labels
     from .collator import DataCollatorForCompletionOnlyLM
-    from .config import MaskedSFTConfig, MaskingOptions, homework_lora_config
+    from .config import MaskedSFTConfig
+    from .config import MaskingOptions as MaskingOptions  # compatibility, not in __all__
+    from .config import homework_lora_config as homework_lora_config  # compatibility, not in __all__
     from .errors import (
         AllMaskedBatchError,
         CheckpointError,
@@ -31,10 +33,10 @@ if TYPE_CHECKING:  # what type checkers (and tests/test_architecture.py's import
         TrainingHealthError,
         UnsupervisedRowsError,
     )
-    from .formats import Layout
+    from .formats import Layout as Layout  # compatibility, not in __all__
     from .health import TrainingHealthGuard
     from .inspector import inspect_rows, render_html, render_terminal
-    from .masking import IGNORE_INDEX
+    from .masking import IGNORE_INDEX as IGNORE_INDEX  # compatibility, not in __all__
     from .pipeline import PreparationPipeline, PreparedDataset
     from .report import AuditReport
     from .trainer import MaskedSFTTrainer

@@ -18,6 +18,7 @@ from transformers.utils import logging
 from trl import SFTTrainer
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling as TRLDataCollatorForLanguageModeling
 
+from . import hints
 from .checkpoints import resolve_resume_checkpoint
 from .collator import DataCollatorForCompletionOnlyLM
 from .config import MaskingOptions, trainer_config
@@ -68,22 +69,22 @@ class MaskedSFTTrainer(SFTTrainer):
 
     def __init__(
         self,
-        model,
-        args=None,
-        data_collator=None,
-        train_dataset=None,
-        eval_dataset=None,
-        processing_class=None,
-        compute_loss_func=None,
-        compute_metrics=None,
-        callbacks=None,
-        optimizers=(None, None),
-        optimizer_cls_and_kwargs=None,
-        preprocess_logits_for_metrics=None,
-        quantization_config=None,
-        peft_config=None,
-        formatting_func=None,
-    ):
+        model: hints.Model,
+        args: hints.Config = None,
+        data_collator: hints.Collator | None = None,
+        train_dataset: hints.Rows | None = None,
+        eval_dataset: hints.EvalRows | None = None,
+        processing_class: hints.Tokenizer | None = None,
+        compute_loss_func: hints.LossFunc | None = None,
+        compute_metrics: hints.MetricsFunc | None = None,
+        callbacks: hints.Callbacks | None = None,
+        optimizers: hints.Optimizers = (None, None),
+        optimizer_cls_and_kwargs: hints.OptimizerClsAndKwargs | None = None,
+        preprocess_logits_for_metrics: hints.LogitsFunc | None = None,
+        quantization_config: hints.Quantization = None,
+        peft_config: hints.Peft = None,
+        formatting_func: hints.FormattingFunc | None = None,
+    ) -> None:
         args = trainer_config(model, args)
         self._msft_options = options = MaskingOptions.from_args(args)
         if not options.completion_only:
@@ -276,13 +277,11 @@ class MaskedSFTTrainer(SFTTrainer):
         mode, metrics = "train" if self.model.training else "eval", self._msft_mask_metrics
         metrics.rows_dropped = {name: report.rows_dropped for name, report in self._msft_audits.items()}
         logs.update(metrics.pop(mode, global_step=self.state.global_step if mode == "train" else None))
-        audit = None
         if mode == "train" and not self._msft_audit_logged and "train" in self._msft_audits:
-            audit, self._msft_audit_logged = self._msft_audits["train"], True
-            logs.update(audit_logs(audit))
+            logs.update(audit_logs(self._msft_audits["train"]))  # the scalars; the summary text goes to TensorBoard:
+            write_audit_text(self.callback_handler.callbacks, self._msft_audits["train"], self.state.global_step)
+            self._msft_audit_logged = True
         super().log(logs, start_time)
-        if audit is not None:
-            write_audit_text(self.callback_handler.callbacks, audit, self.state.global_step)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         labels = inputs.get("labels") if hasattr(inputs, "get") else None
