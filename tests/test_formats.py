@@ -164,3 +164,16 @@ def test_one_row_with_an_empty_completion_is_that_rows_problem_not_every_complet
     data = Dataset.from_dict({"prompt": ["a?", "b?"], "completion": [" c", ""]})
     rows = inspect_rows(data, build_tiny_tokenizer(), None, rows=1, start=1)
     assert rows[0].index == 1 and rows[0].problem == "empty completion"
+
+
+def test_the_completion_column_help_states_the_real_number_rules():
+    """`--completion_column`'s help says what preparation does: `str()` in a column, 3 decimals in a pair's answer."""
+    from trl_masked_sft import MaskedSFTConfig
+    from trl_masked_sft.formats import format_answer
+    from trl_masked_sft.values import to_text
+
+    help_text = MaskedSFTConfig.__dataclass_fields__["completion_column"].metadata["help"]
+    assert "written with `str()`" in help_text and "round(answer, 3)" in help_text
+    assert to_text(2.123456, row=0, column="completion", dataset_name="train") == "2.123456"
+    rows = coerce_dataset([["q?", 2.123456]], prompt_column="prompt", completion_column="completion", dataset_name="t")
+    assert rows[0]["completion"] == " " + format_answer(2.123456) == " <answer>2.123</answer>"

@@ -42,8 +42,8 @@ class MaskedSFTConfig(SFTConfig):
             given as `[question, answer]` lists fill this column and `completion_column`.
         completion_column (`str`, *optional*, defaults to `"completion"`):
             Column holding the completion (the answer, the only part trained); renamed to `completion` before
-            preparation (e.g. `"answer"`). Numbers are written with `str()`, after a space in `[question, answer]`
-            rows (the homework's text is `f"{question} {answer}"`).
+            preparation (e.g. `"answer"`). A number in this column is written with `str()`; the number answer of a
+            `[question, answer]` row is written `" <answer>{round(answer, 3)}</answer>"` (rounded to 3 decimals), a string answer as given.
         response_template (`str`, *optional*):
             For `text` datasets: the text right before each answer (e.g. `"### Answer:"`); only what follows it is
             trained, found in context as `DataCollatorForCompletionOnlyLM` does. Rows without it are reported by the
@@ -152,8 +152,9 @@ class MaskedSFTConfig(SFTConfig):
         default="completion",
         metadata={
             "help": "Column holding the completion (the answer, the only part trained); renamed to `completion` "
-            'before preparation (e.g. `"answer"`). Numbers are written with `str()`, after a space in '
-            '`[question, answer]` rows (the homework\'s text is `f"{question} {answer}"`).'
+            'before preparation (e.g. `"answer"`). A number in this column is written with `str()`; the number '
+            'answer of a `[question, answer]` row is written `" <answer>{round(answer, 3)}</answer>"` (rounded to 3 '
+            "decimals), a string answer as given."
         },
     )
 
