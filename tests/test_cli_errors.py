@@ -188,3 +188,36 @@ def test_debug_is_taken_off_the_command_line(monkeypatch):
     assert pop_debug(["audit"]) == (["audit"], False)
     monkeypatch.setenv(DEBUG_ENV, "1")
     assert pop_debug(["audit"]) == (["audit"], True)
+
+
+def test_demo_training_runs_on_one_thread_without_pin_memory_warnings(qa_file, tmp_path, monkeypatch, capsys):
+    """`train` with the demo model trains on one intra-op thread (as the example does: a tiny model on many threads
+    spends its steps synchronising them), restores the count after, pins no memory without an accelerator (no
+    `pin_memory` warning), and logs the audit as scalars only."""
+    import warnings
+
+    import torch
+
+    from trl_masked_sft import trainer as trainer_module
+
+    seen = {}
+    original = trainer_module.MaskedSFTTrainer.train
+
+    def train(self, *args, **kwargs):
+        seen["threads"], seen["pin_memory"] = torch.get_num_threads(), self.args.dataloader_pin_memory
+        result = original(self, *args, **kwargs)
+        seen["logs"] = self.state.log_history
+        return result
+
+    monkeypatch.setattr(trainer_module.MaskedSFTTrainer, "train", train)
+    torch.set_num_threads(2)
+    argv = ["train", "--dataset_name", str(qa_file), "--model_name_or_path", "tiny-demo"]
+    argv += ["--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--per_device_train_batch_size", "3"]
+    argv += ["--report_to", "none", "--logging_steps", "1", "--disable_tqdm", "true"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert main(argv) == 0
+    assert seen["threads"] == 1 and torch.get_num_threads() == 2
+    assert seen["pin_memory"] is torch.accelerator.is_available()
+    assert not [w for w in caught if "pin_memory" in str(w.message)]
+    assert not [key for entry in seen["logs"] for key, value in entry.items() if isinstance(value, str)]
