@@ -96,6 +96,17 @@ def test_a_config_error_names_the_flag_not_the_python_field(qa_file):
     assert_one_error(result, "`--max_length` must be at least 2, got 1")
 
 
+def test_the_audit_verdict_names_flags(qa_file, capsys):
+    """`audit`'s policy verdict (exit 1) gives its fixes as flags too."""
+    assert (
+        main(["audit", "--dataset_name", str(qa_file), "--tokenizer_name_or_path", "tiny-demo", "--max_length", "5"])
+        == 1
+    )
+    err = capsys.readouterr().err
+    assert "raise `--max_length` (now 5)" in err and "set `--masked_row_policy drop`" in err
+    assert "masked_row_policy='drop'" not in err
+
+
 @pytest.mark.parametrize("how", ["flag", "environment"])
 def test_debug_shows_the_traceback(how, tmp_path):
     """`--debug` (anywhere on the line) or `TRL_MASKED_SFT_DEBUG=1` lets the error through with its traceback."""

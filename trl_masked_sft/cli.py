@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cli_errors import DEBUG_ENV, EXPECTED, pop_debug
+from .cli_errors import DEBUG_ENV, EXPECTED, as_flags, pop_debug
 from .cli_errors import report as report_error
 from .sources import DEMO, check_model_source, demo_tokenizer, load_rows, load_tokenizer
 
@@ -318,7 +318,7 @@ def _audit(argv: list[str]) -> int:
         Path(audit_args.html).write_text(_audit_page(prepared, rows, tokenizer, config))
         print(f"HTML written to {audit_args.html}")
     if report.policy_error:
-        print(report.policy_error, file=sys.stderr)
+        print(as_flags(report.policy_error, _FLAGS), file=sys.stderr)
         return 1
     print(f"masked_row_policy={report.policy!r}: training may start.")
     return 0
