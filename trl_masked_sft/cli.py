@@ -4,7 +4,10 @@
     trl-masked-sft inspect --dataset_name data.jsonl --tokenizer_name_or_path ./tok --rows 3 --html masks.html
     trl-masked-sft audit --dataset_name data.jsonl --tokenizer_name_or_path ./tok --max_length 256
 
-`train` runs unchanged under `accelerate launch -m trl_masked_sft.cli train ...`.
+`train` runs unchanged under `accelerate launch -m trl_masked_sft.cli train ...`. `main` is the console script: it
+reports a mistake as one `error:` line (`cli_errors.py`; `--debug` for the traceback); `run` is the same without
+that boundary. Nothing heavy (torch, transformers, TRL) is imported before a command needs it, so `--help` answers at
+once; `inspect` and `audit` take only the masking fields of `MaskedSFTConfig` (`MASKING_FIELDS`) as flags.
 """
 
 from __future__ import annotations
