@@ -15,14 +15,14 @@ PACKAGE = Path(__file__).resolve().parents[1] / "trl_masked_sft"
 
 #: Lowest first. Modules of one layer never import each other.
 LAYERS: list[set[str]] = [
-    {"errors", "tiny"},
-    {"constraints", "logs"},
+    {"errors", "tiny", "hints"},
+    {"constraints", "logs", "cli_errors"},
     {"precision"},
     {"config", "masking", "hf_compat", "conversations"},
     {"validation", "end_of_turn", "checkpoints", "model_checks", "packing", "loss", "values", "steps"},
     {"report", "distributed", "collator", "metrics", "chat", "context"},
     {"formats", "health", "streaming"},
-    {"pipeline"},
+    {"pipeline", "sources"},
     {"audit", "inspector"},
     {"trainer", "audit_html"},
     {"cli", "__init__"},

@@ -252,9 +252,9 @@ def _folder(r: Run, *names: str) -> str:
 
 
 def _cli(*argv: str):
-    from trl_masked_sft.cli import main
+    from trl_masked_sft.cli import run  # `main` reports the errors as `error:` lines; `run` lets them through
 
-    return main(list(argv))
+    return run(list(argv))
 
 
 def _eos_tokenizer():

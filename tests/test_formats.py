@@ -15,7 +15,7 @@ from trl_masked_sft.formats import (
     detect_layout,
     tokenize_text_rows,
 )
-from trl_masked_sft.tiny import build_tiny_model
+from trl_masked_sft.tiny import build_tiny_model, build_tiny_tokenizer
 
 PROMPTS = ["How many grams are there in 3 kg?", "Convert 5 hour to minutes.", "abc", "What is 2 kg in gram?"]
 COMPLETIONS = [" <answer>3000</answer>", " <answer>300</answer>", "def", ""]
@@ -145,3 +145,35 @@ def test_a_formatting_function_that_returns_no_string_is_refused():
     )
     with pytest.raises(DatasetTypeError, match=r"Row 1 .*`formatting_func`.*got int"):
         check_values(formatted, Layout.TEXT, MaskingOptions(), "train")
+
+
+def test_every_completion_empty_says_how_many_rows():
+    """Two rows, both completions empty: the dataset is refused, counting the rows."""
+    data = Dataset.from_dict({"prompt": ["a?", "b?"], "completion": ["", " "]})
+    with pytest.raises(
+        DatasetFormatError, match=r"Every completion in the train dataset \(`completion`\) is empty \(all 2 rows\)"
+    ):
+        check_values(data, Layout.PROMPT_COMPLETION, MaskingOptions(), "train")
+
+
+def test_one_row_with_an_empty_completion_is_that_rows_problem_not_every_completions():
+    """A single row (e.g. the one row the inspector or the audit page looks at) with an empty completion is marked
+    `empty completion`, as in a larger dataset; "every completion" would claim what was not seen."""
+    from trl_masked_sft import inspect_rows
+
+    data = Dataset.from_dict({"prompt": ["a?", "b?"], "completion": [" c", ""]})
+    rows = inspect_rows(data, build_tiny_tokenizer(), None, rows=1, start=1)
+    assert rows[0].index == 1 and rows[0].problem == "empty completion"
+
+
+def test_the_completion_column_help_states_the_real_number_rules():
+    """`--completion_column`'s help says what preparation does: `str()` in a column, 3 decimals in a pair's answer."""
+    from trl_masked_sft import MaskedSFTConfig
+    from trl_masked_sft.formats import format_answer
+    from trl_masked_sft.values import to_text
+
+    help_text = MaskedSFTConfig.__dataclass_fields__["completion_column"].metadata["help"]
+    assert "written with `str()`" in help_text and "round(answer, 3)" in help_text
+    assert to_text(2.123456, row=0, column="completion", dataset_name="train") == "2.123456"
+    rows = coerce_dataset([["q?", 2.123456]], prompt_column="prompt", completion_column="completion", dataset_name="t")
+    assert rows[0]["completion"] == " " + format_answer(2.123456) == " <answer>2.123</answer>"

@@ -159,11 +159,11 @@ def qa_file(tmp_path):
 
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str]:
-    """Exit code and stderr of `trl-masked-sft ARGV`, run in this process."""
-    from trl_masked_sft.cli import main
+    """Exit code and stderr of `trl-masked-sft ARGV`, run in this process; errors propagate (`run`, not `main`)."""
+    from trl_masked_sft.cli import run
 
     try:
-        code = main(argv)
+        code = run(argv)
     except SystemExit as exit_:
         code = exit_.code
     return code, capsys.readouterr().err

@@ -1,33 +1,47 @@
-"""Completion-only SFT for Hugging Face TRL that never trains silently on nothing or on the wrong tokens."""
+"""Completion-only SFT for Hugging Face TRL that never trains silently on nothing or on the wrong tokens.
 
-from .audit import audit_dataset, prepare_dataset
-from .chat import ChatMask, chat_labels
-from .collator import DataCollatorForCompletionOnlyLM
-from .config import MaskedSFTConfig, MaskingOptions, homework_lora_config
-from .errors import (
-    AllMaskedBatchError,
-    CheckpointError,
-    ConfigError,
-    DatasetFormatError,
-    DatasetTypeError,
-    DataSourceError,
-    LabelsOverwrittenError,
-    MaskedSFTError,
-    MaskedSFTWarning,
-    ModelSetupError,
-    TemplateNotFoundError,
-    TrainingHealthError,
-    TruncatedCompletionError,
-    UnsupervisedRowsError,
-)
-from .formats import Layout
-from .health import TrainingHealthGuard
-from .inspector import inspect_rows, render_html, render_terminal
-from .masking import IGNORE_INDEX
-from .pipeline import PreparationPipeline, PreparedDataset
-from .report import AuditReport
-from .trainer import MaskedSFTTrainer
-from .validation import validate_batch
+Names are imported on first use (module `__getattr__`), so `import trl_masked_sft` and `trl-masked-sft --help` do not
+load torch, transformers or TRL. `__all__` is what a TRL user needs; `homework_lora_config` (the course recipe's
+LoRA settings), `MaskingOptions`, `Layout` and `IGNORE_INDEX` stay importable from here for scripts written against
+0.1.0, but are not part of it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # what type checkers (and tests/test_architecture.py's import graph) see
+    from .audit import audit_dataset, prepare_dataset
+    from .chat import ChatMask, chat_labels
+    from .collator import DataCollatorForCompletionOnlyLM
+    from .config import MaskedSFTConfig
+    from .config import MaskingOptions as MaskingOptions  # compatibility, not in __all__
+    from .config import homework_lora_config as homework_lora_config  # compatibility, not in __all__
+    from .errors import (
+        AllMaskedBatchError,
+        CheckpointError,
+        ConfigError,
+        DatasetFormatError,
+        DatasetTypeError,
+        DataSourceError,
+        LabelsOverwrittenError,
+        MaskedSFTError,
+        MaskedSFTWarning,
+        ModelSetupError,
+        TemplateNotFoundError,
+        TrainingHealthError,
+        TruncatedCompletionError,
+        UnsupervisedRowsError,
+    )
+    from .formats import Layout as Layout  # compatibility, not in __all__
+    from .health import TrainingHealthGuard
+    from .inspector import inspect_rows, render_html, render_terminal
+    from .masking import IGNORE_INDEX as IGNORE_INDEX  # compatibility, not in __all__
+    from .pipeline import PreparationPipeline, PreparedDataset
+    from .report import AuditReport
+    from .trainer import MaskedSFTTrainer
+    from .validation import validate_batch
 
 __version__ = "0.1.0"
 
@@ -41,14 +55,11 @@ __all__ = [
     "DataSourceError",
     "DatasetFormatError",
     "DatasetTypeError",
-    "IGNORE_INDEX",
     "LabelsOverwrittenError",
-    "Layout",
     "MaskedSFTConfig",
     "MaskedSFTError",
     "MaskedSFTTrainer",
     "MaskedSFTWarning",
-    "MaskingOptions",
     "ModelSetupError",
     "PreparationPipeline",
     "PreparedDataset",
@@ -59,10 +70,39 @@ __all__ = [
     "UnsupervisedRowsError",
     "audit_dataset",
     "chat_labels",
-    "homework_lora_config",
     "inspect_rows",
     "prepare_dataset",
     "render_html",
     "render_terminal",
     "validate_batch",
 ]
+
+#: The module that defines each name importable from the package root.
+_HOMES = {
+    **dict.fromkeys(("audit_dataset", "prepare_dataset"), "audit"),
+    **dict.fromkeys(("ChatMask", "chat_labels"), "chat"),
+    "DataCollatorForCompletionOnlyLM": "collator",
+    **dict.fromkeys(("MaskedSFTConfig", "MaskingOptions", "homework_lora_config"), "config"),
+    **dict.fromkeys((name for name in __all__ if name.endswith(("Error", "Warning"))), "errors"),
+    "Layout": "formats",
+    "TrainingHealthGuard": "health",
+    **dict.fromkeys(("inspect_rows", "render_html", "render_terminal"), "inspector"),
+    "IGNORE_INDEX": "masking",
+    **dict.fromkeys(("PreparationPipeline", "PreparedDataset"), "pipeline"),
+    "AuditReport": "report",
+    "MaskedSFTTrainer": "trainer",
+    "validate_batch": "validation",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{home}", __name__), name)
+    globals()[name] = value  # the next lookup is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})

@@ -6,13 +6,24 @@ Both run the trainer's own preparation (`PreparationPipeline`) on the raw rows, 
 
 from __future__ import annotations
 
+from datasets import Dataset, IterableDataset
+
+from .hints import Collator, Config, Rows, Tokenizer
 from .pipeline import PreparationPipeline
 from .report import AuditReport
+from .validation import RowAudit
 
 __all__ = ["audit_dataset", "prepare_dataset"]
 
 
-def prepare_dataset(dataset, tokenizer, config=None, *, data_collator=None, dataset_name: str = "train"):
+def prepare_dataset(
+    dataset: Rows,
+    tokenizer: Tokenizer,
+    config: Config = None,
+    *,
+    data_collator: Collator | None = None,
+    dataset_name: str = "train",
+) -> tuple[Dataset | IterableDataset, AuditReport, RowAudit]:
     """Prepare raw rows exactly as `MaskedSFTTrainer` would, without a model and without enforcing the policy.
 
     Returns `(prepared dataset, AuditReport, RowAudit)`. `config` is a `MaskedSFTConfig` or `SFTConfig` (defaults
@@ -23,7 +34,14 @@ def prepare_dataset(dataset, tokenizer, config=None, *, data_collator=None, data
     return prepared.dataset, prepared.report, prepared.verdict
 
 
-def audit_dataset(dataset, tokenizer, config=None, *, data_collator=None, dataset_name: str = "train") -> AuditReport:
+def audit_dataset(
+    dataset: Rows,
+    tokenizer: Tokenizer,
+    config: Config = None,
+    *,
+    data_collator: Collator | None = None,
+    dataset_name: str = "train",
+) -> AuditReport:
     """The pre-flight audit of raw rows, as `MaskedSFTTrainer` runs it before training, as a report.
 
     `report.policy_error` holds the error `masked_row_policy` would raise (`None` when training may start).

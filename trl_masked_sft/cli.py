@@ -4,30 +4,56 @@
     trl-masked-sft inspect --dataset_name data.jsonl --tokenizer_name_or_path ./tok --rows 3 --html masks.html
     trl-masked-sft audit --dataset_name data.jsonl --tokenizer_name_or_path ./tok --max_length 256
 
-`train` runs unchanged under `accelerate launch -m trl_masked_sft.cli train ...`.
+`train` runs unchanged under `accelerate launch -m trl_masked_sft.cli train ...`. `main` is the console script: it
+reports a mistake as one `error:` line (`cli_errors.py`; `--debug` for the traceback); `run` is the same without
+that boundary. Nothing heavy (torch, transformers, TRL) is imported before a command needs it, so `--help` answers at
+once; `inspect` and `audit` take only the masking fields of `MaskedSFTConfig` (`MASKING_FIELDS`) as flags.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import dataclasses
+import difflib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import DataSourceError
+from .cli_errors import DEBUG_ENV, EXPECTED, as_flags, pop_debug
+from .cli_errors import report as report_error
 from .logs import is_main_process
+from .sources import DEMO, check_model_source, demo_tokenizer, load_rows, load_tokenizer
 
-__all__ = ["main"]
+__all__ = ["load_rows", "main", "run"]
 
 COMMANDS = {
     "train": "fine-tune a model (TRL's `trl sft` arguments, MaskedSFTConfig, `--config recipe.yaml`)",
     "inspect": "show which tokens of a few rows are trained, and why the others are not",
     "audit": "the pre-flight audit report of a dataset; exit code 1 when `masked_row_policy` would stop training",
 }
-#: `--model_name_or_path` / `--tokenizer_name_or_path` value for the embedded offline demo model.
-DEMO = "tiny-demo"
-_LOCAL_SUFFIXES = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+#: The MaskedSFTConfig fields that decide what a row trains on: the only config flags of `inspect` and `audit`
+#: (`train` takes them all).
+MASKING_FIELDS = (
+    "max_length",
+    "truncation_mode",
+    "completion_only_loss",
+    "assistant_only_loss",
+    "dataset_text_field",
+    "prompt_column",
+    "completion_column",
+    "response_template",
+    "instruction_template",
+    "assistant_turns",
+    "train_on_eot",
+    "min_completion_tokens",
+    "masked_row_policy",
+    "max_masked_row_fraction",
+    "chat_template_path",
+    "dataset_num_proc",
+)
+#: The flags of the command being run, for the error boundary's `--flag` wording of fix hints.
+_FLAGS: set[str] = set()
 
 
 @dataclass
@@ -38,9 +64,19 @@ class DataArguments:
         metadata={"help": "A dataset on the Hub, or a local .json/.jsonl/.csv/.parquet file or a folder of them."}
     )
     dataset_config: str | None = field(default=None, metadata={"help": "The dataset configuration (Hub only)."})
-    dataset_split: str = field(default="train", metadata={"help": "The split to read."})
-    tokenizer_name_or_path: str = field(
-        default=DEMO, metadata={"help": f"Tokenizer name or path; `{DEMO}` builds the offline demo tokenizer."}
+    dataset_train_split: str = field(
+        default="train",
+        metadata={
+            "help": "The split to read (as `train` names it; `--dataset_split` also works).",
+            "aliases": ["--dataset_split"],
+        },
+    )
+    tokenizer_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "The tokenizer of the model you will train (a folder or a Hub name): token counts and masks depend "
+            f"on it. Without it, the offline demo tokenizer `{DEMO}` is used, and said so on stderr."
+        },
     )
 
 
@@ -63,10 +99,31 @@ class AuditArguments:
     )
 
 
+def _masking_arguments() -> type:
+    """A dataclass of `MaskedSFTConfig`'s `MASKING_FIELDS` (same types, defaults and help), for `inspect`/`audit`."""
+    import typing
+
+    from .config import MaskedSFTConfig
+
+    hints = typing.get_type_hints(MaskedSFTConfig)
+    fields = []
+    for name in MASKING_FIELDS:
+        source = MaskedSFTConfig.__dataclass_fields__[name]
+        fields.append((name, hints[name], field(default=source.default, metadata=source.metadata)))
+    return dataclasses.make_dataclass("MaskingArguments", fields)
+
+
 def _parser(command: str, dataclass_types: tuple):
     from trl import TrlParser
 
-    return TrlParser(dataclass_types, prog=f"trl-masked-sft {command}", description=COMMANDS[command])
+    usage = f"trl-masked-sft {command} [--config RECIPE.yaml] [--debug] [OPTIONS]  (`--help` lists the options)"
+    epilog = f"--debug (or {DEBUG_ENV}=1) shows the full traceback of an error instead of one `error:` line."
+    parser = TrlParser(
+        dataclass_types, prog=f"trl-masked-sft {command}", description=COMMANDS[command], usage=usage, epilog=epilog
+    )
+    _FLAGS.clear()
+    _FLAGS.update(action.dest for action in parser._actions)
+    return parser
 
 
 def _check_recipe(parser, argv: list[str]) -> None:
@@ -112,7 +169,10 @@ def _parse(parser, argv: list[str]) -> tuple:
     _check_recipe(parser, argv)
     *parsed, remaining = parser.parse_args_and_config(args=argv, return_remaining_strings=True)
     if remaining:
-        parser.error(f"unrecognized arguments: {' '.join(remaining)}")
+        known = [option for action in parser._actions for option in action.option_strings]
+        guesses = [difflib.get_close_matches(arg.split("=")[0], known, n=1) for arg in remaining if arg[:2] == "--"]
+        hint = ", ".join(guess[0] for guess in guesses if guess)
+        parser.error(f"unrecognized arguments: {' '.join(remaining)}" + (f" (did you mean {hint}?)" if hint else ""))
     return tuple(parsed)
 
 
@@ -123,156 +183,41 @@ def _top_help() -> str:
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------------------------------- data
+# ---------------------------------------------------------------------------------------------------- commands
 
 
-def _homework_pairs(path: Path) -> list | None:
-    """The rows of a homework-style JSON file (a list of `[question, number]`), else `None`."""
-    if path.suffix != ".json":
-        return None
-    try:
-        rows = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if isinstance(rows, list) and rows and all(isinstance(r, list) and len(r) == 2 for r in rows):
-        return rows
-    return None
-
-
-def _load_split_file(path: Path):
-    from datasets import load_dataset
-
-    from .formats import coerce_dataset
-
-    pairs = _homework_pairs(path)
-    if pairs is not None:
-        # `[question, answer]` rows: a numeric answer is written `" <answer>…</answer>"`, as everywhere.
-        return coerce_dataset(pairs, prompt_column="prompt", completion_column="completion", dataset_name=path.name)
-    try:
-        return load_dataset(_LOCAL_SUFFIXES[path.suffix], data_files=str(path), split="train")
-    except Exception as error:  # datasets' own errors (DatasetGenerationError, ArrowInvalid, ...) name no fix
-        raise DataSourceError(
-            f"--dataset_name: can't read {path} as {_LOCAL_SUFFIXES[path.suffix].upper()}: {type(error).__name__}: "
-            f"{str(error)[:300]}. Fix: check the file (one JSON object per line for .jsonl, the same columns in "
-            "every row), or convert it to another of .json/.jsonl/.csv/.parquet."
-        ) from error
-
-
-#: Split names a local folder's files may use for evaluation data, and the `test` split they stand in for.
-_EVAL_ALIASES = ("validation", "valid", "val", "dev", "eval")
-
-
-def _looks_local(name: str) -> bool:
-    """A name that can only be a local path: it starts like one or ends in a data-file suffix."""
-    return name.startswith((".", "/", "~")) or Path(name).suffix in _LOCAL_SUFFIXES or name.endswith("/")
-
-
-def load_rows(name: str, config: str | None = None) -> dict[str, Any]:
-    """Splits of a dataset: a Hub name, a local file (one `train` split) or a folder of `train.*`/`valid.*`/`test.*`.
-
-    Each file of a folder is its own split, named after the file (`valid.jsonl` → `valid`); when the folder has no
-    `test` file, the first of `validation`/`valid`/`val`/`dev`/`eval` also answers to `test` (TRL's
-    `--dataset_test_split` default), said on stdout. Two files for one split are refused. A JSON file holding
-    `[question, number]` rows (the homework's format) becomes prompt/completion rows with the answer written as
-    `<answer>...</answer>`.
-    """
-    path = Path(name).expanduser()
-    if path.is_file():
-        if path.suffix not in _LOCAL_SUFFIXES:
-            raise DataSourceError(
-                f"--dataset_name {name!r} is a file of an unsupported type ({path.suffix or 'no suffix'}). Fix: use "
-                f"one of {', '.join(sorted(_LOCAL_SUFFIXES))}."
-            )
-        return {"train": _load_split_file(path)}
-    if path.is_dir():
-        files: dict[str, Path] = {}
-        for file in sorted(path.iterdir()):
-            if file.suffix in _LOCAL_SUFFIXES:
-                if file.stem in files:
-                    raise DataSourceError(
-                        f"--dataset_name folder {name!r} has two files for the split {file.stem!r}: "
-                        f"{files[file.stem].name} and {file.name}. Fix: keep one of them (or rename the other)."
-                    )
-                files[file.stem] = file
-        if "train" not in files:
-            raise DataSourceError(
-                f"--dataset_name folder {name!r} has no train.json/.jsonl/.csv/.parquet file (found: "
-                f"{sorted(f.name for f in files.values()) or 'none'}). Fix: name the training file train.<suffix>."
-            )
-        splits = {split: _load_split_file(file) for split, file in files.items()}
-        alias = next((a for a in _EVAL_ALIASES if a in splits), None)
-        if "test" not in splits and alias is not None:
-            splits["test"] = splits[alias]
-            if is_main_process():  # once per run under `accelerate launch`
-                print(f"Using {files[alias].name} as the `test` split (`--dataset_test_split test`) and as {alias!r}.")
-        return splits
-    if _looks_local(name):
-        raise DataSourceError(
-            f"--dataset_name {name!r}: no such file or folder (looked for {path.resolve()}). Fix: check the path; "
-            "a Hub dataset is named 'owner/name'."
+def _tokenizer(name: str | None, splits: dict[str, Any], chat_template_path: str | None):
+    """The tokenizer `--tokenizer_name_or_path` names; none named: the demo tokenizer, said loudly on stderr."""
+    if name is None:
+        print(
+            f"warning: no --tokenizer_name_or_path given: using the offline demo tokenizer `{DEMO}` (built from these "
+            "rows), so token counts and masks say nothing about your model's tokenizer. Fix: pass "
+            "--tokenizer_name_or_path with your model's folder or Hub name.",
+            file=sys.stderr,
         )
-    from datasets import load_dataset
-
-    try:
-        return dict(load_dataset(name, name=config))
-    except Exception as error:  # offline, unknown name, missing config: the hub client's error names no fix
-        raise DataSourceError(
-            f"--dataset_name {name!r} is not a local file or folder, and loading it from the Hub failed: "
-            f"{type(error).__name__}: {str(error)[:300]}. Fix: pass a local .json/.jsonl/.csv/.parquet file or "
-            "folder, or check the Hub name (and your connection, or HF_DATASETS_OFFLINE)."
-        ) from error
-
-
-def _demo_tokenizer(splits: dict[str, Any]):
-    from .tiny import build_tiny_tokenizer
-
-    corpus = []
-    for row in list(splits["train"])[:2000]:
-        corpus.append(" ".join(str(v) for v in row.values() if isinstance(v, (str, int, float))))
-    return build_tiny_tokenizer(corpus, vocab_size=512)
-
-
-def _load_tokenizer(name: str):
-    """`AutoTokenizer.from_pretrained(name)`, with a missing folder or an unreachable Hub name reported as such."""
-    from transformers import AutoTokenizer
-
-    path = Path(name).expanduser()
-    if not path.exists() and _looks_local(name):
-        raise DataSourceError(
-            f"--tokenizer_name_or_path {name!r}: no such folder (looked for {path.resolve()}). Fix: point it at a "
-            f"folder written by `tokenizer.save_pretrained(...)`, or use `{DEMO}` for the offline demo tokenizer."
-        )
-    try:
-        return AutoTokenizer.from_pretrained(name, trust_remote_code=False)  # never prompts, never runs its code
-    except Exception as error:  # OSError/ValueError from the hub client or a folder without tokenizer files
-        if "trust_remote_code" in str(error):
-            raise DataSourceError(
-                f"--tokenizer_name_or_path {name!r} needs custom code to load, which this command never runs "
-                "(`trust_remote_code` stays off). Fix: use a folder with a standard tokenizer (tokenizer.json), e.g. "
-                "one written by `tokenizer.save_pretrained(...)` after you loaded and reviewed it yourself."
-            ) from error
-        where = "the folder has no tokenizer files" if path.is_dir() else "it is not on this machine or the Hub"
-        raise DataSourceError(
-            f"--tokenizer_name_or_path {name!r}: can't load a tokenizer ({where}): {type(error).__name__}: "
-            f"{str(error)[:200]}. Fix: point it at a folder written by `tokenizer.save_pretrained(...)`, or use "
-            f"`{DEMO}` for the offline demo tokenizer."
-        ) from error
-
-
-def _tokenizer(name: str, splits: dict[str, Any], chat_template_path: str | None):
-    if name == DEMO:
-        tokenizer = _demo_tokenizer(splits)
-    else:
-        tokenizer = _load_tokenizer(name)
+    tokenizer = demo_tokenizer(splits) if name in (None, DEMO) else load_tokenizer(name)
     if chat_template_path and Path(chat_template_path).is_file():
         tokenizer.chat_template = Path(chat_template_path).read_text()  # a Jinja file, as `trl sft` takes it
     return tokenizer
 
 
-# ---------------------------------------------------------------------------------------------------- commands
+@contextlib.contextmanager
+def _torch_threads(count: int | None):
+    """Run the block with `count` intra-op threads (unchanged when None), as the example does for the demo model:
+    a tiny model on many threads spends its steps synchronising them."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _train(argv: list[str]) -> int:
+    import torch
     from trl import ModelConfig, ScriptArguments, get_peft_config
 
     from .config import MaskedSFTConfig
@@ -284,18 +229,24 @@ def _train(argv: list[str]) -> int:
         parser.error("the following arguments are required: --dataset_name (a Hub dataset or a local file/folder)")
     if not model_args.model_name_or_path:
         parser.error(f"the following arguments are required: --model_name_or_path (or `{DEMO}` for the offline demo)")
+    demo = model_args.model_name_or_path == DEMO
+    if not demo:
+        check_model_source(model_args.model_name_or_path)
     splits = load_rows(script_args.dataset_name, script_args.dataset_config)
     if script_args.dataset_train_split not in splits:
         parser.error(f"--dataset_train_split {script_args.dataset_train_split!r} not in the splits {sorted(splits)}")
-    if model_args.model_name_or_path == DEMO:
+    if demo:
         from .tiny import build_tiny_model
 
-        processing_class = _demo_tokenizer(splits)
+        processing_class = demo_tokenizer(splits)
         model = build_tiny_model(processing_class, hidden_size=128, num_hidden_layers=2)
         if is_main_process():
             print(f"Using the offline demo model `{DEMO}`: a tiny random Llama, not a real language model.")
     else:
-        model, processing_class = model_args.model_name_or_path, None
+        model = model_args.model_name_or_path
+        processing_class = load_tokenizer(model, flag="--model_name_or_path")
+    if not torch.accelerator.is_available():
+        training_args.dataloader_pin_memory = False  # pinned memory needs an accelerator; torch warns otherwise
     eval_split = splits.get(script_args.dataset_test_split) if training_args.eval_strategy != "no" else None
     trainer = MaskedSFTTrainer(
         model=model,
@@ -305,7 +256,8 @@ def _train(argv: list[str]) -> int:
         processing_class=processing_class,
         peft_config=get_peft_config(model_args),
     )
-    trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    with _torch_threads(1 if demo else None):
+        trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")
     return 0
@@ -317,13 +269,15 @@ def _data_command(command: str, arguments: type, argv: list[str]) -> tuple:
     Returns `(data_args, command_args, config, rows, tokenizer)`."""
     from .config import MaskedSFTConfig
 
-    parser = _parser(command, (DataArguments, arguments, MaskedSFTConfig))
-    data_args, command_args, config = _parse(parser, argv)
+    parser = _parser(command, (DataArguments, arguments, _masking_arguments()))
+    data_args, command_args, masking = _parse(parser, argv)
+    config = MaskedSFTConfig(report_to="none", **dataclasses.asdict(masking))
     splits = load_rows(data_args.dataset_name, data_args.dataset_config)
-    if data_args.dataset_split not in splits:
-        parser.error(f"--dataset_split {data_args.dataset_split!r} not in the splits {sorted(splits)}")
+    split = data_args.dataset_train_split
+    if split not in splits:
+        parser.error(f"--dataset_train_split {split!r} not in the splits {sorted(splits)}")
     tokenizer = _tokenizer(data_args.tokenizer_name_or_path, splits, config.chat_template_path)
-    return data_args, command_args, config, splits[data_args.dataset_split], tokenizer
+    return data_args, command_args, config, splits[split], tokenizer
 
 
 def _inspect(argv: list[str]) -> int:
@@ -359,7 +313,7 @@ def _audit(argv: list[str]) -> int:
 
     data_args, audit_args, config, rows, tokenizer = _data_command("audit", AuditArguments, argv)
     pipeline = PreparationPipeline.from_config(tokenizer, config)
-    prepared = pipeline.prepare(rows, data_args.dataset_split, enforce=False)
+    prepared = pipeline.prepare(rows, data_args.dataset_train_split, enforce=False)
     report = prepared.report
     print(report.summary())
     if audit_args.json_path:
@@ -369,14 +323,14 @@ def _audit(argv: list[str]) -> int:
         Path(audit_args.html).write_text(_audit_page(prepared, rows, tokenizer, config))
         print(f"HTML written to {audit_args.html}")
     if report.policy_error:
-        print(report.policy_error, file=sys.stderr)
+        print(as_flags(report.policy_error, _FLAGS), file=sys.stderr)
         return 1
     print(f"masked_row_policy={report.policy!r}: training may start.")
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def run(argv: list[str]) -> int:
+    """Run one command line and return its exit code; errors propagate (`main` is the boundary that reports them)."""
     if not argv or argv[0] in ("-h", "--help"):
         print(_top_help())
         return 0 if argv else 2
@@ -391,6 +345,22 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     return handlers[command](rest)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The `trl-masked-sft` console script: `run`, with our errors and the predictable ones from the libraries below
+    reported as one `error: <message>` line on stderr (exit code 1), not a traceback (`cli_errors.py`)."""
+    argv, debug = pop_debug(list(sys.argv[1:] if argv is None else argv))
+    _FLAGS.clear()
+    if debug:
+        return run(argv)
+    try:
+        return run(argv)
+    except EXPECTED as error:
+        return report_error(error, _FLAGS)
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -57,7 +57,8 @@ class MaskedSFTConfig(SFTConfig):
             Column holding the completion (the answer, the only part trained); renamed to `completion` before
             preparation (e.g. `"answer"`). A finite number in the prompt or completion column is written with
             `str()` in every layout (a list, a typed `Dataset`, a stream); NaN, inf and bools are refused. In
-            `[question, answer]` rows a numeric answer is written `" <answer>{answer}</answer>"`.
+            `[question, answer]` rows a numeric answer is written `" <answer>{round(answer, 3)}</answer>"` (rounded
+            to 3 decimals), a string answer as given.
         response_template (`str`, *optional*):
             For `text` datasets: the text right before each answer (e.g. `"### Answer:"`); only what follows it is
             trained, found in context as `DataCollatorForCompletionOnlyLM` does. Rows without it are reported by the
@@ -191,7 +192,8 @@ class MaskedSFTConfig(SFTConfig):
             "help": "Column holding the completion (the answer, the only part trained); renamed to `completion` "
             'before preparation (e.g. `"answer"`). A finite number in the prompt or completion column is written '
             "with `str()` in every layout (a list, a typed `Dataset`, a stream); NaN, inf and bools are refused. In "
-            '`[question, answer]` rows a numeric answer is written `" <answer>{answer}</answer>"`.'
+            '`[question, answer]` rows a numeric answer is written `" <answer>{round(answer, 3)}</answer>"` (rounded '
+            "to 3 decimals), a string answer as given."
         },
     )
 

@@ -287,10 +287,11 @@ def _check_columns(
                 converted = True
             elif column == "completion" and not value.strip():
                 empty.add(i)
-    if empty and len(empty) == len(completions):
+    if len(empty) == len(completions) > 1:  # one row alone is that row's problem, reported by the pre-flight pass
         raise DatasetFormatError(
-            f"Every completion in the {dataset_name} dataset (`{completion_column}`) is empty, so there is nothing "
-            "to train on. Fix: point `completion_column` at the column that holds the answers."
+            f"Every completion in the {dataset_name} dataset (`{completion_column}`) is empty (all {len(empty)} "
+            "rows), so there is nothing to train on. Fix: point `completion_column` at the column that holds the "
+            "answers."
         )
     if converted:  # numbers: `str()` here, with the columns typed as strings (`map` would cast them back)
         features = dataset.features.copy()

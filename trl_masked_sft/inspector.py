@@ -19,6 +19,7 @@ from datasets import Dataset
 
 from .chat import TRAINED, chat_labels
 from .conversations import conversation_of
+from .hints import Collator, Config, Rows, Tokenizer
 from .masking import IGNORE_INDEX, truncate_row
 
 __all__ = [
@@ -105,13 +106,13 @@ def _select(dataset: Any, start: int, rows: int) -> Any:
 
 
 def inspect_rows(
-    dataset: Any,
-    tokenizer,
-    config=None,
+    dataset: Rows,
+    tokenizer: Tokenizer,
+    config: Config = None,
     *,
     rows: int = 5,
     start: int = 0,
-    data_collator=None,
+    data_collator: Collator | None = None,
 ) -> list[RowMarks]:
     """Mark every token of `rows` rows (from `start`) with whether it is trained and why not.
 

@@ -23,7 +23,6 @@ import torch
 import torch.nn.functional as F
 
 from .logs import get_logger
-
 from .masking import IGNORE_INDEX
 
 __all__ = ["MAX_LOGITS", "SupervisedLoss", "count_packed_tokens", "supervised_logits_are_exact"]

@@ -12,8 +12,10 @@
   | `rows_dropped` | rows the pre-flight audit dropped (`masked_row_policy`) from that split |
 
   Train logs are named as is (TensorBoard: `train/supervised_tokens`), eval logs with `eval_` (`eval/...`).
-- `audit_logs(report)`: the pre-flight `AuditReport` as scalars `audit/...` plus its one-line summary as text
-  (`audit/summary`, TensorBoard's text tab), to be logged once.
+- `audit_logs(report)`: the pre-flight `AuditReport` as scalars `audit/...`, to be logged once.
+- `write_audit_text(callbacks, report, step)`: its summary into TensorBoard's text tab (`train/audit/summary`), once.
+  The summary is no log-dict entry: the console shows it once, from the pre-flight log, and a console logger would
+  print a long string as `[String too long to display...]`.
 
 Under several processes, `pop(..., reduce=distributed.sum_across_ranks)` sums the counts of every rank first (one
 all-reduce per log, on every rank), so the scalars describe the whole global batch, not rank 0's share of it.
@@ -30,7 +32,7 @@ import torch
 from .masking import IGNORE_INDEX
 from .packing import PACKED_TOKENS_KEY
 
-__all__ = ["BatchMaskStats", "MaskMetrics", "audit_logs", "batch_mask_stats"]
+__all__ = ["BatchMaskStats", "MaskMetrics", "audit_logs", "batch_mask_stats", "write_audit_text"]
 
 _MODES = ("train", "eval")
 
@@ -147,11 +149,8 @@ class MaskMetrics:
         return {prefix + name: value for name, value in scalars.items()}
 
 
-def audit_logs(report) -> dict[str, float | str]:
-    """An `AuditReport` as logs: its numbers as `audit/...` scalars and its summary line as text (`audit/summary`).
-
-    Logged once through `Trainer.log`, TensorBoard shows the scalars (at that step) and the text in its text tab.
-    """
+def audit_logs(report) -> dict[str, float]:
+    """An `AuditReport`'s numbers as `audit/...` scalars, to be logged once through `Trainer.log`."""
     names = (
         "rows",
         "rows_fully_masked",
@@ -164,6 +163,14 @@ def audit_logs(report) -> dict[str, float | str]:
         "supervised_tokens_max",
         "supervised_token_share",
     )
-    logs: dict[str, float | str] = {f"audit/{name}": float(getattr(report, name)) for name in names}
-    logs["audit/summary"] = report.summary()
-    return logs
+    return {f"audit/{name}": float(getattr(report, name)) for name in names}
+
+
+def write_audit_text(callbacks, report, step: int) -> None:
+    """Write `report.summary()` to the text tab of every TensorBoard writer among `callbacks` (transformers'
+    `TensorBoardCallback` holds one, on the main process only, once training has begun)."""
+    for callback in callbacks:
+        writer = getattr(callback, "tb_writer", None)
+        if writer is not None:
+            writer.add_text("train/audit/summary", report.summary(), step)
+            writer.flush()

@@ -31,6 +31,7 @@ from .errors import (
 )
 from .formats import Layout, apply_formatting, check_values, coerce_dataset, detect_layout, tokenize_text_rows
 from .hf_compat import column_names, map_rows
+from .hints import Collator, Config, FormattingFunc, Rows, Tokenizer
 from .logs import get_logger, warn
 from .masking import (
     IGNORE_INDEX,
@@ -112,7 +113,9 @@ class PreparationPipeline:
     `options.response_template`). Build one with `from_config` to read a `MaskedSFTConfig` (or `SFTConfig`).
     """
 
-    def __init__(self, tokenizer, options: MaskingOptions, *, template: TemplateMatcher | None = None):
+    def __init__(
+        self, tokenizer: Tokenizer, options: MaskingOptions, *, template: TemplateMatcher | None = None
+    ) -> None:
         text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor carries its tokenizer
         if not callable(text_tokenizer) or not hasattr(text_tokenizer, "eos_token"):
             fix = (
@@ -131,7 +134,9 @@ class PreparationPipeline:
         self._said_no_boundary = self._said_defaults = False
 
     @classmethod
-    def from_config(cls, tokenizer, config: Any = None, *, data_collator: Any = None) -> PreparationPipeline:
+    def from_config(
+        cls, tokenizer: Tokenizer, config: Config = None, *, data_collator: Collator | None = None
+    ) -> PreparationPipeline:
         """A pipeline for `config` (defaults when `None`), masking by `data_collator`'s template if it has one."""
         matcher = getattr(data_collator, "matcher", None) if getattr(data_collator, "has_template", False) else None
         return cls(tokenizer, MaskingOptions.from_args(config), template=matcher)
@@ -139,7 +144,12 @@ class PreparationPipeline:
     # ------------------------------------------------------------------------------------------------ the steps
 
     def prepare(
-        self, dataset: Any, dataset_name: str = "train", *, formatting_func=None, enforce: bool = True
+        self,
+        dataset: Rows,
+        dataset_name: str = "train",
+        *,
+        formatting_func: FormattingFunc | None = None,
+        enforce: bool = True,
     ) -> PreparedDataset:
         """Prepare `dataset` (a `Dataset`, `IterableDataset`, or a list of dicts or `[question, answer]` pairs).
 

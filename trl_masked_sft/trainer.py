@@ -15,6 +15,7 @@ from accelerate.utils import is_peft_model
 from datasets import IterableDataset
 from trl import SFTTrainer
 
+from . import hints
 from .collator import DataCollatorForCompletionOnlyLM
 from .config import MaskingOptions, trainer_config
 from .distributed import (
@@ -29,7 +30,7 @@ from .health import TrainingHealthGuard
 from .logs import get_logger, warn
 from .loss import SupervisedLoss, count_packed_tokens
 from .masking import IGNORE_INDEX
-from .metrics import MaskMetrics, audit_logs, batch_mask_stats
+from .metrics import MaskMetrics, audit_logs, batch_mask_stats, write_audit_text
 from .model_checks import (
     check_model_before_training,
     check_peft_setup,
@@ -72,22 +73,22 @@ class MaskedSFTTrainer(SFTTrainer):
 
     def __init__(
         self,
-        model,
-        args=None,
-        data_collator=None,
-        train_dataset=None,
-        eval_dataset=None,
-        processing_class=None,
-        compute_loss_func=None,
-        compute_metrics=None,
-        callbacks=None,
-        optimizers=(None, None),
-        optimizer_cls_and_kwargs=None,
-        preprocess_logits_for_metrics=None,
-        quantization_config=None,
-        peft_config=None,
-        formatting_func=None,
-    ):
+        model: hints.Model,
+        args: hints.Config = None,
+        data_collator: hints.Collator | None = None,
+        train_dataset: hints.Rows | None = None,
+        eval_dataset: hints.EvalRows | None = None,
+        processing_class: hints.Tokenizer | None = None,
+        compute_loss_func: hints.LossFunc | None = None,
+        compute_metrics: hints.MetricsFunc | None = None,
+        callbacks: hints.Callbacks | None = None,
+        optimizers: hints.Optimizers = (None, None),
+        optimizer_cls_and_kwargs: hints.OptimizerClsAndKwargs | None = None,
+        preprocess_logits_for_metrics: hints.LogitsFunc | None = None,
+        quantization_config: hints.Quantization = None,
+        peft_config: hints.Peft = None,
+        formatting_func: hints.FormattingFunc | None = None,
+    ) -> None:
         args = trainer_config(model, args)
         self._msft_options = options = MaskingOptions.from_args(args)
         self._msft_precision = resolve_cpu_bf16(model, args)  # said once training starts
@@ -270,7 +271,8 @@ class MaskedSFTTrainer(SFTTrainer):
         step = self.state.global_step if mode == "train" else None
         logs.update(metrics.pop(mode, global_step=step, reduce=sum_across_ranks))  # the whole step, every rank
         if mode == "train" and not self._msft_audit_logged and "train" in self._msft_audits:
-            logs.update(audit_logs(self._msft_audits["train"]))
+            logs.update(audit_logs(self._msft_audits["train"]))  # the scalars; the summary text goes to TensorBoard:
+            write_audit_text(self.callback_handler.callbacks, self._msft_audits["train"], self.state.global_step)
             self._msft_audit_logged = True
         super().log(logs, start_time)
 
