@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "trl_masked_sft"
 
 #: Lowest first. Modules of one layer never import each other.
 LAYERS: list[set[str]] = [
-    {"errors", "tiny"},
+    {"errors", "tiny", "text"},
     {"constraints"},
     {"config", "masking", "hf_compat", "values", "conversations"},
     {"validation", "chat", "checkpoints", "model_checks", "packing", "loss"},

@@ -35,6 +35,7 @@ from .masking import (
     truncate_row,
 )
 from .report import AUDIT_COLUMNS, COUNT, FULL_COUNT, FULL_FIRST, LENGTH, REASON, STOP_OK, AuditReport, build_report
+from .text import clip_end, whole_text
 from .validation import RowAudit, audit_labels
 from .values import check_messages, check_token_row, parse_tools
 
@@ -282,7 +283,7 @@ class PreparationPipeline:
         for index in list(verdict.unsupervised)[:5]:
             labels, ids = dataset[index]["labels"], dataset[index]["input_ids"]
             first = next((i for i, lab in enumerate(labels) if lab != IGNORE_INDEX), len(ids))
-            verdict.prompt_tails[index] = self.tokenizer.decode(ids[:first])[-60:]
+            verdict.prompt_tails[index] = clip_end(whole_text(self.tokenizer, ids[:first]), 60)
         prepared = PreparedDataset(dataset, layout, report, verdict, list(audit_columns[COUNT]))
         if not enforce:
             try:
