@@ -3,11 +3,7 @@ fallback, and display cuts that never split a character."""
 
 from __future__ import annotations
 
-import string
-
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
 from trl_masked_sft.text import (
     CONTINUATION,
@@ -32,21 +28,6 @@ SAMPLES = {
     "flags": "flags 🇫🇷🇩🇪🇯🇵",
     "combining": "cafe\u0301 n\u0303o",
 }
-
-
-@pytest.fixture(scope="module")
-def byte_fallback_tokenizer():
-    """A SentencePiece-style Unigram (Llama 2 layout): `▁` words, `<0xE6>` byte pieces for anything not in its
-    small vocabulary, the Replace/ByteFallback/Fuse/Strip decoder."""
-    pieces = [("<unk>", 0.0), ("<s>", 0.0), ("</s>", 0.0)] + [(f"<0x{b:02X}>", -20.0) for b in range(256)]
-    pieces += [("▁", -2.0)] + [(c, -5.0) for c in string.ascii_letters + string.digits + string.punctuation]
-    pieces += [("▁the", -1.0), ("é", -3.0), ("▁thumbs", -1.0)]
-    tokenizer = Tokenizer(models.Unigram(pieces, unk_id=0, byte_fallback=True))
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
-    tokenizer.decoder = decoders.Sequence(
-        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
-    )
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
 
 
 def test_a_character_split_over_three_tokens_is_shown_once_on_the_first():
