@@ -124,3 +124,20 @@ def test_text_shown_alone_never_hides_a_mark_or_reorders_its_neighbours():
     assert shown_alone("a\u202eb") == "a\\u202eb" == visible("a\u202eb")
     assert visible("\x1b[31mred\n") == "\\x1b[31mred\n"
     assert CONTINUATION not in "".join(SAMPLES.values())
+
+
+def test_row_ends_in_collator_and_batch_messages_read_whole_characters(tokenizer):
+    """The collator's `Row text (end)` and `validate_batch`'s row ends show a row cut inside `少` as whole
+    characters, where decoding it showed `�`."""
+    import torch
+
+    from trl_masked_sft import AllMaskedBatchError, DataCollatorForCompletionOnlyLM, MaskedSFTWarning, validate_batch
+
+    ids = tokenizer("温度是多少")["input_ids"][:-1]
+    assert tokenizer.decode(ids).endswith("\ufffd")
+    collator = DataCollatorForCompletionOnlyLM("### Answer:", tokenizer=tokenizer)
+    with pytest.warns(MaskedSFTWarning, match="Row text \\(end\\): '温度是多'"):
+        collator([{"input_ids": ids}])
+    batch = {"input_ids": torch.tensor([ids]), "labels": torch.full((1, len(ids)), -100)}
+    with pytest.raises(AllMaskedBatchError, match="row 0: '温度是多'"):
+        validate_batch(batch, tokenizer=tokenizer)
