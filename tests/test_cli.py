@@ -100,7 +100,7 @@ def test_train_runs_the_homework_data_from_the_yaml_recipe(tmp_path):
     if not HOMEWORK_DATA.is_dir():
         pytest.skip(f"homework data not found at {HOMEWORK_DATA} (only present beside the project's CI checkout)")
     recipe = (REPO / "examples" / "homework_recipe.yaml").read_text()
-    recipe = recipe.replace("dataset_name: ../shared/data/unit_conversion", f"dataset_name: {HOMEWORK_DATA}")
+    recipe = recipe.replace("dataset_name: outputs/homework_data", f"dataset_name: {HOMEWORK_DATA}")
     (tmp_path / "recipe.yaml").write_text(recipe)
     out = tmp_path / "out"
     code = main(
