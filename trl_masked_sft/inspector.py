@@ -4,6 +4,9 @@ Rows are prepared exactly as `MaskedSFTTrainer` prepares them (same code path), 
 `trained`, `prompt`, `system turn`, `user turn`, `tool turn`, `template`, `earlier assistant turn`,
 `end of turn (not trained)`, `masked in labels`, `padding`, `truncated`, `response template not found`,
 `chat turns not located`, `empty completion`, `first token`.
+
+Token text is each token's share of whole characters (`trl_masked_sft.text`): a character split over several tokens
+is shown on the first, the others drawn `⋯`, so no token reads `�` and no token boundary is hidden.
 """
 
 from __future__ import annotations
