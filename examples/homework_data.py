@@ -5,11 +5,15 @@ The course homework fine-tunes SmolLM2-360M-Instruct with LoRA on `[question, an
 package) holds:
 
 - `generate_rows` / `homework_splits`: a seeded generator of homework-style questions (no data files needed);
-- `load_homework_data`: the homework's own `train.json` / `valid.json`.
+- `load_homework_data`: the homework's own `train.json` / `valid.json`;
+- `write_homework_data`: generated rows written as such files, for the CLI recipe or `--data-dir`:
+
+    python examples/homework_data.py --out outputs/homework_data   # train.json (1000 rows) + valid.json (1000 rows)
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import random
@@ -26,6 +30,7 @@ __all__ = [
     "generate_rows",
     "homework_splits",
     "load_homework_data",
+    "write_homework_data",
 ]
 
 # ---------------------------------------------------------------------------------------------------- units
@@ -278,3 +283,33 @@ def load_homework_data(data_dir: str | Path) -> tuple[list[list[Any]], list[list
             "valid.json (e.g. the homework's data/ folder), or leave --data-dir out to use generated questions."
         )
     return _read_split(data_dir / "train.json"), _read_split(data_dir / "valid.json")
+
+
+def write_homework_data(out_dir: str | Path, n_train: int = 1000, n_valid: int = 1000, seed: int = 0) -> Path:
+    """Write generated rows (`homework_splits`) as `out_dir`/train.json and `out_dir`/valid.json, in the homework's
+    format (a JSON list of `[question, answer]` rows), so `load_homework_data` and the CLI read them back."""
+    out = Path(out_dir).expanduser()
+    out.mkdir(parents=True, exist_ok=True)
+    for name, rows in zip(("train", "valid"), homework_splits(n_train, n_valid, seed), strict=True):
+        (out / f"{name}.json").write_text(json.dumps(rows, ensure_ascii=False) + "\n", encoding="utf-8")
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Write generated homework rows as train.json and valid.json.")
+    parser.add_argument("--out", required=True, help="Folder to write train.json and valid.json into.")
+    parser.add_argument("--train", type=int, default=1000, help="Train rows (the homework's 1000).")
+    parser.add_argument("--valid", type=int, default=1000, help="Valid rows (the homework's 1000).")
+    parser.add_argument("--seed", type=int, default=0, help="Seed of the generated questions.")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> Path:
+    args = parse_args(argv)
+    out = write_homework_data(args.out, args.train, args.valid, args.seed)
+    print(f"Wrote {args.train} train and {args.valid} valid rows to {out}/train.json and {out}/valid.json.")
+    return out
+
+
+if __name__ == "__main__":
+    main()

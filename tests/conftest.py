@@ -173,3 +173,22 @@ def chromium(tmp_path):
         return subprocess.run(command, check=True, capture_output=True, text=True, timeout=90).stdout
 
     return run
+
+
+@pytest.fixture(scope="session")
+def byte_fallback_tokenizer():
+    """A SentencePiece-style Unigram (Llama 2 layout): `▁` words, `<0xE6>` byte pieces for anything not in its
+    small vocabulary, the Replace/ByteFallback/Fuse/Strip decoder."""
+    pieces = [("<unk>", 0.0), ("<s>", 0.0), ("</s>", 0.0), ("<pad>", 0.0)] + [
+        (f"<0x{b:02X}>", -20.0) for b in range(256)
+    ]
+    pieces += [("▁", -2.0)] + [(c, -5.0) for c in string.ascii_letters + string.digits + string.punctuation]
+    pieces += [("▁the", -1.0), ("é", -3.0), ("▁thumbs", -1.0)]
+    tokenizer = Tokenizer(models.Unigram(pieces, unk_id=0, byte_fallback=True))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tokenizer.decoder = decoders.Sequence(
+        [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
+    )

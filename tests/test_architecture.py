@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "trl_masked_sft"
 
 #: Lowest first. Modules of one layer never import each other.
 LAYERS: list[set[str]] = [
-    {"errors", "tiny", "hints"},
+    {"errors", "tiny", "hints", "text"},
     {"constraints", "logs", "cli_errors"},
     {"precision"},
     {"config", "masking", "hf_compat", "conversations"},

@@ -114,3 +114,35 @@ def test_config_instruction_template_trains_every_response_of_multi_turn_text(to
         processing_class=tokenizer,
     )
     assert kept(tokenizer, trainer.train_dataset[0]) == " one\n two<|eos|>"
+
+
+def test_the_audit_message_shows_a_prompt_cut_inside_a_character_as_whole_characters(tokenizer, make_config):
+    """A Chinese prompt truncated at `max_length` in the middle of a character: the message's `prompt ends` shows
+    whole characters after `…`, no `�` (the byte-level BPE splits each character over three tokens)."""
+    from trl_masked_sft import audit_dataset
+
+    prompt = "请问温度是多少摄氏度呢" * 10
+    ids = tokenizer(prompt)["input_ids"]
+    cut = next(n for n in range(200, len(ids)) if tokenizer.decode(ids[:n]).endswith("\ufffd"))
+    report = audit_dataset([[prompt, " <answer>20</answer>"]], tokenizer, make_config(max_length=cut))
+    assert report.policy_error and "\ufffd" not in report.policy_error
+    tail = report.policy_error.split("prompt ends '")[1].split("'")[0]
+    assert tail.startswith("…") and tail[1:] in prompt
+    assert len(tail) == 61 and tokenizer.decode(ids[:cut]).rstrip("\ufffd").endswith(tail[1:])
+
+
+def test_the_supervised_tokens_per_row_count_every_row_as_the_histogram_does(tokenizer, make_config):
+    """min / median / max count every row, fully masked ones as 0, the same numbers the audit page's histogram
+    shows (`PreparedDataset.supervised_counts`)."""
+    import statistics
+
+    from trl_masked_sft.pipeline import PreparationPipeline
+
+    data = rows(6) + [["word " * 40 + "What is 9 km in m?", " <answer>9000</answer>"]] * 2
+    config = make_config(max_length=24, masked_row_policy="warn", max_masked_row_fraction=0.5)
+    prepared = PreparationPipeline.from_config(tokenizer, config).prepare(data, "train", enforce=False)
+    counts, report = prepared.supervised_counts, prepared.report
+    assert report.rows_fully_masked == 2 and counts.count(0) == 2 and len(counts) == report.rows == 8
+    spread = (report.supervised_tokens_min, report.supervised_tokens_median, report.supervised_tokens_max)
+    assert spread == (0, statistics.median(counts), max(counts))
+    assert "per row (all 8 rows, 2 with none)" in report.summary()

@@ -171,3 +171,23 @@ def test_the_audit_command_writes_the_page(tmp_path, capsys):
     assert "svg" in page.tags and page.tags.count("section") == 5 and "script" not in page.tags
     assert "Training may start" in page.text
     assert sum(int(t.split(": ")[1].split()[0]) for t in page.bar_titles) == 8
+
+
+def test_the_audit_page_of_chinese_rows_reads_whole_characters_in_a_browser(tokenizer, tmp_path, capsys, chromium):
+    """`audit --html` on Chinese prompts cut by `max_length` inside a character (byte-level BPE, three tokens per
+    character): the banner's `prompt ends` and the rows' masks hold whole characters, no `�`, as Chromium reads the
+    page."""
+    prompt = "请问今天的温度是多少摄氏度呢？" * 3
+    rows = [
+        {"prompt": prompt if i % 2 else prompt[:5], "completion": f" <answer>{20 + i}度</answer>"} for i in range(6)
+    ]
+    data, tok, out = tmp_path / "zh.jsonl", tmp_path / "tok", tmp_path / "audit.html"
+    data.write_text("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    tokenizer.save_pretrained(tok)
+    assert "\ufffd" in tokenizer.decode(tokenizer(prompt)["input_ids"][:100])  # the cut falls inside a character
+    argv = ["audit", "--dataset_name", str(data), "--tokenizer_name_or_path", str(tok), "--max_length", "100"]
+    assert main([*argv, "--html", str(out)]) == 1
+    assert "\ufffd" not in capsys.readouterr().err
+    dom = Page(chromium(out, "--dump-dom"))
+    assert "Training would stop" in dom.text and f"prompt ends '{prompt[:33]}'" in dom.text
+    assert "\ufffd" not in dom.text and "温" in dom.text

@@ -434,3 +434,12 @@ def test_the_example_script_runs_on_the_real_homework_files(tmp_path, monkeypatc
     metrics = json.loads((output_dir / "metrics.json").read_text())
     _check_outputs(output_dir, metrics)
     assert metrics["data"] == str(HOMEWORK_DATA.resolve()) and metrics["num_train"] == 1000
+
+
+def test_written_generated_data_reads_back_as_the_homework_files(tmp_path):
+    """`homework_data.py --out DIR` writes train.json / valid.json in the homework's format: `load_homework_data`
+    reads back the generated splits (what the CLI recipe trains on)."""
+    from homework_data import main as write_main
+
+    out = write_main(["--out", str(tmp_path / "data"), "--train", "5", "--valid", "3", "--seed", "2"])
+    assert load_homework_data(out) == homework_splits(5, 3, seed=2)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from datasets import Dataset
 
 from trl_masked_sft import MaskedSFTConfig
-from trl_masked_sft.inspector import inspect_rows, render_html, render_terminal
+from trl_masked_sft.inspector import RowMarks, TokenMark, inspect_rows, render_html, render_terminal
 
 IGNORE = -100
 
@@ -109,7 +111,7 @@ def test_terminal_rendering_uses_markers_without_a_tty_and_colours_with_one(toke
     assert "[prompt]What is 2 kg in g?[/prompt][TRAIN] <answer>2000</answer><|eos|>[/TRAIN]" in plain
     assert "\033[" not in plain
     coloured = render_terminal(rows, color=True)
-    assert "\033[1;30;42m <answer>2000</answer><|eos|>\033[0m" in coloured
+    assert re.search(r"\033\[1;30;48;5;\d+m <answer>2000</answer><\|eos\|>\033\[0m", coloured)
 
 
 def test_html_is_self_contained_and_carries_every_reason(tokenizer, config):
@@ -167,3 +169,110 @@ def test_html_renders_in_a_browser_with_each_reason_in_its_colour(tokenizer, con
     colours = {colour for _, colour in image.getcolors(maxcolors=1 << 20)}
     missing = {reason: colour for reason, colour in COLOURS.items() if colour not in colours}
     assert missing == {}
+
+
+def _xterm_rgb(index: int) -> tuple[int, int, int]:
+    """The colour of an xterm 256-colour index (cube or greys), as terminals draw it."""
+    if index >= 232:
+        return (8 + 10 * (index - 232),) * 3
+    levels = (0, 95, 135, 175, 215, 255)
+    index -= 16
+    return levels[index // 36], levels[index // 6 % 6], levels[index % 6]
+
+
+def test_terminal_and_page_colour_every_reason_alike():
+    """Each reason's terminal background is the page's colour for it (the nearest of 256): template tokens are
+    light grey in both, not red in the terminal; masked labels orange, other masked tokens pink."""
+    reasons = [
+        "template",
+        "trained",
+        "prompt",
+        "user turn",
+        "system turn",
+        "tool turn",
+        "masked in labels",
+        "end of turn (not trained)",
+        "earlier assistant turn",
+        "truncated",
+        "first token",
+    ]
+    row = RowMarks(0, [TokenMark(i, f"<{i}>", reason == "trained", reason) for i, reason in enumerate(reasons)])
+    terminal, page = render_terminal([row], color=True), render_html([row])
+    for i, reason in enumerate(reasons):
+        (code,) = re.findall(rf"\033\[[\d;]*48;5;(\d+)m<{i}>", terminal)
+        (hex_colour,) = re.findall(rf'style="background:#(\w{{6}})"[^>]*>&lt;{i}&gt;', page)
+        page_rgb = tuple(int(hex_colour[k : k + 2], 16) for k in (0, 2, 4))
+        assert max(abs(a - b) for a, b in zip(_xterm_rgb(int(code)), page_rgb, strict=True)) <= 30, reason
+    (template_code,) = re.findall(r"48;5;(\d+)m<0>", terminal)
+    red, green, blue = _xterm_rgb(int(template_code))
+    assert red == green == blue and red > 200  # grey, as on the page
+    assert all(reason in terminal.split("legend:")[1] for reason in reasons)
+
+
+#: Prompt/completion rows in scripts a byte-level BPE splits inside characters.
+WORLD = [
+    ["Ünïcödé — “quotes”?", " <answer>é</answer>"],
+    ["温度是多少？", " <answer>二十度</answer>"],
+    ["ما هي درجة الحرارة؟", " <answer>عشرون</answer>"],
+    ["מה השעה?", " <answer>שלוש</answer>"],
+    ["Flags 🇫🇷🇩🇪, family 👨\u200d👩\u200d👧, thumbs 👍🏽", " <answer>🎉</answer>"],
+    ["cafe\u0301 n\u0303o", " <answer>ok</answer>"],
+]
+
+
+@pytest.mark.parametrize("which", ["byte-level BPE", "SentencePiece byte fallback"])
+def test_non_ascii_rows_read_as_whole_characters_in_the_terminal_and_the_page(
+    tokenizer, byte_fallback_tokenizer, config, which
+):
+    """Each row's prompt and answer read back whole, with no `�`, in the token texts, the terminal and the page;
+    tokens holding only the rest of a character are marked `⋯` on the page, the character in their tooltip."""
+    tok = tokenizer if which == "byte-level BPE" else byte_fallback_tokenizer
+    rows = inspect_rows(WORLD, tok, config(), rows=len(WORLD))
+    plain, page = render_terminal(rows, color=False), render_html(rows)
+    for (prompt, completion), row in zip(WORLD, rows, strict=True):
+        found = reasons(row)
+        assert found["prompt"].strip() == prompt and found["trained"] == f"{completion}{tok.eos_token}"
+        assert f"[prompt]{found['prompt']}[/prompt][TRAIN]{completion}{tok.eos_token}[/TRAIN]" in plain
+    assert "\ufffd" not in plain and "\ufffd" not in page
+    assert 'class="tok masked r-prompt cont"' in page and "⋯</span>" in page
+    assert "part 2 of 3 of &#x27;温&#x27;" in page
+
+
+def test_a_character_split_between_two_reasons_shows_where_each_part_goes():
+    """A character whose bytes are in a prompt token and a trained token: the prompt span shows it, the trained
+    span starts with `⋯`; a combining mark starting a span sits on `◌`."""
+    row = RowMarks(
+        0,
+        [
+            TokenMark(1, "温", False, "prompt", 1, 2, "温"),
+            TokenMark(2, "", True, "trained", 2, 2, "温"),
+            TokenMark(3, "\u0301!", False, "template"),
+        ],
+    )
+    assert render_terminal([row], color=False).splitlines()[1] == (
+        "[prompt]温[/prompt][TRAIN]⋯[/TRAIN][template]◌\u0301![/template]"
+    )
+
+
+def test_non_ascii_rows_render_in_a_browser_as_whole_characters(tokenizer, config, tmp_path, chromium):
+    """Headless Chromium reads the page of the rows above: its text holds every prompt and answer (token boxes
+    joined, a lone joiner token shown as `\\u200d`, a lone accent on `◌`), no `�`; a screenshot is written beside
+    it for a person to look at."""
+    rows = inspect_rows(WORLD, tokenizer, config(), rows=len(WORLD))
+    page = tmp_path / "world.html"
+    page.write_text(render_html(rows, title="Ünïcödé, 温度, مرحبا, שלום, 🇫🇷"))
+    dom = chromium(page, "--dump-dom")
+    text = re.sub(r"<[^>]+>", "", dom).replace("&nbsp;", " ").replace("\u00a0", " ").replace("\u200b", "")
+    text = (
+        text.replace("⋯", "")
+        .replace("◌", "")
+        .replace("\\u200d", "\u200d")
+        .replace("&amp;", "&")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+    )
+    for prompt, completion in WORLD:
+        assert prompt in text and completion in text
+    assert "\ufffd" not in dom
+    chromium(page, f"--screenshot={tmp_path / 'world.png'}", "--window-size=1000,700")
+    assert (tmp_path / "world.png").stat().st_size > 0

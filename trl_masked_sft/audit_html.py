@@ -98,7 +98,7 @@ def _numbers_table(report, shown: set[int]) -> str:
         ("rows with a truncated completion", report.rows_completion_truncated),
         ("rows whose stop token is not trained", report.rows_stop_token_not_supervised),
         ("rows whose completion is cut before its stop token", report.rows_stop_token_truncated),
-        ("supervised tokens per row, min / median / max", spread),
+        (f"supervised tokens per row (all {report.rows} rows, as the histogram), min / median / max", spread),
         ("supervised share of all tokens", share),
         ("rows dropped", report.rows_dropped),
         ("masked_row_policy", report.policy),
@@ -170,7 +170,7 @@ def render_audit_html(report, supervised_counts: Sequence[int], worst_rows: Sequ
     body = [
         verdict,
         _numbers_table(report, shown),
-        "<h2>Supervised tokens per row</h2>",
+        f"<h2>Supervised tokens per row (all {report.rows} rows; rows with none in the red bar)</h2>",
         _histogram_svg(counts),
     ]
     if worst_rows:

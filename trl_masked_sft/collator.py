@@ -19,6 +19,7 @@ from .masking import (
     spans_to_labels,
     supervises_only_stop_tokens,
 )
+from .text import clip_end, whole_text
 
 __all__ = ["DataCollatorForCompletionOnlyLM"]
 
@@ -254,7 +255,7 @@ class DataCollatorForCompletionOnlyLM:
         if spans is None:
             message = (
                 f"Row {row} of the batch does not contain `response_template` {self.response_template!r}, so "
-                f"none of its tokens can be trained. Row text (end): {self.tokenizer.decode(ids)[-160:]!r}. Fix: "
+                f"none of its tokens can be trained. Row text (end): {clip_end(whole_text(self.tokenizer, ids), 160)!r}. Fix: "
                 "make the template match the data exactly (spaces and newlines count), pass its token ids, raise "
                 "`max_length` if truncation cut it, or remove such rows. `MaskedSFTTrainer` finds these rows before "
                 "training and applies `masked_row_policy`."
@@ -268,7 +269,7 @@ class DataCollatorForCompletionOnlyLM:
             trained = self.tokenizer.decode([label for label in labels[1:] if label != self.ignore_index])
             warnings.warn(
                 f"Row {row} of the batch: after `response_template` {self.response_template!r} only {trained!r} is "
-                f"trained, nothing of an answer. Row text (end): {self.tokenizer.decode(ids)[-160:]!r}. Either the "
+                f"trained, nothing of an answer. Row text (end): {clip_end(whole_text(self.tokenizer, ids), 160)!r}. Either the "
                 "answer is empty or the template matched in the wrong place. Fix: check the template against a "
                 "decoded row (or pass its token ids) and remove rows with an empty answer.",
                 MaskedSFTWarning,

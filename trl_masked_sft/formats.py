@@ -19,6 +19,7 @@ from .hf_compat import column_names, first_row, in_memory_kwargs
 from .logs import get_logger
 from .masking import IGNORE_INDEX
 from .report import REASON
+from .text import whole_text
 from .values import (
     build_rows,
     check_list_rows,
@@ -368,7 +369,7 @@ def tokenize_text_rows(
             start = common_prefix_length(prompt, full)
             if start < len(prompt) and not said:
                 said.append(True)
-                _prefix_warning(tokenizer.decode(prompt[start:]))
+                _prefix_warning(whole_text(tokenizer, prompt[start:]))
             labels.append([IGNORE_INDEX] * start + full[start:] if options.completion_only else list(full))
         return {"completion": completions, "input_ids": full_ids, "labels": labels}
 

@@ -4,13 +4,15 @@ Rows are prepared exactly as `MaskedSFTTrainer` prepares them (same code path), 
 `trained`, `prompt`, `system turn`, `user turn`, `tool turn`, `template`, `earlier assistant turn`,
 `end of turn (not trained)`, `masked in labels`, `padding`, `truncated`, `response template not found`,
 `chat turns not located`, `empty completion`, `first token`.
+
+Token text is each token's share of whole characters (`trl_masked_sft.text`): a character split over several tokens
+is shown on the first, the others drawn `⋯`, so no token reads `�` and no token boundary is hidden.
 """
 
 from __future__ import annotations
 
 import html
 import sys
-import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,6 +23,7 @@ from .chat import TRAINED, chat_labels
 from .conversations import conversation_of
 from .hints import Collator, Config, Rows, Tokenizer
 from .masking import IGNORE_INDEX, truncate_row
+from .text import CONTINUATION, shown_alone, token_texts, visible
 
 __all__ = [
     "RowMarks",
@@ -36,16 +39,8 @@ __all__ = [
 PROMPT, PADDING, TRUNCATED, USER_LABELS, FIRST = "prompt", "padding", "truncated", "masked in labels", "first token"
 _ROW_REASONS = ("response template not found", "chat turns not located", "empty completion")
 
-# Terminal colours (ANSI) and HTML colours per reason; anything else is shown as a generic masked token.
-_ANSI = {
-    TRAINED: "\033[1;30;42m",
-    PROMPT: "\033[37;100m",
-    "user turn": "\033[30;46m",
-    "system turn": "\033[30;45m",
-    "tool turn": "\033[30;43m",
-    PADDING: "\033[2m",
-    TRUNCATED: "\033[9;31m",
-}
+# One background colour per reason, for the page and the terminal alike (the terminal takes the nearest of its 256
+# colours); any other reason is a generic masked token.
 _HTML = {
     TRAINED: "#b7f0b1",
     PROMPT: "#e2e2e2",
@@ -58,6 +53,25 @@ _HTML = {
     USER_LABELS: "#ffd8a8",
 }
 _MASKED_HTML = "#f6d2d2"
+_CUBE = (0, 95, 135, 175, 215, 255)
+
+
+def _xterm_index(colour: str) -> int:
+    """The xterm 256-colour index nearest to `#rrggbb` (the 6×6×6 cube or the 24 greys)."""
+    rgb = [int(colour[k : k + 2], 16) for k in (1, 3, 5)]
+    cube = [min(range(6), key=lambda i, v=v: abs(_CUBE[i] - v)) for v in rgb]
+    choices = {16 + 36 * cube[0] + 6 * cube[1] + cube[2]: [_CUBE[i] for i in cube]}
+    grey = min(23, max(0, round((sum(rgb) / 3 - 8) / 10)))
+    choices[232 + grey] = [8 + 10 * grey] * 3
+    return min(choices, key=lambda k: sum((a - b) ** 2 for a, b in zip(choices[k], rgb, strict=True)))
+
+
+def _ansi(reason: str) -> str:
+    """The terminal style of a reason: black on the page's colour for it; trained bold, truncated struck through."""
+    extra = {TRAINED: "1;", TRUNCATED: "9;"}.get(reason, "")
+    return f"\033[{extra}30;48;5;{_xterm_index(_HTML.get(reason, _MASKED_HTML))}m"
+
+
 # CSS class per reason: a fixed set, so nothing from the data (a role name) ever reaches a `class` attribute.
 _REASON_CLASSES = {
     TRAINED: "trained",
@@ -81,10 +95,25 @@ _CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
 @dataclass
 class TokenMark:
+    """One token: its share of the text (`text`), whether it is trained, and why not.
+
+    Where a character's bytes are spread over several tokens (`温` over three with a byte-level BPE), the character
+    is the `text` of the token holding its first byte and the others have `text == ""`; `part` of `parts` is the
+    token's place in that run and `group` the run's whole text (see `trl_masked_sft.text`).
+    """
+
     token_id: int
     text: str
     trained: bool
     reason: str
+    part: int = 1
+    parts: int = 1
+    group: str = ""
+
+    @property
+    def continues(self) -> bool:
+        """True for a token holding only the rest of a character, drawn as `⋯` where tokens are shown one by one."""
+        return self.parts > 1 and not self.text
 
 
 @dataclass
@@ -163,8 +192,8 @@ def inspect_rows(
             chat = chat if chat.input_ids == list(ids) else None
         first = next((p for p in range(len(labels)) if labels[p] != IGNORE_INDEX), len(labels))
         marks = RowMarks(index=start + i, problem=problem)
-        for pos, (token, label) in enumerate(zip(ids, labels, strict=True)):
-            text = tokenizer.decode([token]) if token not in special else tokenizer.convert_ids_to_tokens(token)
+        texts = token_texts(tokenizer, ids, special)
+        for pos, (token, label, text) in enumerate(zip(ids, labels, texts, strict=True)):
             if pos not in kept:
                 reason = TRUNCATED
             elif row_reason:
@@ -177,7 +206,9 @@ def inspect_rows(
                 reason = PROMPT
             else:
                 reason = "user turn" if options.instruction_template else USER_LABELS
-            marks.tokens.append(TokenMark(token, text, reason == TRAINED, reason))
+            marks.tokens.append(
+                TokenMark(token, text.text, reason == TRAINED, reason, text.part, text.parts, text.group)
+            )
         if marks.trained_count == 0 and not problem:
             cut = len(kept) < len(ids)
             marks.problem = (
@@ -195,13 +226,14 @@ def inspect_rows(
 
 
 def _spans(tokens: Sequence[TokenMark]) -> list[tuple[str, str]]:
-    """Consecutive tokens with the same reason, joined: `[(reason, text), ...]`."""
+    """Consecutive tokens with the same reason, joined: `[(reason, text), ...]`. A span that starts inside a
+    character (its first token holds only the rest of it) starts with `⋯`; a combining mark starting it, on `◌`."""
     spans: list[tuple[str, str]] = []
     for token in tokens:
         if spans and spans[-1][0] == token.reason:
-            spans[-1] = (token.reason, spans[-1][1] + token.text)
+            spans[-1] = (token.reason, spans[-1][1] + visible(token.text))
         else:
-            spans.append((token.reason, token.text))
+            spans.append((token.reason, CONTINUATION if token.continues else shown_alone(token.text)))
     return spans
 
 
@@ -217,35 +249,33 @@ def _collapse(tokens: Sequence[TokenMark]) -> list[TokenMark]:
     return out
 
 
-def _visible(text: str) -> str:
-    """Control characters shown as `\\x1b`-style escapes, so token text can't drive the terminal (newlines kept)."""
-    return "".join(ch if ch in "\n\t" or unicodedata.category(ch) != "Cc" else repr(ch)[1:-1] for ch in text)
-
-
 def render_terminal(rows: Sequence[RowMarks], *, color: bool | None = None) -> str:
     """Rows as text: coloured by reason on a terminal, with plain `[reason]...[/reason]` markers otherwise.
 
-    Control characters from the data (e.g. an escape sequence inside a token) are printed as escapes, not sent.
+    The colours are the HTML page's (the terminal's nearest of 256), with a legend of the reasons shown.
+    Characters split over tokens of one reason read whole; a span that starts inside a character shows `⋯`.
+    Control characters and bidi overrides from the data (e.g. an escape sequence inside a token) are printed as
+    escapes, not sent.
     """
     if color is None:
         color = sys.stdout.isatty()
     lines = []
     for row in rows:
         header = f"row {row.index}: {row.trained_count} of {len(row.tokens)} tokens trained"
-        lines.append(_visible(header + (f" — {row.problem}" if row.problem else "")))
+        lines.append(visible(header + (f" — {row.problem}" if row.problem else "")))
         pieces = []
         for reason, text in _spans(_collapse(row.tokens)):
-            shown = _visible(text).replace("\n", "↵\n")
+            shown = text.replace("\n", "↵\n")
             if color:
-                pieces.append(f"{_ANSI.get(reason, chr(27) + '[30;41m')}{shown}\033[0m")
+                pieces.append(f"{_ansi(reason)}{shown}\033[0m")
             else:
-                tag = "TRAIN" if reason == TRAINED else _visible(reason)
+                tag = "TRAIN" if reason == TRAINED else visible(reason)
                 pieces.append(f"[{tag}]{shown}[/{tag}]")
         lines.append("".join(pieces))
         lines.append("")
     if color:
-        legend = " ".join(f"{code}{name}\033[0m" for name, code in _ANSI.items())
-        lines.append(f"legend: {legend} \033[30;41mother masked\033[0m")
+        seen = sorted({t.reason for row in rows for t in row.tokens})
+        lines.append("legend: " + " ".join(f"{_ansi(reason)}{visible(reason)}\033[0m" for reason in seen))
     return "\n".join(lines)
 
 
@@ -281,11 +311,14 @@ def render_row_html(row: RowMarks, *, anchor: str | None = None) -> str:
         f'{problem}</h2><div class="row">'
     ]
     for token in _collapse(row.tokens):
-        text = _esc(token.text).replace("\n", "↵<br>").replace(" ", "&nbsp;")
+        shown = CONTINUATION if token.continues else shown_alone(token.text)
+        text = _esc(shown).replace("\n", "↵<br>").replace(" ", "&nbsp;")
         style = f"background:{_HTML.get(token.reason, _MASKED_HTML)}"
         cls = "tok trained" if token.trained else f"tok masked {_reason_class(token.reason)}"
+        cls += " cont" if token.continues else ""
+        split = f"; part {token.part} of {token.parts} of {visible(token.group)!r}" if token.parts > 1 else ""
         parts.append(
-            f'<span class="{cls}" style="{style}" title="{_esc(token.reason)} (id {_esc(token.token_id)})">'
+            f'<span class="{cls}" style="{style}" title="{_esc(token.reason)} (id {_esc(token.token_id)}{_esc(split)})">'
             f"{text}</span>&#8203;"  # a zero-width space lets long rows wrap between tokens
         )
     parts.append("</div></section>")
@@ -306,6 +339,7 @@ h1 {{ font-size: 20px; }} h2 {{ font-size: 15px; margin: 18px 0 6px; }}
 .tok {{ border: 1px solid #ccc; border-radius: 3px; padding: 1px 1px; margin: 0 1px; }}
 .trained {{ border-color: #2e8b2e; font-weight: bold; }}
 .r-truncated {{ text-decoration: line-through; }}
+.cont {{ color: #888; }}
 .problem {{ color: #b00020; font-weight: normal; }}
 .legend {{ margin-bottom: 12px; }}
 {extra_css}</style></head><body>

@@ -57,6 +57,7 @@ from .report import (
     build_report,
 )
 from .streaming import check_stream
+from .text import clip_end, whole_text
 from .validation import RowAudit
 from .values import check_messages, check_token_row, parse_tools
 
@@ -333,7 +334,7 @@ class PreparationPipeline:
         for index in list(verdict.unsupervised)[:5]:
             labels, ids = dataset[index]["labels"], dataset[index]["input_ids"]
             first = next((i for i, lab in enumerate(labels) if lab != IGNORE_INDEX), len(ids))
-            verdict.prompt_tails[index] = self.tokenizer.decode(ids[:first])[-60:]
+            verdict.prompt_tails[index] = clip_end(whole_text(self.tokenizer, ids[:first]), 60)
         prepared = PreparedDataset(dataset, layout, report, verdict, list(audit_columns[COUNT]), stops)
         if not enforce:
             errors, dropped = [], set()

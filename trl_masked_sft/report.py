@@ -95,6 +95,7 @@ class AuditReport:
     rows_fully_masked: int
     rows_completion_truncated: int
     rows_stop_token_not_supervised: int
+    #: supervised tokens per row over all `rows` rows, those with none counted as 0 (as the audit page's histogram)
     supervised_tokens_min: int
     supervised_tokens_median: float
     supervised_tokens_max: int
@@ -117,7 +118,7 @@ class AuditReport:
             f"Pre-flight audit of the {self.dataset_name} dataset: {self.rows} rows, {self.rows_fully_masked} with no "
             f"supervised token, {self.rows_completion_truncated} with a truncated completion, "
             f"{self.rows_stop_token_not_supervised} whose stop token is not trained ({self.rows_stop_token_truncated} "
-            f"cut by max_length); supervised tokens per row "
+            f"cut by max_length); supervised tokens per row (all {self.rows} rows, {self.rows_fully_masked} with none) "
             f"min/median/max {self.supervised_tokens_min}/{self.supervised_tokens_median:g}/"
             f"{self.supervised_tokens_max}, {self.supervised_token_share:.1%} of all tokens."
         )
@@ -160,7 +161,7 @@ def build_report(
         preset_reasons=reasons,
     )
     lengths = dataset[LENGTH]
-    kept = [c for i, c in enumerate(counts) if i not in verdict.unsupervised] or [0]
+    every = list(counts) or [0]  # every row, fully masked ones as 0: the rows the audit page's histogram shows
     report = AuditReport(
         dataset_name=dataset_name,
         rows=len(counts),
@@ -170,9 +171,9 @@ def build_report(
         rows_stop_token_not_supervised=sum(
             1 for i, ok in enumerate(dataset[STOP_OK]) if not ok and i not in verdict.unsupervised
         ),
-        supervised_tokens_min=min(kept),
-        supervised_tokens_median=statistics.median(kept),
-        supervised_tokens_max=max(kept),
+        supervised_tokens_min=min(every),
+        supervised_tokens_median=statistics.median(every),
+        supervised_tokens_max=max(every),
         supervised_token_share=sum(counts) / max(1, sum(lengths)),
         unsupervised_rows=dict(list(verdict.unsupervised.items())[:50]),
         policy=policy,

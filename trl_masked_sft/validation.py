@@ -18,6 +18,7 @@ from .errors import (
 from .hf_compat import active_peft_config
 from .logs import warn
 from .masking import IGNORE_INDEX, count_supervised
+from .text import clip_end, whole_text
 
 __all__ = [
     "RowAudit",
@@ -100,7 +101,7 @@ def validate_batch(
         shown = []
         for i in range(min(rows, 3)):
             row = ids[i][mask[i].bool().cpu()] if mask is not None else ids[i]
-            shown.append(f"  row {i}: ...{tokenizer.decode(row.tolist())[-80:]!r}")
+            shown.append(f"  row {i}: ...{clip_end(whole_text(tokenizer, row.tolist()), 80, mark='')!r}")
         detail = "\nFirst rows (end of text):\n" + "\n".join(shown)
     raise AllMaskedBatchError(
         f"The {where} has no supervised token: all labels of its {rows} rows (rows 0-{rows - 1}) are "
