@@ -190,3 +190,26 @@ HEAD_CASES = [
     HeadCase(32, "homework", 32, 1),
 ]
 HEAD_FAST_CASES = [HeadCase(1, "chat", 4, 1)]  # CI smoke run, in one process (see `run_head`)
+
+
+# ---------------------------------------------------------------------------------------------------- the real model
+
+
+@dataclass(frozen=True)
+class RealCase:
+    """The real-model case (`--real`): rows per optimizer step, timed steps (after one warm-up step), repeats."""
+
+    batch: int
+    steps: int
+    repeats: int
+
+    @property
+    def rows(self) -> int:
+        """Rows trained in one run: one epoch of exactly the warm-up and the timed steps."""
+        return self.batch * (self.steps + 1)
+
+
+#: 32 homework rows a step (the homework's batch, `MaskedSFTConfig`'s default), four timed steps, two repeats.
+REAL_CASE = RealCase(batch=32, steps=4, repeats=2)
+#: The smoke run (`--real --fast`): four rows a step, one timed step, in one process.
+REAL_FAST_CASE = RealCase(batch=4, steps=1, repeats=1)

@@ -11,6 +11,7 @@ Imported by `run.py`, which puts this checkout's package and `examples/` first o
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -217,3 +218,57 @@ def head_trainer(key: str, model, data, tokenizer, settings: dict[str, Any]):
         return SFTTrainer(model, args=SFTConfig(**settings), train_dataset=data, processing_class=tokenizer)
     args = MaskedSFTConfig(score_supervised_only=key == "masked", **settings)
     return MaskedSFTTrainer(model, args=args, train_dataset=data, processing_class=tokenizer)
+
+
+# ---------------------------------------------------------------------------------------------------- the real model
+
+
+REAL_CONTENDERS = {
+    "masked": "MaskedSFTTrainer, MaskedSFTConfig defaults",
+    "trl_bf16": "trl.SFTTrainer, bf16 autocast (`bf16=True, use_cpu=True`), activation checkpointing off",
+    "trl_fp32": "trl.SFTTrainer, float32, activation checkpointing off",
+    "trl_defaults": "trl.SFTTrainer, SFTConfig defaults with `use_cpu=True` (reference)",
+}
+#: `trl.SFTTrainer`'s candidates for its best settings on this CPU; the report picks the faster one that trains as
+#: float32 does (`report.real_summary`).
+REAL_TRL_CANDIDATES = ("trl_bf16", "trl_fp32")
+#: The float32 reference whose loss curve the others are compared with.
+REAL_REFERENCE = "trl_fp32"
+REAL_FAST_CONTENDERS = ("masked", "trl_bf16", "trl_fp32")
+
+
+def real_model(base):
+    """A copy of the real `base` model with the homework's LoRA adapter (seeded: the same for every contender)."""
+    model = copy.deepcopy(base)
+    torch.manual_seed(SEED)
+    model = get_peft_model(model, homework_lora_config())
+    model.enable_input_require_grads()  # as the homework does, for activation checkpointing with a frozen base
+    return model
+
+
+def real_trainer(key: str, model, data, tokenizer, output_dir: str, batch: int, max_steps: int):
+    """The real-model contender `key` (a `REAL_CONTENDERS` key) on `data`.
+
+    Every contender sets only what runs the benchmark (output, logging every step, no saving, `max_steps`, seed) and
+    the rows per step; `MaskedSFTTrainer` keeps every other `MaskedSFTConfig` default (its precision and activation
+    checkpointing are read back from `trainer.args` by the report). `trl_bf16` and `trl_fp32` are TRL with the
+    homework's learning rate and `max_length` and checkpointing off; `trl_defaults` keeps SFTConfig's defaults.
+    """
+    run = {
+        "output_dir": output_dir,
+        "report_to": "none",
+        "save_strategy": "no",
+        "logging_steps": 1,
+        "disable_tqdm": True,
+        "max_steps": max_steps,
+        "seed": SEED,
+    }
+    if key == "masked":
+        default_batch = MaskedSFTConfig.__dataclass_fields__["per_device_train_batch_size"].default
+        if batch != default_batch:  # the smoke run's smaller steps; the full case uses the default, 32
+            run["per_device_train_batch_size"] = batch
+        return MaskedSFTTrainer(model, args=MaskedSFTConfig(**run), train_dataset=data, processing_class=tokenizer)
+    run |= {"per_device_train_batch_size": batch, "use_cpu": True}
+    if key != "trl_defaults":
+        run |= {"learning_rate": 2e-4, "max_length": 128, "bf16": key == "trl_bf16", "gradient_checkpointing": False}
+    return SFTTrainer(model, args=SFTConfig(**run), train_dataset=data, processing_class=tokenizer)

