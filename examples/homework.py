@@ -399,6 +399,12 @@ def run_homework(
         peft_config=homework_lora_config(r=lora_r, lora_alpha=4 * lora_r),
     )
 
+    precision = "bfloat16 autocast" if trainer.args.bf16 else "float32"
+    if not demo:
+        log(
+            f"Training: {precision}, activation checkpointing {'on' if trainer.args.activation_checkpointing else 'off'}"
+            f", {torch.get_num_threads()} threads, learning rate {learning_rate:g}."
+        )
     # The demo model's matrices are too small for intra-op parallelism: one thread is faster, several times faster
     # on a busy machine. A real model keeps torch's setting.
     with _torch_threads(1 if demo else None):
@@ -435,7 +441,7 @@ def run_homework(
         "demo_model": demo,
         "parameters": n_params,
         "prompt_format": prompt_format,
-        "precision": "bf16" if trainer.args.bf16 else "fp32",
+        "precision": precision,
         "activation_checkpointing": bool(trainer.args.activation_checkpointing),
         "data": data_source,
         "num_train": len(train_rows),

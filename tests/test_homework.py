@@ -409,8 +409,9 @@ def test_the_demo_model_learns_the_answer_format(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_the_example_script_runs_on_the_real_homework_files(tmp_path, monkeypatch):
-    """`examples/train_homework.py --data-dir` in a subprocess, a few steps (skipped without the data)."""
+def test_the_example_script_runs_on_the_real_homework_files(tmp_path, monkeypatch, smollm2_dir):
+    """`examples/train_homework.py --data-dir` in a subprocess: the default model (the real SmolLM2-135M), a few
+    steps (skipped without the data)."""
     if not (HOMEWORK_DATA / "train.json").is_file():
         pytest.skip(f"the homework's data files are not at {HOMEWORK_DATA}")
     monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
@@ -430,10 +431,12 @@ def test_the_example_script_runs_on_the_real_homework_files(tmp_path, monkeypatc
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "OFFLINE DEMO model" in result.stdout
+    assert "Model: smollm2-135m (134.5M parameters); prompt format: plain" in result.stdout
     metrics = json.loads((output_dir / "metrics.json").read_text())
     _check_outputs(output_dir, metrics)
     assert metrics["data"] == str(HOMEWORK_DATA.resolve()) and metrics["num_train"] == 1000
+    assert metrics["demo_model"] is False and metrics["parameters"] == 134_515_008 and metrics["steps"] == 3
+    assert metrics["train_tokens"] > 0 and metrics["train_tokens_per_second"] > 0
 
 
 def test_written_generated_data_reads_back_as_the_homework_files(tmp_path):

