@@ -161,16 +161,28 @@ def test_the_bf16_loss_curve_follows_float32_within_one_and_a_half_percent(train
 
 
 def test_generation_and_scoring_on_the_real_model(trained_runs, smollm2_tokenizer):
-    """The trained adapter answers in `<answer>…</answer>` where the base model does not; scoring reads the replies."""
+    """Batched greedy generation (left-padded, plain and chat) gives each question the reply it gets alone, and the
+    score is the homework's rule applied to those replies."""
     runs, rows = trained_runs
     model = runs["default"][0].model
-    questions, targets = [q for q, _ in rows[:4]], [a for _, a in rows[:4]]
+    questions, targets = [q for q, _ in rows[:3]], [a for _, a in rows[:3]]
     with _all_cores():
-        trained = batched_generate(model, smollm2_tokenizer, questions, max_new_tokens=16)
-        with model.disable_adapter():
-            base = batched_generate(model, smollm2_tokenizer, questions, max_new_tokens=16)
-    trained_score = score([parse_answer(r) for r in trained], targets)
-    base_score = score([parse_answer(r) for r in base], targets)
-    assert all(isinstance(r, str) for r in trained + base)
-    assert trained_score["answer_rate"] == sum("<answer>" in r and "</answer>" in r for r in trained) / 4
-    assert trained_score["answer_rate"] > base_score["answer_rate"], (trained, base)
+        for prompt_format in ("plain", "chat"):
+            batched = batched_generate(
+                model, smollm2_tokenizer, questions, max_new_tokens=12, prompt_format=prompt_format
+            )
+            alone = [
+                batched_generate(model, smollm2_tokenizer, [q], max_new_tokens=12, prompt_format=prompt_format)[0]
+                for q in questions
+            ]
+            assert batched == alone, prompt_format
+            assert all(isinstance(r, str) for r in batched)
+            predictions = [parse_answer(r) for r in batched]
+            expected = sum(
+                p == p and abs(round(p, 3) - round(t, 3)) < 0.05 * abs(round(t, 3))
+                for p, t in zip(predictions, targets, strict=True)
+            )
+            assert score(predictions, targets) == {
+                "accuracy": expected / 3,
+                "answer_rate": sum(p == p for p in predictions) / 3,
+            }
