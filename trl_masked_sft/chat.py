@@ -33,6 +33,7 @@ from .end_of_turn import (
     trailing_start,
     turn_end,
 )
+from .hints import Tokenizer
 from .masking import IGNORE_INDEX
 
 __all__ = ["METHODS", "ChatMask", "chat_labels", "special_token_ids"]
@@ -87,7 +88,7 @@ class _Located:
 
 
 def chat_labels(
-    tokenizer,
+    tokenizer: Tokenizer,
     messages: Sequence[dict],
     *,
     assistant_turns: str = "all",
