@@ -141,3 +141,23 @@ def test_row_ends_in_collator_and_batch_messages_read_whole_characters(tokenizer
     batch = {"input_ids": torch.tensor([ids]), "labels": torch.full((1, len(ids)), -100)}
     with pytest.raises(AllMaskedBatchError, match="row 0: ...'温度是多'"):
         validate_batch(batch, tokenizer=tokenizer)
+
+
+def test_whole_text_reads_a_special_token_beside_a_cut_character(tokenizer):
+    """A special token (read as its string, not bytes) among the last tokens: the cut character at the end is still
+    dropped, the special token kept (TRL's tool-call rows crashed here with a bytes/str TypeError)."""
+    ids = tokenizer.encode("hello " + tokenizer.eos_token + " world")
+    assert whole_text(tokenizer, ids) == tokenizer.decode(ids)
+    cut = tokenizer.encode(tokenizer.eos_token + " 温")[:-1]  # the eos, then the first bytes of 温 only
+    text = whole_text(tokenizer, cut)
+    assert text.startswith(tokenizer.eos_token) and "\ufffd" not in text
+
+
+def test_a_fully_masked_row_with_a_special_token_in_its_prompt_is_reported_not_crashed(tokenizer, tmp_path):
+    """The audit reads the prompt's end of the first unsupervised rows; a special token there is no crash."""
+    from trl_masked_sft import MaskedSFTConfig
+    from trl_masked_sft.audit import audit_dataset
+
+    rows = [{"prompt": "tool " + tokenizer.eos_token + " 温" * 40, "completion": " done"}] * 2
+    report = audit_dataset(rows, tokenizer, MaskedSFTConfig(output_dir=str(tmp_path), max_length=8))
+    assert report.rows == 2 and report.rows_fully_masked == 2 and report.policy_error is not None

@@ -200,7 +200,9 @@ def whole_text(tokenizer, ids: Sequence[int]) -> str:
     while head < len(front) and isinstance(front[head], bytes) and front[head][:1] in _CONTINUATION_SINGLES:
         head += 1
     tail = 0  # trailing tokens of a character the run does not finish
-    while tail < len(back) and isinstance(back[-tail - 1], bytes) and _partial_end(b"".join(back[: len(back) - tail])):
+    while (
+        tail < len(back) and isinstance(back[-tail - 1], bytes) and _partial_end(_byte_run(back[: len(back) - tail]))
+    ):
         tail += 1
     if not head and not tail:
         return tokenizer.decode(ids)
@@ -208,6 +210,17 @@ def whole_text(tokenizer, ids: Sequence[int]) -> str:
         return _whole(b"".join(p for p in token_pieces(tokenizer, ids, special) if isinstance(p, bytes)))
     start, end = _whole(b"".join(front[:head])), _whole(b"".join(back[len(back) - tail :]))
     return start + tokenizer.decode(ids[head : len(ids) - tail]) + end
+
+
+def _byte_run(pieces: Sequence[bytes | str]) -> bytes:
+    """The bytes of the trailing run of byte pieces: a piece read as text (a special token) ends every character
+    before it, so only the pieces after it can hold the start of an unfinished one."""
+    run: list[bytes] = []
+    for piece in reversed(pieces):
+        if not isinstance(piece, bytes):
+            break
+        run.append(piece)
+    return b"".join(reversed(run))
 
 
 def _starts_character(text: str, i: int) -> bool:
