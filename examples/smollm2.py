@@ -105,7 +105,8 @@ def _convert(gguf: Path, destination: Path, log) -> None:
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # transformers 5.24 marks a model loaded from GGUF as quantized: `save_pretrained` refuses it while
     # `hf_quantizer` is set, and the saved config keeps a `quantization_config` that makes `Trainer` refuse to train
-    # it. The weights are already dequantized float32, so both markers are dropped.
+    # it. The weights are already dequantized float32, so both markers are dropped (the config without its
+    # `quantization_config` saves a config.json without it).
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
@@ -114,10 +115,6 @@ def _convert(gguf: Path, destination: Path, log) -> None:
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        config_path = staging / "config.json"
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-        config.pop("quantization_config", None)
-        config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
         (staging / _MARKER).write_text(json.dumps(_source_stamp(gguf), indent=2) + "\n", encoding="utf-8")
         if destination.exists():
             shutil.rmtree(destination)

@@ -104,10 +104,8 @@ def keep_adapter_sums_in_float32(model) -> int:
     in float32 the sum is float32 (the adapter's own product stays bfloat16, its precision relative to itself). A
     no-op outside autocast. Returns how many layers were hooked; installed once per layer.
     """
-    try:
-        from peft.tuners.lora import LoraLayer
-    except ImportError:  # pragma: no cover - peft is a dependency
-        return 0
+    from peft.tuners.lora import LoraLayer  # here, not at import: the CLI's `--help` loads no PEFT
+
     hooked = 0
     for module in model.modules():
         base = getattr(module, "base_layer", None)
