@@ -85,6 +85,11 @@ DEMO_LEARNING_RATE = 1e-2
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
+def _check_prompt_format(prompt_format: str) -> None:
+    if prompt_format not in PROMPT_FORMATS:
+        raise ValueError(f"`prompt_format` must be one of {PROMPT_FORMATS}, got {prompt_format!r}.")
+
+
 def to_prompt_completion(rows: Sequence[Sequence[Any]], prompt_format: str = "plain") -> Dataset:
     """A prompt/completion `Dataset` of homework rows: prompt = the question, completion = `" <answer>…</answer>"`.
 
@@ -94,8 +99,7 @@ def to_prompt_completion(rows: Sequence[Sequence[Any]], prompt_format: str = "pl
     `<answer>…</answer>` as the assistant's, rendered by the tokenizer's chat template (its default system prompt
     included); the assistant's reply and its end-of-turn token are trained.
     """
-    if prompt_format not in PROMPT_FORMATS:
-        raise ValueError(f"`prompt_format` must be one of {PROMPT_FORMATS}, got {prompt_format!r}.")
+    _check_prompt_format(prompt_format)
     for i, row in enumerate(rows):
         if len(row) != 2 or not isinstance(row[0], str) or isinstance(row[1], (str, bool)):
             raise DatasetFormatError(f"Row {i} is {str(row)[:80]!r}; expected [question: str, answer: number].")
@@ -356,8 +360,7 @@ def run_homework(
     eval_rows = valid_rows[:num_eval]
     log(f"Data: {data_source}: {len(train_rows)} train rows; scoring the first {len(eval_rows)} valid questions.")
 
-    if prompt_format not in PROMPT_FORMATS:
-        raise ValueError(f"`prompt_format` must be one of {PROMPT_FORMATS}, got {prompt_format!r}.")
+    _check_prompt_format(prompt_format)
     model, tokenizer, demo = load_named_model(model_name_or_path, train_rows, seed=seed, log=log)
     n_params = sum(p.numel() for p in model.parameters())
     if demo:
@@ -388,6 +391,8 @@ def run_homework(
         save_strategy="no",  # the adapter is saved once, at the end
         disable_tqdm=not progress_bar,
         dataloader_pin_memory=torch.cuda.is_available(),
+        # The config's default follows the hardware; the demo model is too small to need checkpointing anywhere.
+        activation_checkpointing=False if demo else None,
         seed=seed,
         data_seed=seed,
     )
