@@ -17,7 +17,6 @@ The data (generator, file loading) is in `homework_data.py`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
@@ -42,6 +41,7 @@ from smollm2 import load_smollm2
 
 from trl_masked_sft import DatasetFormatError, MaskedSFTConfig, MaskedSFTTrainer, homework_lora_config
 from trl_masked_sft.formats import coerce_dataset, format_answer
+from trl_masked_sft.precision import torch_threads
 from trl_masked_sft.tiny import build_tiny_model, build_tiny_tokenizer
 
 __all__ = [
@@ -301,18 +301,6 @@ def _directory_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
 
 
-@contextlib.contextmanager
-def _torch_threads(count: int | None):
-    """Run the block with `count` intra-op threads (unchanged when None), then restore the previous count."""
-    previous = torch.get_num_threads()
-    if count is not None:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def run_homework(
     output_dir: str | Path = "outputs/homework",
     *,
@@ -412,7 +400,7 @@ def run_homework(
         )
     # The demo model's matrices are too small for intra-op parallelism: one thread is faster, several times faster
     # on a busy machine. A real model keeps torch's setting.
-    with _torch_threads(1 if demo else None):
+    with torch_threads(1 if demo else None):
         # LoRA's B matrices start at zero, so the wrapped model answers exactly as the base model does.
         before, samples_before = _evaluate(trainer.model, tokenizer, eval_rows, max_new_tokens, prompt_format)
         log(f"Before training: accuracy {before['accuracy']:.3f}, answer_rate {before['answer_rate']:.3f}")

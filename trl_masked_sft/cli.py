@@ -12,7 +12,6 @@ once; `inspect` and `audit` take only the masking fields of `MaskedSFTConfig` (`
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import difflib
 import sys
@@ -201,26 +200,11 @@ def _tokenizer(name: str | None, splits: dict[str, Any], chat_template_path: str
     return tokenizer
 
 
-@contextlib.contextmanager
-def _torch_threads(count: int | None):
-    """Run the block with `count` intra-op threads (unchanged when None), as the example does for the demo model:
-    a tiny model on many threads spends its steps synchronising them."""
-    import torch
-
-    previous = torch.get_num_threads()
-    if count is not None:
-        torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
-
-
 def _train(argv: list[str]) -> int:
-    import torch
     from trl import ModelConfig, ScriptArguments, get_peft_config
 
     from .config import MaskedSFTConfig
+    from .precision import has_accelerator, torch_threads
     from .trainer import MaskedSFTTrainer
 
     parser = _parser("train", (ScriptArguments, MaskedSFTConfig, ModelConfig))
@@ -245,7 +229,7 @@ def _train(argv: list[str]) -> int:
     else:
         model = model_args.model_name_or_path
         processing_class = load_tokenizer(model, flag="--model_name_or_path")
-    if not torch.accelerator.is_available():
+    if not has_accelerator():
         training_args.dataloader_pin_memory = False  # pinned memory needs an accelerator; torch warns otherwise
     eval_split = splits.get(script_args.dataset_test_split) if training_args.eval_strategy != "no" else None
     trainer = MaskedSFTTrainer(
@@ -256,7 +240,7 @@ def _train(argv: list[str]) -> int:
         processing_class=processing_class,
         peft_config=get_peft_config(model_args),
     )
-    with _torch_threads(1 if demo else None):
+    with torch_threads(1 if demo else None):
         trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     trainer.save_model(training_args.output_dir)
     trainer.accelerator.print(f"Model saved to {training_args.output_dir}.")

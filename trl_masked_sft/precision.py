@@ -15,6 +15,7 @@ with it the loss follows the float32 run within the tolerance stated in the READ
 
 from __future__ import annotations
 
+import contextlib
 import platform
 from functools import lru_cache
 from pathlib import Path
@@ -32,6 +33,7 @@ __all__ = [
     "has_accelerator",
     "keep_adapter_sums_in_float32",
     "resolve_cpu_bf16",
+    "torch_threads",
 ]
 
 #: Below this many parameters a model trains as fast or faster in float32 on a CPU (measured in the README).
@@ -125,3 +127,16 @@ def cpu_bf16_setup(model, args, *, note: str | None = None) -> None:
         logger.info(note)
     if args.bf16 and (args.use_cpu or not has_accelerator()):
         keep_adapter_sums_in_float32(model)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None):
+    """Run the block with `count` intra-op threads (unchanged when None), then restore the previous count: a tiny
+    model on many threads spends its steps synchronising them."""
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
