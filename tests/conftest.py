@@ -136,14 +136,6 @@ def smollm2_tokenizer(smollm2_dir):
     return AutoTokenizer.from_pretrained(str(smollm2_dir))
 
 
-@pytest.fixture
-def smollm2_model(smollm2_dir):
-    """A fresh float32 copy per test (training changes it)."""
-    from transformers import AutoModelForCausalLM
-
-    return AutoModelForCausalLM.from_pretrained(str(smollm2_dir))
-
-
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 
 

@@ -50,8 +50,13 @@ def family_tokenizer(family: str) -> PreTrainedTokenizerFast:
 
 def trained_runs(tokenizer, mask) -> list[str]:
     """The trained pieces of a mask, one string per contiguous run of trained labels."""
+    return trained_spans(tokenizer, mask.input_ids, mask.labels)
+
+
+def trained_spans(tokenizer, input_ids, labels) -> list[str]:
+    """The trained pieces of a row's `input_ids`, one string per contiguous run of `labels` that are not -100."""
     runs, current = [], []
-    for token, label in zip(mask.input_ids, mask.labels, strict=True):
+    for token, label in zip(input_ids, labels, strict=True):
         if label != -100:
             current.append(token)
         elif current:

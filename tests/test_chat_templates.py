@@ -267,22 +267,11 @@ CONVERSATION = [
 ]
 
 
-def _trained(tokenizer, mask) -> list[str]:
-    runs, current = [], []
-    for token, label in zip(mask.input_ids, mask.labels, strict=True):
-        if label != -100:
-            current.append(token)
-        elif current:
-            runs.append(tokenizer.decode(current))
-            current = []
-    return runs + ([tokenizer.decode(current)] if current else [])
-
-
 def test_a_template_that_drops_the_last_end_of_turn_token_gets_it_back(base_tokenizer):
     """The final reply trains the template's own end-of-turn token, appended, like every earlier reply."""
     mask = chat_labels(base_tokenizer, CONVERSATION, chat_template=DROPS_LAST_EOT)
     assert mask.method == OFFSETS
-    assert _trained(base_tokenizer, mask) == ["2000 grams.<|im_end|>", "3000 grams.<|im_end|>"]
+    assert trained_runs(base_tokenizer, mask) == ["2000 grams.<|im_end|>", "3000 grams.<|im_end|>"]
     assert "'<|im_end|>' appended" in mask.note
 
 
@@ -291,7 +280,7 @@ def test_a_template_that_rewrites_earlier_replies_trains_the_reasoning_it_shows(
     mask = chat_labels(base_tokenizer, CONVERSATION, chat_template=DROPS_EARLIER_REASONING)
     assert mask.method == OFFSETS
     final = "<think>\nThree times a thousand.\n</think>\n\n3000 grams.<|im_end|>"
-    assert _trained(base_tokenizer, mask) == ["2000 grams.<|im_end|>", final]
+    assert trained_runs(base_tokenizer, mask) == ["2000 grams.<|im_end|>", final]
     assert "reasoning of message 2" in mask.note
 
 
@@ -299,7 +288,7 @@ def test_a_template_that_raises_on_a_partial_conversation_does_not_crash(base_to
     """The prefix diff would render `[system]` alone and hit the template's exception; one render of it all works."""
     mask = chat_labels(base_tokenizer, CONVERSATION, chat_template=NEEDS_A_USER)
     assert mask.problem is None and mask.method == OFFSETS
-    assert _trained(base_tokenizer, mask) == ["2000 grams.<|im_end|>", "3000 grams.<|im_end|>"]
+    assert trained_runs(base_tokenizer, mask) == ["2000 grams.<|im_end|>", "3000 grams.<|im_end|>"]
     alone = chat_labels(base_tokenizer, CONVERSATION, chat_template=NEEDS_A_USER, methods=(PREFIX_DIFF,))
     assert "No user query found" in alone.problem and set(alone.labels) == {-100}
 
@@ -308,14 +297,14 @@ def test_text_after_the_last_turn_is_not_trained(base_tokenizer):
     """The template's closing text follows the last end-of-turn token and stays masked."""
     mask = chat_labels(base_tokenizer, CONVERSATION, chat_template=SUFFIXED)
     assert mask.method == OFFSETS
-    assert _trained(base_tokenizer, mask) == ["2000 grams.<|eos|>", "3000 grams.<|eos|>"]
+    assert trained_runs(base_tokenizer, mask) == ["2000 grams.<|eos|>", "3000 grams.<|eos|>"]
 
 
 def test_generation_markers_are_authoritative(base_tokenizer):
     """A marked template's blocks are used as they are, header included, with the end-of-turn token after them."""
     mask = chat_labels(base_tokenizer, CONVERSATION, chat_template=MARKED_HEADER_INSIDE)
     assert mask.method == MARKERS and mask.problem is None
-    assert _trained(base_tokenizer, mask) == [
+    assert trained_runs(base_tokenizer, mask) == [
         "<|im_start|>assistant\n2000 grams.<|im_end|>",
         "<|im_start|>assistant\n3000 grams.<|im_end|>",
     ]

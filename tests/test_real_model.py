@@ -7,49 +7,29 @@ skip, saying why (CI installs it and never skips them).
 
 from __future__ import annotations
 
-import contextlib
 import os
 
 import pytest
-import torch
-from homework import batched_generate, parse_answer, score, to_prompt_completion
+from homework import _logged_losses, batched_generate, parse_answer, score, to_prompt_completion
 from homework_data import generate_rows
+from template_families import trained_spans
 
 from trl_masked_sft import MaskedSFTTrainer, chat_labels, homework_lora_config
 from trl_masked_sft.audit import prepare_dataset
 from trl_masked_sft.masking import IGNORE_INDEX
-from trl_masked_sft.precision import cpu_has_native_bf16, has_accelerator
+from trl_masked_sft.precision import cpu_has_native_bf16, has_accelerator, torch_threads
 
 QUESTION = "Can you change 2 hour to its equivalent in min?"
 SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
 
-@contextlib.contextmanager
 def _all_cores():
     """The real model's matrices are large enough for every core (conftest sets one thread for the tiny ones)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
+    return torch_threads(os.cpu_count() or 1)
 
 
 def _trained_text(tokenizer, input_ids, labels) -> str:
     return tokenizer.decode([t for t, label in zip(input_ids, labels, strict=True) if label != IGNORE_INDEX])
-
-
-def _trained_spans(tokenizer, input_ids, labels) -> list[str]:
-    spans, current = [], []
-    for token, label in zip(input_ids, labels, strict=True):
-        if label != IGNORE_INDEX:
-            current.append(token)
-        elif current:
-            spans.append(tokenizer.decode(current))
-            current = []
-    if current:
-        spans.append(tokenizer.decode(current))
-    return spans
 
 
 def test_a_plain_homework_row_trains_the_answer_and_the_stop_token_only(smollm2_tokenizer):
@@ -67,7 +47,7 @@ def test_a_chat_homework_row_trains_the_reply_not_the_default_system_prompt(smol
     row = dataset[0]
     text = smollm2_tokenizer.decode(row["input_ids"])
     assert SYSTEM_PROMPT in text and QUESTION in text
-    assert _trained_spans(smollm2_tokenizer, row["input_ids"], row["labels"]) == ["<answer>120.0</answer><|im_end|>"]
+    assert trained_spans(smollm2_tokenizer, row["input_ids"], row["labels"]) == ["<answer>120.0</answer><|im_end|>"]
 
 
 def test_a_real_multi_turn_conversation_trains_each_reply_and_its_end_of_turn(smollm2_tokenizer):
@@ -81,7 +61,7 @@ def test_a_real_multi_turn_conversation_trains_each_reply_and_its_end_of_turn(sm
     ]
     mask = chat_labels(smollm2_tokenizer, messages)
     assert mask.problem is None
-    spans = _trained_spans(smollm2_tokenizer, mask.input_ids, mask.labels)
+    spans = trained_spans(smollm2_tokenizer, mask.input_ids, mask.labels)
     assert spans == ["<answer>120.0</answer><|im_end|>", "<answer>3000.0</answer> (3 × 1000)<|im_end|>"]
 
 
@@ -128,10 +108,6 @@ def trained_runs(smollm2_dir, smollm2_tokenizer, tmp_path_factory):
     return runs, rows
 
 
-def _train_losses(trainer) -> list[float]:
-    return [entry["loss"] for entry in trainer.state.log_history if "loss" in entry and "train_loss" not in entry]
-
-
 def test_a_few_lora_steps_on_the_real_model_lower_the_loss_on_a_fixed_batch(trained_runs):
     """Four steps at lr 1e-3 lower the eval loss on the 16 rows trained on by more than a third, adapter only."""
     runs, _ = trained_runs
@@ -154,7 +130,10 @@ def test_the_defaults_train_in_bf16_exactly_where_the_cpu_has_it(trained_runs):
 def test_the_bf16_loss_curve_follows_float32_within_one_and_a_half_percent(trained_runs):
     """Step by step, the bf16 run's training loss is within 1.5% of the float32 run's (LoRA sums kept in float32)."""
     runs, _ = trained_runs
-    bf16, fp32 = _train_losses(runs["default"][0]), _train_losses(runs["float32"][0])
+    bf16, fp32 = (
+        _logged_losses(runs["default"][0].state.log_history),
+        _logged_losses(runs["float32"][0].state.log_history),
+    )
     assert len(bf16) == len(fp32) == 4
     for step, (a, b) in enumerate(zip(bf16, fp32, strict=True), start=1):
         assert abs(a - b) <= 0.015 * b, f"step {step}: bf16 {a:.4f} vs float32 {b:.4f}"
