@@ -17,14 +17,16 @@ Nothing is folded when every context value is empty. Other layouts with context 
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 from datasets import Dataset
 
 from .config import MaskingOptions
-from .errors import DatasetFormatError, MaskedSFTWarning
+from .errors import DatasetFormatError
 from .hf_compat import column_names, first_row
+from .logs import get_logger, warn
+
+logger = get_logger(__name__)
 
 __all__ = ["ALPACA_PROMPT_INPUT", "ALPACA_PROMPT_NO_INPUT", "CONTEXT_COLUMNS", "fold_context", "warn_unused_context"]
 
@@ -47,12 +49,6 @@ def _has_values(dataset, column: str) -> bool:
     if isinstance(dataset, Dataset):
         return any(value for value in dataset[column])
     return bool((first_row(dataset) or {}).get(column))
-
-
-def _logger():
-    from transformers.utils import logging
-
-    return logging.get_logger(__name__)
 
 
 def _conversation(example: dict[str, Any], has_system: bool, has_history: bool, index: int, name: str) -> dict:
@@ -101,7 +97,7 @@ def fold_context(dataset, options: MaskingOptions, dataset_name: str, tokenizer)
             remove_columns=drop,
             **kwargs,
         )
-        _logger().warning(
+        logger.warning(
             f"The {dataset_name} dataset is LLaMA-Factory's alpaca format: {named} folded in as LLaMA-Factory "
             "does (system message, each history pair a user and an assistant turn, instruction and input joined by "
             "a newline as the last user turn), rendered with the chat template; every assistant turn is trained "
@@ -114,7 +110,7 @@ def fold_context(dataset, options: MaskingOptions, dataset_name: str, tokenizer)
         return {"instruction": template.format(instruction=example["instruction"], input=example.get("input"))}
 
     dataset = dataset.map(stanford, remove_columns=["input"], **kwargs)
-    _logger().warning(
+    logger.warning(
         f"The {dataset_name} dataset is Stanford Alpaca's format: `input` folded into the prompt with Alpaca's own "
         "prompt (the one with an Input section where `input` is not empty). To keep the instructions as they are, "
         "drop the column (`dataset.remove_columns(['input'])`) or build the prompt yourself."
@@ -128,13 +124,12 @@ def warn_unused_context(dataset, used: set[str], dataset_name: str) -> None:
     if not unused:
         return
     named = ", ".join(f"`{c}`" for c in unused)
-    warnings.warn(
+    warn(
         f"The {dataset_name} dataset has {named}, which look{'s' if len(unused) == 1 else ''} like conversation "
         f"context, but {'it is' if len(unused) == 1 else 'they are'} not used: each row trains on its prompt and "
         "completion alone. Fix: fold the context into the prompt (e.g. `dataset.map(lambda r: {'prompt': "
         "r['context'] + '\\n\\n' + r['prompt']})`) or into `messages` (a system message, earlier turns), or drop "
         f"the column{'s' if len(unused) > 1 else ''} (`dataset.remove_columns([...])`) to train without "
         f"{'it' if len(unused) == 1 else 'them'} knowingly.",
-        MaskedSFTWarning,
         stacklevel=4,
     )

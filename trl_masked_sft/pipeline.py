@@ -11,7 +11,6 @@ It needs a tokenizer and the masking options, no model and no trainer: `MaskedSF
 from __future__ import annotations
 
 import dataclasses
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,7 +23,6 @@ from .conversations import to_messages
 from .distributed import run_on_main
 from .errors import (
     DatasetFormatError,
-    MaskedSFTWarning,
     ModelSetupError,
     TruncatedCompletionError,
     UnsupervisedRowsError,
@@ -372,7 +370,7 @@ class PreparationPipeline:
             done = "dropped them" if drop_cut else "trained as cut"
             message = f"{stops.describe()}\n`truncated_completion_policy={stop_policy!r}`: {done}. {stops.fix()}"
             if stop_policy == "warn":
-                warnings.warn(message, MaskedSFTWarning, stacklevel=4)
+                warn(message, stacklevel=4)
             else:
                 logger.info(message)
         if drop:

@@ -130,7 +130,7 @@ def check_list_rows(rows: Sequence[dict], dataset_name: str, text_columns: Seque
             )
         row = {
             k: to_text(v, row=i, column=k, dataset_name=dataset_name)
-            if k in text_columns and isinstance(v, (int, float)) and not isinstance(v, bool)
+            if k in text_columns and _kind(v) == "number"
             else v
             for k, v in row.items()
         }
