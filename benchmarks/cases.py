@@ -70,7 +70,6 @@ FAST = Size(
     validate_calls=200,
 )
 
-#: The homework's training settings, which are MaskedSFTConfig's defaults, given explicitly to every contender so
 # ---------------------------------------------------------------------------------------------------- data
 
 

@@ -448,17 +448,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.child_real:
         print(json.dumps(_real_child(json.loads(args.child_real))))
         return 0
+    out = args.out if args.out is not None else (None if args.fast else HERE / "RESULTS.md")
     if args.real:
-        out = args.out if args.out is not None else (None if args.fast else HERE / "RESULTS.md")
         return 0 if run_real(args.fast, args.repeats, out, args.json)["summary"]["ok"] else 1
     if args.head:
-        out = args.out if args.out is not None else (None if args.fast else HERE / "RESULTS.md")
         return (
             0
             if run_head(args.fast, args.repeats, out, args.json, args.device, args.layers, args.data, args.steps)["ok"]
             else 1
         )
-    out = args.out if args.out is not None else (None if args.fast else HERE / "RESULTS.md")
     rss = not (args.fast or args.no_rss)
     results = run(args.fast, args.repeats, out, args.json, rss=rss, model=args.model, only=args.only)
     return 0 if results.loss_check["ok"] else 1
