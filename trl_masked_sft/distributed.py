@@ -274,7 +274,7 @@ def prepare_once(prepare: Callable[[], tuple[Any, T]], *, streamed: bool = False
         except Exception as exc:  # handed to every rank, then raised everywhere
             payload = (False, exc)
     views = _gather((rank - local_rank, payload))  # (the node's first rank, what its main process sends)
-    failed = next((value for _, sent in views if sent is not None for ok, value in [sent] if not ok), None)
+    failed = next((sent[1] for _, sent in views if sent is not None and not sent[0]), None)
     if failed is not None:
         raise failed
     if local_rank == 0:
