@@ -19,7 +19,7 @@ LAYERS: list[set[str]] = [
     {"constraints", "logs", "cli_errors"},
     {"precision"},
     {"config", "masking", "hf_compat", "conversations"},
-    {"validation", "end_of_turn", "checkpoints", "model_checks", "packing", "loss", "values", "steps"},
+    {"validation", "end_of_turn", "checkpoints", "model_checks", "packing", "loss", "values", "steps", "options"},
     {"report", "distributed", "collator", "metrics", "chat", "context"},
     {"formats", "health", "streaming"},
     {"pipeline", "sources"},

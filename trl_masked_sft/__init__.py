@@ -16,7 +16,6 @@ if TYPE_CHECKING:  # what type checkers (and tests/test_architecture.py's import
     from .chat import ChatMask, chat_labels
     from .collator import DataCollatorForCompletionOnlyLM
     from .config import MaskedSFTConfig
-    from .config import MaskingOptions as MaskingOptions  # compatibility, not in __all__
     from .config import homework_lora_config as homework_lora_config  # compatibility, not in __all__
     from .errors import (
         AllMaskedBatchError,
@@ -38,6 +37,7 @@ if TYPE_CHECKING:  # what type checkers (and tests/test_architecture.py's import
     from .health import TrainingHealthGuard
     from .inspector import inspect_rows, render_html, render_terminal
     from .masking import IGNORE_INDEX as IGNORE_INDEX  # compatibility, not in __all__
+    from .options import MaskingOptions as MaskingOptions  # compatibility, not in __all__
     from .pipeline import PreparationPipeline, PreparedDataset
     from .report import AuditReport
     from .trainer import MaskedSFTTrainer
@@ -82,7 +82,8 @@ _HOMES = {
     **dict.fromkeys(("audit_dataset", "prepare_dataset"), "audit"),
     **dict.fromkeys(("ChatMask", "chat_labels"), "chat"),
     "DataCollatorForCompletionOnlyLM": "collator",
-    **dict.fromkeys(("MaskedSFTConfig", "MaskingOptions", "homework_lora_config"), "config"),
+    **dict.fromkeys(("MaskedSFTConfig", "homework_lora_config"), "config"),
+    "MaskingOptions": "options",
     **dict.fromkeys((name for name in __all__ if name.endswith(("Error", "Warning"))), "errors"),
     "Layout": "formats",
     "TrainingHealthGuard": "health",

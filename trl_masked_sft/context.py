@@ -21,10 +21,10 @@ from typing import Any
 
 from datasets import Dataset
 
-from .config import MaskingOptions
 from .errors import DatasetFormatError
 from .hf_compat import column_names, first_row
 from .logs import get_logger, warn
+from .options import MaskingOptions
 
 logger = get_logger(__name__)
 

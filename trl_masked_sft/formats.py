@@ -13,11 +13,11 @@ from typing import Any
 
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, Value
 
-from .config import MaskingOptions
 from .errors import DatasetFormatError, DatasetTypeError
 from .hf_compat import column_names, first_row, in_memory_kwargs
 from .logs import get_logger
 from .masking import IGNORE_INDEX
+from .options import MaskingOptions
 from .report import REASON
 from .text import whole_text
 from .values import (

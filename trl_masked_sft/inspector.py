@@ -150,7 +150,7 @@ def inspect_rows(
     """
     import dataclasses
 
-    from .config import MaskingOptions
+    from .options import MaskingOptions
     from .pipeline import PreparationPipeline
 
     options = MaskingOptions.from_args(config)

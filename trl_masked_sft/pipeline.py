@@ -17,7 +17,6 @@ from typing import Any
 from datasets import Dataset, IterableDataset
 
 from .chat import chat_labels, special_token_ids
-from .config import MaskingOptions
 from .context import fold_context, warn_unused_context
 from .conversations import to_messages
 from .distributed import run_on_main
@@ -40,6 +39,7 @@ from .masking import (
     supervision_stats,
     truncate_row,
 )
+from .options import MaskingOptions
 from .report import (
     AUDIT_COLUMNS,
     COUNT,

@@ -30,7 +30,7 @@ class StopTruncation:
     max_length: int | None
     #: dataset index -> (tokens before truncation, completion tokens kept, completion tokens in full)
     rows: dict[int, tuple[int, int, int]] = field(default_factory=dict)
-    #: `(field, our default, SFTConfig's default)` of the kept MaskedSFTConfig defaults (see `config.kept_defaults`)
+    #: `(field, our default, SFTConfig's default)` of the kept MaskedSFTConfig defaults (see `options.kept_defaults`)
     kept_defaults: tuple = ()
 
     @property

@@ -13,8 +13,8 @@ import warnings
 
 from datasets import IterableDataset
 
-from .config import MaskingOptions
 from .errors import MaskedSFTWarning, TruncatedCompletionError, UnsupervisedRowsError
+from .options import MaskingOptions
 from .report import AUDIT_COLUMNS, COUNT, FULL_COUNT, FULL_FIRST, FULL_LENGTH, REASON, STOP_CUT, StopTruncation
 from .validation import audit_labels
 

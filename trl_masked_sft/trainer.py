@@ -17,7 +17,7 @@ from trl import SFTTrainer
 
 from . import hints
 from .collator import DataCollatorForCompletionOnlyLM
-from .config import MaskingOptions, trainer_config
+from .config import trainer_config
 from .distributed import (
     agree_on_checkpoint,
     fsdp_not_sharded,
@@ -38,6 +38,7 @@ from .model_checks import (
     ensure_pad_token,
     quiet_peft_checkpointing_probe,
 )
+from .options import MaskingOptions
 from .packing import PACKED_TOKENS_KEY, PackingCollator, packing_blocker
 from .pipeline import PreparationPipeline
 from .precision import cpu_bf16_setup, resolve_cpu_bf16

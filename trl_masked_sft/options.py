@@ -1,0 +1,103 @@
+"""`MaskingOptions`: the settings that decide what a row trains on, read once from a config and never changed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from trl import SFTConfig
+
+from .config import MaskedSFTConfig
+from .constraints import check_masking_fields
+
+__all__ = ["MaskingOptions", "kept_defaults"]
+
+
+@dataclass(frozen=True)
+class MaskingOptions:
+    """The settings that decide what a row trains on, read once from a config (`from_args`) and never changed.
+
+    A variant is made with `dataclasses.replace(options, ...)`; the user's config is never mutated.
+    """
+
+    completion_only: bool = True
+    #: assistant-only masks for conversations (on with `completion_only` or `assistant_only_loss`)
+    chat: bool = True
+    #: the user asked for `assistant_only_loss=True` (refused on data that is not conversational, as TRL does)
+    assistant_only: bool = False
+    prompt_column: str = "prompt"
+    completion_column: str = "completion"
+    text_field: str = "text"
+    response_template: str | None = None
+    instruction_template: str | None = None
+    assistant_turns: str = "all"
+    train_on_eot: bool = True
+    max_length: int | None = 128
+    keep_end: bool = False
+    min_completion_tokens: int | None = None
+    masked_row_policy: str = "error"
+    max_masked_row_fraction: float = 0.1
+    truncated_completion_policy: str = "warn"
+    max_truncated_completion_fraction: float = 0.5
+    #: the `MaskedSFTConfig` defaults kept that differ from `SFTConfig`'s, as `{field: (ours, SFTConfig's)}`
+    inherited_defaults: tuple[tuple[str, Any, Any], ...] = ()
+    num_proc: int | None = None
+
+    @classmethod
+    def from_args(cls, args: Any) -> MaskingOptions:
+        """Read the options from a `MaskedSFTConfig`, an `SFTConfig` (our fields take their defaults) or `None`."""
+        if args is None:
+            return cls()
+        check_masking_fields(args)  # a plain SFTConfig, or a config changed after it was built
+        defaults = MaskedSFTConfig.__dataclass_fields__
+
+        def get(name: str) -> Any:
+            return getattr(args, name) if hasattr(args, name) else defaults[name].default
+
+        completion_only = get("completion_only_loss") is not False
+        ours = hasattr(args, "max_truncated_completion_fraction")
+        assistant_only = bool(get("assistant_only_loss"))
+        return cls(
+            completion_only=completion_only,
+            chat=completion_only or assistant_only,
+            assistant_only=assistant_only,
+            prompt_column=get("prompt_column"),
+            completion_column=get("completion_column"),
+            text_field=get("dataset_text_field"),
+            response_template=get("response_template"),
+            instruction_template=get("instruction_template"),
+            assistant_turns=get("assistant_turns"),
+            train_on_eot=get("train_on_eot"),
+            max_length=get("max_length"),
+            keep_end=get("truncation_mode") == "keep_end",
+            min_completion_tokens=get("min_completion_tokens"),
+            masked_row_policy=get("masked_row_policy"),
+            max_masked_row_fraction=get("max_masked_row_fraction"),
+            truncated_completion_policy=get("truncated_completion_policy"),
+            # a plain SFTConfig keeps TRL's behaviour (rows trained as cut), with the warning
+            max_truncated_completion_fraction=get("max_truncated_completion_fraction") if ours else 1.0,
+            inherited_defaults=kept_defaults(args),
+            num_proc=get("dataset_num_proc"),
+        )
+
+
+#: `MaskedSFTConfig` defaults that change what or how long a swapped-in config trains, compared with `SFTConfig`'s.
+_DIFFERENT_DEFAULTS = ("max_length", "per_device_train_batch_size", "learning_rate", "save_strategy", "report_to")
+
+
+def kept_defaults(args: Any) -> tuple[tuple[str, Any, Any], ...]:
+    """`(field, our default, SFTConfig's default)` for each `MaskedSFTConfig` default in `args` that differs from
+    `SFTConfig`'s and still holds its default value (not set by the user); empty for any other config."""
+    if not isinstance(args, MaskedSFTConfig):
+        return ()
+
+    def plain(value: Any) -> Any:
+        value = getattr(value, "value", value)  # transformers' enums
+        return value[0] if isinstance(value, list) and len(value) == 1 else value
+
+    kept = []
+    for name in _DIFFERENT_DEFAULTS:
+        ours, theirs = MaskedSFTConfig.__dataclass_fields__[name].default, SFTConfig.__dataclass_fields__[name].default
+        if plain(getattr(args, name)) == plain(ours) and plain(ours) != plain(theirs):
+            kept.append((name, plain(ours), plain(theirs)))
+    return tuple(kept)
