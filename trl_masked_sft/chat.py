@@ -20,6 +20,7 @@ from functools import cached_property
 from itertools import groupby
 from typing import Any
 
+from .controls import END_OF_TURN, TRAINED, ChatControls, apply_controls, choose, eot_mode, read_controls
 from .conversations import fit_content, is_empty_reply, message_spans, reads_parts, reasoning_text, unknown_roles
 from .end_of_turn import (
     NO_FACTS,
@@ -38,10 +39,9 @@ from .masking import IGNORE_INDEX
 
 __all__ = ["METHODS", "ChatMask", "chat_labels", "special_token_ids"]
 
-TRAINED = "trained"
-#: Reason codes for masked tokens of a conversation (see `ChatMask.reasons`).
+#: Reason codes for masked tokens of a conversation (see `ChatMask.reasons`; the controls' in `controls`).
 SYSTEM, USER, TOOL, TEMPLATE = "system turn", "user turn", "tool turn", "template"
-EARLIER_ASSISTANT, END_OF_TURN = "earlier assistant turn", "end of turn (not trained)"
+EARLIER_ASSISTANT = "earlier assistant turn"
 _ROLE_REASONS = {"system": SYSTEM, "user": USER, "tool": TOOL, "ipython": TOOL, "function": TOOL}
 #: Row reason for a conversation whose replies to train are all empty (counted by the pre-flight audit).
 EMPTY_COMPLETION = "empty completion"
@@ -66,6 +66,7 @@ class ChatMask:
     method: str | None = None
     note: str | None = None
     explain: Callable[[], list[str]] | None = field(default=None, repr=False, compare=False)
+    weights: list[float] | None = None  # per token, when a message carries a weight (`message_weight_key`)
 
     @cached_property
     def reasons(self) -> list[str]:
@@ -92,20 +93,25 @@ def chat_labels(
     messages: Sequence[dict],
     *,
     assistant_turns: str = "all",
-    train_eot: bool = True,
+    train_eot: bool | str = True,
     ignore_index: int = IGNORE_INDEX,
     trainable_from: int = 0,
     methods: Sequence[str] | None = None,
+    controls: ChatControls | None = None,
+    where: str = "A conversation",
     **template_kwargs: Any,
 ) -> ChatMask:
     """Labels that train the assistant turns of `messages` (`[{"role", "content"}, ...]`, see
     `conversations.to_messages`) only, under the tokenizer's chat template or `chat_template=`.
 
-    `assistant_turns` is `"all"` or `"last"`; `train_eot` trains each trained turn's end-of-turn token (appended to a
-    final reply the template leaves without one); messages before `trainable_from` are context (prompt/completion rows
-    pass `len(prompt)`); `methods` are the ways to try, in order (default `METHODS`); `template_kwargs` go to
-    `apply_chat_template` (`tools`, `enable_thinking`, ...). An empty reply to train is skipped; when nothing can be
-    trained, every label is `ignore_index` and `problem` says why (`row_reason` for the pre-flight audit).
+    `assistant_turns` is `"all"` or `"last"`; `train_eot` (`True`/`"turn"`, `False`/`"none"`, `"last"`, `"all"`)
+    trains each trained turn's end-of-turn token (appended to a final reply the template leaves without one), none,
+    the final trained turn's only, or every one; messages before `trainable_from` are context (prompt/completion rows
+    pass `len(prompt)`); `methods` are the ways to try, in order (default `METHODS`); `controls` are the chat controls
+    (`train_roles`, per-message `train`/`weight` keys, `reasoning`, `tool_calls`; see `controls`), `where` names the
+    row in their errors; `template_kwargs` go to `apply_chat_template` (`tools`, `enable_thinking`, ...). An empty
+    reply to train is skipped; when nothing can be trained, every label is `ignore_index` and `problem` says why
+    (`row_reason` for the pre-flight audit).
     """
     if assistant_turns not in ("all", "last"):
         raise ValueError(f"`assistant_turns` must be 'all' or 'last', got {assistant_turns!r}.")
@@ -114,19 +120,23 @@ def chat_labels(
     key = (id(tokenizer), len(tokenizer), template, json.dumps(options, sort_keys=True, default=str))
     kwargs = {**template_kwargs, "chat_template": template}
     parts = cached(("parts", *key), lambda: reads_parts(lambda m: render(tokenizer, m, kwargs)), tokenizer)
+    controls, mode = controls or ChatControls(), eot_mode(train_eot)
+    messages, flags, weights = read_controls(messages, controls, where)
     messages = fit_content(messages, parts=parts)
-    chosen = [i for i, m in enumerate(messages) if m.get("role") == "assistant" and i >= trainable_from]
-    chosen = chosen[-1:] if assistant_turns == "last" else chosen
+    picked = choose(messages, flags, weights, controls, assistant_turns=assistant_turns, trainable_from=trainable_from)
+    chosen = [i for i in picked if messages[i].get("role") == "assistant"]
     empty = [i for i in chosen if is_empty_reply(messages[i])]
     ctx = _Context(tokenizer, messages, kwargs, key, parts, {i for i in chosen if i not in empty})
+    if controls != ChatControls() or mode not in ("turn", "none") or any(f is not None for f in flags + weights):
+        ctx.picked = ([i for i in picked if i not in empty], flags, weights, controls, mode)
     tried: list[tuple[str, Exception]] = []
     which = ", ".join(map(str, empty))
     if ctx.trained and (ambiguous := _ambiguous_end(ctx, template)):
         ids = encode(tokenizer, render(tokenizer, messages, kwargs))[0]
         return ChatMask(ids, [ignore_index] * len(ids), ambiguous)
-    for method in (methods or METHODS) if ctx.trained else ():
+    for method in (methods or METHODS) if ctx.trained or ctx.picked and ctx.picked[0] else ():
         try:
-            mask = _assemble(ctx, _LOCATE[method](ctx), method, train_eot, ignore_index)
+            mask = _assemble(ctx, _LOCATE[method](ctx), method, mode != "none", ignore_index)
         except Exception as error:  # noqa: BLE001 - jinja, type and value errors from templates all fall through
             tried.append((method, error))
             continue
@@ -138,7 +148,8 @@ def chat_labels(
     except Exception as error:  # noqa: BLE001 - the template can't render this row at all
         ids, unrenderable = [], error
     empty_reply = f"{EMPTY_COMPLETION}: the assistant reply to train (message {which}) has no content"
-    problem = _refusal(tried, unrenderable) if ctx.trained else empty_reply if empty else "no assistant turn to train"
+    nothing = "no message to train: the chat controls mask every one" if ctx.picked else "no assistant turn to train"
+    problem = _refusal(tried, unrenderable) if ctx.trained or tried else empty_reply if empty else nothing
     return ChatMask(ids, [ignore_index] * len(ids), problem + unknown_roles(messages, template))
 
 
@@ -182,6 +193,7 @@ class _Context:
     key: tuple
     parts: bool
     trained: set[int]
+    picked: tuple | None = None  # the chat controls, when any is set: (messages to train, flags, weights, ...)
 
     @cached_property
     def special(self) -> set[int]:
@@ -302,6 +314,10 @@ def _assemble(ctx: _Context, located: _Located, method: str, train_eot: bool, ig
         raise _NotLocated("an assistant turn to train renders to no tokens")
     for _, start, eot_start, end in trained:
         labels[start : end if train_eot else eot_start] = ids[start : end if train_eot else eot_start]
+    applied = _controlled(ctx, located, labels, ignore_index) if ctx.picked else None
+    labels = applied.labels if applied is not None else labels
+    if ctx.picked and ctx.picked[4] == "last":
+        trained = trained[-1:]
     appended, bare = 0, [t for t in trained if t[2] == t[3]] if train_eot else []
     if bare and bare[-1][0] == len(ctx.messages) - 1 and not ctx.tokenizer.decode(ids[bare[-1][3] :]).strip():
         eot = list(ctx.facts(required=False).closing) or [ctx.tokenizer.eos_token_id]
@@ -313,21 +329,58 @@ def _assemble(ctx: _Context, located: _Located, method: str, train_eot: bool, ig
             )
     if bare:
         notes.append(f"assistant message {', '.join(str(t[0]) for t in bare)} has no end-of-turn token in the render")
-    explain = lambda: _reasons(ctx, located, train_eot) + [TRAINED] * appended  # noqa: E731
-    return ChatMask(ids, labels, None, method, "; ".join(notes) or None, explain)
+    weights = None
+    if applied is not None and applied.weights is not None:
+        weights = applied.weights + [(ctx.picked[2][trained[-1][0]] or 1.0) if appended else 1.0] * appended
+    marks = applied.marks if applied is not None else []
+
+    def explain() -> list[str]:
+        reasons = _reasons(ctx, located, train_eot) + [TRAINED] * appended
+        for start, end, reason in marks:
+            reasons[start:end] = [reason] * (end - start)
+        return reasons
+
+    return ChatMask(ids, labels, None, method, "; ".join(notes) or None, explain, weights)
+
+
+def _text_of(ctx: _Context, located: _Located) -> tuple[str, list[tuple[int, int]]] | None:
+    """The render and its token offsets, when its tokenization is the located ids (the marker ways render again)."""
+    if located.text is not None:
+        return located.text, located.offsets
+    try:
+        text = render(ctx.tokenizer, ctx.messages, ctx.kwargs)
+        rendered, offsets = encode(ctx.tokenizer, text)
+    except Exception:  # noqa: BLE001 - no text: the ways that need it fall through
+        return None
+    return (text, offsets) if rendered == located.ids else None
+
+
+def _controlled(ctx: _Context, located: _Located, labels: list[int], ignore_index: int):
+    """The chat controls (`controls.apply_controls`) on the labels of the trained replies."""
+    chosen, flags, weights, controls, mode = ctx.picked
+    facts, blank = ctx.facts(required=False), ctx.blank(located.ids)
+    try:
+        return apply_controls(
+            located.ids,
+            labels,
+            _text_of(ctx, located),
+            ctx.messages,
+            located.turns,
+            (chosen, flags, weights),
+            controls,
+            mode=mode,
+            header=facts.header,
+            stop=lambda k, bound: settle(located.ids, k, (k, bound), bound, facts, blank),
+            ignore_index=ignore_index,
+        )
+    except LookupError as error:
+        raise _NotLocated(str(error)) from error
 
 
 def _reasons(ctx: _Context, located: _Located, train_eot: bool) -> list[str]:
     """Why each token is trained or not: the turn whose text it holds; the template's own tokens are `TEMPLATE`."""
-    ids, text, offsets = located.ids, located.text, located.offsets
+    ids, (text, offsets) = located.ids, _text_of(ctx, located) or (None, None)
     reasons = [TEMPLATE] * len(ids)
-    if text is None:  # the marker ways: render the text once more
-        try:
-            text = render(ctx.tokenizer, ctx.messages, ctx.kwargs)
-            rendered, offsets = encode(ctx.tokenizer, text)
-        except Exception:  # noqa: BLE001 - reasons are a courtesy; the labels stand
-            rendered = None
-        text = text if rendered == ids else None
     spans = message_spans(text, ctx.messages) if text is not None else [None] * len(ctx.messages)
     for message, span in zip(ctx.messages, spans, strict=True):
         if span is not None and message.get("role") != "assistant":

@@ -31,7 +31,14 @@ class MaskingOptions:
     response_template: str | None = None
     instruction_template: str | None = None
     assistant_turns: str = "all"
-    train_on_eot: bool = True
+    #: `True`/`"turn"`, `False`/`"none"`, `"last"` or `"all"` (see `MaskedSFTConfig.train_on_eot`)
+    train_on_eot: bool | str = True
+    #: the chat controls (see `controls.ChatControls`)
+    train_roles: tuple[str, ...] = ("assistant",)
+    message_train_key: str = "train"
+    message_weight_key: str = "weight"
+    reasoning: str = "train"
+    tool_calls: str = "train"
     max_length: int | None = 128
     keep_end: bool = False
     min_completion_tokens: int | None = None
@@ -68,6 +75,11 @@ class MaskingOptions:
             instruction_template=get("instruction_template"),
             assistant_turns=get("assistant_turns"),
             train_on_eot=get("train_on_eot"),
+            train_roles=tuple(get("train_roles") if hasattr(args, "train_roles") else ("assistant",)),
+            message_train_key=get("message_train_key"),
+            message_weight_key=get("message_weight_key"),
+            reasoning=get("reasoning"),
+            tool_calls=get("tool_calls"),
             max_length=get("max_length"),
             keep_end=get("truncation_mode") == "keep_end",
             min_completion_tokens=get("min_completion_tokens"),

@@ -111,6 +111,9 @@ class AuditReport:
     #: dataset index -> that row's lengths (first 50)
     stop_truncated_rows: dict[int, str] = field(default_factory=dict)
     truncated_completion_policy: str = "warn"
+    #: the spread of the per-message weights over the supervised tokens (`min`, `mean`, `max`, `share_not_1`), or
+    #: `None` when no message carries a weight (`message_weight_key`)
+    token_weights: dict[str, float] | None = None
 
     def summary(self) -> str:
         """One line for the log."""
@@ -121,6 +124,16 @@ class AuditReport:
             f"cut by max_length); supervised tokens per row (all {self.rows} rows, {self.rows_fully_masked} with none) "
             f"min/median/max {self.supervised_tokens_min}/{self.supervised_tokens_median:g}/"
             f"{self.supervised_tokens_max}, {self.supervised_token_share:.1%} of all tokens."
+        ) + (f" {self.weights_line()}" if self.token_weights else "")
+
+    def weights_line(self) -> str:
+        """The weight spread in words ('' when unweighted)."""
+        w = self.token_weights
+        if not w:
+            return ""
+        return (
+            f"Per-message weights on the supervised tokens: min/mean/max {w['min']:g}/{w['mean']:.3g}/{w['max']:g}, "
+            f"{w['share_not_1']:.1%} of them not 1."
         )
 
     def to_dict(self) -> dict:

@@ -29,7 +29,7 @@ from .formats import coerce_dataset
 from .health import TrainingHealthGuard
 from .logs import get_logger, warn
 from .loss import SupervisedLoss, count_packed_tokens
-from .masking import IGNORE_INDEX
+from .masking import IGNORE_INDEX, WEIGHTS
 from .metrics import MaskMetrics, audit_logs, batch_mask_stats, write_audit_text
 from .model_checks import (
     check_model_before_training,
@@ -45,6 +45,7 @@ from .precision import cpu_bf16_setup, resolve_cpu_bf16
 from .report import AuditReport, save_audits
 from .steps import check_run_length
 from .validation import check_collator_keeps_labels, check_prompt_learning, first_label_is_target
+from .weights import collating, weighted_num_items
 
 __all__ = ["MaskedSFTTrainer"]
 
@@ -214,8 +215,6 @@ class MaskedSFTTrainer(SFTTrainer):
         """Save a checkpoint of the current weights: the health guard's one way into the trainer."""
         self._save_checkpoint(self.model_wrapped, trial=None)
 
-    # ------------------------------------------------------------------ checks around training
-
     # ------------------------------------------------------------------ in-batch packing (`pack_within_batch`)
 
     def _msft_packer(self) -> PackingCollator | None:
@@ -240,14 +239,20 @@ class MaskedSFTTrainer(SFTTrainer):
         return self._msft_packing
 
     def get_train_dataloader(self):
-        packer = self._msft_packer()
-        if packer is None:
+        with collating(self, self._msft_packer() or self.data_collator, self.train_dataset):
             return super().get_train_dataloader()
-        collator, self.data_collator = self.data_collator, packer
-        try:
-            return super().get_train_dataloader()
-        finally:
-            self.data_collator = collator
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        with collating(self, self.data_collator, self.eval_dataset):  # weighted rows: their weights laid out too
+            return super().get_eval_dataloader(eval_dataset)
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if WEIGHTS not in self._signature_columns:  # the column is there only when a message has a weight
+            self._signature_columns.append(WEIGHTS)
+
+    def _get_num_items_in_batch(self, batch_samples, device):  # weighted rows: Σ w instead of the token count
+        return weighted_num_items(self, batch_samples, device, super()._get_num_items_in_batch(batch_samples, device))
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         packed_tokens = inputs.pop(PACKED_TOKENS_KEY, None)
@@ -258,7 +263,8 @@ class MaskedSFTTrainer(SFTTrainer):
             where = f"{mode} batch at step {self.state.global_step}"
             first = first_label_is_target(model)
             validate_batch_across_ranks(inputs, where=where, tokenizer=self._tokenizer, first_label_is_target=first)
-        result = self._msft_loss(model, inputs, return_outputs, num_items_in_batch)  # None: TRL's path takes it
+        weights = inputs.pop(WEIGHTS, None)  # only in weighted batches, which `_msft_loss` always takes
+        result = self._msft_loss(model, inputs, return_outputs, num_items_in_batch, weights)  # None: TRL's path
         if result is None:
             result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if packed_tokens is not None and model.training:
