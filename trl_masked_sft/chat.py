@@ -20,7 +20,7 @@ from functools import cached_property
 from itertools import groupby
 from typing import Any
 
-from .controls import END_OF_TURN, TRAINED, ChatControls, apply_controls, choose, eot_mode, read_controls
+from .controls import EMPTIED, END_OF_TURN, TRAINED, ChatControls, apply_controls, choose, eot_mode, read_controls
 from .conversations import fit_content, is_empty_reply, message_spans, reads_parts, reasoning_text, unknown_roles
 from .end_of_turn import (
     NO_FACTS,
@@ -76,7 +76,8 @@ class ChatMask:
     def row_reason(self) -> str:
         """For the pre-flight audit: '' when trained, else `empty completion: ...` or `chat turns not located: ...`."""
         problem = self.problem or ""
-        return problem if not problem or problem.startswith(EMPTY_COMPLETION) else f"chat turns not located: {problem}"
+        kept = not problem or problem.startswith((EMPTY_COMPLETION, EMPTIED))
+        return problem if kept else f"chat turns not located: {problem}"
 
 
 @dataclass
@@ -148,7 +149,7 @@ def chat_labels(
     except Exception as error:  # noqa: BLE001 - the template can't render this row at all
         ids, unrenderable = [], error
     empty_reply = f"{EMPTY_COMPLETION}: the assistant reply to train (message {which}) has no content"
-    nothing = "no message to train: the chat controls mask every one" if ctx.picked else "no assistant turn to train"
+    nothing = f"{EMPTIED}: no message is left to train" if ctx.picked else "no assistant turn to train"
     problem = _refusal(tried, unrenderable) if ctx.trained or tried else empty_reply if empty else nothing
     return ChatMask(ids, [ignore_index] * len(ids), problem + unknown_roles(messages, template))
 
@@ -340,7 +341,8 @@ def _assemble(ctx: _Context, located: _Located, method: str, train_eot: bool, ig
             reasons[start:end] = [reason] * (end - start)
         return reasons
 
-    return ChatMask(ids, labels, None, method, "; ".join(notes) or None, explain, weights)
+    emptied = f"{EMPTIED}: they leave no token to train" if all(x == ignore_index for x in labels) else None
+    return ChatMask(ids, labels, emptied, method, "; ".join(notes) or None, explain, weights)
 
 
 def _text_of(ctx: _Context, located: _Located) -> tuple[str, list[tuple[int, int]]] | None:

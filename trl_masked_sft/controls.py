@@ -24,6 +24,7 @@ from .errors import DatasetFormatError, DatasetTypeError
 
 __all__ = [
     "END_OF_TURN",
+    "EMPTIED",
     "EOT_MODES",
     "TRAINED",
     "Applied",
@@ -46,6 +47,8 @@ TRAINED, END_OF_TURN = "trained", "end of turn (not trained)"
 MASKED_BY_KEY = "message train: false"
 ZERO_WEIGHT = "message weight 0"
 REASONING_MASKED = "reasoning (reasoning='mask')"
+#: Row reason of a conversation the controls leave with nothing to train (a fully masked row, `masked_row_policy`).
+EMPTIED = "masked by the chat controls"
 TOOL_CALL_MASKED = "tool call (tool_calls='mask')"
 #: `train_on_eot` values, as Axolotl's `train_on_eos` names them; `True`/`False` are `"turn"`/`"none"`.
 EOT_MODES = ("turn", "none", "last", "all")

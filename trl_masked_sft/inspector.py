@@ -20,6 +20,7 @@ from typing import Any
 from datasets import Dataset
 
 from .chat import TRAINED, chat_labels
+from .controls import EMPTIED, MASKED_BY_KEY, REASONING_MASKED, TOOL_CALL_MASKED, ZERO_WEIGHT
 from .conversations import conversation_of
 from .hints import Collator, Config, Rows, Tokenizer
 from .masking import IGNORE_INDEX, truncate_row
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 PROMPT, PADDING, TRUNCATED, USER_LABELS, FIRST = "prompt", "padding", "truncated", "masked in labels", "first token"
-_ROW_REASONS = ("response template not found", "chat turns not located", "empty completion")
+_ROW_REASONS = ("response template not found", "chat turns not located", "empty completion", EMPTIED)
 
 # One background colour per reason, for the page and the terminal alike (the terminal takes the nearest of its 256
 # colours); any other reason is a generic masked token.
@@ -51,6 +52,8 @@ _HTML = {
     PADDING: "#ffffff",
     TRUNCATED: "#f7b3b3",
     USER_LABELS: "#ffd8a8",
+    REASONING_MASKED: "#d9d2f6",
+    TOOL_CALL_MASKED: "#f6e0d2",
 }
 _MASKED_HTML = "#f6d2d2"
 _CUBE = (0, 95, 135, 175, 215, 255)
@@ -89,6 +92,11 @@ _REASON_CLASSES = {
     "response template not found": "notemplate",
     "chat turns not located": "unlocated",
     "empty completion": "empty",
+    MASKED_BY_KEY: "keyfalse",
+    ZERO_WEIGHT: "weight0",
+    REASONING_MASKED: "reasoning",
+    TOOL_CALL_MASKED: "toolcall",
+    EMPTIED: "emptied",
 }
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
@@ -150,6 +158,7 @@ def inspect_rows(
     """
     import dataclasses
 
+    from .controls import ChatControls
     from .options import MaskingOptions
     from .pipeline import PreparationPipeline
 
@@ -188,6 +197,7 @@ def inspect_rows(
                 assistant_turns=options.assistant_turns,
                 train_eot=options.train_on_eot,
                 trainable_from=first_trained,
+                controls=ChatControls.of(options),
             )
             chat = chat if chat.input_ids == list(ids) else None
         first = next((p for p in range(len(labels)) if labels[p] != IGNORE_INDEX), len(labels))
