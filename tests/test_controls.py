@@ -333,3 +333,33 @@ def test_the_controls_reach_the_pipeline_from_the_config(tmp_path):
 
 def trained_runs_of(tokenizer, row) -> list[str]:
     return trained_spans(tokenizer, row["input_ids"], row["labels"])
+
+
+def test_the_cli_takes_every_control_as_a_flag(tmp_path, capsys):
+    """`inspect --reasoning mask --train_on_eot last --train_roles user assistant` on a JSONL file: each shows."""
+    import json
+
+    from trl_masked_sft.cli import main
+
+    messages = [dict(m) for m in CHAT]
+    messages[2]["train"] = False
+    messages[4] = {"role": "assistant", "content": "<think>Add.</think>4", "weight": 2.0}
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps({"messages": messages}) + "\n")
+    flags = [
+        "--reasoning",
+        "mask",
+        "--tool_calls",
+        "mask",
+        "--train_on_eot",
+        "last",
+        "--train_roles",
+        "user",
+        "assistant",
+    ]
+    assert main(["inspect", "--dataset_name", str(data), "--rows", "1", "--color", "never", *flags]) == 0
+    out = capsys.readouterr().out
+    assert "[TRAIN]Hi there[/TRAIN][end of turn (not trained)]<|im_end|>" in out
+    assert f"[{MASKED_BY_KEY}]Hello!<|im_end|>[/{MASKED_BY_KEY}]" in out
+    assert f"[{REASONING_MASKED}]<think>Add.</think>[/{REASONING_MASKED}][TRAIN]4<|im_end|>[/TRAIN]" in out
+    assert main(["audit", "--dataset_name", str(data), "--train_on_eot", "all", "--message_weight_key", "w"]) == 0

@@ -245,3 +245,21 @@ def test_the_audit_reports_the_weight_spread(tokenizer):
     assert 0 < spread["share_not_1"] < 1
     assert "Per-message weights on the supervised tokens: min/mean/max 0.25/" in prepared.report.summary()
     assert prepared.report.to_dict()["token_weights"] == spread
+
+
+def test_the_weight_spread_reaches_the_audit_page_tensorboard_and_json(tokenizer, tmp_path):
+    """The page's numbers table, the `audit/token_weight_*` scalars and the JSON carry the spread; unweighted: none."""
+    from trl_masked_sft.audit_html import render_audit_html
+    from trl_masked_sft.metrics import audit_logs
+
+    prepared = PreparationPipeline.from_config(tokenizer).prepare(weighted_rows(8))
+    page = render_audit_html(prepared.report, prepared.supervised_counts, [])
+    assert "per-message weight on the supervised tokens, min / mean / max" in page and "0.25 / " in page
+    assert audit_logs(prepared.report)["audit/token_weight_max"] == 3.0
+    path = prepared.report.write_json(tmp_path / "audit.json")
+    assert json.loads(path.read_text())["token_weights"]["min"] == 0.25
+    plain = PreparationPipeline.from_config(tokenizer).prepare(
+        [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}]
+    )
+    assert not any(key.startswith("audit/token_weight") for key in audit_logs(plain.report))
+    assert "per-message weight" not in render_audit_html(plain.report, plain.supervised_counts, [])

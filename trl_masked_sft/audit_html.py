@@ -104,6 +104,12 @@ def _numbers_table(report, shown: set[int]) -> str:
         ("masked_row_policy", report.policy),
         ("truncated_completion_policy", report.truncated_completion_policy),
     ]
+    if weights := getattr(report, "token_weights", None):  # only when a message carries a weight
+        spread = f"{weights['min']:g} / {weights['mean']:.3g} / {weights['max']:g}"
+        lines += [
+            ("per-message weight on the supervised tokens, min / mean / max", spread),
+            ("supervised tokens whose weight is not 1", f"{weights['share_not_1']:.1%}"),
+        ]
     body = "".join(f'<tr><th>{_esc(name)}</th><td class="n">{_esc(value)}</td></tr>' for name, value in lines)
     table = f'<table class="numbers">{body}</table>'
     if report.unsupervised_rows:
