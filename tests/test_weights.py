@@ -263,3 +263,21 @@ def test_the_weight_spread_reaches_the_audit_page_tensorboard_and_json(tokenizer
     )
     assert not any(key.startswith("audit/token_weight") for key in audit_logs(plain.report))
     assert "per-message weight" not in render_audit_html(plain.report, plain.supervised_counts, [])
+
+
+def test_trl_packing_keeps_the_weights_with_their_labels(tokenizer, model, make_config):
+    """`packing=True`: TRL would keep only `input_ids`/`labels`; the weights are packed with them, label for label."""
+    rows = weighted_rows(16)
+    packed = _trainer(tokenizer, model, make_config, rows, packing=True, per_device_train_batch_size=16)
+    plain = _trainer(tokenizer, model, make_config, rows, pack_within_batch=False, per_device_train_batch_size=16)
+    assert WEIGHTS in packed.train_dataset.column_names
+    batches = [next(iter(t.get_train_dataloader())) for t in (packed, plain)]
+    for batch in batches:
+        assert torch.equal(batch[WEIGHTS] != 0, batch["labels"] != IGNORE_INDEX)
+    packed_pairs, plain_pairs = (
+        sorted(
+            zip(b["labels"][b["labels"] != IGNORE_INDEX].tolist(), b[WEIGHTS][b[WEIGHTS] != 0].tolist(), strict=True)
+        )
+        for b in batches
+    )
+    assert packed_pairs == plain_pairs

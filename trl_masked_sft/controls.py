@@ -115,14 +115,23 @@ def read_controls(
             weight = float(weight)
         flags.append(flag)
         weights.append(weight)
-        out.append({k: v for k, v in message.items() if k not in (train_key, weight_key)})
+        keyed = train_key in message or weight_key in message
+        out.append({k: v for k, v in message.items() if k not in (train_key, weight_key)} if keyed else message)
     return out, flags, weights
 
 
 def carries_weights(dataset: Any, key: str) -> bool:
     """Whether any message of a dataset's conversation columns (`messages`, `conversations`, `prompt`, `completion`)
-    has a weight under `key`."""
+    has a weight under `key`. A column whose Arrow schema has no such message field is not read."""
+    features = getattr(dataset, "features", None) or {}
+
+    def may_hold(column: str) -> bool:  # the message struct's fields, where the schema says them
+        feature = features.get(column)
+        inner = feature[0] if isinstance(feature, list) and feature else getattr(feature, "feature", None)
+        return not isinstance(inner, dict) or key in inner
+
     columns = [c for c in ("messages", "conversations", "prompt", "completion") if c in dataset.column_names]
+    columns = [c for c in columns if may_hold(c)]
     return any(
         isinstance(m, Mapping) and m.get(key) is not None
         for column in columns

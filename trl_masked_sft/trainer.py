@@ -45,7 +45,7 @@ from .precision import cpu_bf16_setup, resolve_cpu_bf16
 from .report import AuditReport, save_audits
 from .steps import check_run_length
 from .validation import check_collator_keeps_labels, check_prompt_learning, first_label_is_target
-from .weights import collating, weighted_num_items
+from .weights import collating, is_weighted, pack_weighted, weighted_num_items
 
 __all__ = ["MaskedSFTTrainer"]
 
@@ -190,7 +190,9 @@ class MaskedSFTTrainer(SFTTrainer):
             dataset, dataset_name, formatting_func=formatting_func or self._msft_formatting_func
         )
         dataset = prepared.dataset
-        if packing:  # TRL packs (and shuffles) the prepared rows; its truncation is a no-op now
+        if packing and is_weighted(dataset):  # TRL's packing would drop the weights
+            dataset = pack_weighted(dataset, args, dataset_name)
+        elif packing:  # TRL packs (and shuffles) the prepared rows; its truncation is a no-op now
             dataset = super()._prepare_dataset(dataset, processing_class, args, packing, None, dataset_name)
         elif args.shuffle_dataset:
             dataset = dataset.shuffle(seed=args.seed)

@@ -143,3 +143,21 @@ def weight_spread(columns: dict[str, list]) -> dict[str, float]:
         "max": max(trained),
         "share_not_1": sum(w != 1.0 for w in trained) / len(trained),
     }
+
+
+def pack_weighted(dataset: Any, args: Any, dataset_name: str) -> Any:
+    """TRL's packing step (`SFTTrainer._prepare_dataset` with `packing=True`, trl 1.16) for a weighted dataset: TRL
+    keeps only `input_ids` and `labels`; here `WEIGHTS` is packed with them (`pack_dataset` packs every list column
+    the same way)."""
+    from trl.data_utils import pack_dataset
+
+    if args.max_length is None:
+        raise ValueError("When packing is enabled, `max_length` can't be `None`. Fix: set `max_length`.")
+    from datasets import Dataset
+
+    kwargs = {"num_proc": args.dataset_num_proc, "desc": f"Packing {dataset_name} dataset"}
+    kwargs = kwargs if isinstance(dataset, Dataset) else {}  # `IterableDataset.map` takes neither
+    dataset = dataset.select_columns(["input_ids", "labels", WEIGHTS])
+    if args.shuffle_dataset:
+        dataset = dataset.shuffle(seed=args.seed)
+    return pack_dataset(dataset, args.max_length, args.packing_strategy, kwargs)
