@@ -281,3 +281,25 @@ def test_trl_packing_keeps_the_weights_with_their_labels(tokenizer, model, make_
         for b in batches
     )
     assert packed_pairs == plain_pairs
+
+
+def test_streamed_rows_carry_their_weights_to_the_loss(tokenizer, model, make_config):
+    """A streamed (`IterableDataset`) conversation dataset: weighted rows reach the batch with their weights."""
+    from datasets import Dataset
+
+    stream = Dataset.from_list(weighted_rows(8)).to_iterable_dataset()
+    trainer = _trainer(tokenizer, model, make_config, stream, max_steps=1)
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert WEIGHTS in batch
+    assert torch.equal(batch[WEIGHTS] != 0, batch["labels"] != IGNORE_INDEX)
+    assert sorted(set(batch[WEIGHTS][batch[WEIGHTS] != 0].tolist())) == [0.25, 0.5, 1.0, 1.5, 2.0, 3.0]
+
+
+def test_the_inspector_says_the_weights_of_the_trained_tokens(tokenizer):
+    """The row header counts the trained tokens per weight; an unweighted row's header is today's."""
+    from trl_masked_sft import inspect_rows
+
+    rows = inspect_rows(weighted_rows(2), tokenizer, rows=2)
+    assert rows[0].header.endswith("tokens trained (2 at weight 0.5)")
+    plain = [{"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}]}]
+    assert inspect_rows(plain, tokenizer, rows=1)[0].header.endswith("tokens trained")

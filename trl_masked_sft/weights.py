@@ -109,10 +109,14 @@ def weighted_num_items(trainer: Any, batches: Sequence[dict], device, count):
 
 
 def is_weighted(dataset: Any) -> bool:
-    """Whether a prepared dataset (or any dataset of a dict of them) has the `WEIGHTS` column."""
+    """Whether a prepared dataset (or any dataset of a dict of them) has the `WEIGHTS` column; a streamed dataset
+    whose columns are not known counts as weighted."""
     if isinstance(dataset, dict):
         return any(is_weighted(d) for d in dataset.values())
-    return WEIGHTS in (getattr(dataset, "column_names", None) or ())
+    names = getattr(dataset, "column_names", None)
+    if names is None:  # a streamed dataset: its rows say it (the wrapper passes unweighted batches through)
+        return isinstance(dataset, torch.utils.data.IterableDataset) or type(dataset).__name__ == "IterableDataset"
+    return WEIGHTS in names
 
 
 @contextmanager
