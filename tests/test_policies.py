@@ -41,7 +41,9 @@ class ShortAnswer(RowVerdict):
         return f"{self.rows[index]} supervised tokens"
 
     def headline(self) -> str:
-        return f"{len(self.rows)} of {self.num_rows} rows of the {self.dataset_name} dataset train fewer than 4 tokens."
+        return (
+            f"{len(self.rows)} of {self.num_rows} rows of the {self.dataset_name} dataset train fewer than 4 tokens."
+        )
 
     def fix(self) -> str:
         return "Fix: write longer answers, or set `short_answer_policy='drop'`."

@@ -78,6 +78,8 @@ class PreparedDataset:
     stops: CutStopToken | None = None
     #: every row verdict (`policies.VERDICTS`, in order); `verdict` and `stops` are the first two
     verdicts: list[RowVerdict] = dataclasses.field(default_factory=list)
+    #: a streamed dataset's rows read and kept so far (`{"rows": n, "kept": n}`), growing as it is read
+    stream_counts: dict[str, int] | None = None
 
 
 def stop_token_ids(tokenizer) -> set[int]:
@@ -306,7 +308,8 @@ class PreparationPipeline:
 
         if isinstance(dataset, IterableDataset):
             mapped = dataset.map(mask_and_truncate, with_indices=True)
-            return PreparedDataset(check_stream(mapped, options, dataset_name, enforce), layout)
+            checked, counts = check_stream(mapped, options, dataset_name, enforce)
+            return PreparedDataset(checked, layout, stream_counts=counts)
         dataset = map_rows(
             dataset,
             mask_and_truncate,

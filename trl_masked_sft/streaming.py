@@ -22,13 +22,14 @@ __all__ = ["check_stream"]
 
 
 def check_stream(dataset: IterableDataset, options: MaskingOptions, dataset_name: str, enforce: bool):
-    """`dataset` (carrying the pre-flight columns) filtered by the policies as it is read; without `enforce`,
-    every row is kept."""
-    seen = {"rows": 0}
+    """`(dataset, counts)`: `dataset` (carrying the pre-flight columns) filtered by the policies as it is read,
+    without `enforce` every row kept; `counts` (`rows` read, `kept`) grows as it is read."""
+    seen = {"rows": 0, "kept": 0}
 
     def check(example, index):
         seen["rows"] += 1
         if not enforce:
+            seen["kept"] += 1
             return True
         columns = {name: [example[name]] for name in AUDIT_COLUMNS if name in example}
         for verdict in find_verdicts(
@@ -40,10 +41,13 @@ def check_stream(dataset: IterableDataset, options: MaskingOptions, dataset_name
         ):
             if verdict.rows:
                 verdict.rows = {index: verdict.rows[0]}
-                return _judge(verdict, index, options, seen)
+                keep = _judge(verdict, index, options, seen)
+                seen["kept"] += keep
+                return keep
+        seen["kept"] += 1
         return True
 
-    return dataset.filter(check, with_indices=True).remove_columns(AUDIT_COLUMNS)
+    return dataset.filter(check, with_indices=True).remove_columns(AUDIT_COLUMNS), seen
 
 
 def _judge(verdict, index: int, options: MaskingOptions, seen: dict[str, int]) -> bool:
