@@ -26,7 +26,7 @@ from .errors import (
     TruncatedCompletionError,
     UnsupervisedRowsError,
 )
-from .formats import Layout, apply_formatting, check_values, coerce_dataset, detect_layout, tokenize_text_rows
+from .formats import Layout, apply_formatting, check_values, coerce_dataset, detect_layout
 from .hf_compat import column_names, map_rows
 from .hints import Collator, Config, FormattingFunc, Rows, Tokenizer
 from .logs import get_logger, warn
@@ -47,6 +47,7 @@ from .report import (
     FULL_FIRST,
     FULL_LENGTH,
     LENGTH,
+    MERGED,
     REASON,
     STOP_CUT,
     STOP_OK,
@@ -56,6 +57,7 @@ from .report import (
 )
 from .streaming import check_stream
 from .text import clip_end, whole_text
+from .text_rows import tokenize_text_rows
 from .validation import RowAudit
 from .values import check_messages, check_token_row, parse_tools
 
@@ -303,6 +305,7 @@ class PreparationPipeline:
                 LENGTH: len(ids),
                 FULL_LENGTH: full_length,
                 STOP_CUT: bool(count) and stop_before and last not in stop_ids and len(ids) < full_length,
+                MERGED: bool(example.get(MERGED)),
             }
 
         if isinstance(dataset, IterableDataset):
@@ -312,7 +315,7 @@ class PreparationPipeline:
             dataset,
             mask_and_truncate,
             desc=f"Checking supervised tokens of {dataset_name} dataset",
-            columns=["input_ids", "labels", REASON],
+            columns=["input_ids", "labels", REASON, MERGED],
             num_proc=options.num_proc,
         )
         # the audit columns as lists, read once (a `Column` is read row by row)

@@ -10,14 +10,16 @@ from pathlib import Path
 from .errors import TruncatedCompletionError
 from .validation import RowAudit, audit_labels
 
-__all__ = ["AUDIT_COLUMNS", "AuditReport", "StopTruncation", "build_report", "save_audits"]
+__all__ = ["AUDIT_COLUMNS", "MERGED", "AuditReport", "StopTruncation", "build_report", "save_audits"]
 
 # Per-row columns the trainer's pre-flight pass adds to a prepared dataset (removed before training).
 FULL_COUNT, FULL_FIRST, REASON = "_msft_full_count", "_msft_full_first", "_msft_reason"
 COUNT, STOP_OK, LENGTH = "_msft_count", "_msft_stop_ok", "_msft_length"
 #: the row's length before truncation; whether truncation cut the completion before its (trained) stop token
 FULL_LENGTH, STOP_CUT = "_msft_full_length", "_msft_stop_cut"
-AUDIT_COLUMNS = [FULL_COUNT, FULL_FIRST, REASON, COUNT, STOP_OK, LENGTH, FULL_LENGTH, STOP_CUT]
+#: whether the row's prompt and completion, tokenized together, would merge across their boundary (`text_rows`)
+MERGED = "_msft_merged"
+AUDIT_COLUMNS = [FULL_COUNT, FULL_FIRST, REASON, COUNT, STOP_OK, LENGTH, FULL_LENGTH, STOP_CUT, MERGED]
 
 
 @dataclass
@@ -111,6 +113,9 @@ class AuditReport:
     #: dataset index -> that row's lengths (first 50)
     stop_truncated_rows: dict[int, str] = field(default_factory=dict)
     truncated_completion_policy: str = "warn"
+    #: prompt/completion rows whose prompt and completion merge into one token when tokenized together; they are
+    #: tokenized apart (the prompt's ids, then the completion's), so no prompt byte is trained (`text_rows`)
+    rows_merged_boundary: int = 0
 
     def summary(self) -> str:
         """One line for the log."""
@@ -118,7 +123,9 @@ class AuditReport:
             f"Pre-flight audit of the {self.dataset_name} dataset: {self.rows} rows, {self.rows_fully_masked} with no "
             f"supervised token, {self.rows_completion_truncated} with a truncated completion, "
             f"{self.rows_stop_token_not_supervised} whose stop token is not trained ({self.rows_stop_token_truncated} "
-            f"cut by max_length); supervised tokens per row (all {self.rows} rows, {self.rows_fully_masked} with none) "
+            f"cut by max_length), {self.rows_merged_boundary} whose prompt and completion merge across their boundary "
+            "when tokenized together (tokenized apart: the prompt is not trained, the whole completion is); "
+            f"supervised tokens per row (all {self.rows} rows, {self.rows_fully_masked} with none) "
             f"min/median/max {self.supervised_tokens_min}/{self.supervised_tokens_median:g}/"
             f"{self.supervised_tokens_max}, {self.supervised_token_share:.1%} of all tokens."
         )
@@ -188,6 +195,7 @@ def build_report(
     }
     stops = StopTruncation(dataset_name, len(counts), max_length, cut, kept_defaults)
     report.rows_stop_token_truncated = len(cut)
+    report.rows_merged_boundary = sum(1 for merged in dataset.get(MERGED, []) if merged)
     report.stop_truncated_rows = {i: stops.line(i, cut[i], max_length) for i in list(cut)[:50]}
     return report, verdict, stops
 
