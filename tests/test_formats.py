@@ -13,8 +13,8 @@ from trl_masked_sft.formats import (
     check_values,
     coerce_dataset,
     detect_layout,
-    tokenize_text_rows,
 )
+from trl_masked_sft.text_rows import tokenize_text_rows
 from trl_masked_sft.tiny import build_tiny_model, build_tiny_tokenizer
 
 PROMPTS = ["How many grams are there in 3 kg?", "Convert 5 hour to minutes.", "abc", "What is 2 kg in gram?"]
