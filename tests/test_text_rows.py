@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 from datasets import Dataset
+from real_vocab import require
 from tokenizers import Tokenizer, processors
 from transformers import PreTrainedTokenizerFast
 from trl.data_utils import common_prefix_length
 
-from real_vocab import llama3, qwen, require
 from trl_masked_sft import DataCollatorForCompletionOnlyLM, MaskedSFTConfig, PreparationPipeline
 from trl_masked_sft.masking import IGNORE_INDEX
 from trl_masked_sft.metrics import audit_logs
