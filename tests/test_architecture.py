@@ -22,6 +22,7 @@ LAYERS: list[set[str]] = [
     {"validation", "end_of_turn", "checkpoints", "model_checks", "packing", "loss", "values", "steps", "options"},
     {"report", "distributed", "collator", "metrics", "chat", "context"},
     {"formats", "health", "streaming"},
+    {"text_rows"},
     {"pipeline", "sources"},
     {"audit", "inspector"},
     {"trainer", "audit_html"},

@@ -24,7 +24,7 @@ from .errors import (
     DatasetFormatError,
     ModelSetupError,
 )
-from .formats import Layout, apply_formatting, check_values, coerce_dataset, detect_layout, tokenize_text_rows
+from .formats import Layout, apply_formatting, check_values, coerce_dataset, detect_layout
 from .hf_compat import column_names, map_rows
 from .hints import Collator, Config, FormattingFunc, Rows, Tokenizer
 from .logs import get_logger, warn
@@ -46,6 +46,7 @@ from .report import (
     FULL_FIRST,
     FULL_LENGTH,
     LENGTH,
+    MERGED,
     REASON,
     STOP_CUT,
     STOP_OK,
@@ -54,6 +55,7 @@ from .report import (
 )
 from .streaming import check_stream
 from .text import clip_end, whole_text
+from .text_rows import tokenize_text_rows
 from .values import check_messages, check_token_row, parse_tools
 
 __all__ = ["PreparationPipeline", "PreparedDataset"]
@@ -304,6 +306,7 @@ class PreparationPipeline:
                 LENGTH: len(ids),
                 FULL_LENGTH: full_length,
                 STOP_CUT: bool(count) and stop_before and last not in stop_ids and len(ids) < full_length,
+                MERGED: bool(example.get(MERGED)),
             }
 
         if isinstance(dataset, IterableDataset):
@@ -314,7 +317,7 @@ class PreparationPipeline:
             dataset,
             mask_and_truncate,
             desc=f"Checking supervised tokens of {dataset_name} dataset",
-            columns=["input_ids", "labels", REASON],
+            columns=["input_ids", "labels", REASON, MERGED],
             num_proc=options.num_proc,
         )
         # the audit columns as lists, read once (a `Column` is read row by row)
