@@ -31,7 +31,19 @@ from typing import Any
 
 from .conversations import fit_content
 
-__all__ = ["TurnFacts", "cached", "encode", "probe", "render", "settle", "special_token_ids", "turn_end"]
+__all__ = [
+    "STOP_TOKEN",
+    "Stops",
+    "TurnFacts",
+    "cached",
+    "encode",
+    "head_end",
+    "probe",
+    "render",
+    "settle",
+    "special_token_ids",
+    "turn_end",
+]
 
 _PROBE_ROLES = ("user", "assistant", "user")
 _PROBE_TEXTS = ("Probe question one", "Probe answer two", "Probe question three")
@@ -47,9 +59,37 @@ class TurnFacts:
     stop_ids: frozenset[int]  # special tokens of turn headers (and a bos printed before turns): never trained
     opener_ids: frozenset[int]  # special tokens that open a turn (the first of a user's or an assistant's header)
     ambiguous: str | None = None  # why the rule can't tell the reply's stop from the next turn's opening
+    generation: str = ""  # the whole generation prompt (Qwen3 without thinking: the header and an empty think block)
 
 
 NO_FACTS = TurnFacts("", (), frozenset(), frozenset())
+
+#: Where a stop token comes from (`Stops.sources`), shown in per-token reasons as `stop token (<source>)`.
+GENERATION_CONFIG, TOKENIZER_EOS, TEMPLATE_EOT, GIVEN = (
+    "generation_config",
+    "tokenizer eos",
+    "template",
+    "stop_token_ids",
+)
+STOP_TOKEN = "stop token ({})"
+
+
+@dataclass(frozen=True)
+class Stops:
+    """The stop set of a run: the token ids that end generation, each with where it came from (`sources`).
+
+    `lenient` is the default set, when no stop set is given: the tokenizer's eos and the template's end-of-turn
+    tokens, where a turn whose end holds neither keeps the special tokens the template prints there (as before)."""
+
+    ids: frozenset[int]
+    sources: tuple[tuple[int, str], ...] = ()
+    lenient: bool = False
+
+    def ends(self, token: int) -> bool:
+        return token in self.ids
+
+    def reason(self, token: int) -> str:
+        return STOP_TOKEN.format(dict(self.sources).get(token, TEMPLATE_EOT))
 
 
 def cached(key: tuple, compute: Callable[[], Any], owner: Any = None) -> Any:
@@ -119,7 +159,9 @@ def probe(tokenizer, kwargs: dict, parts: bool, special: set[int]) -> TurnFacts:
     openers = set(opening) | {next((i for i in ids[after:j] if i in special), -1)}  # assistant's and user's
     closing, ambiguous = _closing(tokenizer, kwargs, messages, full, (ids, offsets), k, special, stop)
     cut = header.find(tokenizer.decode(opening)) if opening else -1  # assistant turns start at the opening token
-    facts = TurnFacts(header[cut:] if cut >= 0 else "", closing, frozenset(stop), frozenset(openers), ambiguous)
+    head = header[cut:] if cut >= 0 else ""
+    whole = generation[generation.find(head) :] if head and head in generation else head
+    facts = TurnFacts(head, closing, frozenset(stop), frozenset(openers), ambiguous, whole)
     return facts
 
 
@@ -160,24 +202,42 @@ def _closing(tokenizer, kwargs, messages, full, encoded, k, special, stop) -> tu
     return (), None
 
 
-def settle(ids: list[int], k: int, found: tuple[int, int], bound: int, facts: TurnFacts, blank) -> tuple[int, int]:
-    """The rule applied to one reply whose content ends before token `k`: `(eot_start, end)`, the end-of-turn tokens
-    to train. `found` is what the way that located the reply proposes; `bound` the first token of the next message;
-    `blank(i)`: token `i` is whitespace and not special. The template's closing right after the content (after any
-    blank tokens, which are trained with it) wins; else the closing inside `found`; else `found` without the
-    tokens that open a turn."""
-    n, (start, end) = len(facts.closing), found
-    if n:
-        p = k
-        while p < bound and blank(p):
-            p += 1
-        if p + n <= bound and tuple(ids[p : p + n]) == facts.closing:
-            return k, p + n
-        at = next((q for q in range(start, end - n + 1) if tuple(ids[q : q + n]) == facts.closing), None)
-        if at is not None:
-            return start, at + n
-    cut = next((q for q in range(start, end) if ids[q] in facts.stop_ids), end)
-    return start, cut
+def settle(
+    ids: list[int], k: int, found: tuple[int, int], bound: int, facts: TurnFacts, blank, stops: Stops
+) -> tuple[int, int]:
+    """The rule applied to one reply whose own tokens end before token `k`: `(eot_start, end)`, the tokens that end
+    it, trained with it; `(k, k)` when no stop token can end it. `found` is what the way that located the reply
+    proposes; `bound` the first token of the next message's text; `blank(i)`: token `i` is whitespace and not special.
+
+    Exactly one stop token is trained: the first token after the reply (past blank tokens, which are trained with it)
+    when it is in `stops`, be it the template's closing or the token that opens the next message (GLM's `<|user|>`);
+    else the first stop before the next message's text and before any token that opens a turn (a tool call between
+    the text and the stop is trained with the reply; GLM's `<|observation|>` after a tool call). Nothing after it is
+    trained, and no token that is not a stop."""
+    p = k
+    while p < bound and blank(p):
+        p += 1
+    if p < len(ids) and stops.ends(ids[p]):
+        return k, p + 1
+    for q in range(k, bound):
+        if stops.ends(ids[q]):
+            return q, q + 1
+        if ids[q] in facts.stop_ids:
+            break
+    start, end = found
+    if stops.lenient:  # the default set: the special tokens the way proposes, without any that opens a turn
+        return start, next((q for q in range(start, end) if ids[q] in facts.stop_ids), end)
+    return k, k
+
+
+def head_end(text: str, pos: int, facts: TurnFacts) -> int:
+    """Where the reply's own text starts, for a turn located at character `pos` of `text`: after the generation
+    prompt (or the shorter assistant header earlier turns render) that covers `pos`, else `pos`."""
+    for header in sorted({facts.generation, facts.header} - {""}, key=len, reverse=True):
+        for at in range(max(0, pos - len(header)), pos + 1):
+            if text.startswith(header, at):
+                return max(pos, at + len(header))
+    return pos
 
 
 def turn_end(special, facts: TurnFacts, ids, text, offsets, k: int, bound: int, has_text: bool) -> tuple[int, int]:
