@@ -43,7 +43,7 @@ from .end_of_turn import (
 from .hints import Tokenizer
 from .masking import IGNORE_INDEX
 
-__all__ = ["METHODS", "ChatMask", "chat_labels", "is_trained", "special_token_ids"]
+__all__ = ["METHODS", "ChatMask", "chat_labels", "given_stops", "is_trained", "special_token_ids"]
 
 TRAINED = "trained"
 #: Reason codes for masked tokens of a conversation (see `ChatMask.reasons`).
@@ -59,6 +59,11 @@ NO_STOP = "no stop token"
 #: The ways to locate assistant turns, in the order they are tried.
 MARKERS, OFFSETS, PREFIX_DIFF = "generation markers", "offsets", "prefix diff"
 METHODS = (MARKERS, OFFSETS, PREFIX_DIFF)
+
+
+def given_stops(ids: Sequence[int] | None, sources: Sequence[str] = ()) -> dict[int, str] | None:
+    """`{id: source}` for `chat_labels(stop_token_ids=...)` from `MaskingOptions.stop_token_ids`/`stop_sources`."""
+    return None if ids is None else dict(zip(ids, list(sources) or [GIVEN] * len(ids), strict=True))
 
 
 def is_trained(reason: str) -> bool:

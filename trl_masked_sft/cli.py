@@ -45,6 +45,7 @@ MASKING_FIELDS = (
     "instruction_template",
     "assistant_turns",
     "train_on_eot",
+    "stop_token_ids",
     "min_completion_tokens",
     "masked_row_policy",
     "max_masked_row_fraction",

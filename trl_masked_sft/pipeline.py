@@ -16,7 +16,7 @@ from typing import Any
 
 from datasets import Dataset, IterableDataset
 
-from .chat import chat_labels, special_token_ids
+from .chat import chat_labels, given_stops, special_token_ids
 from .context import fold_context, warn_unused_context
 from .conversations import to_messages
 from .distributed import run_on_main
@@ -210,6 +210,7 @@ class PreparationPipeline:
                 messages,
                 assistant_turns=options.assistant_turns,
                 train_eot=options.train_on_eot,
+                stop_token_ids=given_stops(options.stop_token_ids, options.stop_sources),
                 trainable_from=first,
                 **kwargs,
             )
