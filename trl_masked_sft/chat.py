@@ -25,14 +25,18 @@ from .conversations import fit_content, is_empty_reply, message_spans, reads_par
 from .end_of_turn import (
     GIVEN,
     NO_FACTS,
-    STOP_TOKEN,
     TEMPLATE_EOT,
     TOKENIZER_EOS,
+    TRAINED,
     Stops,
     TurnFacts,
     cached,
     encode,
+    final_stop,
+    given_stops,
     head_end,
+    is_trained,
+    no_stop,
     probe,
     render,
     settle,
@@ -45,7 +49,6 @@ from .masking import IGNORE_INDEX
 
 __all__ = ["METHODS", "ChatMask", "chat_labels", "given_stops", "is_trained", "special_token_ids"]
 
-TRAINED = "trained"
 #: Reason codes for masked tokens of a conversation (see `ChatMask.reasons`).
 SYSTEM, USER, TOOL, TEMPLATE = "system turn", "user turn", "tool turn", "template"
 EARLIER_ASSISTANT, END_OF_TURN = "earlier assistant turn", "end of turn (not trained)"
@@ -59,16 +62,6 @@ NO_STOP = "no stop token"
 #: The ways to locate assistant turns, in the order they are tried.
 MARKERS, OFFSETS, PREFIX_DIFF = "generation markers", "offsets", "prefix diff"
 METHODS = (MARKERS, OFFSETS, PREFIX_DIFF)
-
-
-def given_stops(ids: Sequence[int] | None, sources: Sequence[str] = ()) -> dict[int, str] | None:
-    """`{id: source}` for `chat_labels(stop_token_ids=...)` from `MaskingOptions.stop_token_ids`/`stop_sources`."""
-    return None if ids is None else dict(zip(ids, list(sources) or [GIVEN] * len(ids), strict=True))
-
-
-def is_trained(reason: str) -> bool:
-    """Whether a per-token reason (`ChatMask.reasons`) is a trained token's: `TRAINED` or a stop token's."""
-    return reason == TRAINED or reason.startswith(STOP_TOKEN[: STOP_TOKEN.index("{")])
 
 
 class _NotLocated(Exception):  # one way to locate the turns does not verify on this row; the message says why
@@ -350,7 +343,7 @@ def _assemble(ctx: _Context, located: _Located, method: str, train_eot: bool, ig
     inserted, bare = None, [t for t in trained if t[2] == t[3]] if train_eot else []
     tail = ids[bare[-1][3] :] if bare else []
     if bare and bare[-1][0] == len(ctx.messages) - 1 and not any(stops.ends(i) for i in tail):
-        stop = _final_stop(ctx)
+        stop = final_stop(ctx.facts(required=False), stops, ctx.tokenizer.eos_token_id)
         if stop is not None:  # the stop after the final reply (and any whitespace after it), before what follows
             end = len(ids) if not ctx.tokenizer.decode(tail).strip() else bare[-1][3]
             labels[bare[-1][3] : end] = ids[bare[-1][3] : end]
@@ -360,35 +353,11 @@ def _assemble(ctx: _Context, located: _Located, method: str, train_eot: bool, ig
                 f"the last reply has no end-of-turn token in the render: {ctx.tokenizer.decode([stop])!r} appended"
             )
     if bare and not stops.lenient:
-        raise _NoStop(_no_stop(ctx, located, bare[0]))
+        raise _NoStop(no_stop(ctx.tokenizer, located.ids, bare[0][2], bare[0][0], stops))
     if bare:
         notes.append(f"assistant message {', '.join(str(t[0]) for t in bare)} has no end-of-turn token in the render")
     explain = lambda: _reasons(ctx, located, train_eot, inserted)  # noqa: E731
     return ChatMask(ids, labels, None, method, "; ".join(notes) or None, len(located.merged), explain)
-
-
-def _final_stop(ctx: _Context) -> int | None:
-    """The stop to train after a final reply the template leaves without one: the template's closing, else the token
-    that opens a user turn when it is a stop (GLM's `<|user|>`), else the eos."""
-    facts, stops = ctx.facts(required=False), ctx.stops
-    closing = [i for i in facts.closing if stops.lenient or stops.ends(i)]
-    openers = sorted(i for i in facts.opener_ids if stops.ends(i))
-    return next(iter(closing[:1] + openers[:1]), ctx.tokenizer.eos_token_id)
-
-
-def _no_stop(ctx: _Context, located: _Located, turn: tuple[int, int, int, int]) -> str:
-    owner, _, k, _ = turn
-    decode = ctx.tokenizer.decode
-    after = decode(located.ids[k : k + 3]) if k < len(located.ids) else "nothing"
-    name = getattr(ctx.tokenizer, "name_or_path", "") or ""
-    stops = ", ".join(f"{decode([i])!r} ({source})" for i, source in ctx.stops.sources)
-    return (
-        f"the chat template{f' of {name!r}' if name else ''} prints {after!r} after assistant message {owner}, and "
-        f"none of it is in the stop set [{stops}], so the model would never learn to end that reply. Fix: add the "
-        "token that ends a turn to `stop_token_ids` (or to the model's `generation_config.eos_token_id`), end each "
-        "reply with a stop token in the template (`chat_template_path`), or train only the last reply "
-        "(`assistant_turns='last'`)."
-    )
 
 
 def _reasons(ctx: _Context, located: _Located, train_eot: bool, inserted: tuple[int, int] | None) -> list[str]:

@@ -25,14 +25,19 @@ from __future__ import annotations
 import os
 import weakref
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .conversations import fit_content
+from .conversations import fit_content, reads_parts
 
 __all__ = [
     "STOP_TOKEN",
+    "final_stop",
+    "given_stops",
+    "is_trained",
+    "no_stop",
+    "template_closing",
     "Stops",
     "TurnFacts",
     "cached",
@@ -72,6 +77,8 @@ GENERATION_CONFIG, TOKENIZER_EOS, TEMPLATE_EOT, GIVEN = (
     "stop_token_ids",
 )
 STOP_TOKEN = "stop token ({})"
+#: The per-token reason of a trained token of a reply (a stop token's is `STOP_TOKEN` with its source).
+TRAINED = "trained"
 
 
 @dataclass(frozen=True)
@@ -270,3 +277,50 @@ def trailing_start(special, decode, ids: list[int], start: int, end: int) -> int
     while e > start and (ids[e - 1] in special or not decode([ids[e - 1]]).strip()):
         e -= 1
     return e if special.intersection(ids[e:end]) else end
+
+
+def given_stops(ids: Sequence[int] | None, sources: Sequence[str] = ()) -> dict[int, str] | None:
+    """`{id: source}` for `chat_labels(stop_token_ids=...)` from `MaskingOptions.stop_token_ids`/`stop_sources`."""
+    return None if ids is None else dict(zip(ids, list(sources) or [GIVEN] * len(ids), strict=True))
+
+
+def is_trained(reason: str) -> bool:
+    """Whether a per-token reason (`ChatMask.reasons`) is a trained token's: `TRAINED` or a stop token's."""
+    return reason == TRAINED or reason.startswith(STOP_TOKEN[: STOP_TOKEN.index("{")])
+
+
+def final_stop(facts: TurnFacts, stops: Stops, eos: int | None) -> int | None:
+    """The stop to train after a final reply the template leaves without one: the template's closing, else the token
+    that opens a user turn when it is a stop (GLM's `<|user|>`), else the eos."""
+    closing = [i for i in facts.closing if stops.lenient or stops.ends(i)]
+    openers = sorted(i for i in facts.opener_ids if stops.ends(i))
+    return next(iter(closing[:1] + openers[:1]), eos)
+
+
+def no_stop(tokenizer, ids: list[int], k: int, owner: int, stops: Stops) -> str:
+    """The refusal of a row where no stop token ends assistant message `owner`, whose reply ends before token `k`."""
+    decode = tokenizer.decode
+    after = decode(ids[k : k + 3]) if k < len(ids) else "nothing"
+    name = getattr(tokenizer, "name_or_path", "") or ""
+    names = ", ".join(f"{decode([i])!r} ({source})" for i, source in stops.sources)
+    return (
+        f"the chat template{f' of {name!r}' if name else ''} prints {after!r} after assistant message {owner}, and "
+        f"none of it is in the stop set [{names}], so the model would never learn to end that reply. Fix: add the "
+        "token that ends a turn to `stop_token_ids` (or to the model's `generation_config.eos_token_id`), end each "
+        "reply with a stop token in the template (`chat_template_path`), or train only the last reply "
+        "(`assistant_turns='last'`)."
+    )
+
+
+def template_closing(tokenizer, **template_kwargs) -> list[int]:
+    """The end-of-turn tokens the chat template prints right after a reply (empty without a template, or when the
+    template can't render a user/assistant/user probe)."""
+    try:
+        kwargs = {
+            **template_kwargs,
+            "chat_template": tokenizer.get_chat_template(template_kwargs.get("chat_template")),
+        }
+        parts = reads_parts(lambda m: render(tokenizer, m, kwargs))
+        return list(probe(tokenizer, kwargs, parts, special_token_ids(tokenizer)).closing)
+    except Exception:  # noqa: BLE001 - no template, or one that raises: nothing to add
+        return []

@@ -47,6 +47,7 @@ from .report import (
     FULL_FIRST,
     FULL_LENGTH,
     LENGTH,
+    MERGED_HEADER,
     REASON,
     STOP_CUT,
     STOP_OK,
@@ -214,7 +215,12 @@ class PreparationPipeline:
                 trainable_from=first,
                 **kwargs,
             )
-            return {"input_ids": mask.input_ids, "labels": mask.labels, REASON: mask.row_reason}
+            return {
+                "input_ids": mask.input_ids,
+                "labels": mask.labels,
+                REASON: mask.row_reason,
+                MERGED_HEADER: mask.merged,
+            }
 
         columns = column_names(dataset)
         kwargs = (
@@ -268,7 +274,7 @@ class PreparationPipeline:
     def _audit(self, dataset, layout: Layout, dataset_name: str, empty_rows: set[int], enforce: bool):
         """Apply template masks, truncate, audit what each row trains on, apply `masked_row_policy`."""
         options, template = self.options, self.template
-        stop_ids = stop_token_ids(self.tokenizer)
+        stop_ids = stop_token_ids(self.tokenizer) | set(options.stop_token_ids or ())
 
         def mask_and_truncate(example, index):
             ids, labels = example["input_ids"], example["labels"]
@@ -330,6 +336,8 @@ class PreparationPipeline:
             )
         )
         dataset = dataset.remove_columns([c for c in AUDIT_COLUMNS if c in dataset.column_names])
+        if layout.is_conversational and (stop := given_stops(options.stop_token_ids, options.stop_sources)):
+            report.stop_set = ", ".join(f"{self.tokenizer.decode([i])!r} ({source})" for i, source in stop.items())
         for index in list(verdict.unsupervised)[:5]:
             labels, ids = dataset[index]["labels"], dataset[index]["input_ids"]
             first = next((i for i, lab in enumerate(labels) if lab != IGNORE_INDEX), len(ids))

@@ -17,7 +17,9 @@ FULL_COUNT, FULL_FIRST, REASON = "_msft_full_count", "_msft_full_first", "_msft_
 COUNT, STOP_OK, LENGTH = "_msft_count", "_msft_stop_ok", "_msft_length"
 #: the row's length before truncation; whether truncation cut the completion before its (trained) stop token
 FULL_LENGTH, STOP_CUT = "_msft_full_length", "_msft_stop_cut"
-AUDIT_COLUMNS = [FULL_COUNT, FULL_FIRST, REASON, COUNT, STOP_OK, LENGTH, FULL_LENGTH, STOP_CUT]
+#: trained chat turns whose first reply token merged with the header (that token left untrained)
+MERGED_HEADER = "_msft_merged_header"
+AUDIT_COLUMNS = [FULL_COUNT, FULL_FIRST, REASON, COUNT, STOP_OK, LENGTH, FULL_LENGTH, STOP_CUT, MERGED_HEADER]
 
 
 @dataclass
@@ -111,6 +113,10 @@ class AuditReport:
     #: dataset index -> that row's lengths (first 50)
     stop_truncated_rows: dict[int, str] = field(default_factory=dict)
     truncated_completion_policy: str = "warn"
+    #: conversations with a reply whose first bytes merged with the assistant header into one token, left untrained
+    rows_merged_header: int = 0
+    #: the stop set the end-of-turn rule used, as `'<token>' (source)` items ('' for the default)
+    stop_set: str = ""
 
     def summary(self) -> str:
         """One line for the log."""
@@ -121,6 +127,12 @@ class AuditReport:
             f"cut by max_length); supervised tokens per row (all {self.rows} rows, {self.rows_fully_masked} with none) "
             f"min/median/max {self.supervised_tokens_min}/{self.supervised_tokens_median:g}/"
             f"{self.supervised_tokens_max}, {self.supervised_token_share:.1%} of all tokens."
+            + (
+                f" {self.rows_merged_header} rows with a reply whose first token merged with the header (not trained)."
+                if self.rows_merged_header
+                else ""
+            )
+            + (f" Stop set: {self.stop_set}." if self.stop_set else "")
         )
 
     def to_dict(self) -> dict:
@@ -188,6 +200,7 @@ def build_report(
     }
     stops = StopTruncation(dataset_name, len(counts), max_length, cut, kept_defaults)
     report.rows_stop_token_truncated = len(cut)
+    report.rows_merged_header = sum(1 for merged in dataset.get(MERGED_HEADER, []) if merged)
     report.stop_truncated_rows = {i: stops.line(i, cut[i], max_length) for i in list(cut)[:50]}
     return report, verdict, stops
 

@@ -44,6 +44,7 @@ from .pipeline import PreparationPipeline
 from .precision import cpu_bf16_setup, resolve_cpu_bf16
 from .report import AuditReport, save_audits
 from .steps import check_run_length
+from .stops import add_to_generation_config, model_stop_ids, save_generation_config, with_model_stops
 from .validation import check_collator_keeps_labels, check_prompt_learning, first_label_is_target
 
 __all__ = ["MaskedSFTTrainer"]
@@ -92,6 +93,7 @@ class MaskedSFTTrainer(SFTTrainer):
     ) -> None:
         args = trainer_config(model, args)
         self._msft_options = options = MaskingOptions.from_args(args)
+        self._msft_model_stops = model_stop_ids(model)  # the stop set comes from the model (`stops.py`)
         self._msft_precision = resolve_cpu_bf16(model, args)  # said once training starts
         if not options.completion_only:
             warn(
@@ -149,6 +151,7 @@ class MaskedSFTTrainer(SFTTrainer):
                 formatting_func=None,
             )
         self._msft_mask_metrics, self._msft_audit_logged = MaskMetrics(), False
+        add_to_generation_config(self.model, self._msft_options)  # the template's stop, where the model lacked it
         if (unsharded := fsdp_not_sharded(self)) is not None:
             logger.warning(unsharded)
         if data_collator is not None and options.completion_only:
@@ -176,6 +179,7 @@ class MaskedSFTTrainer(SFTTrainer):
         if self._msft_pipeline is None:  # here the tokenizer is known, also when `model` was given as a path
             collator = self._msft_collator
             matcher = collator.matcher if isinstance(collator, DataCollatorForCompletionOnlyLM) else None
+            self._msft_options = with_model_stops(self._tokenizer, self._msft_options, self._msft_model_stops)
             self._msft_pipeline = PreparationPipeline(self._tokenizer, self._msft_options, template=matcher)
         pipeline = self._msft_pipeline
         if packing and args.packing_strategy != "bfd":
@@ -194,6 +198,10 @@ class MaskedSFTTrainer(SFTTrainer):
         elif args.shuffle_dataset:
             dataset = dataset.shuffle(seed=args.seed)
         return dataset, prepared.report
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        super()._save(output_dir, state_dict)  # an adapter's folder gets the generation config too
+        save_generation_config(self.model, output_dir or self.args.output_dir, self._msft_options)
 
     @property
     def audit_reports(self) -> dict[str, AuditReport]:
