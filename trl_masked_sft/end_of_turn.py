@@ -157,6 +157,9 @@ def probe(tokenizer, kwargs: dict, parts: bool, special: set[int]) -> TurnFacts:
         if ids[j] in special:  # the last special token of the user's header
             stop.add(ids[j])
             break
+    head = [i for i in ids[bisect_left(starts, a + len(_PROBE_TEXTS[0])) : bisect_left(starts, b)] if i in special]
+    if head and alone.endswith(tokenizer.decode(head[-1:])):  # GLM-Edge prints `<|assistant|>` after every render
+        stop.add(head[-1])  # the assistant header's token, also after the last message: never a reply's end
     bos = tokenizer.bos_token_id
     if bos is not None and bos in ids[bisect_left(starts, b + len(_PROBE_TEXTS[1])) : j + 1]:
         stop.add(bos)  # a bos printed between turns opens the next one: never part of a reply's end
@@ -166,7 +169,7 @@ def probe(tokenizer, kwargs: dict, parts: bool, special: set[int]) -> TurnFacts:
     openers = set(opening) | {next((i for i in ids[after:j] if i in special), -1)}  # assistant's and user's
     closing, ambiguous = _closing(tokenizer, kwargs, messages, full, (ids, offsets), k, special, stop)
     cut = header.find(tokenizer.decode(opening)) if opening else -1  # assistant turns start at the opening token
-    head = header[cut:] if cut >= 0 else ""
+    head = header[cut:] if cut >= 0 else header  # DeepSeek's `<｜Assistant｜>` is an added token, not a special one
     whole = generation[generation.find(head) :] if head and head in generation else head
     facts = TurnFacts(head, closing, frozenset(stop), frozenset(openers), ambiguous, whole)
     return facts
@@ -290,11 +293,9 @@ def is_trained(reason: str) -> bool:
 
 
 def final_stop(facts: TurnFacts, stops: Stops, eos: int | None) -> int | None:
-    """The stop to train after a final reply the template leaves without one: the template's closing, else the token
-    that opens a user turn when it is a stop (GLM's `<|user|>`), else the eos."""
-    closing = [i for i in facts.closing if stops.lenient or stops.ends(i)]
-    openers = sorted(i for i in facts.opener_ids if stops.ends(i))
-    return next(iter(closing[:1] + openers[:1]), eos)
+    """The stop to train after a final reply the template leaves without one: the template's closing, else the eos
+    (GLM-4.5, whose replies end with the next message's opener, ends its last reply with `<|endoftext|>`)."""
+    return next((i for i in facts.closing if stops.lenient or stops.ends(i)), eos)
 
 
 def no_stop(tokenizer, ids: list[int], k: int, owner: int, stops: Stops) -> str:
