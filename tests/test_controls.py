@@ -199,7 +199,7 @@ def test_reasoning_mask_on_glm45():
 def test_reasoning_mask_on_gptoss_masks_the_analysis_channel(key):
     """gpt-oss: the `analysis` channel up to the final channel's header is masked; `<|channel|>final…` trains."""
     messages = [REASONED[0], {"role": "assistant", key: "Add two and two.", "content": "4"}]
-    full = "<|start|>assistant<|channel|>analysis<|message|>Add two and two.<|end|><|start|>assistant"
+    full = "<|channel|>analysis<|message|>Add two and two.<|end|><|start|>assistant"  # after the prompt
     assert _runs(_gptoss(), messages) == [f"{full}<|channel|>final<|message|>4<|return|>"]
     assert _runs(_gptoss(), messages, controls=_mask(reasoning="mask")) == ["<|channel|>final<|message|>4<|return|>"]
 
@@ -361,5 +361,6 @@ def test_the_cli_takes_every_control_as_a_flag(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "[TRAIN]Hi there[/TRAIN][end of turn (not trained)]<|im_end|>" in out
     assert f"[{MASKED_BY_KEY}]Hello!<|im_end|>[/{MASKED_BY_KEY}]" in out
-    assert f"[{REASONING_MASKED}]<think>Add.</think>[/{REASONING_MASKED}][TRAIN]4<|im_end|>[/TRAIN]" in out
+    assert f"[{REASONING_MASKED}]<think>Add.</think>[/{REASONING_MASKED}][TRAIN]4[/TRAIN]" in out
+    assert "[TRAIN]4[/TRAIN][TRAIN stop token (template)]<|im_end|>" in out
     assert main(["audit", "--dataset_name", str(data), "--train_on_eot", "all", "--message_weight_key", "w"]) == 0

@@ -20,13 +20,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from .conversations import SHAREGPT_ROLES, message_spans, reasoning_text
+from .end_of_turn import TRAINED, encode, render, settle
 from .errors import DatasetFormatError, DatasetTypeError
+from .masking import IGNORE_INDEX
 
 __all__ = [
     "END_OF_TURN",
     "EMPTIED",
     "EOT_MODES",
-    "TRAINED",
+    "Plan",
+    "apply_plan",
     "Applied",
     "apply_controls",
     "carries_weights",
@@ -41,9 +44,9 @@ __all__ = [
     "read_controls",
 ]
 
-#: Per-token reasons (see `ChatMask.reasons`): a trained token, an end-of-turn token a control leaves out, and the
-#: reasons the controls add.
-TRAINED, END_OF_TURN = "trained", "end of turn (not trained)"
+#: Per-token reasons (see `ChatMask.reasons`): an end-of-turn token a control leaves out, and the reasons the
+#: controls add (a trained token's is `end_of_turn.TRAINED`).
+END_OF_TURN = "end of turn (not trained)"
 MASKED_BY_KEY = "message train: false"
 ZERO_WEIGHT = "message weight 0"
 REASONING_MASKED = "reasoning (reasoning='mask')"
@@ -194,6 +197,27 @@ class Applied:
     weights: list[float] | None
     marks: list[tuple[int, int, str]]
 
+    def inserted(self, inserted: tuple[int, int] | None, weight: float | None) -> Applied:
+        """After `chat` inserted a stop token (`(position, id)`, trained, with its reply's `weight`): the weights and
+        marks moved past it."""
+        if inserted is None:
+            return self
+        at, stop = inserted
+        weights = None if self.weights is None else [*self.weights[:at], weight or 1.0, *self.weights[at:]]
+        marks = [(a + (a >= at), b + (b > at), reason) for a, b, reason in self.marks]
+        return Applied([*self.labels[:at], stop, *self.labels[at:]], weights, marks)
+
+    @property
+    def problem(self) -> str | None:
+        """The row reason when the controls leave nothing to train (a fully masked row), else `None`."""
+        return None if any(label != IGNORE_INDEX for label in self.labels) else f"{EMPTIED}: nothing left to train"
+
+    def explain(self, reasons: list[str]) -> list[str]:
+        """`reasons` with the controls' marks over them."""
+        for start, end, reason in self.marks:
+            reasons[start:end] = [reason] * (end - start)
+        return reasons
+
 
 def apply_controls(
     ids: list[int],
@@ -290,3 +314,56 @@ def _token_range(messages, i, turns, spans, starts, ends) -> tuple[int, int]:
     if turn is not None:
         return turn[1], turn[3]
     return bisect_right(ends, spans[i][1]), bisect_left(starts, spans[i][2])
+
+
+@dataclass
+class Plan:
+    """The controls of one conversation, read once (`plan`): the messages without the control keys, the messages to
+    train (`chosen`, assistant or not), each message's flag and weight, the `train_on_eot` mode. `active` is false
+    when no control changes anything: then the labels are built exactly as without controls."""
+
+    messages: list[dict]
+    chosen: list[int]
+    flags: list[bool | None]
+    weights: list[float | None]
+    controls: ChatControls
+    mode: str
+
+    @property
+    def active(self) -> bool:
+        keyed = any(f is not None for f in self.flags) or any(w is not None for w in self.weights)
+        return keyed or self.controls != ChatControls() or self.mode not in ("turn", "none")
+
+
+def plan(messages, controls, train_eot, where, *, assistant_turns: str, trainable_from: int) -> Plan:
+    """Read a conversation's controls (`read_controls`) and choose what it trains (`choose`)."""
+    controls = controls or ChatControls()
+    messages, flags, weights = read_controls(messages, controls, where)
+    chosen = choose(messages, flags, weights, controls, assistant_turns=assistant_turns, trainable_from=trainable_from)
+    return Plan(messages, chosen, flags, weights, controls, eot_mode(train_eot))
+
+
+def apply_plan(ctx: Any, located: Any, labels: list[int], ignore_index: int) -> Applied:
+    """`apply_controls` for `chat`'s located turns (`ctx`: its context, with the render and the end-of-turn rule)."""
+    text, offsets = located.text, located.offsets
+    if text is None:  # the prefix diff: the render's offsets, if its tokenization is the located ids
+        try:
+            text = render(ctx.tokenizer, ctx.messages, ctx.kwargs)
+            rendered, offsets = encode(ctx.tokenizer, text)
+        except Exception:  # noqa: BLE001 - no text: the spans that need it can't be found
+            rendered = None
+        text = text if rendered == located.ids else None
+    facts, blank = ctx.facts(required=False), ctx.blank(located.ids)
+    return apply_controls(
+        located.ids,
+        labels,
+        (text, offsets) if text is not None else None,
+        ctx.messages,
+        located.turns,
+        (ctx.plan.chosen, ctx.plan.flags, ctx.plan.weights),
+        ctx.plan.controls,
+        mode=ctx.plan.mode,
+        header=facts.header,
+        stop=lambda k, bound: settle(located.ids, k, (k, bound), bound, facts, blank, ctx.stops),
+        ignore_index=ignore_index,
+    )

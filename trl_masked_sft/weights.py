@@ -16,6 +16,7 @@ import torch
 from .masking import IGNORE_INDEX, WEIGHTS, truncate_row
 
 __all__ = [
+    "WeightedBatches",
     "WeightedCollator",
     "collating",
     "is_weighted",
@@ -27,9 +28,11 @@ __all__ = [
 
 
 def truncate_weighted(
-    ids: list[int], labels: list[int], weights: list[float], max_length: int | None, **how: Any
-) -> tuple[list[int], list[int], list[float]]:
-    """`truncate_row` on a weighted row: the weights keep the positions the ids and labels keep."""
+    ids: list[int], labels: list[int], weights: list[float] | None, max_length: int | None, **how: Any
+) -> tuple[list[int], list[int], list[float] | None]:
+    """`truncate_row`, and the weights keep the positions the ids and labels keep (`None`: an unweighted row)."""
+    if weights is None:
+        return (*truncate_row(ids, labels, max_length, **how), None)
     kept, labels = truncate_row(list(range(len(ids))), labels, max_length, **how)
     return [ids[i] for i in kept], labels, [weights[i] for i in kept]
 
@@ -165,3 +168,20 @@ def pack_weighted(dataset: Any, args: Any, dataset_name: str) -> Any:
     if args.shuffle_dataset:
         dataset = dataset.shuffle(seed=args.seed)
     return pack_dataset(dataset, args.max_length, args.packing_strategy, kwargs)
+
+
+class WeightedBatches:
+    """The `Trainer` hooks weighted rows need (a mixin of `MaskedSFTTrainer`, before `SFTTrainer`): the `WEIGHTS`
+    column kept by `remove_unused_columns`, laid out by the eval collator, and `Σ w` as `num_items_in_batch`."""
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        with collating(self, self.data_collator, self.eval_dataset):
+            return super().get_eval_dataloader(eval_dataset)
+
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        if WEIGHTS not in self._signature_columns:  # the column is there only when a message has a weight
+            self._signature_columns.append(WEIGHTS)
+
+    def _get_num_items_in_batch(self, batch_samples, device):
+        return weighted_num_items(self, batch_samples, device, super()._get_num_items_in_batch(batch_samples, device))
