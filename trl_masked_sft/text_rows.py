@@ -22,7 +22,7 @@ from .hf_compat import in_memory_kwargs
 from .logs import get_logger
 from .masking import IGNORE_INDEX
 from .options import MaskingOptions
-from .report import MERGED
+from .policies import MERGED
 from .text import clip_end, clip_start, token_pieces, visible
 from .values import check_text, find_unencodable
 
