@@ -74,9 +74,6 @@ class AuditReport:
     #: verdicts without fields of their own above: policy field -> `{"rows": count, "first_rows": {index: detail},
     #: "policy": policy}`
     more_verdicts: dict[str, dict] = field(default_factory=dict)
-    #: prompt/completion rows whose prompt and completion merge into one token when tokenized together; they are
-    #: tokenized apart (the prompt's ids, then the completion's), so no prompt byte is trained (`text_rows`)
-    rows_merged_boundary: int = 0
 
     def fill(self, verdict: RowVerdict, policy: str, limit: int = 50) -> None:
         """Record `verdict`'s number of rows, its first `limit` rows' details and its `policy`."""
@@ -99,6 +96,10 @@ class AuditReport:
             found = self.more_verdicts.get(verdict.policy_field, {})
             return found.get("rows", 0), found.get("first_rows", {}), found.get("policy", verdict.default)
         return tuple(getattr(self, name) for name in verdict.report_fields)
+
+    #: prompt/completion rows whose prompt and completion merge into one token when tokenized together; they are
+    #: tokenized apart (the prompt's ids, then the completion's), so no prompt byte is trained (`text_rows`)
+    rows_merged_boundary: int = 0
 
     def summary(self) -> str:
         """One line for the log."""
