@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"config", "masking", "hf_compat", "conversations"},
     {"validation", "end_of_turn", "checkpoints", "model_checks", "packing", "loss", "values", "steps", "options"},
     {"report", "distributed", "collator", "metrics", "chat", "context"},
-    {"formats", "health", "streaming"},
+    {"formats", "health", "streaming", "stops"},
     {"text_rows"},
     {"pipeline", "sources"},
     {"audit", "inspector"},

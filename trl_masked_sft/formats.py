@@ -35,6 +35,7 @@ __all__ = [
     "apply_formatting",
     "check_values",
     "coerce_dataset",
+    "coerce_datasets",
     "detect_layout",
     "format_answer",
 ]
@@ -120,6 +121,17 @@ def detect_layout(
 def format_answer(answer: float) -> str:
     """The answer text of a numeric `[question, answer]` row: `<answer>{round(answer, 3)}</answer>`."""
     return f"<answer>{round(float(answer), 3)}</answer>"
+
+
+def coerce_datasets(train: Any, evaluation: Any, options: Any) -> tuple[Any, Any]:
+    """`coerce_dataset` on a trainer's train and eval datasets (a dict of eval datasets too), with `options`'s
+    prompt and completion columns."""
+    columns = {"prompt_column": options.prompt_column, "completion_column": options.completion_column}
+    if isinstance(evaluation, dict):
+        evaluation = {k: coerce_dataset(v, dataset_name=k, **columns) for k, v in evaluation.items()}
+    else:
+        evaluation = coerce_dataset(evaluation, dataset_name="eval", **columns)
+    return coerce_dataset(train, dataset_name="train", **columns), evaluation
 
 
 def coerce_dataset(data: Any, *, prompt_column: str, completion_column: str, dataset_name: str) -> Any:

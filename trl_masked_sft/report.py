@@ -16,6 +16,7 @@ from .policies import (
     FULL_LENGTH,
     LENGTH,
     MERGED,
+    MERGED_HEADER,
     REASON,
     STOP_CUT,
     STOP_OK,
@@ -32,6 +33,7 @@ __all__ = [
     "FULL_LENGTH",
     "LENGTH",
     "MERGED",
+    "MERGED_HEADER",
     "REASON",
     "STOP_CUT",
     "STOP_OK",
@@ -100,6 +102,10 @@ class AuditReport:
     #: prompt/completion rows whose prompt and completion merge into one token when tokenized together; they are
     #: tokenized apart (the prompt's ids, then the completion's), so no prompt byte is trained (`text_rows`)
     rows_merged_boundary: int = 0
+    #: conversations with a reply whose first bytes merged with the assistant header into one token, left untrained
+    rows_merged_header: int = 0
+    #: the stop set the end-of-turn rule used, as `'<token>' (source)` items ('' for the default)
+    stop_set: str = ""
 
     def summary(self) -> str:
         """One line for the log."""
@@ -112,6 +118,12 @@ class AuditReport:
             f"supervised tokens per row (all {self.rows} rows, {self.rows_fully_masked} with none) "
             f"min/median/max {self.supervised_tokens_min}/{self.supervised_tokens_median:g}/"
             f"{self.supervised_tokens_max}, {self.supervised_token_share:.1%} of all tokens."
+            + (
+                f" {self.rows_merged_header} rows with a reply whose first token merged with the header (not trained)."
+                if self.rows_merged_header
+                else ""
+            )
+            + (f" Stop set: {self.stop_set}." if self.stop_set else "")
         )
 
     def to_dict(self) -> dict:
@@ -170,6 +182,7 @@ def build_report(
     report.rows_merged_boundary = sum(1 for merged in dataset.get(MERGED, []) if merged)
     for verdict in verdicts:
         report.fill(verdict, (policies or {}).get(verdict.policy_field, verdict.default))
+    report.rows_merged_header = sum(1 for merged in dataset.get(MERGED_HEADER, []) if merged)
     return report, verdicts
 
 
