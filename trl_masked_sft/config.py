@@ -24,8 +24,8 @@ class MaskedSFTConfig(SFTConfig):
 
     The defaults mirror the course homework this package grew from (LoRA SFT of SmolLM2-360M-Instruct on unit
     conversions): learning_rate 2e-4, num_train_epochs 3, per_device_train_batch_size 32, activation checkpointing
-    on (on a GPU or other accelerator; off on a CPU, whose memory is the host's and where recomputing costs a third
-    more time), save_strategy "epoch", save_total_limit 1, logging_steps 10, report_to "tensorboard", label_names
+    on (on a GPU or other accelerator; on a CPU the trainer decides from an estimate of the activation memory
+    against the machine's, `memory.py`), save_strategy "epoch", save_total_limit 1, logging_steps 10, report_to "tensorboard", label_names
     ["labels"], max_length 128, completion_only_loss True. `bf16` left unset is True where a GPU supports it; on a
     CPU with native bfloat16 units the trainer turns bfloat16 autocast on for a model of at least 20M parameters
     (`precision.py`), and the config constructs on a CPU-only machine.
@@ -93,6 +93,11 @@ class MaskedSFTConfig(SFTConfig):
             the same loss, gradients and logged metrics, without the head's work on prompt positions. Where it can't
             apply exactly (another device, a `compute_loss_func`, label smoothing, prompt-learning PEFT, DeepSpeed or
             FSDP, a model that can't keep a selection of logits) TRL's path is used, said once in the log.
+        frozen_weights_bf16 (`bool`, *optional*, defaults to `True`):
+            Under bf16 autocast, hold the frozen float32 weights of the linear layers in bfloat16 while `train()`
+            runs, instead of letting autocast cast them again at every matrix product (same numbers, fewer casts).
+            The model's own parameters are put back, unchanged, when training ends or fails; trainable weights, the
+            optimizer state and LoRA sums stay float32.
     """
 
     # Parameters whose default values differ from SFTConfig (the homework's settings)
@@ -105,7 +110,9 @@ class MaskedSFTConfig(SFTConfig):
         default=None,
         metadata={
             "help": "Trade compute for memory by recomputing activations in the backward pass. If not set, True "
-            "(the homework's setting) where a GPU or other accelerator is present and False on a CPU, unless the "
+            "(the homework's setting) where a GPU or other accelerator is present; on a CPU the trainer turns it on "
+            "only when its estimate of the activation memory (the longest batch's tokens x layers x hidden size x "
+            "bytes) exceeds a share of the machine's available memory, and says so in the log; unless the "
             "deprecated `gradient_checkpointing` says otherwise."
         },
     )
@@ -267,10 +274,22 @@ class MaskedSFTConfig(SFTConfig):
             "the log."
         },
     )
+    frozen_weights_bf16: bool = field(
+        default=True,
+        metadata={
+            "help": "Under bf16 autocast, hold the frozen float32 weights of the linear layers in bfloat16 while "
+            "`train()` runs, instead of letting autocast cast them again at every matrix product (same numbers, "
+            "fewer casts). The model's own parameters are put back, unchanged, when training ends or fails; "
+            "trainable weights, the optimizer state and LoRA sums stay float32."
+        },
+    )
 
     def __post_init__(self):
+        self._checkpointing_auto = False
         if self.activation_checkpointing is None and self.gradient_checkpointing is None:
             self.activation_checkpointing = not self.use_cpu and has_accelerator()
+            # Off on a CPU unless the trainer, which sees the model and the data, finds it needed (`memory.py`).
+            self._checkpointing_auto = not self.activation_checkpointing
         check_types(self)  # before transformers converts or compares them: a typo fails there with no fix
         self._bf16_auto = False
         if self.bf16 is None and not self.fp16:

@@ -42,6 +42,7 @@ _BOOLS = (
     "train_on_eot",
     "health_checks",
     "pack_within_batch",
+    "frozen_weights_bf16",
     "packing",
     "padding_free",
     "assistant_only_loss",

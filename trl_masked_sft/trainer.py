@@ -30,6 +30,7 @@ from .health import TrainingHealthGuard
 from .logs import get_logger, warn
 from .loss import SupervisedLoss, count_packed_tokens
 from .masking import IGNORE_INDEX
+from .memory import checkpointing_by_memory
 from .metrics import MaskMetrics, audit_logs, batch_mask_stats, write_audit_text
 from .model_checks import (
     check_model_before_training,
@@ -41,7 +42,7 @@ from .model_checks import (
 from .options import MaskingOptions
 from .packing import PACKED_TOKENS_KEY, PackingCollator, packing_blocker
 from .pipeline import PreparationPipeline
-from .precision import cpu_bf16_setup, resolve_cpu_bf16
+from .precision import resolve_cpu_bf16, training_precision, weights_as_given
 from .report import AuditReport, save_audits
 from .steps import check_run_length
 from .validation import check_collator_keeps_labels, check_prompt_learning, first_label_is_target
@@ -155,6 +156,7 @@ class MaskedSFTTrainer(SFTTrainer):
             check_collator_keeps_labels(self.data_collator, self.train_dataset)
         self._msft_loss = SupervisedLoss(self)  # the loss on supervised positions only (`score_supervised_only`)
         self._msft_health = TrainingHealthGuard(self) if getattr(self.args, "health_checks", True) else None
+        self._msft_checkpointing = checkpointing_by_memory(self)  # the data are prepared: the largest batch is known
         if self._msft_health is not None:
             self.add_callback(self._msft_health)
 
@@ -205,16 +207,18 @@ class MaskedSFTTrainer(SFTTrainer):
         check_prompt_learning(self.model, activation_checkpointing=bool(self.args.activation_checkpointing))
         resume_from_checkpoint = agree_on_checkpoint(resume_from_checkpoint, self.args.output_dir, self.model)
         check_run_length(self.train_dataset, self.eval_dataset, self.args, self._msft_audits)
-        cpu_bf16_setup(self.model, self.args, note=self._msft_precision)
         if self.is_world_process_zero() and self._msft_audits:
             save_audits(self._msft_audits, Path(self.args.output_dir) / "masked_sft_audit.json")
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        with training_precision(self, (self._msft_precision, self._msft_checkpointing)):  # puts the weights back
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _save_checkpoint(self, model, trial):
+        with weights_as_given(self):  # saved from the user's float32 weights, not the bfloat16 copies
+            super()._save_checkpoint(model, trial)
 
     def save_last_good_checkpoint(self) -> None:
         """Save a checkpoint of the current weights: the health guard's one way into the trainer."""
         self._save_checkpoint(self.model_wrapped, trial=None)
-
-    # ------------------------------------------------------------------ checks around training
 
     # ------------------------------------------------------------------ in-batch packing (`pack_within_batch`)
 

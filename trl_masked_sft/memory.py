@@ -1,0 +1,104 @@
+"""Activation checkpointing on a CPU, decided from an estimate of the activation memory against the machine's.
+
+Without checkpointing a training step keeps every layer's activations for the backward pass: about tokens × layers ×
+hidden size × `ACTIVATION_BYTES` bytes for the step's largest batch. On the homework's short rows that is a few
+hundred MB and recomputing them costs a third more time, so checkpointing stays off; on long rows (8 rows of 580
+tokens a step, SmolLM2-135M) it is about 5 GB, more than TRL's own defaults (checkpointing on) would use. The trainer
+turns checkpointing on when the estimate exceeds `MEMORY_SHARE` of the memory the machine has available, and says the
+estimate and the choice in the log line that names the precision.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .logs import get_logger
+
+logger = get_logger(__name__)
+
+__all__ = ["ACTIVATION_BYTES", "MEMORY_SHARE", "activation_estimate", "available_memory", "checkpointing_by_memory"]
+
+#: Bytes kept for the backward pass per token, layer and hidden unit, without checkpointing. Measured on
+#: SmolLM2-135M (30 layers × 576) under bf16 autocast, 8 rows of about 580 tokens a step: the peak RSS growth of
+#: `train()` without checkpointing less the growth with it, over tokens × layers × hidden (benchmarks/RESULTS.md);
+#: rounded up. It covers the MLP's wider activations and the attention's per-head buffers.
+ACTIVATION_BYTES = 64
+
+#: Checkpointing stays off only while the estimate is at most this share of the available memory: the rest is left
+#: for the weights, the optimizer, the data and whatever else the machine runs.
+MEMORY_SHARE = 0.125
+
+
+def available_memory() -> int | None:
+    """The memory available to a new allocation, in bytes: `MemAvailable` of /proc/meminfo (Linux), else the physical
+    memory from `sysconf`, else None."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, OSError, ValueError):
+        return None
+
+
+def _shape(model) -> tuple[int, int] | None:
+    """`(layers, hidden size)` of a transformers model (through a PEFT wrapper), or None when its config lacks them."""
+    config = getattr(model, "config", None)
+    config = getattr(config, "text_config", None) or config
+    layers, hidden = getattr(config, "num_hidden_layers", None), getattr(config, "hidden_size", None)
+    return (layers, hidden) if isinstance(layers, int) and isinstance(hidden, int) else None
+
+
+def _largest_batch_tokens(dataset, batch: int, max_length: int | None) -> int | None:
+    """The tokens of the `batch` longest rows of a prepared dataset (each cut at `max_length`): the worst step's."""
+    table = getattr(dataset, "data", None)
+    if table is None or "input_ids" not in getattr(dataset, "column_names", ()):
+        return None
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(table.column("input_ids")).to_numpy(zero_copy_only=False)
+    if max_length:
+        lengths = lengths.clip(max=max_length)
+    lengths.sort()
+    return int(lengths[-batch:].sum())
+
+
+def activation_estimate(model, tokens_per_step: int) -> int | None:
+    """Bytes of activations a step of `tokens_per_step` tokens keeps without checkpointing, or None if unknown."""
+    shape = _shape(model)
+    return None if shape is None else tokens_per_step * shape[0] * shape[1] * ACTIVATION_BYTES
+
+
+def checkpointing_by_memory(trainer) -> str | None:
+    """Where the config left activation checkpointing to the trainer (`_checkpointing_auto`: unset on a CPU), turn
+    it on when the estimate exceeds `MEMORY_SHARE` of the available memory. Returns the sentence for the log, or None
+    when the choice was the user's or nothing could be estimated (it stays off)."""
+    args = trainer.args
+    if not getattr(args, "_checkpointing_auto", False) or args.activation_checkpointing:
+        return None
+    tokens = _largest_batch_tokens(trainer.train_dataset, args.per_device_train_batch_size, args.max_length)
+    estimate = None if tokens is None else activation_estimate(trainer.model, tokens)
+    memory = available_memory()
+    if estimate is None or not memory:
+        return None
+    needed = estimate > MEMORY_SHARE * memory
+    said = (
+        f"activation checkpointing {'on' if needed else 'off'}: about {estimate / 2**30:.1f} GB of activations for "
+        f"the largest batch ({tokens:,} tokens) against {memory / 2**30:.1f} GB available (on above "
+        f"{MEMORY_SHARE:.1%}; set `activation_checkpointing` to choose)"
+    )
+    if needed:
+        args.activation_checkpointing = True
+        kwargs = dict(args.activation_checkpointing_kwargs or {})
+        model = trainer.model
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs or None)
+        else:  # transformers before 5.0 names it after gradients
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs or None)
+        if hasattr(trainer.model, "enable_input_require_grads"):
+            trainer.model.enable_input_require_grads()  # a frozen base: the checkpointed blocks need an input grad
+    return said
