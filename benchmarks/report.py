@@ -1,7 +1,7 @@
 """The benchmark's report: what a run measured, checked and written as RESULTS.md.
 
 - the main comparison: `Results`, `best_epoch` (each step's fastest repeat, summed), `paired_ratios`,
-  `loss_groups_agree` (same tokens ⇒ same loss), `evaluate_targets` (P1-P5) and `render`;
+  `loss_groups_agree` (same tokens ⇒ same loss), `evaluate_targets` (P2-P5; P1 retired by issue 25) and `render`;
 - the `--head` mode: `head_summary` and `render_head`, a section between `HEAD_MARK` and `HEAD_END`;
 - the `--real` mode: `real_summary` and `render_real`, a section between `REAL_MARK` and `REAL_END`;
 - sections that other modes write into RESULTS.md are spliced in place (`splice_section`) and kept by a full run
@@ -133,7 +133,6 @@ def evaluate_targets(results: Results) -> list[dict[str, Any]]:
         }
 
     ratios = [
-        ("P1", "epoch time, MaskedSFTTrainer / homework pattern", "masked", "homework", 0.17),
         ("P2", "epoch time, MaskedSFTTrainer / trl.SFTTrainer (homework)", "masked", "trl", 1.00),
         ("P2", "epoch time, MaskedSFTTrainer / trl.SFTTrainer (long-prompt chat)", "masked_chat", "trl_chat", 1.00),
         ("P3", "epoch time on pad-128 rows, MaskedSFTTrainer / trl.SFTTrainer", "masked_padded", "trl_padded", 0.25),
@@ -143,7 +142,7 @@ def evaluate_targets(results: Results) -> list[dict[str, Any]]:
         head = paired_ratios(results, "masked", "masked_full_head")
         rows.append(
             {
-                "target": "P1",
+                "target": "info",
                 "what": "epoch time, MaskedSFTTrainer / the same with score_supervised_only=False (the LM head's share; "
                 "ablation)",
                 "value": best_epoch(results, "masked") / best_epoch(results, "masked_full_head"),
