@@ -8,7 +8,7 @@ import pytest
 from transformers import LlamaConfig
 
 from trl_masked_sft import MaskedSFTTrainer, memory
-from trl_masked_sft.memory import ACTIVATION_BYTES, MEMORY_SHARE, activation_estimate, available_memory
+from trl_masked_sft.memory import ACTIVATION_BYTES, MEMORY_SHARE, activation_estimate, machine_memory
 from trl_masked_sft.precision import has_accelerator
 
 pytestmark = pytest.mark.skipif(has_accelerator(), reason="the memory rule decides only where no accelerator is")
@@ -29,8 +29,9 @@ def test_the_estimate_is_tokens_times_layers_times_hidden_times_bytes():
 
 
 def test_the_machine_memory_is_read():
-    """The available memory comes from /proc/meminfo (or sysconf): a positive number of bytes."""
-    assert available_memory() > 0
+    """The total and available memory come from /proc/meminfo (or sysconf): positive, available at most total."""
+    total, available = machine_memory()
+    assert 0 < available <= total
 
 
 def _train(model, tokenizer, make_config, capture_logs, **overrides):
@@ -48,7 +49,12 @@ def test_short_rows_leave_checkpointing_off_and_the_log_says_the_estimate(model,
     trainer, said = _train(model, tokenizer, make_config, capture_logs)
     assert trainer.args.activation_checkpointing is False
     assert not trainer.model.is_activation_checkpointing
-    assert "activation checkpointing off" in said and "GB available" in said and "tokens)" in said
+    assert (
+        "activation checkpointing off" in said
+        and "GB available" in said
+        and "GB of memory" in said
+        and "tokens)" in said
+    )
 
 
 def test_an_estimate_above_the_share_of_memory_turns_checkpointing_on(
@@ -56,7 +62,7 @@ def test_an_estimate_above_the_share_of_memory_turns_checkpointing_on(
 ):
     """When the activations would take more than MEMORY_SHARE of the available memory, checkpointing is on and the
     run trains through it."""
-    monkeypatch.setattr(memory, "available_memory", lambda: 1024)  # a machine with almost nothing left
+    monkeypatch.setattr(memory, "machine_memory", lambda: (1024, 1024))  # a machine with almost nothing left
     trainer, said = _train(model, tokenizer, make_config, capture_logs)
     assert trainer.args.activation_checkpointing is True
     assert trainer.model.is_activation_checkpointing
@@ -66,6 +72,6 @@ def test_an_estimate_above_the_share_of_memory_turns_checkpointing_on(
 
 def test_an_explicit_choice_is_never_overridden(model, tokenizer, make_config, capture_logs, monkeypatch):
     """`activation_checkpointing=False` set by the user stays off, whatever the estimate, and nothing is said."""
-    monkeypatch.setattr(memory, "available_memory", lambda: 1024)
+    monkeypatch.setattr(memory, "machine_memory", lambda: (1024, 1024))
     trainer, said = _train(model, tokenizer, make_config, capture_logs, activation_checkpointing=False)
     assert trainer.args.activation_checkpointing is False and "activation checkpointing" not in said

@@ -4,8 +4,8 @@ Without checkpointing a training step keeps every layer's activations for the ba
 hidden size × `ACTIVATION_BYTES` bytes for the step's largest batch. On the homework's short rows that is a few
 hundred MB and recomputing them costs a third more time, so checkpointing stays off; on long rows (8 rows of 580
 tokens a step, SmolLM2-135M) it is about 5 GB, more than TRL's own defaults (checkpointing on) would use. The trainer
-turns checkpointing on when the estimate exceeds `MEMORY_SHARE` of the memory the machine has available, and says the
-estimate and the choice in the log line that names the precision.
+turns checkpointing on when the estimate exceeds `MEMORY_SHARE` of the machine's memory or `AVAILABLE_SHARE` of what
+is available now, and says the estimate and the choice in the log line that names the precision.
 """
 
 from __future__ import annotations
@@ -17,7 +17,14 @@ from .logs import get_logger
 
 logger = get_logger(__name__)
 
-__all__ = ["ACTIVATION_BYTES", "MEMORY_SHARE", "activation_estimate", "available_memory", "checkpointing_by_memory"]
+__all__ = [
+    "ACTIVATION_BYTES",
+    "AVAILABLE_SHARE",
+    "MEMORY_SHARE",
+    "activation_estimate",
+    "checkpointing_by_memory",
+    "machine_memory",
+]
 
 #: Bytes kept for the backward pass per token, layer and hidden unit, without checkpointing. Measured on
 #: SmolLM2-135M (30 layers × 576) under bf16 autocast, 8 rows of about 580 tokens a step: the peak RSS growth of
@@ -25,24 +32,27 @@ __all__ = ["ACTIVATION_BYTES", "MEMORY_SHARE", "activation_estimate", "available
 #: rounded up. It covers the MLP's wider activations and the attention's per-head buffers.
 ACTIVATION_BYTES = 64
 
-#: Checkpointing stays off only while the estimate is at most this share of the available memory: the rest is left
-#: for the weights, the optimizer, the data and whatever else the machine runs.
+#: Checkpointing stays off only while the estimate is at most this share of the machine's memory (a property of the
+#: machine, so the choice does not flip with other jobs' use)...
 MEMORY_SHARE = 0.125
+#: ...and at most this share of the memory available right now: the rest is the margin left for the weights, the
+#: optimizer, the data and whatever else the machine runs.
+AVAILABLE_SHARE = 0.5
 
 
-def available_memory() -> int | None:
-    """The memory available to a new allocation, in bytes: `MemAvailable` of /proc/meminfo (Linux), else the physical
-    memory from `sysconf`, else None."""
+def machine_memory() -> tuple[int, int] | None:
+    """`(total, available)` memory in bytes: `MemTotal` and `MemAvailable` of /proc/meminfo (Linux), else the physical
+    memory from `sysconf` for both, else None."""
     try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
+        fields = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        return int(fields["MemTotal"].split()[0]) * 1024, int(fields["MemAvailable"].split()[0]) * 1024
+    except (OSError, ValueError, KeyError, IndexError):
         pass
     try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, OSError, ValueError):
         return None
+    return total, total
 
 
 def _shape(model) -> tuple[int, int] | None:
@@ -75,30 +85,32 @@ def activation_estimate(model, tokens_per_step: int) -> int | None:
 
 def checkpointing_by_memory(trainer) -> str | None:
     """Where the config left activation checkpointing to the trainer (`_checkpointing_auto`: unset on a CPU), turn
-    it on when the estimate exceeds `MEMORY_SHARE` of the available memory. Returns the sentence for the log, or None
-    when the choice was the user's or nothing could be estimated (it stays off)."""
+    it on when the estimate exceeds `MEMORY_SHARE` of the machine's memory or `AVAILABLE_SHARE` of what is available.
+    Returns the sentence for the log, or None when the choice was the user's or nothing could be estimated (off)."""
     args = trainer.args
     if not getattr(args, "_checkpointing_auto", False) or args.activation_checkpointing:
         return None
     tokens = _largest_batch_tokens(trainer.train_dataset, args.per_device_train_batch_size, args.max_length)
     estimate = None if tokens is None else activation_estimate(trainer.model, tokens)
-    memory = available_memory()
+    memory = machine_memory()
     if estimate is None or not memory:
         return None
-    needed = estimate > MEMORY_SHARE * memory
+    total, available = memory
+    needed = estimate > MEMORY_SHARE * total or estimate > AVAILABLE_SHARE * available
     said = (
         f"activation checkpointing {'on' if needed else 'off'}: about {estimate / 2**30:.1f} GB of activations for "
-        f"the largest batch ({tokens:,} tokens) against {memory / 2**30:.1f} GB available (on above "
-        f"{MEMORY_SHARE:.1%}; set `activation_checkpointing` to choose)"
+        f"the largest batch ({tokens:,} tokens) against {total / 2**30:.1f} GB of memory, {available / 2**30:.1f} GB "
+        f"available (on above {MEMORY_SHARE:.1%} of the memory or {AVAILABLE_SHARE:.0%} of what is available; set "
+        "`activation_checkpointing` to choose)"
     )
     if needed:
         args.activation_checkpointing = True
         kwargs = dict(args.activation_checkpointing_kwargs or {})
-        model = trainer.model
+        model = trainer.model  # as `Trainer.__init__` enables it, which ran before the data were known
         if hasattr(model, "activation_checkpointing_enable"):
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs or None)
         else:  # transformers before 5.0 names it after gradients
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs or None)
-        if hasattr(trainer.model, "enable_input_require_grads"):
-            trainer.model.enable_input_require_grads()  # a frozen base: the checkpointed blocks need an input grad
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()  # a frozen base: the checkpointed blocks need an input grad
     return said
