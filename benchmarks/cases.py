@@ -215,8 +215,8 @@ class RealCase:
 REAL_CASE = RealCase(batch=32, steps=4, repeats=2)
 #: The smoke run (`--real --fast`): four rows a step, one timed step, in one process.
 REAL_FAST_CASE = RealCase(batch=4, steps=1, repeats=1)
-#: Long rows (`--real --long`, issue 25): 8 rows of about 580 tokens a step, max_length 1024, two timed steps.
-REAL_LONG_CASE = RealCase(batch=8, steps=2, repeats=1, data="long", max_length=1024)
+#: Long rows (`--real --long`, issue 25): 8 rows of about 580 tokens a step, max_length 1024, one timed step.
+REAL_LONG_CASE = RealCase(batch=8, steps=1, repeats=1, data="long", max_length=1024)
 #: Its smoke run: two long rows a step, one timed step.
 REAL_LONG_FAST_CASE = RealCase(batch=2, steps=1, repeats=1, data="long", max_length=1024)
 #: The long rows' prompt length in tokens (the completion adds a few), varied by up to ±`LONG_SPREAD`.
