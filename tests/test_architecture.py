@@ -17,7 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "trl_masked_sft"
 LAYERS: list[set[str]] = [
     {"errors", "tiny", "hints", "text"},
     {"policies", "logs", "cli_errors"},
-    {"precision", "constraints"},
+    {"precision", "constraints", "memory"},
     {"config", "masking", "hf_compat", "conversations"},
     {"validation", "end_of_turn", "checkpoints", "model_checks", "packing", "loss", "values", "steps", "options"},
     {"weights"},
