@@ -18,7 +18,7 @@ from .hf_compat import column_names, first_row, in_memory_kwargs
 from .logs import get_logger
 from .masking import IGNORE_INDEX
 from .options import MaskingOptions
-from .report import REASON
+from .policies import REASON
 from .text import whole_text
 from .values import (
     build_rows,

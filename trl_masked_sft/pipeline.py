@@ -38,8 +38,7 @@ from .masking import (
     truncate_row,
 )
 from .options import MaskingOptions
-from .policies import VERDICTS, CutStopToken, FullyMasked, RowVerdict
-from .report import (
+from .policies import (
     AUDIT_COLUMNS,
     COUNT,
     FULL_COUNT,
@@ -49,9 +48,12 @@ from .report import (
     REASON,
     STOP_CUT,
     STOP_OK,
-    AuditReport,
-    build_report,
+    VERDICTS,
+    CutStopToken,
+    FullyMasked,
+    RowVerdict,
 )
+from .report import AuditReport, build_report
 from .streaming import check_stream
 from .text import clip_end, whole_text
 from .values import check_messages, check_token_row, parse_tools

@@ -8,36 +8,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from .masking import IGNORE_INDEX
-from .policies import (
-    AUDIT_COLUMNS,
-    COUNT,
-    FULL_COUNT,
-    FULL_FIRST,
-    FULL_LENGTH,
-    LENGTH,
-    REASON,
-    STOP_CUT,
-    STOP_OK,
-    CutStopToken,
-    RowVerdict,
-    find_verdicts,
-)
+from .policies import AUDIT_COLUMNS, COUNT, FULL_COUNT, LENGTH, STOP_OK, CutStopToken, RowVerdict, find_verdicts
 
-__all__ = [
-    "AUDIT_COLUMNS",
-    "COUNT",
-    "FULL_COUNT",
-    "FULL_FIRST",
-    "FULL_LENGTH",
-    "LENGTH",
-    "REASON",
-    "STOP_CUT",
-    "STOP_OK",
-    "AuditReport",
-    "StopTruncation",
-    "build_report",
-    "save_audits",
-]
+__all__ = ["AUDIT_COLUMNS", "AuditReport", "StopTruncation", "build_report", "save_audits"]
 
 #: The verdict on rows whose stop token truncation cut, under its former name.
 StopTruncation = CutStopToken
