@@ -35,16 +35,12 @@ from .end_of_turn import (
 )
 from .hints import Tokenizer
 from .masking import IGNORE_INDEX
+from .provenance import EARLIER_ASSISTANT, EMPTY_COMPLETION, END_OF_TURN, SYSTEM, TEMPLATE, TOOL, TRAINED, USER
 
 __all__ = ["METHODS", "ChatMask", "chat_labels", "special_token_ids"]
 
-TRAINED = "trained"
-#: Reason codes for masked tokens of a conversation (see `ChatMask.reasons`).
-SYSTEM, USER, TOOL, TEMPLATE = "system turn", "user turn", "tool turn", "template"
-EARLIER_ASSISTANT, END_OF_TURN = "earlier assistant turn", "end of turn (not trained)"
+#: Reasons for the tokens of a conversation (see `ChatMask.reasons`) come from `provenance` (a new one goes there).
 _ROLE_REASONS = {"system": SYSTEM, "user": USER, "tool": TOOL, "ipython": TOOL, "function": TOOL}
-#: Row reason for a conversation whose replies to train are all empty (counted by the pre-flight audit).
-EMPTY_COMPLETION = "empty completion"
 #: The ways to locate assistant turns, in the order they are tried.
 MARKERS, TRL_TEMPLATE, OFFSETS, PREFIX_DIFF = "generation markers", "TRL training template", "offsets", "prefix diff"
 METHODS = (MARKERS, TRL_TEMPLATE, OFFSETS, PREFIX_DIFF)

@@ -11,14 +11,14 @@ It needs a tokenizer and the masking options, no model and no trainer: `MaskedSF
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
-from typing import Any
 
 from datasets import Dataset, IterableDataset
 
 from .chat import chat_labels, special_token_ids
 from .context import fold_context, warn_unused_context
-from .conversations import to_messages
+from .conversations import conversation_of
 from .distributed import run_on_main
 from .errors import (
     DatasetFormatError,
@@ -53,6 +53,7 @@ from .policies import (
     FullyMasked,
     RowVerdict,
 )
+from .provenance import WHY, encode, truncate_explained
 from .report import AuditReport, build_report
 from .streaming import check_stream
 from .text import clip_end, whole_text
@@ -99,15 +100,6 @@ def _last_label(labels: list[int]) -> int | None:
     return next((lab for lab in reversed(labels) if lab != IGNORE_INDEX), None)
 
 
-def _messages(example: dict[str, Any], layout: Layout, **where: Any) -> tuple[list[dict], int]:
-    """The conversation of a row, in any shape `conversations.to_messages` reads (role/content or ShareGPT
-    `from`/`value`, content as text or text parts), and the index of its first trainable message."""
-    if layout is Layout.CONVERSATIONAL_PROMPT_COMPLETION:  # only the completion's replies are trained
-        prompt = to_messages(example["prompt"], **where)
-        return prompt + to_messages(example["completion"], **where), len(prompt)
-    return to_messages(example, **where), 0
-
-
 class PreparationPipeline:
     """Prepares datasets for completion-only training from a tokenizer and `MaskingOptions`, without a model.
 
@@ -116,7 +108,12 @@ class PreparationPipeline:
     """
 
     def __init__(
-        self, tokenizer: Tokenizer, options: MaskingOptions, *, template: TemplateMatcher | None = None
+        self,
+        tokenizer: Tokenizer,
+        options: MaskingOptions,
+        *,
+        template: TemplateMatcher | None = None,
+        explain: bool = False,
     ) -> None:
         text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor carries its tokenizer
         if not callable(text_tokenizer) or not hasattr(text_tokenizer, "eos_token"):
@@ -133,15 +130,17 @@ class PreparationPipeline:
         if template is None and options.response_template is not None:
             template = TemplateMatcher(tokenizer, options.response_template, options.instruction_template)
         self.template = template
+        #: keep why each token is trained or masked beside the ids (`provenance.WHY`, `FULL_IDS`): for the inspector
+        self.explain = explain
         self._said_no_boundary = self._said_defaults = False
 
     @classmethod
     def from_config(
-        cls, tokenizer: Tokenizer, config: Config = None, *, data_collator: Collator | None = None
+        cls, tokenizer: Tokenizer, config: Config = None, *, data_collator: Collator | None = None, explain=False
     ) -> PreparationPipeline:
         """A pipeline for `config` (defaults when `None`), masking by `data_collator`'s template if it has one."""
         matcher = getattr(data_collator, "matcher", None) if getattr(data_collator, "has_template", False) else None
-        return cls(tokenizer, MaskingOptions.from_args(config), template=matcher)
+        return cls(tokenizer, MaskingOptions.from_args(config), template=matcher, explain=explain)
 
     # ------------------------------------------------------------------------------------------------ the steps
 
@@ -202,12 +201,12 @@ class PreparationPipeline:
                 for column in ("messages", "prompt", "completion"):
                     if isinstance(example.get(column), list):
                         check_messages([example[column]], dataset_name, start=index, column=column)
-            messages, first = _messages(example, layout, row=index, dataset_name=dataset_name)
+            messages, first = conversation_of(example, row=index, dataset_name=dataset_name)
             if not options.chat:  # `completion_only_loss=False`: the whole conversation is trained
                 ids = list(
                     tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)["input_ids"]
                 )
-                return {"input_ids": ids, "labels": list(ids), REASON: ""}
+                return {"input_ids": ids, "labels": list(ids), REASON: "", **({WHY: []} if self.explain else {})}
             mask = chat_labels(
                 tokenizer,
                 messages,
@@ -216,7 +215,8 @@ class PreparationPipeline:
                 trainable_from=first,
                 **kwargs,
             )
-            return {"input_ids": mask.input_ids, "labels": mask.labels, REASON: mask.row_reason}
+            turns = {WHY: [] if mask.row_reason else encode(mask.reasons)} if self.explain else {}
+            return {"input_ids": mask.input_ids, "labels": mask.labels, REASON: mask.row_reason, **turns}
 
         columns = column_names(dataset)
         kwargs = (
@@ -271,6 +271,12 @@ class PreparationPipeline:
         """Apply template masks, truncate, audit what each row trains on, apply `masked_row_policy`."""
         options, template = self.options, self.template
         stop_ids = stop_token_ids(self.tokenizer)
+        truncate = functools.partial(
+            truncate_row,
+            max_length=options.max_length,
+            keep_end=options.keep_end,
+            min_completion=options.min_completion_tokens,
+        )
 
         def mask_and_truncate(example, index):
             ids, labels = example["input_ids"], example["labels"]
@@ -286,13 +292,14 @@ class PreparationPipeline:
                     )
             full_count, first = supervision_stats(labels)
             full_length, stop_before = len(ids), _last_label(labels) in stop_ids
-            ids, labels = truncate_row(
-                ids,
-                labels,
-                options.max_length,
-                keep_end=options.keep_end,
-                min_completion=options.min_completion_tokens,
-            )
+            why = {}
+            if self.explain:  # truncated once, by position, so that the cut tokens can be shown
+                instruction = options.instruction_template is not None
+                ids, labels, why = truncate_explained(
+                    ids, labels, truncate, reason, example.get(WHY), instruction, IGNORE_INDEX
+                )
+            else:
+                ids, labels = truncate(ids, labels)
             count = 0 if reason else supervision_stats(labels)[0]
             last = _last_label(labels)
             return {
@@ -306,6 +313,7 @@ class PreparationPipeline:
                 LENGTH: len(ids),
                 FULL_LENGTH: full_length,
                 STOP_CUT: bool(count) and stop_before and last not in stop_ids and len(ids) < full_length,
+                **why,
             }
 
         if isinstance(dataset, IterableDataset):
@@ -316,7 +324,7 @@ class PreparationPipeline:
             dataset,
             mask_and_truncate,
             desc=f"Checking supervised tokens of {dataset_name} dataset",
-            columns=["input_ids", "labels", REASON],
+            columns=["input_ids", "labels", REASON, WHY],
             num_proc=options.num_proc,
         )
         # the audit columns as lists, read once (a `Column` is read row by row)
