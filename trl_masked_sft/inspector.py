@@ -33,6 +33,7 @@ from .provenance import (
     USER_LABELS,
     WHY,
     decode,
+    is_trained,
 )
 from .text import CONTINUATION, shown_alone, token_texts, visible
 
@@ -62,6 +63,13 @@ _HTML = {
     USER_LABELS: "#ffd8a8",
 }
 _MASKED_HTML = "#f6d2d2"
+
+
+def _colour(reason: str) -> str:
+    """The page's colour for a reason: a stop token's (`stop token (generation_config)`) is a trained token's."""
+    return _HTML.get(TRAINED if is_trained(reason) else reason, _MASKED_HTML)
+
+
 _CUBE = (0, 95, 135, 175, 215, 255)
 
 
@@ -77,8 +85,8 @@ def _xterm_index(colour: str) -> int:
 
 def _ansi(reason: str) -> str:
     """The terminal style of a reason: black on the page's colour for it; trained bold, truncated struck through."""
-    extra = {TRAINED: "1;", TRUNCATED: "9;"}.get(reason, "")
-    return f"\033[{extra}30;48;5;{_xterm_index(_HTML.get(reason, _MASKED_HTML))}m"
+    extra = {TRAINED: "1;", TRUNCATED: "9;"}.get(TRAINED if is_trained(reason) else reason, "")
+    return f"\033[{extra}30;48;5;{_xterm_index(_colour(reason))}m"
 
 
 # CSS class per reason: a fixed set, so nothing from the data (a role name) ever reaches a `class` attribute.
@@ -177,7 +185,7 @@ def inspect_rows(
         texts = token_texts(tokenizer, ids, special)
         for token, reason, text in zip(ids, reasons, texts, strict=True):
             marks.tokens.append(
-                TokenMark(token, text.text, reason == TRAINED, reason, text.part, text.parts, text.group)
+                TokenMark(token, text.text, is_trained(reason), reason, text.part, text.parts, text.group)
             )
         if marks.trained_count == 0 and not problem:
             cut = len(row["input_ids"]) < len(ids)
@@ -238,7 +246,13 @@ def render_terminal(rows: Sequence[RowMarks], *, color: bool | None = None) -> s
             if color:
                 pieces.append(f"{_ansi(reason)}{shown}\033[0m")
             else:
-                tag = "TRAIN" if reason == TRAINED else visible(reason)
+                tag = (
+                    "TRAIN"
+                    if reason == TRAINED
+                    else f"TRAIN {visible(reason)}"
+                    if is_trained(reason)
+                    else visible(reason)
+                )
                 pieces.append(f"[{tag}]{shown}[/{tag}]")
         lines.append("".join(pieces))
         lines.append("")
@@ -255,15 +269,14 @@ def _esc(value: object) -> str:
 
 def _reason_class(reason: str) -> str:
     """The CSS class of a reason: from our fixed set, `r-other` for anything else (e.g. a role named by the data)."""
-    return "r-" + _REASON_CLASSES.get(reason, "other")
+    return "r-" + _REASON_CLASSES.get(TRAINED if is_trained(reason) else reason, "other")
 
 
 def render_legend_html(rows: Sequence[RowMarks]) -> str:
     """One coloured chip per reason that occurs in `rows`, for a legend."""
     reasons_seen = sorted({t.reason for row in rows for t in row.tokens})
     return "".join(
-        f'<span class="tok {_reason_class(r)}" style="background:{_HTML.get(r, _MASKED_HTML)}">{_esc(r)}</span> '
-        for r in reasons_seen
+        f'<span class="tok {_reason_class(r)}" style="background:{_colour(r)}">{_esc(r)}</span> ' for r in reasons_seen
     )
 
 
@@ -282,7 +295,7 @@ def render_row_html(row: RowMarks, *, anchor: str | None = None) -> str:
     for token in _collapse(row.tokens):
         shown = CONTINUATION if token.continues else shown_alone(token.text)
         text = _esc(shown).replace("\n", "↵<br>").replace(" ", "&nbsp;")
-        style = f"background:{_HTML.get(token.reason, _MASKED_HTML)}"
+        style = f"background:{_colour(token.reason)}"
         cls = "tok trained" if token.trained else f"tok masked {_reason_class(token.reason)}"
         cls += " cont" if token.continues else ""
         split = f"; part {token.part} of {token.parts} of {visible(token.group)!r}" if token.parts > 1 else ""

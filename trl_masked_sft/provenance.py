@@ -26,9 +26,20 @@ __all__ = [
 WHY, FULL_IDS = "_msft_why", "_msft_full_ids"
 
 TRAINED, FIRST, PROMPT = "trained", "first token", "prompt"
+#: A trained stop token, by where the stop set has it from: `STOP_TOKEN.format(source)`.
+STOP_TOKEN = "stop token ({})"
+GENERATION_CONFIG, TOKENIZER_EOS, TEMPLATE_EOT, GIVEN = (
+    "generation_config",
+    "tokenizer eos",
+    "template",
+    ("stop_token_ids"),
+)
+STOPS = tuple(STOP_TOKEN.format(source) for source in (GENERATION_CONFIG, TOKENIZER_EOS, TEMPLATE_EOT, GIVEN))
 #: A conversation's tokens: the template's own, a turn by role, an assistant turn not trained, its end of turn.
 TEMPLATE, SYSTEM, USER, TOOL = "template", "system turn", "user turn", "tool turn"
 EARLIER_ASSISTANT, END_OF_TURN = "earlier assistant turn", "end of turn (not trained)"
+#: A reply token merged with the header into one token: left untrained.
+MERGED_HEADER = "merged with the header (not trained)"
 #: A turn of a role the reasons have no name for (a role named by the data).
 OTHER_TURN = "other turn"
 #: Masked after the completion started: by the `labels` given, or by padding, or cut by truncation at `max_length`.
@@ -59,8 +70,16 @@ REASONS = (
     NOT_LOCATED,
     EMPTY_COMPLETION,
     OTHER_TURN,
+    MERGED_HEADER,
+    *STOPS,
 )
 _CODES = {reason: code for code, reason in enumerate(REASONS)}
+_TRAINED_CODES = frozenset(_CODES[reason] for reason in (TRAINED, *STOPS))
+
+
+def is_trained(reason: str) -> bool:
+    """Whether a per-token reason is a trained token's: `TRAINED` or a stop token's (`STOP_TOKEN`)."""
+    return reason == TRAINED or reason.startswith(STOP_TOKEN[: STOP_TOKEN.index("{")])
 
 
 def encode(reasons: Sequence[str]) -> list[int]:
@@ -107,8 +126,9 @@ def explain_row(
             codes.append(_CODES[TRUNCATED])
         elif fixed is not None:
             codes.append(fixed)
-        elif label != ignore_index:
-            codes.append(_CODES[TRAINED] if pos > 0 else _CODES[FIRST])
+        elif label != ignore_index:  # a stop token says where the stop set has it from
+            trained = turn_codes[pos] if turn_codes and turn_codes[pos] in _TRAINED_CODES else _CODES[TRAINED]
+            codes.append(trained if pos > 0 else _CODES[FIRST])
         elif turn_codes:
             codes.append(turn_codes[pos])
         else:
