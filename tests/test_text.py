@@ -9,6 +9,7 @@ from trl_masked_sft.text import (
     CONTINUATION,
     TokenText,
     clip_end,
+    clip_start,
     glyph_shares,
     shown_alone,
     token_texts,
@@ -103,15 +104,17 @@ def _clusters(text: str) -> list[str]:
 
 @pytest.mark.parametrize("name", sorted(SAMPLES))
 def test_clipping_cuts_between_user_perceived_characters(name):
-    """At every limit, `clip_end` keeps whole grapheme clusters (checked against `regex`'s `\\X`): never half a
-    flag, an emoji sequence or a letter and its accent."""
+    """At every limit, `clip_end`/`clip_start` keep whole grapheme clusters (checked against `regex`'s `\\X`):
+    never half a flag, an emoji sequence or a letter and its accent."""
     text = SAMPLES[name]
     clusters = _clusters(text)
     suffixes = {"".join(clusters[k:]) for k in range(len(clusters) + 1)}
+    prefixes = {"".join(clusters[:k]) for k in range(len(clusters) + 1)}
     for limit in range(len(text) + 1):
-        end = clip_end(text, limit)
+        end, start = clip_end(text, limit), clip_start(text, limit)
         assert end.removeprefix("…") in suffixes and len(end.removeprefix("…")) <= limit
-        assert end.startswith("…") == (limit < len(text))
+        assert start.removesuffix("…") in prefixes and len(start.removesuffix("…")) <= limit
+        assert end.startswith("…") == (limit < len(text)) == start.endswith("…")
 
 
 def test_text_shown_alone_never_hides_a_mark_or_reorders_its_neighbours():

@@ -9,7 +9,7 @@ one, it is shown as `CONTINUATION` (`⋯`), so `温` split over three tokens rea
 the three token boundaries kept.
 
 `whole_text` decodes a run of ids and drops the partial characters a cut (truncation) leaves at either end;
-`clip_end` shortens display text with `…` at a character boundary, never inside an accent, an emoji
+`clip_start`/`clip_end` shorten display text with `…` at a character boundary, never inside an accent, an emoji
 sequence or a flag.
 """
 
@@ -25,6 +25,7 @@ __all__ = [
     "CONTINUATION",
     "TokenText",
     "clip_end",
+    "clip_start",
     "glyph_shares",
     "shown_alone",
     "token_pieces",
@@ -256,6 +257,16 @@ def clip_end(text: str, limit: int, mark: str = "…") -> str:
     while cut < len(text) and not _starts_character(text, cut):
         cut += 1
     return mark + text[cut:]
+
+
+def clip_start(text: str, limit: int, mark: str = "…") -> str:
+    """The start of `text`, at most `limit` characters before `mark`, cut at a character boundary."""
+    if len(text) <= limit:
+        return text
+    cut = max(0, limit)
+    while cut > 0 and not _starts_character(text, cut):
+        cut -= 1
+    return text[:cut] + mark
 
 
 def visible(text: str) -> str:
