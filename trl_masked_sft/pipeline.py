@@ -139,7 +139,12 @@ class PreparationPipeline:
 
     @classmethod
     def from_config(
-        cls, tokenizer: Tokenizer, config: Config = None, *, data_collator: Collator | None = None, explain=False
+        cls,
+        tokenizer: Tokenizer,
+        config: Config = None,
+        *,
+        data_collator: Collator | None = None,
+        explain: bool = False,
     ) -> PreparationPipeline:
         """A pipeline for `config` (defaults when `None`), masking by `data_collator`'s template if it has one."""
         matcher = getattr(data_collator, "matcher", None) if getattr(data_collator, "has_template", False) else None
@@ -277,12 +282,8 @@ class PreparationPipeline:
         """Apply template masks, truncate, audit what each row trains on, apply `masked_row_policy`."""
         options, template = self.options, self.template
         stop_ids = stop_token_ids(self.tokenizer) | set(options.stop_token_ids or ())
-        truncate = functools.partial(
-            truncate_row,
-            max_length=options.max_length,
-            keep_end=options.keep_end,
-            min_completion=options.min_completion_tokens,
-        )
+        cut = {"keep_end": options.keep_end, "min_completion": options.min_completion_tokens}
+        truncate = functools.partial(truncate_row, max_length=options.max_length, **cut)
 
         def mask_and_truncate(example, index):
             ids, labels = example["input_ids"], example["labels"]
