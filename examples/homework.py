@@ -38,6 +38,7 @@ from homework_data import (
 )
 from smollm2 import MODEL_ALIAS as SMOLLM2_ALIAS
 from smollm2 import load_smollm2
+from transformers import TrainerCallback
 
 from trl_masked_sft import DatasetFormatError, MaskedSFTConfig, MaskedSFTTrainer, homework_lora_config
 from trl_masked_sft.formats import coerce_dataset, format_answer
@@ -287,6 +288,38 @@ def load_named_model(name: str | None, train_rows: Sequence[Sequence[Any]], *, s
 # ---------------------------------------------------------------------------------------------------- the run
 
 
+class _EpochScores(TrainerCallback):
+    """Scores the evaluation rows at the end of each epoch (the accuracy curve); `seconds` is the time it took."""
+
+    def __init__(self, tokenizer, rows, max_new_tokens: int, prompt_format: str, log) -> None:
+        self.tokenizer, self.rows, self.max_new_tokens, self.prompt_format, self.log = (
+            tokenizer,
+            rows,
+            max_new_tokens,
+            prompt_format,
+            log,
+        )
+        self.points: list[dict[str, float]] = []
+        self.seconds = 0.0
+        self.started = time.perf_counter()
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step >= state.max_steps:
+            return  # the last epoch is scored after training
+        began = time.perf_counter()
+        metrics, _ = _evaluate(model, self.tokenizer, self.rows, self.max_new_tokens, self.prompt_format)
+        minutes = (began - self.started - self.seconds) / 60
+        self.seconds += time.perf_counter() - began
+        self.points.append({"epoch": round(state.epoch, 3), "train_minutes": minutes, **metrics})
+        self.log(
+            f"Epoch {state.epoch:.2f} ({minutes:.1f} min of training): accuracy {metrics['accuracy']:.3f}, "
+            f"answer_rate {metrics['answer_rate']:.3f}"
+        )
+
+
 def _logged_losses(log_history: list[dict]) -> list[float]:
     return [entry["loss"] for entry in log_history if "loss" in entry and "train_loss" not in entry]
 
@@ -309,6 +342,11 @@ def run_homework(
     epochs: float = 3.0,
     learning_rate: float | None = None,
     lora_r: int = 8,
+    lora_alpha: float | None = None,
+    target_modules: str | list[str] = "all-linear",
+    lr_scheduler_type: str = "linear",
+    warmup: float = 0.0,
+    batch_size: int = 32,
     max_steps: int = -1,
     num_eval: int = 100,
     seed: int = 0,
@@ -316,6 +354,7 @@ def run_homework(
     max_new_tokens: int = 32,
     logging_steps: int | None = None,
     prompt_format: str = "plain",
+    score_each_epoch: bool = False,
     progress_bar: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -335,6 +374,8 @@ def run_homework(
         raise ValueError(f"`num_eval` must be at least 1 (the number of questions scored), got {num_eval}.")
     if lora_r < 1:
         raise ValueError(f"`lora_r` must be a positive LoRA rank, got {lora_r}.")
+    if lora_alpha is None:
+        lora_alpha = 4 * lora_r
     started = time.perf_counter()
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -374,6 +415,9 @@ def run_homework(
         num_train_epochs=epochs,
         max_steps=max_steps,
         learning_rate=learning_rate,
+        lr_scheduler_type=lr_scheduler_type,
+        warmup_steps=warmup,
+        per_device_train_batch_size=batch_size,
         logging_steps=logging_steps,
         logging_first_step=True,
         save_strategy="no",  # the adapter is saved once, at the end
@@ -389,9 +433,12 @@ def run_homework(
         args=args,
         train_dataset=to_prompt_completion(train_rows, prompt_format),
         processing_class=tokenizer,
-        peft_config=homework_lora_config(r=lora_r, lora_alpha=4 * lora_r),
+        peft_config=homework_lora_config(r=lora_r, lora_alpha=lora_alpha, target_modules=target_modules),
     )
 
+    curve = _EpochScores(tokenizer, eval_rows, max_new_tokens, prompt_format, log) if score_each_epoch else None
+    if curve is not None:
+        trainer.add_callback(curve)
     precision = "bfloat16 autocast" if trainer.args.bf16 else "float32"
     if not demo:
         log(
@@ -406,9 +453,12 @@ def run_homework(
         log(f"Before training: accuracy {before['accuracy']:.3f}, answer_rate {before['answer_rate']:.3f}")
         train_started = time.perf_counter()
         trainer.train()
-        train_seconds = time.perf_counter() - train_started
+        # the time spent scoring at epoch ends is not training time
+        train_seconds = time.perf_counter() - train_started - (curve.seconds if curve else 0.0)
         after, samples_after = _evaluate(trainer.model, tokenizer, eval_rows, max_new_tokens, prompt_format)
         log(f"After training:  accuracy {after['accuracy']:.3f}, answer_rate {after['answer_rate']:.3f}")
+        if curve is not None:
+            curve.points.append({"epoch": round(trainer.state.epoch, 3), "train_minutes": train_seconds / 60, **after})
 
     losses = _logged_losses(trainer.state.log_history)
     first_loss, last_loss = (losses[0], losses[-1]) if losses else (math.nan, math.nan)
@@ -441,6 +491,11 @@ def run_homework(
         "num_eval": len(eval_rows),
         "learning_rate": learning_rate,
         "lora_r": lora_r,
+        "lora_alpha": lora_alpha,
+        "target_modules": target_modules,
+        "lr_scheduler_type": lr_scheduler_type,
+        "warmup": warmup,
+        "batch_size": batch_size,
         "epochs": epochs,
         "steps": trainer.state.global_step,
         "before": before,
@@ -456,6 +511,7 @@ def run_homework(
         "train_tokens": tokens,
         "train_tokens_per_second": tokens_per_second,
         "total_seconds": time.perf_counter() - started,
+        "curve": curve.points if curve else [],
         "samples_before": samples_before,
         "samples_after": samples_after,
     }
