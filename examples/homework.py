@@ -36,6 +36,7 @@ from homework_data import (
     homework_splits,
     load_homework_data,
 )
+from rss import PhasePeaks
 from smollm2 import MODEL_ALIAS as SMOLLM2_ALIAS
 from smollm2 import load_smollm2
 from transformers import TrainerCallback
@@ -273,13 +274,15 @@ def load_model(name_or_path: str):
     return model, tokenizer
 
 
-def load_named_model(name: str | None, train_rows: Sequence[Sequence[Any]], *, seed: int = 0, log=print):
+def load_named_model(
+    name: str | None, train_rows: Sequence[Sequence[Any]], *, seed: int = 0, log=print, peaks: PhasePeaks | None = None
+):
     """`(model, tokenizer, is_demo)` for `--model`: `tiny-demo` (or None), `smollm2-135m`, or a hub name / folder."""
     if name is None or name == DEMO_MODEL:
         model, tokenizer = build_demo_model(train_rows, seed=seed)
         return model, tokenizer, True
     if name == SMOLLM2_ALIAS:
-        model, tokenizer = load_smollm2(log=log)
+        model, tokenizer = load_smollm2(log=log, peaks=peaks)
         return model, tokenizer, False
     model, tokenizer = load_model(name)
     return model, tokenizer, False
@@ -390,7 +393,9 @@ def run_homework(
     log(f"Data: {data_source}: {len(train_rows)} train rows; scoring the first {len(eval_rows)} valid questions.")
 
     _check_prompt_format(prompt_format)
-    model, tokenizer, demo = load_named_model(model_name_or_path, train_rows, seed=seed, log=log)
+    peaks = PhasePeaks()
+    with peaks.phase("loading"):
+        model, tokenizer, demo = load_named_model(model_name_or_path, train_rows, seed=seed, log=log, peaks=peaks)
     n_params = sum(p.numel() for p in model.parameters())
     if demo:
         if prompt_format == "chat":
@@ -428,13 +433,14 @@ def run_homework(
         seed=seed,
         data_seed=seed,
     )
-    trainer = MaskedSFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=to_prompt_completion(train_rows, prompt_format),
-        processing_class=tokenizer,
-        peft_config=homework_lora_config(r=lora_r, lora_alpha=lora_alpha, target_modules=target_modules),
-    )
+    with peaks.phase("trainer setup"):
+        trainer = MaskedSFTTrainer(
+            model=model,
+            args=args,
+            train_dataset=to_prompt_completion(train_rows, prompt_format),
+            processing_class=tokenizer,
+            peft_config=homework_lora_config(r=lora_r, lora_alpha=lora_alpha, target_modules=target_modules),
+        )
 
     curve = _EpochScores(tokenizer, eval_rows, max_new_tokens, prompt_format, log) if score_each_epoch else None
     if curve is not None:
@@ -449,13 +455,16 @@ def run_homework(
     # on a busy machine. A real model keeps torch's setting.
     with torch_threads(1 if demo else None):
         # LoRA's B matrices start at zero, so the wrapped model answers exactly as the base model does.
-        before, samples_before = _evaluate(trainer.model, tokenizer, eval_rows, max_new_tokens, prompt_format)
+        with peaks.phase("scoring before"):
+            before, samples_before = _evaluate(trainer.model, tokenizer, eval_rows, max_new_tokens, prompt_format)
         log(f"Before training: accuracy {before['accuracy']:.3f}, answer_rate {before['answer_rate']:.3f}")
         train_started = time.perf_counter()
-        trainer.train()
+        with peaks.phase("training"):
+            trainer.train()
         # the time spent scoring at epoch ends is not training time
         train_seconds = time.perf_counter() - train_started - (curve.seconds if curve else 0.0)
-        after, samples_after = _evaluate(trainer.model, tokenizer, eval_rows, max_new_tokens, prompt_format)
+        with peaks.phase("scoring after"):
+            after, samples_after = _evaluate(trainer.model, tokenizer, eval_rows, max_new_tokens, prompt_format)
         log(f"After training:  accuracy {after['accuracy']:.3f}, answer_rate {after['answer_rate']:.3f}")
         if curve is not None:
             curve.points.append({"epoch": round(trainer.state.epoch, 3), "train_minutes": train_seconds / 60, **after})
@@ -471,7 +480,8 @@ def run_homework(
     )
 
     adapter_dir = output_dir / "adapter"
-    trainer.model.save_pretrained(str(adapter_dir))
+    with peaks.phase("saving"):
+        trainer.model.save_pretrained(str(adapter_dir))
     adapter_mb = _directory_mb(adapter_dir)
     verdict = "within" if adapter_mb < ADAPTER_LIMIT_MB else "OVER"
     log(f"Adapter: {adapter_dir} ({adapter_mb:.2f} MB, {verdict} the homework's {ADAPTER_LIMIT_MB:.0f} MB limit).")
@@ -512,9 +522,11 @@ def run_homework(
         "train_tokens_per_second": tokens_per_second,
         "total_seconds": time.perf_counter() - started,
         "curve": curve.points if curve else [],
+        "peak_rss": peaks.report(),
         "samples_before": samples_before,
         "samples_after": samples_after,
     }
     (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    log(peaks.summary())
     log(f"Metrics: {output_dir / 'metrics.json'}; TensorBoard: tensorboard --logdir {output_dir / 'runs'}")
     return metrics

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["PLAN", "main", "run_one"]
+__all__ = ["PLAN", "main", "parse_args", "run_one"]
 
 _HERE = Path(__file__).resolve().parent
 
@@ -115,7 +115,7 @@ def run_one(name: str, flags: list[str], data_dir: str, out_root: Path) -> dict:
     return line
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True, help="The homework's folder with train.json and valid.json.")
     parser.add_argument(
@@ -123,7 +123,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--results", default="docs/homework_sweep.jsonl", help="JSON-lines file the runs go to.")
     parser.add_argument("--output-root", default="outputs/sweep", help="Where each run's adapter, metrics and log go.")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     names = args.runs.split(",") if args.runs else list(PLAN)
     unknown = [n for n in names if n not in PLAN]
     if unknown:
