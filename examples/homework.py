@@ -358,6 +358,7 @@ def run_homework(
     logging_steps: int | None = None,
     prompt_format: str = "plain",
     score_each_epoch: bool = False,
+    score_before: bool = True,
     progress_bar: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
@@ -455,9 +456,13 @@ def run_homework(
     # on a busy machine. A real model keeps torch's setting.
     with torch_threads(1 if demo else None):
         # LoRA's B matrices start at zero, so the wrapped model answers exactly as the base model does.
-        with peaks.phase("scoring before"):
-            before, samples_before = _evaluate(trainer.model, tokenizer, eval_rows, max_new_tokens, prompt_format)
-        log(f"Before training: accuracy {before['accuracy']:.3f}, answer_rate {before['answer_rate']:.3f}")
+        if score_before:
+            with peaks.phase("scoring before"):
+                before, samples_before = _evaluate(trainer.model, tokenizer, eval_rows, max_new_tokens, prompt_format)
+            log(f"Before training: accuracy {before['accuracy']:.3f}, answer_rate {before['answer_rate']:.3f}")
+        else:
+            before, samples_before = None, []
+            log("Before training: not scored (score_before=False).")
         train_started = time.perf_counter()
         with peaks.phase("training"):
             trainer.train()

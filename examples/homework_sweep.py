@@ -51,7 +51,7 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def run_one(name: str, flags: list[str], data_dir: str, out_root: Path) -> dict:
+def run_one(name: str, flags: list[str], data_dir: str, out_root: Path, threads: int | None = None) -> dict:
     """Run `train_homework.py` with `flags` in a child process; return its JSON line (also when it failed)."""
     out = out_root / name
     command = [
@@ -63,18 +63,21 @@ def run_one(name: str, flags: list[str], data_dir: str, out_root: Path) -> dict:
         str(out),
         "--no-progress-bar",
         "--score-each-epoch",
+        "--no-score-before",
         *flags,
     ]
     load_before = _load()
     started = time.time()
     with open(out_root / f"{name}.log", "w", encoding="utf-8") as log_file:
-        child = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads)} if threads else None
+        child = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(child.pid, 0)
         child.returncode = os.waitstatus_to_exitcode(status)
     line: dict = {
         "name": name,
         "flags": flags,
         "exit_code": child.returncode,
+        "threads": threads,
         "wall_minutes": round((time.time() - started) / 60, 2),
         "peak_rss_gb": round(usage.ru_maxrss * 1024 / 1e9, 2),  # ru_maxrss is in KiB on Linux
         "load_before": load_before,
@@ -108,6 +111,7 @@ def run_one(name: str, flags: list[str], data_dir: str, out_root: Path) -> dict:
                 "num_eval": m["num_eval"],
                 "adapter_mb": round(m["adapter_mb"], 2),
                 "curve": m["curve"],
+                "peak_rss": m["peak_rss"],
                 "precision": m["precision"],
                 "activation_checkpointing": m["activation_checkpointing"],
             }
@@ -122,6 +126,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--runs", default=None, help=f"Comma-separated names of PLAN to run (default: all): {list(PLAN)}"
     )
     parser.add_argument("--results", default="docs/homework_sweep.jsonl", help="JSON-lines file the runs go to.")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="Torch threads per run (OMP_NUM_THREADS). On a machine busier than its cores, 1 wastes less time "
+        "waiting for a descheduled second thread. Default: torch's (one per core).",
+    )
     parser.add_argument("--output-root", default="outputs/sweep", help="Where each run's adapter, metrics and log go.")
     return parser.parse_args(argv)
 
@@ -143,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"{name}: already in {results}, skipped", flush=True)
             continue
         print(f"{name}: running {PLAN[name]}", flush=True)
-        line = run_one(name, PLAN[name], args.data_dir, out_root)
+        line = run_one(name, PLAN[name], args.data_dir, out_root, args.threads)
         with results.open("a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
         print(json.dumps(line), flush=True)

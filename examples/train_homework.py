@@ -73,6 +73,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-steps", type=int, default=-1, help="Stop after this many steps (overrides --epochs).")
     parser.add_argument("--num-eval", type=int, default=100, help="Validation questions scored before and after.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the generated data, the model and training.")
+    parser.add_argument(
+        "--no-score-before",
+        action="store_true",
+        help="Skip scoring the untrained model (the same for every run on the same data).",
+    )
     parser.add_argument("--no-progress-bar", action="store_true", help="Hide the training progress bar.")
     return parser.parse_args(argv)
 
@@ -92,6 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
         warmup=args.warmup,
         batch_size=args.batch_size,
         score_each_epoch=args.score_each_epoch,
+        score_before=not args.no_score_before,
         max_steps=args.max_steps,
         num_eval=args.num_eval,
         prompt_format=args.prompt_format,
