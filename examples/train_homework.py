@@ -74,6 +74,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--num-eval", type=int, default=100, help="Validation questions scored before and after.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the generated data, the model and training.")
     parser.add_argument(
+        "--activation-checkpointing",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="Recompute activations in the backward pass (less memory, about a third more time). auto: the "
+        "config's default for the hardware.",
+    )
+    parser.add_argument(
         "--no-score-before",
         action="store_true",
         help="Skip scoring the untrained model (the same for every run on the same data).",
@@ -98,6 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
         batch_size=args.batch_size,
         score_each_epoch=args.score_each_epoch,
         score_before=not args.no_score_before,
+        activation_checkpointing={"auto": None, "on": True, "off": False}[args.activation_checkpointing],
         max_steps=args.max_steps,
         num_eval=args.num_eval,
         prompt_format=args.prompt_format,
