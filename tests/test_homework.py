@@ -455,6 +455,28 @@ def test_a_short_run_writes_adapter_tensorboard_events_and_metrics(tmp_path, mon
     assert any("OFFLINE DEMO model" in m and "NOT a real language model" in m for m in messages)
 
 
+def test_a_run_can_score_each_epoch_and_skip_the_untrained_model(tmp_path, monkeypatch):
+    """`score_each_epoch` adds a point per finished epoch (the last one is the final score, not scored twice);
+    `score_before=False` leaves the untrained model unscored, and its phase out of the memory report."""
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    messages = []
+    metrics = run_homework(
+        tmp_path / "run",
+        max_steps=3,
+        batch_size=32,
+        num_eval=4,
+        num_generated=(64, 8),
+        score_each_epoch=True,
+        score_before=False,
+        progress_bar=False,
+        log=messages.append,
+    )
+    assert metrics["before"] is None and "scoring before" not in metrics["peak_rss"]["phases_gb"]
+    assert [point["epoch"] for point in metrics["curve"]] == [1.0, 1.5]
+    assert {k: metrics["curve"][-1][k] for k in ("accuracy", "answer_rate")} == metrics["after"]
+    assert any(m.startswith("Epoch 1.00 (") for m in messages)
+
+
 def test_a_local_model_folder_trains_through_the_model_path(tmp_path, monkeypatch, one_thread):
     """`model_name_or_path` loads with the Auto classes (here a saved demo model) and trains a few steps."""
     monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
