@@ -99,6 +99,11 @@ def _numbers_table(report, shown: set[int]) -> str:
         ("rows with a truncated completion", report.rows_completion_truncated),
         ("rows whose stop token is not trained", report.rows_stop_token_not_supervised),
         ("rows whose completion is cut before its stop token", report.rows_stop_token_truncated),
+        (
+            "rows whose prompt and completion merge across their boundary when tokenized together (tokenized "
+            "apart: no prompt byte is trained)",
+            report.rows_merged_boundary,
+        ),
         (f"supervised tokens per row (all {report.rows} rows, as the histogram), min / median / max", spread),
         ("supervised share of all tokens", share),
         ("rows dropped", report.rows_dropped),

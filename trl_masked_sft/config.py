@@ -73,6 +73,11 @@ class MaskedSFTConfig(SFTConfig):
         train_on_eot (`bool`, *optional*, defaults to `True`):
             Whether each trained assistant turn's end-of-turn token (e.g. `<|im_end|>`) is trained; a model that
             never sees it never learns to stop.
+        stop_token_ids (`list[int]`, *optional*):
+            The token ids that end generation, for the end-of-turn rule (`docs/chat_templates.md`): each trained
+            assistant turn ends with one of them. `None`: the trainer reads the model's
+            `generation_config.eos_token_id`; without a model (`inspect`, `audit`), the tokenizer's eos and the chat
+            template's end-of-turn token. The tokenizer's eos is always added.
         min_completion_tokens (`int`, *optional*):
             When set, a row that truncation at `max_length` would leave with fewer than this many completion tokens
             loses the start of its prompt instead, keeping as much of the completion as fits (all of it when it fits
@@ -226,6 +231,15 @@ class MaskedSFTConfig(SFTConfig):
         metadata={
             "help": "Whether each trained assistant turn's end-of-turn token (e.g. `<|im_end|>`) is trained; a model "
             "that never sees it never learns to stop."
+        },
+    )
+    stop_token_ids: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "The token ids that end generation, for the end-of-turn rule: each trained assistant turn ends "
+            "with one of them. None: the trainer reads the model's `generation_config.eos_token_id`; without a model "
+            "(`inspect`, `audit`), the tokenizer's eos and the chat template's end-of-turn token. The tokenizer's eos "
+            "is always added."
         },
     )
     min_completion_tokens: int | None = field(

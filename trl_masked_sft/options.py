@@ -33,6 +33,10 @@ class MaskingOptions:
     instruction_template: str | None = None
     assistant_turns: str = "all"
     train_on_eot: bool = True
+    #: the ids that end generation (`None`: the tokenizer's eos and the template's closing), and where each comes
+    #: from (`end_of_turn.GENERATION_CONFIG`, ...; empty: the config's `stop_token_ids`)
+    stop_token_ids: tuple[int, ...] | None = None
+    stop_sources: tuple[str, ...] = ()
     max_length: int | None = 128
     keep_end: bool = False
     min_completion_tokens: int | None = None
@@ -80,6 +84,7 @@ class MaskingOptions:
             instruction_template=get("instruction_template"),
             assistant_turns=get("assistant_turns"),
             train_on_eot=get("train_on_eot"),
+            stop_token_ids=None if (stops := get("stop_token_ids")) is None else tuple(int(i) for i in stops),
             max_length=get("max_length"),
             keep_end=get("truncation_mode") == "keep_end",
             min_completion_tokens=get("min_completion_tokens"),

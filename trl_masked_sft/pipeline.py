@@ -16,7 +16,7 @@ from typing import Any
 
 from datasets import Dataset, IterableDataset
 
-from .chat import chat_labels, special_token_ids
+from .chat import chat_labels, given_stops, special_token_ids
 from .context import fold_context, warn_unused_context
 from .conversations import to_messages
 from .distributed import run_on_main
@@ -24,7 +24,7 @@ from .errors import (
     DatasetFormatError,
     ModelSetupError,
 )
-from .formats import Layout, apply_formatting, check_values, coerce_dataset, detect_layout, tokenize_text_rows
+from .formats import Layout, apply_formatting, check_values, coerce_dataset, detect_layout
 from .hf_compat import column_names, map_rows
 from .hints import Collator, Config, FormattingFunc, Rows, Tokenizer
 from .logs import get_logger, warn
@@ -46,6 +46,8 @@ from .report import (
     FULL_FIRST,
     FULL_LENGTH,
     LENGTH,
+    MERGED,
+    MERGED_HEADER,
     REASON,
     STOP_CUT,
     STOP_OK,
@@ -54,6 +56,7 @@ from .report import (
 )
 from .streaming import check_stream
 from .text import clip_end, whole_text
+from .text_rows import tokenize_text_rows
 from .values import check_messages, check_token_row, parse_tools
 
 __all__ = ["PreparationPipeline", "PreparedDataset"]
@@ -211,10 +214,16 @@ class PreparationPipeline:
                 messages,
                 assistant_turns=options.assistant_turns,
                 train_eot=options.train_on_eot,
+                stop_token_ids=given_stops(options.stop_token_ids, options.stop_sources),
                 trainable_from=first,
                 **kwargs,
             )
-            return {"input_ids": mask.input_ids, "labels": mask.labels, REASON: mask.row_reason}
+            return {
+                "input_ids": mask.input_ids,
+                "labels": mask.labels,
+                REASON: mask.row_reason,
+                MERGED_HEADER: mask.merged,
+            }
 
         columns = column_names(dataset)
         kwargs = (
@@ -268,7 +277,7 @@ class PreparationPipeline:
     def _audit(self, dataset, layout: Layout, dataset_name: str, empty_rows: set[int], enforce: bool):
         """Apply template masks, truncate, audit what each row trains on, apply `masked_row_policy`."""
         options, template = self.options, self.template
-        stop_ids = stop_token_ids(self.tokenizer)
+        stop_ids = stop_token_ids(self.tokenizer) | set(options.stop_token_ids or ())
 
         def mask_and_truncate(example, index):
             ids, labels = example["input_ids"], example["labels"]
@@ -304,6 +313,7 @@ class PreparationPipeline:
                 LENGTH: len(ids),
                 FULL_LENGTH: full_length,
                 STOP_CUT: bool(count) and stop_before and last not in stop_ids and len(ids) < full_length,
+                MERGED: bool(example.get(MERGED)),
             }
 
         if isinstance(dataset, IterableDataset):
@@ -314,7 +324,7 @@ class PreparationPipeline:
             dataset,
             mask_and_truncate,
             desc=f"Checking supervised tokens of {dataset_name} dataset",
-            columns=["input_ids", "labels", REASON],
+            columns=["input_ids", "labels", REASON, MERGED],
             num_proc=options.num_proc,
         )
         # the audit columns as lists, read once (a `Column` is read row by row)
@@ -330,6 +340,8 @@ class PreparationPipeline:
             )
         )
         dataset = dataset.remove_columns([c for c in AUDIT_COLUMNS if c in dataset.column_names])
+        if layout.is_conversational and (stop := given_stops(options.stop_token_ids, options.stop_sources)):
+            report.stop_set = ", ".join(f"{self.tokenizer.decode([i])!r} ({source})" for i, source in stop.items())
         masked = verdicts[0]
         for index in list(masked.rows)[:5]:
             labels, ids = dataset[index]["labels"], dataset[index]["input_ids"]

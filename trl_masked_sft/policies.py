@@ -33,7 +33,11 @@ FULL_COUNT, FULL_FIRST, REASON = "_msft_full_count", "_msft_full_first", "_msft_
 COUNT, STOP_OK, LENGTH = "_msft_count", "_msft_stop_ok", "_msft_length"
 #: the row's length before truncation; whether truncation cut the completion before its (trained) stop token
 FULL_LENGTH, STOP_CUT = "_msft_full_length", "_msft_stop_cut"
-AUDIT_COLUMNS = [FULL_COUNT, FULL_FIRST, REASON, COUNT, STOP_OK, LENGTH, FULL_LENGTH, STOP_CUT]
+#: whether the row's prompt and completion, tokenized together, would merge across their boundary (`text_rows`)
+MERGED = "_msft_merged"
+#: trained chat turns whose first reply token merged with the header (that token left untrained)
+MERGED_HEADER = "_msft_merged_header"
+AUDIT_COLUMNS = [FULL_COUNT, FULL_FIRST, REASON, COUNT, STOP_OK, LENGTH, FULL_LENGTH, STOP_CUT, MERGED, MERGED_HEADER]
 
 
 @dataclass

@@ -15,6 +15,8 @@ from .policies import (
     FULL_FIRST,
     FULL_LENGTH,
     LENGTH,
+    MERGED,
+    MERGED_HEADER,
     REASON,
     STOP_CUT,
     STOP_OK,
@@ -30,6 +32,8 @@ __all__ = [
     "FULL_FIRST",
     "FULL_LENGTH",
     "LENGTH",
+    "MERGED",
+    "MERGED_HEADER",
     "REASON",
     "STOP_CUT",
     "STOP_OK",
@@ -95,15 +99,31 @@ class AuditReport:
             return found.get("rows", 0), found.get("first_rows", {}), found.get("policy", verdict.default)
         return tuple(getattr(self, name) for name in verdict.report_fields)
 
+    #: prompt/completion rows whose prompt and completion merge into one token when tokenized together; they are
+    #: tokenized apart (the prompt's ids, then the completion's), so no prompt byte is trained (`text_rows`)
+    rows_merged_boundary: int = 0
+    #: conversations with a reply whose first bytes merged with the assistant header into one token, left untrained
+    rows_merged_header: int = 0
+    #: the stop set the end-of-turn rule used, as `'<token>' (source)` items ('' for the default)
+    stop_set: str = ""
+
     def summary(self) -> str:
         """One line for the log."""
         return (
             f"Pre-flight audit of the {self.dataset_name} dataset: {self.rows} rows, {self.rows_fully_masked} with no "
             f"supervised token, {self.rows_completion_truncated} with a truncated completion, "
             f"{self.rows_stop_token_not_supervised} whose stop token is not trained ({self.rows_stop_token_truncated} "
-            f"cut by max_length); supervised tokens per row (all {self.rows} rows, {self.rows_fully_masked} with none) "
+            f"cut by max_length), {self.rows_merged_boundary} whose prompt and completion merge across their boundary "
+            "when tokenized together (tokenized apart: the prompt is not trained, the whole completion is); "
+            f"supervised tokens per row (all {self.rows} rows, {self.rows_fully_masked} with none) "
             f"min/median/max {self.supervised_tokens_min}/{self.supervised_tokens_median:g}/"
             f"{self.supervised_tokens_max}, {self.supervised_token_share:.1%} of all tokens."
+            + (
+                f" {self.rows_merged_header} rows with a reply whose first token merged with the header (not trained)."
+                if self.rows_merged_header
+                else ""
+            )
+            + (f" Stop set: {self.stop_set}." if self.stop_set else "")
         )
 
     def to_dict(self) -> dict:
@@ -159,8 +179,10 @@ def build_report(
         supervised_tokens_max=max(every),
         supervised_token_share=sum(counts) / max(1, sum(lengths)),
     )
+    report.rows_merged_boundary = sum(1 for merged in dataset.get(MERGED, []) if merged)
     for verdict in verdicts:
         report.fill(verdict, (policies or {}).get(verdict.policy_field, verdict.default))
+    report.rows_merged_header = sum(1 for merged in dataset.get(MERGED_HEADER, []) if merged)
     return report, verdicts
 
 
