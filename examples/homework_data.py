@@ -6,9 +6,12 @@ package) holds:
 
 - `generate_rows` / `homework_splits`: a seeded generator of homework-style questions (no data files needed);
 - `load_homework_data`: the homework's own `train.json` / `valid.json`;
-- `write_homework_data`: generated rows written as such files, for the CLI recipe or `--data-dir`:
+- `write_homework_data`: generated rows written as such files, for the CLI recipe or `--data-dir`;
+- `measure_statistics` / `write_statistics`: how often the homework's files ask each conversion, spell each unit,
+  use each amount and phrasing, kept in `homework_statistics.json`, which the generator draws from:
 
     python examples/homework_data.py --out outputs/homework_data   # train.json (1000 rows) + valid.json (1000 rows)
+    python examples/homework_data.py --fit path/to/homework/data   # measure homework_statistics.json again
 """
 
 from __future__ import annotations
@@ -17,6 +20,9 @@ import argparse
 import json
 import math
 import random
+import re
+from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -29,7 +35,10 @@ __all__ = [
     "generate_examples",
     "generate_rows",
     "homework_splits",
+    "homework_statistics",
     "load_homework_data",
+    "measure_statistics",
+    "parse_question",
     "write_homework_data",
 ]
 
@@ -94,40 +103,6 @@ _UNITS: dict[str, dict[str, tuple[float, tuple[str, ...]]]] = {
         "mph": (_MILE / 3600, ("mph", "mi/h")),
     },
 }
-
-#: family -> the (from, to) conversions asked, by canonical unit. A pair of one unit with itself asks to change
-#: spelling only (e.g. cc to mL), as some homework questions do.
-_PAIRS: dict[str, tuple[tuple[str, str], ...]] = {
-    "length": (
-        ("m", "cm"), ("m", "mm"), ("m", "ft"), ("m", "in"), ("m", "yd"), ("km", "m"), ("km", "mi"), ("km", "ft"),
-        ("km", "yd"), ("mi", "km"), ("mi", "m"), ("mi", "ft"), ("mi", "yd"), ("ft", "in"), ("ft", "cm"),
-        ("ft", "mm"), ("ft", "m"), ("ft", "yd"), ("yd", "ft"), ("yd", "in"), ("yd", "cm"), ("yd", "m"),
-        ("in", "cm"), ("in", "mm"), ("cm", "mm"), ("cm", "in"),
-    ),
-    "mass": (
-        ("kg", "g"), ("kg", "lb"), ("kg", "oz"), ("lb", "g"), ("lb", "kg"), ("lb", "oz"), ("oz", "g"), ("t", "kg"),
-        ("t", "lb"),
-    ),
-    "time": (
-        ("h", "min"), ("h", "s"), ("min", "s"), ("day", "h"), ("day", "min"), ("day", "week"), ("week", "day"),
-        ("week", "h"), ("week", "month"), ("month", "day"), ("month", "h"), ("month", "week"), ("year", "day"),
-        ("year", "h"), ("year", "month"), ("year", "week"), ("decade", "year"), ("decade", "month"),
-        ("decade", "week"), ("decade", "day"), ("century", "year"), ("century", "decade"), ("century", "month"),
-        ("century", "week"),
-    ),
-    "volume": (
-        ("l", "ml"), ("l", "gal"), ("l", "qt"), ("l", "pt"), ("l", "floz"), ("ml", "ml"), ("ml", "mm3"),
-        ("m3", "l"), ("m3", "gal"), ("m3", "qt"), ("m3", "pt"), ("gal", "l"), ("gal", "ml"), ("gal", "pt"),
-        ("gal", "floz"), ("qt", "l"), ("qt", "ml"), ("qt", "pt"), ("qt", "gal"), ("qt", "floz"), ("pt", "l"),
-        ("pt", "ml"), ("pt", "gal"), ("pt", "floz"), ("floz", "ml"),
-    ),
-    "data size": (("B", "bit"), ("bit", "B"), ("kB", "B"), ("kB", "bit"), ("MB", "kB"), ("GB", "MB")),
-    "speed": (
-        ("m/s", "km/h"), ("m/s", "mph"), ("m/s", "ft/s"), ("m/s", "in/s"), ("km/h", "m/s"), ("km/h", "mph"),
-        ("km/h", "ft/s"), ("km/h", "in/s"), ("mph", "m/s"), ("mph", "km/h"), ("mph", "ft/s"), ("mph", "in/s"),
-        ("ft/s", "m/s"), ("ft/s", "km/h"), ("ft/s", "mph"), ("ft/s", "in/s"),
-    ),
-}  # fmt: skip
 
 #: The phrasings of the homework's questions; `{n}` is the amount, `{a}` the unit converted from, `{b}` the unit
 #: converted to.
@@ -196,25 +171,108 @@ def convert(amount: float, from_unit: str, to_unit: str) -> float:
     )
 
 
+_STATISTICS_FILE = Path(__file__).resolve().with_name("homework_statistics.json")
+_TEMPLATE_PATTERNS: list[tuple[str, re.Pattern]] = []
+
+
+def _template_patterns() -> list[tuple[str, re.Pattern]]:
+    if not _TEMPLATE_PATTERNS:
+        for template in QUESTION_TEMPLATES:
+            pattern = re.escape(template)
+            for name, group in (("n", r"(?P<n>\d+)"), ("a", r"(?P<a>.+?)"), ("b", r"(?P<b>.+?)")):
+                pattern = pattern.replace(re.escape("{" + name + "}"), group)
+            _TEMPLATE_PATTERNS.append((template, re.compile(f"^{pattern}$")))
+    return _TEMPLATE_PATTERNS
+
+
+def _unit_of(spelling: str, other: str) -> tuple[str, str]:
+    """`(family, canonical unit)` of `spelling`, in the family it shares with `other` (`"ounce"` by `"g"`: mass)."""
+    families = {family for family, _ in _SPELLINGS.get(other, [])}
+    for family, _ in _SPELLINGS.get(spelling, []):
+        if family in families:
+            return family, next(unit for unit, (_, names) in _UNITS[family].items() if spelling in names)
+    raise ValueError(f"Cannot read the units {spelling!r} and {other!r} as one conversion: unknown or mixed units.")
+
+
+def parse_question(question: str) -> tuple[str, int, str, str]:
+    """`(template, amount, from spelling, to spelling)` of a homework question; `ValueError` when no template fits."""
+    for template, pattern in _template_patterns():
+        match = pattern.match(question)
+        if match:
+            return template, int(match["n"]), match["a"], match["b"]
+    raise ValueError(f"{question[:80]!r} matches none of the homework's phrasings (`QUESTION_TEMPLATES`).")
+
+
+def measure_statistics(rows: Sequence[Sequence[Any]]) -> dict[str, Any]:
+    """The statistics `generate_examples` draws from, measured on homework rows `[question, answer]`.
+
+    `{"rows": n, "pairs": {"family|from|to": count}, "spellings": {"from|family|unit": {spelling: count}, "to|…": …},
+    "amounts": {"1": count, …}, "templates": {template: count}}`: how often each conversion is asked, how each unit
+    is spelt where it is converted from and where it is converted to, how often each amount and phrasing appears.
+    """
+    pairs: Counter = Counter()
+    spellings: dict[str, Counter] = {}
+    amounts: Counter = Counter()
+    templates: Counter = Counter({t: 0 for t in QUESTION_TEMPLATES})
+    for question, _ in rows:
+        template, amount, name_a, name_b = parse_question(question)
+        family, a = _unit_of(name_a, name_b)
+        _, b = _unit_of(name_b, name_a)
+        pairs[f"{family}|{a}|{b}"] += 1
+        spellings.setdefault(f"from|{family}|{a}", Counter())[name_a] += 1
+        spellings.setdefault(f"to|{family}|{b}", Counter())[name_b] += 1
+        amounts[str(amount)] += 1
+        templates[template] += 1
+    return {
+        "rows": len(rows),
+        "pairs": dict(sorted(pairs.items())),
+        "spellings": {key: dict(sorted(counts.items())) for key, counts in sorted(spellings.items())},
+        "amounts": dict(sorted(amounts.items(), key=lambda item: int(item[0]))),
+        "templates": dict(templates),
+    }
+
+
+def homework_statistics() -> dict[str, Any]:
+    """The statistics of the homework's train.json and valid.json (2000 rows), kept in `homework_statistics.json`
+    beside this module (written by `python examples/homework_data.py --fit DATA_DIR`)."""
+    if not _CACHE:
+        _CACHE.update(json.loads(_STATISTICS_FILE.read_text(encoding="utf-8")))
+    return _CACHE
+
+
+_CACHE: dict[str, Any] = {}
+
+
 def generate_examples(n: int, seed: int = 0) -> list[ConversionQuestion]:
     """`n` homework-style questions, the same for the same `seed` on every machine and Python version.
 
-    Each picks a conversion (length, mass, time, volume, data size, speed), a spelling of each unit, an amount from 1
-    to 10 and one of `QUESTION_TEMPLATES`, like the homework's data.
+    Each question draws, from the homework files' statistics (`homework_statistics.json`, see `measure_statistics`),
+    a conversion (family and the two units: e.g. GB to MB is asked 87 times in 2000 rows, gallon to pint twice), a
+    spelling of each unit as the files spell it in that place (`"kg"` or `"metric ton"`...), an amount (1 to 10) and a
+    phrasing (`QUESTION_TEMPLATES`), each with the frequency it has in the files. The answer is computed
+    (`convert`). The questions are drawn, not copied: the files hold 2000 rows; the draws range over 93,840 distinct questions.
     """
     if not isinstance(n, int) or isinstance(n, bool) or n < 0:
         raise ValueError(f"`n` must be a non-negative int (the number of questions), got {n!r}.")
+    stats = homework_statistics()
+    pairs = [key.split("|") for key in stats["pairs"]]
+    pair_weights = list(stats["pairs"].values())
+    amounts = [int(a) for a in stats["amounts"]]
+    amount_weights = list(stats["amounts"].values())
+    template_weights = [stats["templates"][t] for t in QUESTION_TEMPLATES]
     rng = random.Random(seed)
-    pairs = [(family, a, b) for family, family_pairs in _PAIRS.items() for a, b in family_pairs]
     examples = []
     for _ in range(n):
-        family, a, b = rng.choice(pairs)
-        size_a, names_a = _UNITS[family][a]
-        size_b, names_b = _UNITS[family][b]
-        name_a = rng.choice(names_a)
-        name_b = rng.choice([name for name in names_b if name != name_a] or names_b)
-        amount = rng.randint(1, 10)
-        question = rng.choice(QUESTION_TEMPLATES).format(n=amount, a=name_a, b=name_b)
+        family, a, b = rng.choices(pairs, pair_weights)[0]
+        from_names = stats["spellings"][f"from|{family}|{a}"]
+        to_names = dict(stats["spellings"][f"to|{family}|{b}"])
+        name_a = rng.choices(list(from_names), list(from_names.values()))[0]
+        if a == b:  # a change of spelling only (cc to mL): never the same spelling twice
+            to_names = {name: count for name, count in to_names.items() if name != name_a} or to_names
+        name_b = rng.choices(list(to_names), list(to_names.values()))[0]
+        amount = rng.choices(amounts, amount_weights)[0]
+        question = rng.choices(QUESTION_TEMPLATES, template_weights)[0].format(n=amount, a=name_a, b=name_b)
+        size_a, size_b = _UNITS[family][a][0], _UNITS[family][b][0]
         examples.append(ConversionQuestion(question, amount, name_a, name_b, family, amount * size_a / size_b))
     return examples
 
@@ -295,9 +353,27 @@ def write_homework_data(out_dir: str | Path, n_train: int = 1000, n_valid: int =
     return out
 
 
+def write_statistics(data_dir: str | Path, out: str | Path = _STATISTICS_FILE) -> Path:
+    """Measure the statistics of `data_dir`'s train.json and valid.json (`measure_statistics`) and write them to
+    `out` (by default the `homework_statistics.json` the generator reads)."""
+    train, valid = load_homework_data(data_dir)
+    out = Path(out)
+    out.write_text(json.dumps(measure_statistics(train + valid), indent=1) + "\n", encoding="utf-8")
+    return out
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Write generated homework rows as train.json and valid.json.")
-    parser.add_argument("--out", required=True, help="Folder to write train.json and valid.json into.")
+    parser = argparse.ArgumentParser(
+        description="Write generated homework rows as train.json and valid.json, or measure the homework files' "
+        "statistics that the generator draws from."
+    )
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--out", help="Folder to write train.json and valid.json into.")
+    action.add_argument(
+        "--fit",
+        metavar="DATA_DIR",
+        help=f"The homework's data folder: measure its files' statistics into {_STATISTICS_FILE.name}.",
+    )
     parser.add_argument("--train", type=int, default=1000, help="Train rows (the homework's 1000).")
     parser.add_argument("--valid", type=int, default=1000, help="Valid rows (the homework's 1000).")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the generated questions.")
@@ -306,6 +382,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> Path:
     args = parse_args(argv)
+    if args.fit:
+        out = write_statistics(args.fit)
+        print(f"Wrote the statistics of {args.fit}'s train.json and valid.json to {out}.")
+        return out
     out = write_homework_data(args.out, args.train, args.valid, args.seed)
     print(f"Wrote {args.train} train and {args.valid} valid rows to {out}/train.json and {out}/valid.json.")
     return out

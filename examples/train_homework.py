@@ -47,10 +47,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="Default: the homework's 2e-4 for a real model, 1e-2 for the demo model.",
     )
-    parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank (lora_alpha is 4x r, as in the homework).")
+    parser.add_argument("--lora-r", type=int, default=8, help="LoRA rank (the homework's 8).")
+    parser.add_argument(
+        "--lora-alpha", type=float, default=None, help="LoRA alpha. Default: 4x the rank, as in the homework."
+    )
+    parser.add_argument(
+        "--target-modules",
+        default="all-linear",
+        help="Layers LoRA adapts: all-linear (the homework's) or a comma-separated list, e.g. q_proj,k_proj,v_proj,o_proj.",
+    )
+    parser.add_argument(
+        "--lr-scheduler",
+        default="linear",
+        help="Learning-rate schedule (transformers' names: linear, cosine, constant...).",
+    )
+    parser.add_argument(
+        "--warmup", type=float, default=0.0, help="Warmup: a share of the steps (below 1) or a number of steps."
+    )
+    parser.add_argument("--batch-size", type=int, default=32, help="Rows per training step (the homework's 32).")
+    parser.add_argument(
+        "--score-each-epoch",
+        action="store_true",
+        help="Score the questions at every epoch's end too (the accuracy curve).",
+    )
     parser.add_argument("--max-steps", type=int, default=-1, help="Stop after this many steps (overrides --epochs).")
     parser.add_argument("--num-eval", type=int, default=100, help="Validation questions scored before and after.")
     parser.add_argument("--seed", type=int, default=0, help="Seed of the generated data, the model and training.")
+    parser.add_argument(
+        "--activation-checkpointing",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="Recompute activations in the backward pass (less memory, about a third more time). auto: the "
+        "config's default for the hardware.",
+    )
+    parser.add_argument(
+        "--no-score-before",
+        action="store_true",
+        help="Skip scoring the untrained model (the same for every run on the same data).",
+    )
     parser.add_argument("--no-progress-bar", action="store_true", help="Hide the training progress bar.")
     return parser.parse_args(argv)
 
@@ -64,6 +98,14 @@ def main(argv: list[str] | None = None) -> dict:
         epochs=args.epochs,
         learning_rate=args.learning_rate,
         lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        target_modules=args.target_modules if args.target_modules == "all-linear" else args.target_modules.split(","),
+        lr_scheduler_type=args.lr_scheduler,
+        warmup=args.warmup,
+        batch_size=args.batch_size,
+        score_each_epoch=args.score_each_epoch,
+        score_before=not args.no_score_before,
+        activation_checkpointing={"auto": None, "on": True, "off": False}[args.activation_checkpointing],
         max_steps=args.max_steps,
         num_eval=args.num_eval,
         prompt_format=args.prompt_format,

@@ -27,6 +27,8 @@ from homework import (
     score,
     to_prompt_completion,
 )
+from homework_data import homework_statistics, measure_statistics
+from rss import PhasePeaks
 
 from trl_masked_sft import homework_lora_config
 from trl_masked_sft.errors import DatasetFormatError
@@ -91,6 +93,30 @@ def test_generator_covers_every_unit_family_and_phrasing():
     assert used == set(range(len(QUESTION_TEMPLATES)))
 
 
+def _shares(counts: dict) -> dict:
+    total = sum(counts.values())
+    return {key: count / total for key, count in counts.items()}
+
+
+def _assert_shares_close(measured: dict, expected: dict, tolerance: float, what: str) -> None:
+    measured, expected = _shares(measured), _shares(expected)
+    gaps = {key: measured.get(key, 0.0) - expected.get(key, 0.0) for key in set(measured) | set(expected)}
+    worst = max(gaps, key=lambda key: abs(gaps[key]))
+    assert abs(gaps[worst]) <= tolerance, f"{what}: {worst!r} is off by {gaps[worst]:+.3f} (tolerance {tolerance})"
+
+
+def test_generated_questions_follow_the_statistics_they_are_drawn_from():
+    """4000 generated questions, measured as the homework's files are (`measure_statistics`): each conversion,
+    amount and phrasing within 0.015 of its share in `homework_statistics.json`, and each unit spelt only as the
+    table spells it there (no data files needed)."""
+    table = homework_statistics()
+    measured = measure_statistics(generate_rows(4000, seed=0))
+    for part in ("pairs", "amounts", "templates"):
+        _assert_shares_close(measured[part], table[part], 0.015, part)
+    for key, spellings in measured["spellings"].items():
+        assert set(spellings) <= set(table["spellings"][key]), key
+
+
 def test_homework_splits_are_the_two_halves_of_one_seeded_stream():
     """`homework_splits(n_train, n_valid, seed)` returns the first n_train rows and the next n_valid rows."""
     train, valid = homework_splits(30, 20, seed=5)
@@ -120,6 +146,46 @@ def test_generator_rejects_a_negative_count():
     """`n` must be a non-negative int."""
     with pytest.raises(ValueError, match="got -1"):
         generate_rows(-1)
+
+
+def _decade(value: float) -> int:
+    return math.floor(math.log10(abs(value)))
+
+
+@needs_homework_data
+def test_the_generator_statistics_are_the_homework_files_measured():
+    """`homework_statistics.json` is what `measure_statistics` finds in the homework's train.json + valid.json."""
+    train, valid = load_homework_data(HOMEWORK_DATA)
+    assert measure_statistics(train + valid) == homework_statistics()
+
+
+@needs_homework_data
+def test_generated_questions_match_the_homework_files_units_phrasings_and_number_ranges():
+    """2000 generated rows against the homework's 2000: each unit family, phrasing and answer decade (the number
+    range: 0.1-1, 1-10, ... 10,000-100,000) within 0.03 of its share in the files; the same amounts (1 to 10) and
+    the same spellings of each unit."""
+    train, valid = load_homework_data(HOMEWORK_DATA)
+    files = measure_statistics(train + valid)
+    rows = generate_rows(2000, seed=0)
+    generated = measure_statistics(rows)
+
+    def families(stats):
+        counts: dict[str, int] = {}
+        for key, count in stats["pairs"].items():
+            counts[key.split("|")[0]] = counts.get(key.split("|")[0], 0) + count
+        return counts
+
+    _assert_shares_close(families(generated), families(files), 0.03, "unit families")
+    _assert_shares_close(generated["templates"], files["templates"], 0.03, "phrasings")
+    decades_files: dict[int, int] = {}
+    decades_generated: dict[int, int] = {}
+    for table, source in ((decades_files, train + valid), (decades_generated, rows)):
+        for _, answer in source:
+            table[_decade(answer)] = table.get(_decade(answer), 0) + 1
+    _assert_shares_close(decades_generated, decades_files, 0.03, "answer decades")
+    assert set(generated["amounts"]) == set(files["amounts"]) == {str(n) for n in range(1, 11)}
+    spelt = {name for spellings in generated["spellings"].values() for name in spellings}
+    assert spelt == {name for spellings in files["spellings"].values() for name in spellings}
 
 
 @needs_homework_data
@@ -377,7 +443,38 @@ def test_a_short_run_writes_adapter_tensorboard_events_and_metrics(tmp_path, mon
     )
     _check_outputs(tmp_path / "run", metrics)
     assert metrics["steps"] == 3 and metrics["num_eval"] == 4 and metrics["demo_model"]
+    assert list(metrics["peak_rss"]["phases_gb"]) == [
+        "loading",
+        "trainer setup",
+        "scoring before",
+        "training",
+        "scoring after",
+        "saving",
+    ]
+    assert any(m.startswith("Peak RSS (GB) per phase") for m in messages)
     assert any("OFFLINE DEMO model" in m and "NOT a real language model" in m for m in messages)
+
+
+def test_a_run_can_score_each_epoch_and_skip_the_untrained_model(tmp_path, monkeypatch):
+    """`score_each_epoch` adds a point per finished epoch (the last one is the final score, not scored twice);
+    `score_before=False` leaves the untrained model unscored, and its phase out of the memory report."""
+    monkeypatch.delenv("TENSORBOARD_LOGGING_DIR", raising=False)
+    messages = []
+    metrics = run_homework(
+        tmp_path / "run",
+        max_steps=3,
+        batch_size=32,
+        num_eval=4,
+        num_generated=(64, 8),
+        score_each_epoch=True,
+        score_before=False,
+        progress_bar=False,
+        log=messages.append,
+    )
+    assert metrics["before"] is None and "scoring before" not in metrics["peak_rss"]["phases_gb"]
+    assert [point["epoch"] for point in metrics["curve"]] == [1.0, 1.5]
+    assert {k: metrics["curve"][-1][k] for k in ("accuracy", "answer_rate")} == metrics["after"]
+    assert any(m.startswith("Epoch 1.00 (") for m in messages)
 
 
 def test_a_local_model_folder_trains_through_the_model_path(tmp_path, monkeypatch, one_thread):
@@ -437,6 +534,26 @@ def test_the_example_script_runs_on_the_real_homework_files(tmp_path, monkeypatc
     assert metrics["data"] == str(HOMEWORK_DATA.resolve()) and metrics["num_train"] == 1000
     assert metrics["demo_model"] is False and metrics["parameters"] == 134_515_008 and metrics["steps"] == 3
     assert metrics["train_tokens"] > 0 and metrics["train_tokens_per_second"] > 0
+
+
+def test_phase_peaks_report_each_phase_its_child_processes_and_the_run_peak():
+    """`PhasePeaks`: one entry per phase, in order, in GB; phases run in a child process are named as such; the
+    run's peak is the largest phase's. (The structure only: the values depend on the machine.)"""
+    peaks = PhasePeaks()
+    with peaks.phase("load"):
+        block = bytearray(20_000_000)
+        del block
+    with peaks.phase("train"):
+        pass
+    peaks.add("conversion", 123_000_000)
+    report = peaks.report()
+    assert set(report) == {"phases_gb", "peak_gb", "per_phase", "child_processes"}
+    assert list(report["phases_gb"]) == ["load", "train", "conversion"]
+    assert all(isinstance(gb, float) and gb > 0 for gb in report["phases_gb"].values())
+    assert report["peak_gb"] == max(report["phases_gb"].values())
+    assert report["child_processes"] == ["conversion"] and isinstance(report["per_phase"], bool)
+    summary = peaks.summary()
+    assert summary.startswith("Peak RSS (GB) per phase") and "conversion (child process)" in summary
 
 
 def test_written_generated_data_reads_back_as_the_homework_files(tmp_path):
