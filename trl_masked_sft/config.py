@@ -12,6 +12,7 @@ from transformers.utils import is_torch_bf16_gpu_available
 from trl import SFTConfig
 
 from .constraints import check_types, check_values
+from .policies import POLICY_CHOICES
 from .precision import has_accelerator
 
 __all__ = ["MaskedSFTConfig", "homework_lora_config", "trainer_config"]
@@ -153,7 +154,7 @@ class MaskedSFTConfig(SFTConfig):
             '`max_length`, empty completion, response template not found): `"error"` stops before training and '
             'names the rows; `"drop"` drops them; `"warn"` drops them with a warning naming the rows. Dropping fails '
             "when more than `max_masked_row_fraction` of a dataset would go.",
-            "choices": ["error", "drop", "warn"],
+            "choices": list(POLICY_CHOICES),
         },
     )
     max_masked_row_fraction: float = field(
@@ -171,7 +172,7 @@ class MaskedSFTConfig(SFTConfig):
             'trains them with a warning naming the rows, their lengths and the fix; `"drop"` drops them; '
             '`"error"` stops before training. `"warn"` and `"drop"` fail when more than '
             "`max_truncated_completion_fraction` of a dataset's rows are cut.",
-            "choices": ["error", "drop", "warn"],
+            "choices": list(POLICY_CHOICES),
         },
     )
     max_truncated_completion_fraction: float = field(

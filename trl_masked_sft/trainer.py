@@ -25,7 +25,7 @@ from .distributed import (
     sum_across_ranks,
     validate_batch_across_ranks,
 )
-from .formats import coerce_dataset
+from .formats import coerce_datasets
 from .health import TrainingHealthGuard
 from .logs import get_logger, warn
 from .loss import SupervisedLoss, count_packed_tokens
@@ -43,7 +43,7 @@ from .packing import PACKED_TOKENS_KEY, PackingCollator, packing_blocker
 from .pipeline import PreparationPipeline
 from .precision import cpu_bf16_setup, resolve_cpu_bf16
 from .report import AuditReport, save_audits
-from .steps import check_run_length
+from .steps import check_run_length, check_stream_kept_rows
 from .stops import add_to_generation_config, model_stop_ids, save_generation_config, with_model_stops
 from .validation import check_collator_keeps_labels, check_prompt_learning, first_label_is_target
 
@@ -105,16 +105,7 @@ class MaskedSFTTrainer(SFTTrainer):
         # `{% generation %}` markers) is off; completion-only is the product (`None`, TRL's "decide", means on).
         args.completion_only_loss, args.assistant_only_loss = options.completion_only, False
 
-        def coerce(data, name):
-            columns = {"prompt_column": options.prompt_column, "completion_column": options.completion_column}
-            return coerce_dataset(data, dataset_name=name, **columns)
-
-        train_dataset = coerce(train_dataset, "train")
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {k: coerce(v, k) for k, v in eval_dataset.items()}
-        else:
-            eval_dataset = coerce(eval_dataset, "eval")
-
+        train_dataset, eval_dataset = coerce_datasets(train_dataset, eval_dataset, options)
         ensure_pad_token(getattr(processing_class, "tokenizer", processing_class))
         check_processing_class(model, processing_class, train_dataset)
         if isinstance(data_collator, DataCollatorForCompletionOnlyLM) and data_collator.ignore_index != IGNORE_INDEX:
@@ -129,6 +120,7 @@ class MaskedSFTTrainer(SFTTrainer):
         self._msft_formatting_func = formatting_func
         self._msft_pipeline: PreparationPipeline | None = None  # built once TRL has the tokenizer
         self._msft_audits: dict[str, AuditReport] = {}
+        self._msft_streams: dict[str, dict] = {}  # by name: the stream as given ("source") and its row counts
         if peft_config is not None or (not isinstance(model, str) and is_peft_model(model)):
             check_peft_setup(args, model, peft_config)
 
@@ -166,9 +158,12 @@ class MaskedSFTTrainer(SFTTrainer):
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
         if getattr(self, "_skip_prepare_dataset", False):
             return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
+        streamed = isinstance(dataset, torch.utils.data.IterableDataset | IterableDataset)
+        if streamed:
+            self._msft_streams.setdefault(dataset_name, {})["source"] = dataset
         dataset, report = prepare_once(  # each node's main process prepares; its other ranks load the result
             lambda: self._msft_prepare(dataset, processing_class, args, packing, formatting_func, dataset_name),
-            streamed=isinstance(dataset, torch.utils.data.IterableDataset | IterableDataset),
+            streamed=streamed,
         )
         if report is not None:
             self._msft_audits[dataset_name] = report
@@ -193,6 +188,8 @@ class MaskedSFTTrainer(SFTTrainer):
             dataset, dataset_name, formatting_func=formatting_func or self._msft_formatting_func
         )
         dataset = prepared.dataset
+        if prepared.stream_counts is not None:
+            self._msft_streams.setdefault(dataset_name, {})["counts"] = prepared.stream_counts
         if packing:  # TRL packs (and shuffles) the prepared rows; its truncation is a no-op now
             dataset = super()._prepare_dataset(dataset, processing_class, args, packing, None, dataset_name)
         elif args.shuffle_dataset:
@@ -212,11 +209,13 @@ class MaskedSFTTrainer(SFTTrainer):
         check_model_before_training(self.model, self.args, self.train_dataset, self.processing_class)
         check_prompt_learning(self.model, activation_checkpointing=bool(self.args.activation_checkpointing))
         resume_from_checkpoint = agree_on_checkpoint(resume_from_checkpoint, self.args.output_dir, self.model)
-        check_run_length(self.train_dataset, self.eval_dataset, self.args, self._msft_audits)
+        check_run_length(self.train_dataset, self.eval_dataset, self.args, self._msft_audits, self._msft_streams)
         cpu_bf16_setup(self.model, self.args, note=self._msft_precision)
         if self.is_world_process_zero() and self._msft_audits:
             save_audits(self._msft_audits, Path(self.args.output_dir) / "masked_sft_audit.json")
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        output = super().train(resume_from_checkpoint, *args, **kwargs)
+        check_stream_kept_rows(self.state.global_step, self._msft_streams.get("train", {}).get("counts"), self.args)
+        return output
 
     def save_last_good_checkpoint(self) -> None:
         """Save a checkpoint of the current weights: the health guard's one way into the trainer."""
