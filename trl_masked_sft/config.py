@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 from dataclasses import dataclass, field
+from typing import Literal
 
-from transformers import TrainingArguments
 from transformers.trainer_utils import SaveStrategy
 from transformers.utils import is_torch_bf16_gpu_available
 from trl import SFTConfig
@@ -15,7 +13,7 @@ from .constraints import check_types, check_values
 from .policies import POLICY_CHOICES
 from .precision import has_accelerator
 
-__all__ = ["MaskedSFTConfig", "homework_lora_config", "trainer_config"]
+__all__ = ["MaskedSFTConfig", "homework_lora_config"]
 
 
 @dataclass
@@ -25,8 +23,8 @@ class MaskedSFTConfig(SFTConfig):
 
     The defaults mirror the course homework this package grew from (LoRA SFT of SmolLM2-360M-Instruct on unit
     conversions): learning_rate 2e-4, num_train_epochs 3, per_device_train_batch_size 32, activation checkpointing
-    on (on a GPU or other accelerator; off on a CPU, whose memory is the host's and where recomputing costs a third
-    more time), save_strategy "epoch", save_total_limit 1, logging_steps 10, report_to "tensorboard", label_names
+    on (on a GPU or other accelerator; on a CPU the trainer decides from an estimate of the activation memory
+    against the machine's, `memory.py`), save_strategy "epoch", save_total_limit 1, logging_steps 10, report_to "tensorboard", label_names
     ["labels"], max_length 128, completion_only_loss True. `bf16` left unset is True where a GPU supports it; on a
     CPU with native bfloat16 units the trainer turns bfloat16 autocast on for a model of at least 20M parameters
     (`precision.py`), and the config constructs on a CPU-only machine.
@@ -70,9 +68,28 @@ class MaskedSFTConfig(SFTConfig):
             For conversational (`messages`) datasets, which assistant turns are trained: `"all"` or `"last"`. Turns
             are located by rendering the conversation prefix by prefix, so any chat template works, with or without
             `{% generation %}` markers; system, user and tool turns are masked.
-        train_on_eot (`bool`, *optional*, defaults to `True`):
-            Whether each trained assistant turn's end-of-turn token (e.g. `<|im_end|>`) is trained; a model that
-            never sees it never learns to stop.
+        train_on_eot (`bool` or `str`, *optional*, defaults to `True`):
+            Which end-of-turn tokens (e.g. `<|im_end|>`) are trained: `True`/`"turn"` each trained turn's, `False`/
+            `"none"` none, `"last"` only the final trained turn's, `"all"` every one in the conversation, masked turns
+            too (Axolotl's `train_on_eos` values). A model that never sees its stop token never learns to stop.
+        train_roles (`list[str]`, *optional*, defaults to `["assistant"]`):
+            For conversational datasets, the roles whose messages are trained by default, e.g. `["assistant",
+            "tool"]`, or `["system", "user", "assistant"]` for the whole conversation; ShareGPT names (`gpt`, `human`)
+            count as the roles they become. A message's own `train` key overrides its role.
+        message_train_key (`str`, *optional*, defaults to `"train"`):
+            The message key that trains (`true`) or masks (`false`) one message whatever its role: all of its text,
+            plus its stop token when the template prints one.
+        message_weight_key (`str`, *optional*, defaults to `"weight"`):
+            The message key of a per-message loss weight (a number >= 0): its tokens count that many times in the
+            loss, `sum(w * CE) / sum(w)` over the supervised tokens of a step; 0 masks the message.
+        reasoning (`str`, *optional*, defaults to `"train"`):
+            `"train"` or `"mask"`: with `"mask"`, the reasoning of a trained reply (`reasoning_content`/`thinking`,
+            or `<think>...</think>` in the content) and the wrapper the template renders around it are masked; its
+            answer and stop token stay trained.
+        tool_calls (`str`, *optional*, defaults to `"train"`):
+            `"train"` or `"mask"`: with `"mask"`, the tool-call part of a trained reply is masked; a reply that is only
+            a tool call keeps its stop token trained. Tool results stay masked unless `train_roles` or a message's
+            `train` key says otherwise.
         stop_token_ids (`list[int]`, *optional*):
             The token ids that end generation, for the end-of-turn rule (`docs/chat_templates.md`): each trained
             assistant turn ends with one of them. `None`: the trainer reads the model's
@@ -99,6 +116,11 @@ class MaskedSFTConfig(SFTConfig):
             the same loss, gradients and logged metrics, without the head's work on prompt positions. Where it can't
             apply exactly (another device, a `compute_loss_func`, label smoothing, prompt-learning PEFT, DeepSpeed or
             FSDP, a model that can't keep a selection of logits) TRL's path is used, said once in the log.
+        frozen_weights_bf16 (`bool`, *optional*, defaults to `True`):
+            Under bf16 autocast, hold the frozen float32 weights of the linear layers in bfloat16 while `train()`
+            runs, instead of letting autocast cast them again at every matrix product (same numbers, fewer casts).
+            The model's own parameters are put back, unchanged, when training ends or fails; trainable weights, the
+            optimizer state and LoRA sums stay float32.
     """
 
     # Parameters whose default values differ from SFTConfig (the homework's settings)
@@ -111,7 +133,9 @@ class MaskedSFTConfig(SFTConfig):
         default=None,
         metadata={
             "help": "Trade compute for memory by recomputing activations in the backward pass. If not set, True "
-            "(the homework's setting) where a GPU or other accelerator is present and False on a CPU, unless the "
+            "(the homework's setting) where a GPU or other accelerator is present; on a CPU the trainer turns it on "
+            "only when its estimate of the activation memory (the longest batch's tokens x layers x hidden size x "
+            "bytes) exceeds a share of the machine's available memory, and says so in the log; unless the "
             "deprecated `gradient_checkpointing` says otherwise."
         },
     )
@@ -226,11 +250,53 @@ class MaskedSFTConfig(SFTConfig):
             "choices": ["all", "last"],
         },
     )
-    train_on_eot: bool = field(
+    train_on_eot: Literal[True, False, "turn", "none", "last", "all"] = field(
         default=True,
         metadata={
-            "help": "Whether each trained assistant turn's end-of-turn token (e.g. `<|im_end|>`) is trained; a model "
-            "that never sees it never learns to stop."
+            "help": 'Which end-of-turn tokens (e.g. `<|im_end|>`) are trained: `True`/`"turn"` each trained turn\'s, '
+            '`False`/ `"none"` none, `"last"` only the final trained turn\'s, `"all"` every one in the conversation, '
+            "masked turns too (Axolotl's `train_on_eos` values). A model that never sees its stop token never learns "
+            "to stop."
+        },
+    )
+    train_roles: list[str] = field(
+        default_factory=lambda: ["assistant"],
+        metadata={
+            "help": 'For conversational datasets, the roles whose messages are trained by default, e.g. `["assistant", '
+            '"tool"]`, or `["system", "user", "assistant"]` for the whole conversation; ShareGPT names (`gpt`, '
+            "`human`) count as the roles they become. A message's own `train` key overrides its role."
+        },
+    )
+    message_train_key: str = field(
+        default="train",
+        metadata={
+            "help": "The message key that trains (`true`) or masks (`false`) one message whatever its role: all of its "
+            "text, plus its stop token when the template prints one."
+        },
+    )
+    message_weight_key: str = field(
+        default="weight",
+        metadata={
+            "help": "The message key of a per-message loss weight (a number >= 0): its tokens count that many times "
+            "in the loss, `sum(w * CE) / sum(w)` over the supervised tokens of a step; 0 masks the message."
+        },
+    )
+    reasoning: str = field(
+        default="train",
+        metadata={
+            "help": '`"train"` or `"mask"`: with `"mask"`, the reasoning of a trained reply (`reasoning_content`/'
+            "`thinking`, or `<think>...</think>` in the content) and the wrapper the template renders around it are "
+            "masked; its answer and stop token stay trained.",
+            "choices": ["train", "mask"],
+        },
+    )
+    tool_calls: str = field(
+        default="train",
+        metadata={
+            "help": '`"train"` or `"mask"`: with `"mask"`, the tool-call part of a trained reply is masked; a reply '
+            "that is only a tool call keeps its stop token trained. Tool results stay masked unless `train_roles` or "
+            "a message's `train` key says otherwise.",
+            "choices": ["train", "mask"],
         },
     )
     stop_token_ids: list[int] | None = field(
@@ -282,10 +348,22 @@ class MaskedSFTConfig(SFTConfig):
             "the log."
         },
     )
+    frozen_weights_bf16: bool = field(
+        default=True,
+        metadata={
+            "help": "Under bf16 autocast, hold the frozen float32 weights of the linear layers in bfloat16 while "
+            "`train()` runs, instead of letting autocast cast them again at every matrix product (same numbers, "
+            "fewer casts). The model's own parameters are put back, unchanged, when training ends or fails; "
+            "trainable weights, the optimizer state and LoRA sums stay float32."
+        },
+    )
 
     def __post_init__(self):
+        self._checkpointing_auto = False
         if self.activation_checkpointing is None and self.gradient_checkpointing is None:
             self.activation_checkpointing = not self.use_cpu and has_accelerator()
+            # Off on a CPU unless the trainer, which sees the model and the data, finds it needed (`memory.py`).
+            self._checkpointing_auto = not self.activation_checkpointing
         check_types(self)  # before transformers converts or compares them: a typo fails there with no fix
         self._bf16_auto = False
         if self.bf16 is None and not self.fp16:
@@ -303,20 +381,3 @@ def homework_lora_config(**overrides):
     settings = {"r": 8, "lora_alpha": 32, "target_modules": "all-linear", "bias": "none", "task_type": "CAUSAL_LM"}
     settings.update(overrides)
     return LoraConfig(**settings)
-
-
-def trainer_config(model, args) -> MaskedSFTConfig | SFTConfig:
-    """The trainer's own copy of the config (the user's object is never changed), as TRL builds it."""
-    if args is None:
-        name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "model"
-        return MaskedSFTConfig(output_dir=f"{str(name).rstrip('/').split('/')[-1] or 'model'}-SFT")
-    if isinstance(args, TrainingArguments) and not isinstance(args, SFTConfig):
-        # As TRL does (it converts to SFTConfig): the fields TrainingArguments lacks take SFTConfig's defaults
-        # (e.g. max_length 1024), not the homework's.
-        dict_args = args.to_dict()
-        dict_args["hub_token"] = args.hub_token
-        sft_only = set(SFTConfig.__dataclass_fields__) - set(TrainingArguments.__dataclass_fields__)
-        defaults = {name: SFTConfig.__dataclass_fields__[name].default for name in sft_only}
-        defaults = {k: v for k, v in defaults.items() if v is not dataclasses.MISSING}
-        return MaskedSFTConfig(**{**defaults, **dict_args})
-    return copy.copy(args)

@@ -123,13 +123,15 @@ def format_answer(answer: float) -> str:
     return f"<answer>{round(float(answer), 3)}</answer>"
 
 
-def coerce_datasets(train: Any, evals: Any, options: Any) -> tuple[Any, Any]:
-    """`coerce_dataset` on a trainer's train and eval datasets (one, or a dict of named ones), with the columns of
-    `options` (`MaskingOptions`)."""
+def coerce_datasets(train: Any, evaluation: Any, options: Any) -> tuple[Any, Any]:
+    """`coerce_dataset` on a trainer's train and eval datasets (a dict of eval datasets too), with `options`'s
+    prompt and completion columns."""
     columns = {"prompt_column": options.prompt_column, "completion_column": options.completion_column}
-    named = evals if isinstance(evals, dict) else {"eval": evals}
-    named = {name: coerce_dataset(data, dataset_name=name, **columns) for name, data in named.items()}
-    return coerce_dataset(train, dataset_name="train", **columns), named if isinstance(evals, dict) else named["eval"]
+    if isinstance(evaluation, dict):
+        evaluation = {k: coerce_dataset(v, dataset_name=k, **columns) for k, v in evaluation.items()}
+    else:
+        evaluation = coerce_dataset(evaluation, dataset_name="eval", **columns)
+    return coerce_dataset(train, dataset_name="train", **columns), evaluation
 
 
 def coerce_dataset(data: Any, *, prompt_column: str, completion_column: str, dataset_name: str) -> Any:

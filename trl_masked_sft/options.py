@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from transformers import TrainingArguments
 from trl import SFTConfig
 
 from .config import MaskedSFTConfig
 from .constraints import check_masking_fields
 from .policies import VERDICTS, RowVerdict
 
-__all__ = ["MaskingOptions", "kept_defaults"]
+__all__ = ["MaskingOptions", "kept_defaults", "trainer_config"]
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,14 @@ class MaskingOptions:
     response_template: str | None = None
     instruction_template: str | None = None
     assistant_turns: str = "all"
-    train_on_eot: bool = True
+    #: `True`/`"turn"`, `False`/`"none"`, `"last"` or `"all"` (see `MaskedSFTConfig.train_on_eot`)
+    train_on_eot: bool | str = True
+    #: the chat controls (see `controls.ChatControls`)
+    train_roles: tuple[str, ...] = ("assistant",)
+    message_train_key: str = "train"
+    message_weight_key: str = "weight"
+    reasoning: str = "train"
+    tool_calls: str = "train"
     #: the ids that end generation (`None`: the tokenizer's eos and the template's closing), and where each comes
     #: from (`end_of_turn.GENERATION_CONFIG`, ...; empty: the config's `stop_token_ids`)
     stop_token_ids: tuple[int, ...] | None = None
@@ -84,6 +94,11 @@ class MaskingOptions:
             instruction_template=get("instruction_template"),
             assistant_turns=get("assistant_turns"),
             train_on_eot=get("train_on_eot"),
+            train_roles=tuple(get("train_roles") if hasattr(args, "train_roles") else ("assistant",)),
+            message_train_key=get("message_train_key"),
+            message_weight_key=get("message_weight_key"),
+            reasoning=get("reasoning"),
+            tool_calls=get("tool_calls"),
             stop_token_ids=None if (stops := get("stop_token_ids")) is None else tuple(int(i) for i in stops),
             max_length=get("max_length"),
             keep_end=get("truncation_mode") == "keep_end",
@@ -124,3 +139,20 @@ def kept_defaults(args: Any) -> tuple[tuple[str, Any, Any], ...]:
         if plain(getattr(args, name)) == plain(ours) and plain(ours) != plain(theirs):
             kept.append((name, plain(ours), plain(theirs)))
     return tuple(kept)
+
+
+def trainer_config(model, args) -> MaskedSFTConfig | SFTConfig:
+    """The trainer's own copy of the config (the user's object is never changed), as TRL builds it."""
+    if args is None:
+        name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "model"
+        return MaskedSFTConfig(output_dir=f"{str(name).rstrip('/').split('/')[-1] or 'model'}-SFT")
+    if isinstance(args, TrainingArguments) and not isinstance(args, SFTConfig):
+        # As TRL does (it converts to SFTConfig): the fields TrainingArguments lacks take SFTConfig's defaults
+        # (e.g. max_length 1024), not the homework's.
+        dict_args = args.to_dict()
+        dict_args["hub_token"] = args.hub_token
+        sft_only = set(SFTConfig.__dataclass_fields__) - set(TrainingArguments.__dataclass_fields__)
+        defaults = {name: SFTConfig.__dataclass_fields__[name].default for name in sft_only}
+        defaults = {k: v for k, v in defaults.items() if v is not dataclasses.MISSING}
+        return MaskedSFTConfig(**{**defaults, **dict_args})
+    return copy.copy(args)

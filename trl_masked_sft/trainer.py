@@ -17,7 +17,6 @@ from trl import SFTTrainer
 
 from . import hints
 from .collator import DataCollatorForCompletionOnlyLM
-from .config import trainer_config
 from .distributed import (
     agree_on_checkpoint,
     fsdp_not_sharded,
@@ -29,7 +28,8 @@ from .formats import coerce_datasets
 from .health import TrainingHealthGuard
 from .logs import get_logger, warn
 from .loss import SupervisedLoss, count_packed_tokens
-from .masking import IGNORE_INDEX
+from .masking import WEIGHTS
+from .memory import checkpointing_by_memory
 from .metrics import MaskMetrics, audit_logs, batch_mask_stats, write_audit_text
 from .model_checks import (
     check_model_before_training,
@@ -38,21 +38,27 @@ from .model_checks import (
     ensure_pad_token,
     quiet_peft_checkpointing_probe,
 )
-from .options import MaskingOptions
+from .options import MaskingOptions, trainer_config
 from .packing import PACKED_TOKENS_KEY, PackingCollator, packing_blocker
 from .pipeline import PreparationPipeline
-from .precision import cpu_bf16_setup, resolve_cpu_bf16
+from .precision import resolve_cpu_bf16, training_precision, weights_as_given
 from .report import AuditReport, save_audits
 from .steps import check_run_length, check_stream_kept_rows
 from .stops import add_to_generation_config, model_stop_ids, save_generation_config, with_model_stops
-from .validation import check_collator_keeps_labels, check_prompt_learning, first_label_is_target
+from .validation import (
+    check_collator_ignore_index,
+    check_collator_keeps_labels,
+    check_prompt_learning,
+    first_label_is_target,
+)
+from .weights import WeightedBatches, collating, is_weighted, pack_weighted
 
 __all__ = ["MaskedSFTTrainer"]
 
 logger = get_logger(__name__)
 
 
-class MaskedSFTTrainer(SFTTrainer):
+class MaskedSFTTrainer(WeightedBatches, SFTTrainer):
     """`trl.SFTTrainer` with completion-only loss enforced and checked. Same constructor: swap the import.
 
     What it adds:
@@ -106,14 +112,10 @@ class MaskedSFTTrainer(SFTTrainer):
         args.completion_only_loss, args.assistant_only_loss = options.completion_only, False
 
         train_dataset, eval_dataset = coerce_datasets(train_dataset, eval_dataset, options)
+
         ensure_pad_token(getattr(processing_class, "tokenizer", processing_class))
         check_processing_class(model, processing_class, train_dataset)
-        if isinstance(data_collator, DataCollatorForCompletionOnlyLM) and data_collator.ignore_index != IGNORE_INDEX:
-            raise ValueError(
-                f"`data_collator` is DataCollatorForCompletionOnlyLM(ignore_index={data_collator.ignore_index}), but "
-                f"the trainer's loss ignores only {IGNORE_INDEX}: the other value would be trained on as a token id. "
-                "Fix: leave `ignore_index` at its default (-100) when training with MaskedSFTTrainer."
-            )
+        check_collator_ignore_index(data_collator)
         self._msft_collator = data_collator
         # Formatting is applied by the pipeline (also for datasets passed to `evaluate`), so that a formatting
         # function works with completion-only loss and a response-template collator, as in old TRL scripts.
@@ -148,7 +150,7 @@ class MaskedSFTTrainer(SFTTrainer):
             logger.warning(unsharded)
         if data_collator is not None and options.completion_only:
             check_collator_keeps_labels(self.data_collator, self.train_dataset)
-        self._msft_loss = SupervisedLoss(self)  # the loss on supervised positions only (`score_supervised_only`)
+        self._msft_loss, self._msft_checkpointing = SupervisedLoss(self), checkpointing_by_memory(self)
         self._msft_health = TrainingHealthGuard(self) if getattr(self.args, "health_checks", True) else None
         if self._msft_health is not None:
             self.add_callback(self._msft_health)
@@ -190,7 +192,9 @@ class MaskedSFTTrainer(SFTTrainer):
         dataset = prepared.dataset
         if prepared.stream_counts is not None:
             self._msft_streams.setdefault(dataset_name, {})["counts"] = prepared.stream_counts
-        if packing:  # TRL packs (and shuffles) the prepared rows; its truncation is a no-op now
+        if packing and is_weighted(dataset):  # TRL's packing would drop the weights
+            dataset = pack_weighted(dataset, args, dataset_name)
+        elif packing:  # TRL packs (and shuffles) the prepared rows; its truncation is a no-op now
             dataset = super()._prepare_dataset(dataset, processing_class, args, packing, None, dataset_name)
         elif args.shuffle_dataset:
             dataset = dataset.shuffle(seed=args.seed)
@@ -210,20 +214,20 @@ class MaskedSFTTrainer(SFTTrainer):
         check_prompt_learning(self.model, activation_checkpointing=bool(self.args.activation_checkpointing))
         resume_from_checkpoint = agree_on_checkpoint(resume_from_checkpoint, self.args.output_dir, self.model)
         check_run_length(self.train_dataset, self.eval_dataset, self.args, self._msft_audits, self._msft_streams)
-        cpu_bf16_setup(self.model, self.args, note=self._msft_precision)
         if self.is_world_process_zero() and self._msft_audits:
             save_audits(self._msft_audits, Path(self.args.output_dir) / "masked_sft_audit.json")
-        output = super().train(resume_from_checkpoint, *args, **kwargs)
+        with training_precision(self, (self._msft_precision, self._msft_checkpointing)):  # puts the weights back
+            output = super().train(resume_from_checkpoint, *args, **kwargs)
         check_stream_kept_rows(self.state.global_step, self._msft_streams.get("train", {}).get("counts"), self.args)
         return output
+
+    def _save_checkpoint(self, model, trial):
+        with weights_as_given(self):  # saved from the user's float32 weights, not the bfloat16 copies
+            super()._save_checkpoint(model, trial)
 
     def save_last_good_checkpoint(self) -> None:
         """Save a checkpoint of the current weights: the health guard's one way into the trainer."""
         self._save_checkpoint(self.model_wrapped, trial=None)
-
-    # ------------------------------------------------------------------ checks around training
-
-    # ------------------------------------------------------------------ in-batch packing (`pack_within_batch`)
 
     def _msft_packer(self) -> PackingCollator | None:
         """The packing collator for training batches, or `None` where packing is off, unsupported or not exact."""
@@ -247,14 +251,8 @@ class MaskedSFTTrainer(SFTTrainer):
         return self._msft_packing
 
     def get_train_dataloader(self):
-        packer = self._msft_packer()
-        if packer is None:
+        with collating(self, self._msft_packer() or self.data_collator, self.train_dataset):
             return super().get_train_dataloader()
-        collator, self.data_collator = self.data_collator, packer
-        try:
-            return super().get_train_dataloader()
-        finally:
-            self.data_collator = collator
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         packed_tokens = inputs.pop(PACKED_TOKENS_KEY, None)
@@ -265,7 +263,8 @@ class MaskedSFTTrainer(SFTTrainer):
             where = f"{mode} batch at step {self.state.global_step}"
             first = first_label_is_target(model)
             validate_batch_across_ranks(inputs, where=where, tokenizer=self._tokenizer, first_label_is_target=first)
-        result = self._msft_loss(model, inputs, return_outputs, num_items_in_batch)  # None: TRL's path takes it
+        weights = inputs.pop(WEIGHTS, None)  # only in weighted batches, which `_msft_loss` always takes
+        result = self._msft_loss(model, inputs, return_outputs, num_items_in_batch, weights)  # None: TRL's path
         if result is None:
             result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if packed_tokens is not None and model.training:

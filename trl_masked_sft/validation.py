@@ -177,6 +177,17 @@ def collated_label_changes(
     return extra, missing
 
 
+def check_collator_ignore_index(collator) -> None:
+    """A `DataCollatorForCompletionOnlyLM` whose `ignore_index` is not the loss's would train that value as a token id."""
+    ignore = getattr(collator, "ignore_index", IGNORE_INDEX)
+    if type(collator).__name__ == "DataCollatorForCompletionOnlyLM" and ignore != IGNORE_INDEX:
+        raise ValueError(
+            f"`data_collator` is DataCollatorForCompletionOnlyLM(ignore_index={ignore}), but the trainer's loss "
+            f"ignores only {IGNORE_INDEX}: the other value would be trained on as a token id. Fix: leave "
+            "`ignore_index` at its default (-100) when training with MaskedSFTTrainer."
+        )
+
+
 def check_collator_keeps_labels(collator, dataset) -> None:
     """Collate a few prepared rows with the user's `collator` and compare its labels with `dataset`'s.
 
