@@ -67,9 +67,15 @@ def make_model(tokenizer, size: Size):
             tokenizer, hidden_size=size.hidden, num_hidden_layers=size.layers, num_attention_heads=size.heads, seed=0
         )
         base.config.max_position_embeddings = 2048
+    return with_lora(base)
+
+
+def with_lora(base):
+    """`base` with the homework's LoRA adapter, seeded (the same for every contender), ready for activation
+    checkpointing with a frozen base as the homework does (`enable_input_require_grads`)."""
     torch.manual_seed(SEED)
     model = get_peft_model(base, homework_lora_config())
-    model.enable_input_require_grads()  # as the homework does for activation checkpointing with a frozen base
+    model.enable_input_require_grads()
     return model
 
 
@@ -205,11 +211,7 @@ def smollm2_shaped(tokenizer, layers: int, shape: dict[str, Any]):
 
 def head_model(tokenizer, layers: int, shape: dict[str, Any]):
     """`smollm2_shaped` with the homework's LoRA adapter (seeded), ready for activation checkpointing."""
-    model = smollm2_shaped(tokenizer, layers, shape)
-    torch.manual_seed(SEED)
-    model = get_peft_model(model, homework_lora_config())
-    model.enable_input_require_grads()
-    return model
+    return with_lora(smollm2_shaped(tokenizer, layers, shape))
 
 
 def head_trainer(key: str, model, data, tokenizer, settings: dict[str, Any]):
@@ -256,11 +258,7 @@ MASKED_VARIANTS: dict[str, dict[str, Any]] = {
 
 def real_model(base):
     """A copy of the real `base` model with the homework's LoRA adapter (seeded: the same for every contender)."""
-    model = copy.deepcopy(base)
-    torch.manual_seed(SEED)
-    model = get_peft_model(model, homework_lora_config())
-    model.enable_input_require_grads()  # as the homework does, for activation checkpointing with a frozen base
-    return model
+    return with_lora(copy.deepcopy(base))
 
 
 def real_trainer(key: str, model, data, tokenizer, output_dir: str, batch: int, max_steps: int, max_length: int = 128):
