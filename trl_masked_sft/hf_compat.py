@@ -1,14 +1,38 @@
-"""The seams to `datasets` and PEFT: column names of any dataset, a fast per-row `map` that keeps untouched columns,
-and the active adapter config of a (wrapped) model."""
+"""The seams to `datasets`, PEFT and the transformers line: column names of any dataset, a fast per-row `map` that
+keeps untouched columns, the active adapter config of a (wrapped) model, and what the installed transformers (4.56+
+or 5.x) can do."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import transformers
 from datasets import Dataset, IterableDataset
+from transformers import modeling_utils
 
-__all__ = ["active_peft_config", "column_names", "first_row", "in_memory_kwargs", "map_rows"]
+__all__ = [
+    "MASK_LOGITS_TO_KEEP",
+    "TRANSFORMERS_MAJOR",
+    "active_peft_config",
+    "checkpointing_field",
+    "column_names",
+    "first_row",
+    "in_memory_kwargs",
+    "map_rows",
+]
+
+#: The installed transformers' major version: 4 (4.56.2 and later, as TRL 1.x supports) or 5.
+TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
+#: Whether causal LMs take a boolean `(batch, seq_len)` `logits_to_keep` (transformers 5.x's `slice_logits_to_keep`);
+#: 4.x models take an int or a 1-D tensor of positions kept in every row.
+MASK_LOGITS_TO_KEEP = hasattr(modeling_utils, "slice_logits_to_keep")
+
+
+def checkpointing_field(args) -> str:
+    """The config field that turns activation checkpointing on: `activation_checkpointing` (transformers 5.x's name)
+    where the config has one, else `gradient_checkpointing` (4.x)."""
+    return "activation_checkpointing" if hasattr(args, "activation_checkpointing") else "gradient_checkpointing"
 
 
 def column_names(dataset: Dataset | IterableDataset) -> list[str]:
