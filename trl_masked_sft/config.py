@@ -271,6 +271,12 @@ class MaskedSFTConfig(SFTConfig):
     def __post_init__(self):
         if self.activation_checkpointing is None and self.gradient_checkpointing is None:
             self.activation_checkpointing = not self.use_cpu and has_accelerator()
+        if "activation_checkpointing" not in TrainingArguments.__dataclass_fields__:
+            # transformers 4.x knows only `gradient_checkpointing`: resolved as 5.x resolves the two names (the new
+            # one wins when set), then mirrored, so either name reads the same and 4.x's Trainer sees the choice.
+            if self.activation_checkpointing is None:
+                self.activation_checkpointing = bool(self.gradient_checkpointing)
+            self.gradient_checkpointing = self.activation_checkpointing
         check_types(self)  # before transformers converts or compares them: a typo fails there with no fix
         self._bf16_auto = False
         if self.bf16 is None and not self.fp16:

@@ -12,10 +12,11 @@ from datasets import Dataset, IterableDataset
 from transformers import modeling_utils
 
 __all__ = [
+    "COUNTS_UNSHIFTED_LABELS",
     "MASK_LOGITS_TO_KEEP",
     "TRANSFORMERS_MAJOR",
     "active_peft_config",
-    "checkpointing_field",
+    "checkpointing_on",
     "column_names",
     "first_row",
     "in_memory_kwargs",
@@ -27,12 +28,16 @@ TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
 #: Whether causal LMs take a boolean `(batch, seq_len)` `logits_to_keep` (transformers 5.x's `slice_logits_to_keep`);
 #: 4.x models take an int or a 1-D tensor of positions kept in every row.
 MASK_LOGITS_TO_KEEP = hasattr(modeling_utils, "slice_logits_to_keep")
+#: Whether `Trainer` counts the loss's divisor (`num_items_in_batch`) over the labels before the causal shift, so a
+#: row's supervised first token counts though it is never a target (4.x); 5.x counts `labels[..., 1:]`.
+COUNTS_UNSHIFTED_LABELS = TRANSFORMERS_MAJOR < 5
 
 
-def checkpointing_field(args) -> str:
-    """The config field that turns activation checkpointing on: `activation_checkpointing` (transformers 5.x's name)
-    where the config has one, else `gradient_checkpointing` (4.x)."""
-    return "activation_checkpointing" if hasattr(args, "activation_checkpointing") else "gradient_checkpointing"
+def checkpointing_on(args) -> bool:
+    """Whether `args` turn activation checkpointing on: `activation_checkpointing` (transformers 5.x, which mirrors
+    the deprecated `gradient_checkpointing` into it), else `gradient_checkpointing` (4.x's only name)."""
+    value = getattr(args, "activation_checkpointing", None)
+    return bool(getattr(args, "gradient_checkpointing", False) if value is None else value)
 
 
 def column_names(dataset: Dataset | IterableDataset) -> list[str]:

@@ -27,6 +27,7 @@ from .distributed import (
 )
 from .formats import coerce_dataset
 from .health import TrainingHealthGuard
+from .hf_compat import checkpointing_on
 from .logs import get_logger, warn
 from .loss import SupervisedLoss, count_packed_tokens
 from .masking import IGNORE_INDEX
@@ -202,7 +203,7 @@ class MaskedSFTTrainer(SFTTrainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         check_model_before_training(self.model, self.args, self.train_dataset, self.processing_class)
-        check_prompt_learning(self.model, activation_checkpointing=bool(self.args.activation_checkpointing))
+        check_prompt_learning(self.model, activation_checkpointing=checkpointing_on(self.args))
         resume_from_checkpoint = agree_on_checkpoint(resume_from_checkpoint, self.args.output_dir, self.model)
         check_run_length(self.train_dataset, self.eval_dataset, self.args, self._msft_audits)
         cpu_bf16_setup(self.model, self.args, note=self._msft_precision)
