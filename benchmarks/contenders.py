@@ -28,12 +28,18 @@ from trl import SFTConfig, SFTTrainer
 from trl_masked_sft import MaskedSFTConfig, MaskedSFTTrainer, homework_lora_config
 from trl_masked_sft.tiny import build_tiny_model
 
+#: The name `TrainingArguments` gives activation checkpointing: transformers 4.x knows only `gradient_checkpointing`.
+CHECKPOINTING = (
+    "activation_checkpointing"
+    if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+    else "gradient_checkpointing"
+)
 #: The homework's training settings, which are MaskedSFTConfig's defaults, given explicitly to every contender so
 #: that all train alike; one epoch; no TensorBoard, no checkpoints.
 SHARED = {
     "learning_rate": 2e-4,
     "num_train_epochs": 1,
-    "activation_checkpointing": True,
+    CHECKPOINTING: True,
     "logging_steps": 10,
     "report_to": "none",
     "save_strategy": "no",
@@ -88,9 +94,7 @@ def contenders(tokenizer, size: Size, rows, chat) -> list[Contender]:
 
     def masked_config(output_dir: str, **extra) -> MaskedSFTConfig:
         # Only what differs from MaskedSFTConfig's defaults (its defaults are the homework's settings).
-        settings = {
-            k: v for k, v in SHARED.items() if k not in ("learning_rate", "activation_checkpointing", "logging_steps")
-        }
+        settings = {k: v for k, v in SHARED.items() if k not in ("learning_rate", CHECKPOINTING, "logging_steps")}
         settings["per_device_train_batch_size"] = size.batch
         return MaskedSFTConfig(output_dir=output_dir, **{**settings, **extra})
 

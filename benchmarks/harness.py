@@ -361,7 +361,7 @@ def training_settings(args) -> dict[str, Any]:
     precision = "bf16 autocast" if args.bf16 else "fp16 autocast" if args.fp16 else "float32"
     return {
         "precision": precision,
-        "checkpointing": bool(args.activation_checkpointing or args.gradient_checkpointing),
+        "checkpointing": bool(getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing),
         "learning_rate": args.learning_rate,
         "batch": args.per_device_train_batch_size,
         "max_length": getattr(args, "max_length", None),
