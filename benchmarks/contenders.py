@@ -128,7 +128,13 @@ def contenders(tokenizer, size: Size, rows, chat) -> list[Contender]:
         return Dataset.from_list(chat)
 
     chat_extra = {"max_length": 1024, "per_device_train_batch_size": size.chat_batch}
-    grouped = {"train_sampling_strategy": "group_by_length"}
+    # transformers 4.x names the length-grouped sampler `group_by_length=True`
+    fields = TrainingArguments.__dataclass_fields__
+    grouped = (
+        {"train_sampling_strategy": "group_by_length"}
+        if "train_sampling_strategy" in fields
+        else {"group_by_length": True}
+    )
     return [
         Contender(
             "homework", "homework pattern: pad-128 rows + transformers.Trainer", "homework", homework_trainer, "hw"
