@@ -16,12 +16,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "trl_masked_sft"
 #: Lowest first. Modules of one layer never import each other.
 LAYERS: list[set[str]] = [
     {"errors", "tiny", "hints", "text"},
-    {"constraints", "logs", "cli_errors"},
-    {"precision"},
+    {"policies", "logs", "cli_errors"},
+    {"precision", "constraints"},
     {"config", "masking", "hf_compat", "conversations"},
     {"validation", "end_of_turn", "checkpoints", "model_checks", "packing", "loss", "values", "steps", "options"},
     {"report", "distributed", "collator", "metrics", "chat", "context"},
-    {"formats", "health", "streaming"},
+    {"formats", "health", "streaming", "stops"},
+    {"text_rows"},
     {"pipeline", "sources"},
     {"audit", "inspector"},
     {"trainer", "audit_html"},

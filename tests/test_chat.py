@@ -7,7 +7,7 @@ from datasets import Dataset
 from template_families import byte_level_tokenizer, family_tokenizer, trained_runs
 
 from trl_masked_sft import MaskedSFTTrainer, UnsupervisedRowsError
-from trl_masked_sft.chat import END_OF_TURN, SYSTEM, TOOL, TRAINED, USER, chat_labels
+from trl_masked_sft.chat import END_OF_TURN, SYSTEM, TOOL, TRAINED, USER, chat_labels, is_trained
 from trl_masked_sft.tiny import build_tiny_model, build_tiny_tokenizer
 
 # Templates written for these tests in the layout of each family (not copied from any model repository).
@@ -78,7 +78,7 @@ def trained_text(tokenizer, mask) -> list[str]:
     """The trained pieces of a conversation, one string per contiguous trained run."""
     runs, current = [], []
     for token, reason in zip(mask.input_ids, mask.reasons, strict=True):
-        if reason == TRAINED:
+        if is_trained(reason):
             current.append(token)
         elif current:
             runs.append(tokenizer.decode(current))
@@ -95,7 +95,7 @@ def test_every_assistant_turn_and_its_end_of_turn_token_is_trained(chat_tokenize
     assert mask.problem is None
     eot = EOT[family]
     assert trained_text(chat_tokenizer, mask) == [f"2000 grams.{eot}", f"3000 grams.{eot}"]
-    assert all((label == -100) == (reason != TRAINED) for label, reason in zip(mask.labels, mask.reasons, strict=True))
+    assert all((label == -100) != is_trained(reason) for label, reason in zip(mask.labels, mask.reasons, strict=True))
 
 
 @pytest.mark.parametrize("family", sorted(TEMPLATES))
@@ -146,11 +146,12 @@ def test_prefix_diff_agrees_with_generation_markers(chat_tokenizer):
 
 def test_a_template_that_renders_the_last_turn_differently_still_trains_the_replies(chat_tokenizer):
     """Text the template adds after the last turn moves when a prefix is rendered alone: the prefix diff can't work,
-    locating each reply's text in the whole conversation can, and the note says the replies have no end token."""
+    locating each reply's text in the whole conversation can; the note says the first reply has no end token, and the
+    last gets the eos right after it (before the template's ` END`), so every trained conversation ends with a stop."""
     template = "{% for m in messages %}{{ m['role'] + ': ' + m['content'] }}{% if loop.last %}{{ ' END' }}{% endif %}\n{% endfor %}"
     mask = chat_labels(chat_tokenizer, CONVERSATION, chat_template=template)
     assert mask.problem is None and mask.method == "offsets"
-    assert trained_text(chat_tokenizer, mask) == ["2000 grams.", "3000 grams."]
+    assert trained_text(chat_tokenizer, mask) == ["2000 grams.", "3000 grams.<|eos|>"]
     assert "no end-of-turn token" in mask.note
 
 
@@ -327,4 +328,4 @@ def test_a_generation_block_without_its_stop_gets_the_stop_after_a_space():
     mask = chat_labels(tokenizer, TWO_REPLIES, chat_template=template)
     assert mask.method == "generation markers"
     assert trained_runs(tokenizer, mask) == [" 2000 grams. </s>", " 3000 grams. </s>"]
-    assert "leaves out its end-of-turn token" in mask.note
+    assert "leaves out its stop token" in mask.note

@@ -6,14 +6,10 @@ templates use. A conversation with a system prompt, two user turns and two repli
 where the template supports tools) is masked from the ORIGINAL template and compared with TRL's marker masks from the
 training copy, on every token of message text.
 
-Which way locates the turns (`ChatMask.method`) with the default order, on the conversation without tools:
+TRL's training copies are a reference here, not a way of ours: every family is located by content offsets with the
+default order (the copies train headers and the newline after the stop, which the one end-of-turn rule doesn't).
 
-- TRL's training copy, where it renders the same ids as the original (26 families): the masks equal TRL's exactly;
-- content offsets, where it renders different ids: glm4moe (the copy rewrites the turn ends), qwen3, qwen3_5_think,
-  qwen3_5_nothink, qwen3_6 (the copy renders a `<think>` block in every reply; the original only after the last user
-  turn). TRL trains the copy's rendering; we train the original's, so the ids themselves differ.
-
-Where our own way (content offsets, also what any template TRL doesn't know gets) differs from TRL's marker masks, it
+Where our way (content offsets, also what any template TRL doesn't know gets) differs from TRL's marker masks, it
 is never on message text, only on template tokens, by choice:
 
 - the newline after the end-of-turn token (cohere2 aside, every ChatML, Gemma, Idefics3/SmolVLM, Phi-3 template): we
@@ -26,8 +22,8 @@ is never on message text, only on template tokens, by choice:
 
 glm4moe ends replies with no end-of-turn token (the next header ends them): the last reply gets the eos appended
 (`ChatMask.note`). Tool-call turns: diffusion_gemma renders the tool's result inside the model's own turn and glm4moe
-has no end-of-turn token, so content offsets can't bound a tool-call turn there and another way is used (TRL's copy,
-the prefix diff). deepseekv3's original template can't render dict tool arguments (TRL's copy fixes that), so its tool
+has no end-of-turn token (with the default stop set), so content offsets can't bound a tool-call turn there and the
+prefix diff is used. deepseekv3's original template can't render dict tool arguments (TRL's copy fixes that), so its tool
 conversation passes `arguments` as a JSON string.
 """
 
@@ -46,7 +42,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from transformers import PreTrainedTokenizerFast
 from trl.chat_template_utils import get_training_chat_template, supports_tool_calling
 
-from trl_masked_sft.chat import MARKERS, METHODS, OFFSETS, PREFIX_DIFF, TRAINED, TRL_TEMPLATE, chat_labels
+from trl_masked_sft.chat import MARKERS, METHODS, OFFSETS, PREFIX_DIFF, chat_labels, is_trained
 from trl_masked_sft.conversations import content_text, fit_content, message_spans
 
 TEMPLATES = Path(trl.__file__).parent / "chat_templates"
@@ -210,15 +206,13 @@ def test_masks_equal_trl_marker_masks_on_every_content_token(family_tokenizer, f
     ours = [int(label != -100) for label in mask.labels[: len(ids)]]
     differ = [(pos, tokenizer.decode([ids[pos]])) for pos in kinds if ours[pos] != theirs[pos]]
     assert differ == [], f"{family}: content tokens where we and TRL disagree: {differ}"
-    if method == "default":
-        assert mask.method == TRL_TEMPLATE and ours == theirs  # the copy verified: TRL's masks exactly
 
 
 def test_the_default_way_per_family_is_the_documented_one(family_tokenizer):
-    """TRL's copy where it renders the same ids, content offsets where the copy rewrites the conversation."""
+    """TRL's training copies are no way of ours (they train headers and the newline after the stop): every family
+    TRL ships is located by content offsets, whatever its copy renders."""
     used = {f: chat_labels(family_tokenizer(f), _conversation(family_tokenizer(f), False)).method for f in FAMILIES}
-    assert {f for f, m in used.items() if m == OFFSETS} == REWRITTEN
-    assert {m for f, m in used.items() if f not in REWRITTEN} == {TRL_TEMPLATE}
+    assert set(used.values()) == {OFFSETS}
 
 
 def test_a_reply_without_end_of_turn_token_gets_the_eos_appended(family_tokenizer):
@@ -226,7 +220,7 @@ def test_a_reply_without_end_of_turn_token_gets_the_eos_appended(family_tokenize
     tokenizer = family_tokenizer("glm4moe")
     mask = chat_labels(tokenizer, _conversation(tokenizer, False))
     assert mask.input_ids[-1] == tokenizer.eos_token_id and mask.labels[-1] == tokenizer.eos_token_id
-    assert "appended" in mask.note and mask.reasons[-1] == TRAINED
+    assert "appended" in mask.note and is_trained(mask.reasons[-1])
 
 
 # Templates TRL does not know, written for these tests.
@@ -276,10 +270,11 @@ def test_a_template_that_drops_the_last_end_of_turn_token_gets_it_back(base_toke
 
 
 def test_a_template_that_rewrites_earlier_replies_trains_the_reasoning_it_shows(base_tokenizer):
-    """Earlier reasoning is not in the render (noted); the final reply trains its reasoning block."""
+    """Earlier reasoning is not in the render (noted); the final reply trains its reasoning block, after the
+    `<think>\n` the generation prompt already holds."""
     mask = chat_labels(base_tokenizer, CONVERSATION, chat_template=DROPS_EARLIER_REASONING)
     assert mask.method == OFFSETS
-    final = "<think>\nThree times a thousand.\n</think>\n\n3000 grams.<|im_end|>"
+    final = "Three times a thousand.\n</think>\n\n3000 grams.<|im_end|>"
     assert trained_runs(base_tokenizer, mask) == ["2000 grams.<|im_end|>", final]
     assert "reasoning of message 2" in mask.note
 
@@ -300,15 +295,13 @@ def test_text_after_the_last_turn_is_not_trained(base_tokenizer):
     assert trained_runs(base_tokenizer, mask) == ["2000 grams.<|eos|>", "3000 grams.<|eos|>"]
 
 
-def test_generation_markers_are_authoritative(base_tokenizer):
-    """A marked template's blocks are used as they are, header included, with the end-of-turn token after them."""
+def test_generation_markers_locate_turns_and_the_one_rule_settles_them(base_tokenizer):
+    """A marked template's blocks locate the turns; the rule every way shares still leaves out the header the block
+    holds (the generation prompt writes it) and adds the stop token the block leaves out."""
     mask = chat_labels(base_tokenizer, CONVERSATION, chat_template=MARKED_HEADER_INSIDE)
     assert mask.method == MARKERS and mask.problem is None
-    assert trained_runs(base_tokenizer, mask) == [
-        "<|im_start|>assistant\n2000 grams.<|im_end|>",
-        "<|im_start|>assistant\n3000 grams.<|im_end|>",
-    ]
-    assert "leaves out its end-of-turn token" in mask.note
+    assert trained_runs(base_tokenizer, mask) == ["2000 grams.<|im_end|>", "3000 grams.<|im_end|>"]
+    assert "leaves out its stop token" in mask.note
 
 
 def test_a_row_no_way_can_locate_is_refused_with_what_blocks_each_way(base_tokenizer):

@@ -13,8 +13,8 @@ from trl_masked_sft.formats import (
     check_values,
     coerce_dataset,
     detect_layout,
-    tokenize_text_rows,
 )
+from trl_masked_sft.text_rows import tokenize_text_rows
 from trl_masked_sft.tiny import build_tiny_model, build_tiny_tokenizer
 
 PROMPTS = ["How many grams are there in 3 kg?", "Convert 5 hour to minutes.", "abc", "What is 2 kg in gram?"]
@@ -32,7 +32,7 @@ def _trl_prepared(tokenizer, tmp_path, dataset: Dataset, completion_only: bool) 
 
 @pytest.mark.parametrize("completion_only", [True, False])
 def test_batched_tokenization_equals_trl_preparation_of_prompt_completion_rows(tokenizer, tmp_path, completion_only):
-    """Same input_ids, labels and completion (eos appended once) as TRL, including a prompt that is no token prefix."""
+    """Same input_ids, labels and completion (eos appended once) as TRL where no token merges across the boundary."""
     completions = list(COMPLETIONS)
     completions[1] += tokenizer.eos_token  # already ends with eos: not appended twice
     dataset = Dataset.from_dict({"prompt": PROMPTS, "completion": completions, "extra": [1, 2, 3, 4]})

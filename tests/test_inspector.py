@@ -61,7 +61,7 @@ def test_chat_rows_mark_each_turn(tokenizer, config):
     (row,) = inspect_rows(data, tokenizer, config())
     found = reasons(row)
     assert "Be brief." in found["system turn"] and "Hi" in found["user turn"]
-    assert found["trained"] == "Hello<|im_end|>"
+    assert found["trained"] == "Hello" and found["stop token (template)"] == "<|im_end|>"  # trained, with its source
     assert "assistant" in found["template"]
 
 
@@ -78,7 +78,7 @@ def test_other_conversation_shapes_mark_each_turn_too(tokenizer, config, row):
     (marked,) = inspect_rows([row], tokenizer, config())
     found = reasons(marked)
     assert "Hi" in found["user turn"]
-    assert found["trained"] == "Hello<|im_end|>"
+    assert found["trained"] == "Hello" and found["stop token (template)"] == "<|im_end|>"
 
 
 def test_template_not_found_marks_the_whole_row(tokenizer, config):

@@ -142,3 +142,22 @@ def test_dataset_of_exactly_one_batch_trains(tokenizer, model, make_config):
     )
     trainer.train()
     assert trainer.state.global_step == 1
+
+
+def test_the_streamed_probe_reads_the_raw_stream_so_each_row_is_counted_once(tokenizer, model, make_config):
+    """Rows 0 and 9 of 10 dropped is 2 of 10, within `max_masked_row_fraction=0.2`: the run-length probe must not
+    mask and count row 0 a second time (3 of 12 would fail), nor warn about it before training reads it."""
+    data = rows(10)
+    for bad in (0, 9):
+        data[bad] = {"prompt": "word " * 60, "completion": " 1"}
+    config = make_config(
+        max_length=40,
+        masked_row_policy="drop",
+        max_masked_row_fraction=0.2,
+        per_device_train_batch_size=8,
+        max_steps=1,
+    )
+    stream = IterableDataset.from_generator(lambda: iter(data))
+    trainer = MaskedSFTTrainer(model, args=config, train_dataset=stream, processing_class=tokenizer)
+    trainer.train()
+    assert trainer.state.global_step == 1

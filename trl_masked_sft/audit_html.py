@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 
 from .inspector import RowMarks, html_page, render_legend_html, render_row_html
+from .policies import VERDICTS
 
 __all__ = ["render_audit_html", "worst_row_indices"]
 
@@ -98,36 +99,31 @@ def _numbers_table(report, shown: set[int]) -> str:
         ("rows with a truncated completion", report.rows_completion_truncated),
         ("rows whose stop token is not trained", report.rows_stop_token_not_supervised),
         ("rows whose completion is cut before its stop token", report.rows_stop_token_truncated),
+        (
+            "rows whose prompt and completion merge across their boundary when tokenized together (tokenized "
+            "apart: no prompt byte is trained)",
+            report.rows_merged_boundary,
+        ),
         (f"supervised tokens per row (all {report.rows} rows, as the histogram), min / median / max", spread),
         ("supervised share of all tokens", share),
         ("rows dropped", report.rows_dropped),
-        ("masked_row_policy", report.policy),
-        ("truncated_completion_policy", report.truncated_completion_policy),
+        *((verdict.policy_field, report.verdict_rows(verdict)[2]) for verdict in VERDICTS),
     ]
     body = "".join(f'<tr><th>{_esc(name)}</th><td class="n">{_esc(value)}</td></tr>' for name, value in lines)
     table = f'<table class="numbers">{body}</table>'
-    if report.unsupervised_rows:
+    for verdict in VERDICTS:  # one section per row verdict that has rows
+        count, first_rows, _ = report.verdict_rows(verdict)
+        if not first_rows:
+            continue
         rows = "".join(
-            f'<tr><td class="n">{link(int(index))}</td><td>{_esc(reason)}</td></tr>'
-            for index, reason in report.unsupervised_rows.items()
+            f'<tr><td class="n">{link(int(index))}</td><td>{_esc(detail)}</td></tr>'
+            for index, detail in first_rows.items()
         )
-        more = report.rows_fully_masked - len(report.unsupervised_rows)
+        more = count - len(first_rows)
         note = f"<p>… and {more} more.</p>" if more > 0 else ""
         table += (
-            "<h2>Rows with no supervised token</h2>"
-            f'<table class="numbers"><tr><th>row</th><th>why</th></tr>{rows}</table>{note}'
-        )
-    if report.stop_truncated_rows:
-        rows = "".join(
-            f'<tr><td class="n">{link(int(index))}</td><td>{_esc(line)}</td></tr>'
-            for index, line in report.stop_truncated_rows.items()
-        )
-        more = report.rows_stop_token_truncated - len(report.stop_truncated_rows)
-        note = f"<p>… and {more} more.</p>" if more > 0 else ""
-        table += (
-            "<h2>Rows whose completion is cut before its stop token</h2><p>The model is never shown where these "
-            "answers end. Fix: raise <code>max_length</code>.</p>"
-            f'<table class="numbers"><tr><th>row</th><th>lengths</th></tr>{rows}</table>{note}'
+            f"<h2>{verdict.page_title}</h2>{verdict.page_note}"
+            f'<table class="numbers"><tr><th>row</th><th>{verdict.detail_header}</th></tr>{rows}</table>{note}'
         )
     return table
 
@@ -156,10 +152,7 @@ def render_audit_html(report, supervised_counts: Sequence[int], worst_rows: Sequ
             "per row of the audited dataset."
         )
     shown = {row.index for row in worst_rows}
-    policies = (
-        f"`masked_row_policy={_esc(report.policy)}`, "
-        f"`truncated_completion_policy={_esc(report.truncated_completion_policy)}`"
-    )
+    policies = ", ".join(f"`{verdict.policy_field}={_esc(report.verdict_rows(verdict)[2])}`" for verdict in VERDICTS)
     if report.policy_error:
         verdict = (
             f'<div class="verdict stop"><strong>Training would stop</strong> ({policies})'

@@ -1,20 +1,21 @@
 """Assistant-only masks for conversations under any chat template, generation markers or not.
 
-Four ways to find each assistant turn (`METHODS`) are tried in order; the first that verifies on the row wins: the
-template's `{% generation %}` markers; TRL's training copy of a template it knows, where it renders the same ids; content
-offsets (each reply's text found in one render, from the assistant header to the end-of-turn token, both read once per
-template off a probe); the prefix diff. A row is refused only when none verifies (`ChatMask.problem`, with the fix).
+Three ways to find each assistant turn (`METHODS`) are tried in order; the first that verifies on the row wins: the
+template's `{% generation %}` markers; content offsets (each reply's text found in one render, from the assistant header
+to the end-of-turn token, both read once per template off a probe); the prefix diff. A row is refused only when none
+verifies (`ChatMask.problem`, with the fix). TRL's training copies of the templates it knows are not a way: they train
+headers and the newline after the stop, which the rule below doesn't (the tests compare with them).
 
-This module locates replies; which tokens end a reply (and are trained with it) is one rule for every way, in
-`end_of_turn`: each way hands its turns to `end_of_turn.settle`.
+This module locates replies; where a reply starts (after what the generation prompt holds) and which stop token ends it
+is one rule for every way, in `end_of_turn`: each way hands its turns to `end_of_turn.head_end` and `settle`, with the
+run's stop set (`end_of_turn.Stops`).
 """
 
 from __future__ import annotations
 
-import copy
 import json
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import groupby
@@ -22,10 +23,20 @@ from typing import Any
 
 from .conversations import fit_content, is_empty_reply, message_spans, reads_parts, reasoning_text, unknown_roles
 from .end_of_turn import (
+    GIVEN,
     NO_FACTS,
+    TEMPLATE_EOT,
+    TOKENIZER_EOS,
+    TRAINED,
+    Stops,
     TurnFacts,
     cached,
     encode,
+    final_stop,
+    given_stops,
+    head_end,
+    is_trained,
+    no_stop,
     probe,
     render,
     settle,
@@ -36,21 +47,28 @@ from .end_of_turn import (
 from .hints import Tokenizer
 from .masking import IGNORE_INDEX
 
-__all__ = ["METHODS", "ChatMask", "chat_labels", "special_token_ids"]
+__all__ = ["METHODS", "ChatMask", "chat_labels", "given_stops", "is_trained", "special_token_ids"]
 
-TRAINED = "trained"
 #: Reason codes for masked tokens of a conversation (see `ChatMask.reasons`).
 SYSTEM, USER, TOOL, TEMPLATE = "system turn", "user turn", "tool turn", "template"
 EARLIER_ASSISTANT, END_OF_TURN = "earlier assistant turn", "end of turn (not trained)"
 _ROLE_REASONS = {"system": SYSTEM, "user": USER, "tool": TOOL, "ipython": TOOL, "function": TOOL}
+#: A reply token merged with the header into one token: left untrained (`ChatMask.merged` counts such turns).
+MERGED_HEADER = "merged with the header (not trained)"
 #: Row reason for a conversation whose replies to train are all empty (counted by the pre-flight audit).
 EMPTY_COMPLETION = "empty completion"
+#: Row reason for a conversation where no token of the stop set can end a reply to train.
+NO_STOP = "no stop token"
 #: The ways to locate assistant turns, in the order they are tried.
-MARKERS, TRL_TEMPLATE, OFFSETS, PREFIX_DIFF = "generation markers", "TRL training template", "offsets", "prefix diff"
-METHODS = (MARKERS, TRL_TEMPLATE, OFFSETS, PREFIX_DIFF)
+MARKERS, OFFSETS, PREFIX_DIFF = "generation markers", "offsets", "prefix diff"
+METHODS = (MARKERS, OFFSETS, PREFIX_DIFF)
 
 
 class _NotLocated(Exception):  # one way to locate the turns does not verify on this row; the message says why
+    pass
+
+
+class _NoStop(Exception):  # the turns are located, but no stop token can end one: the row is refused (no other way)
     pass
 
 
@@ -65,6 +83,7 @@ class ChatMask:
     problem: str | None = None
     method: str | None = None
     note: str | None = None
+    merged: int = 0  # trained turns whose first reply token merged with the header (that token is not trained)
     explain: Callable[[], list[str]] | None = field(default=None, repr=False, compare=False)
 
     @cached_property
@@ -85,6 +104,7 @@ class _Located:
     notes: list[str] = field(default_factory=list)
     text: str | None = None
     offsets: list[tuple[int, int]] | None = None
+    merged: list[int] = field(default_factory=list)  # tokens holding both header and reply bytes (not trained)
 
 
 def chat_labels(
@@ -96,6 +116,7 @@ def chat_labels(
     ignore_index: int = IGNORE_INDEX,
     trainable_from: int = 0,
     methods: Sequence[str] | None = None,
+    stop_token_ids: Sequence[int] | Mapping[int, str] | None = None,
     **template_kwargs: Any,
 ) -> ChatMask:
     """Labels that train the assistant turns of `messages` (`[{"role", "content"}, ...]`, see
@@ -103,9 +124,11 @@ def chat_labels(
 
     `assistant_turns` is `"all"` or `"last"`; `train_eot` trains each trained turn's end-of-turn token (appended to a
     final reply the template leaves without one); messages before `trainable_from` are context (prompt/completion rows
-    pass `len(prompt)`); `methods` are the ways to try, in order (default `METHODS`); `template_kwargs` go to
-    `apply_chat_template` (`tools`, `enable_thinking`, ...). An empty reply to train is skipped; when nothing can be
-    trained, every label is `ignore_index` and `problem` says why (`row_reason` for the pre-flight audit).
+    pass `len(prompt)`); `methods` are the ways to try, in order (default `METHODS`); `stop_token_ids` are the ids
+    that end generation (the model's `generation_config.eos_token_id`; a mapping gives each id's source), to which the
+    tokenizer's eos is added; `None` means the tokenizer's eos and the template's end-of-turn tokens. `template_kwargs`
+    go to `apply_chat_template` (`tools`, `enable_thinking`, ...). An empty reply to train is skipped; when nothing can
+    be trained, every label is `ignore_index` and `problem` says why (`row_reason` for the pre-flight audit).
     """
     if assistant_turns not in ("all", "last"):
         raise ValueError(f"`assistant_turns` must be 'all' or 'last', got {assistant_turns!r}.")
@@ -118,7 +141,9 @@ def chat_labels(
     chosen = [i for i, m in enumerate(messages) if m.get("role") == "assistant" and i >= trainable_from]
     chosen = chosen[-1:] if assistant_turns == "last" else chosen
     empty = [i for i in chosen if is_empty_reply(messages[i])]
-    ctx = _Context(tokenizer, messages, kwargs, key, parts, {i for i in chosen if i not in empty})
+    given = dict(stop_token_ids) if isinstance(stop_token_ids, Mapping) else stop_token_ids
+    given = None if given is None else given if isinstance(given, dict) else dict.fromkeys(given, GIVEN)
+    ctx = _Context(tokenizer, messages, kwargs, key, parts, {i for i in chosen if i not in empty}, given)
     tried: list[tuple[str, Exception]] = []
     which = ", ".join(map(str, empty))
     if ctx.trained and (ambiguous := _ambiguous_end(ctx, template)):
@@ -127,6 +152,9 @@ def chat_labels(
     for method in (methods or METHODS) if ctx.trained else ():
         try:
             mask = _assemble(ctx, _LOCATE[method](ctx), method, train_eot, ignore_index)
+        except _NoStop as error:  # every way finds the same turn ends: no other way can help
+            ids = encode(tokenizer, render(tokenizer, messages, kwargs))[0]
+            return ChatMask(ids, [ignore_index] * len(ids), f"{NO_STOP}: {error}", method)
         except Exception as error:  # noqa: BLE001 - jinja, type and value errors from templates all fall through
             tried.append((method, error))
             continue
@@ -182,6 +210,18 @@ class _Context:
     key: tuple
     parts: bool
     trained: set[int]
+    given: dict[int, str] | None = None
+
+    @cached_property
+    def stops(self) -> Stops:
+        """The run's stop set: the given ids and the tokenizer's eos; by default the eos and the template's closing."""
+        eos = self.tokenizer.eos_token_id
+        sources = {eos: TOKENIZER_EOS} if eos is not None else {}
+        if self.given is None:
+            sources |= {i: TEMPLATE_EOT for i in self.facts(required=False).closing if i not in sources}
+        else:
+            sources = {**sources, **self.given}
+        return Stops(frozenset(sources), tuple(sources.items()), lenient=self.given is None)
 
     @cached_property
     def special(self) -> set[int]:
@@ -204,30 +244,14 @@ class _Context:
         return trailing_start(self.special, self.tokenizer.decode, ids, start, end)
 
 
-def _by_trl_template(ctx: _Context) -> _Located:
-    from trl.chat_template_utils import get_training_chat_template
-
-    def lookup():  # the template may come from the row's kwargs rather than the tokenizer
-        proxy = copy.copy(ctx.tokenizer)
-        proxy.chat_template = ctx.kwargs["chat_template"]
-        return get_training_chat_template(proxy)
-
-    if (training := cached(("trl", ctx.kwargs["chat_template"]), lookup)) is None:
-        raise _NotLocated("TRL has no training copy of this template")
-    copy_kwargs = {**ctx.kwargs, "chat_template": training}  # the same text gives the same ids: one tokenization
-    if render(ctx.tokenizer, ctx.messages, ctx.kwargs) != render(ctx.tokenizer, ctx.messages, copy_kwargs):
-        raise _NotLocated("TRL's training copy of this template renders this conversation differently")
-    return _by_markers(ctx, copy_kwargs)
-
-
-def _by_markers(ctx: _Context, kwargs: dict | None = None) -> _Located:
+def _by_markers(ctx: _Context) -> _Located:
     """Turns from `{% generation %}` blocks: one block per assistant message, or any number when all are trained."""
     from trl.chat_template_utils import has_generation_markers
 
-    if not has_generation_markers((kwargs := kwargs or ctx.kwargs)["chat_template"]):
+    if not has_generation_markers(ctx.kwargs["chat_template"]):
         raise _NotLocated("the template has no {% generation %} markers")
     out = ctx.tokenizer.apply_chat_template(
-        ctx.messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, **kwargs
+        ctx.messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True, **ctx.kwargs
     )
     ids, runs, pos = list(out["input_ids"]), [], 0
     for bit, group in groupby(out["assistant_masks"]):
@@ -238,15 +262,15 @@ def _by_markers(ctx: _Context, kwargs: dict | None = None) -> _Located:
     if len(runs) != len(assistant) and not (runs and ctx.trained == set(assistant)):
         raise _NotLocated(f"the template has {len(runs)} generation blocks for {len(assistant)} assistant messages")
     owners = assistant if len(runs) == len(assistant) else [assistant[-1]] * len(runs)
-    turns, notes, blank = [], [], ctx.blank(ids)
+    text = render(ctx.tokenizer, ctx.messages, ctx.kwargs)
+    rendered, offsets = encode(ctx.tokenizer, text)
+    located = _Located(ids, [], [], text, offsets) if rendered == ids else _Located(ids, [])
     for n, (owner, (start, end)) in enumerate(zip(owners, runs, strict=True)):
-        if (eot_start := ctx.trailing_start(ids, start, end)) == end:  # no end-of-turn token inside: maybe after
-            bound = runs[n + 1][0] if n + 1 < len(runs) else len(ids)
-            if (after := settle(ids, end, (end, end), bound, ctx.facts(required=False), blank)[1]) > end:
-                end = after
-                notes.append(f"the generation block of message {owner} leaves out its end-of-turn token: trained too")
-        turns.append((owner, start, eot_start, end))
-    return _Located(ids, turns, notes)
+        bound = runs[n + 1][0] if n + 1 < len(runs) else len(ids)
+        _settle(ctx, located, owner, start, ctx.trailing_start(ids, start, end), (start, end), bound)
+        if located.turns[-1][3] > end:
+            located.notes.append(f"the generation block of message {owner} leaves out its stop token: trained too")
+    return located
 
 
 def _by_offsets(ctx: _Context) -> _Located:
@@ -254,27 +278,27 @@ def _by_offsets(ctx: _Context) -> _Located:
     text = render(ctx.tokenizer, ctx.messages, ctx.kwargs)
     ids, offsets = encode(ctx.tokenizer, text)
     spans = message_spans(text, ctx.messages, facts.header)
-    starts, ends = [s for s, _ in offsets], [e for _, e in offsets]
-    turns, notes = [], []
+    starts = [s for s, _ in offsets]
+    located = _Located(ids, [], [], text, offsets)
     for i, message in ((i, m) for i, m in enumerate(ctx.messages) if m.get("role") == "assistant"):
         if spans[i] is None:
             raise _NotLocated(f"the text of assistant message {i} is not in the render (the template rewrites it)")
         region, text_start, text_end = spans[i]
         bound = bisect_left(starts, next((s[0] for s in spans[i + 1 :] if s is not None), len(text)))
-        first, k = bisect_right(ends, region), bisect_left(starts, text_end)
+        k = bisect_left(starts, text_end)
         found = turn_end(ctx.special, facts, ids, text, offsets, k, bound, text_end > text_start)
-        eot_start, end = settle(ids, k, found, bound, facts, ctx.blank(ids))
-        if eot_start == end and message.get("tool_calls"):
+        start = bisect_right([e for _, e in offsets], region)
+        if not _settle(ctx, located, i, start, k, found, bound) and message.get("tool_calls"):
             raise _NotLocated(f"assistant message {i} has tool calls but no end-of-turn token to bound them")
         if (reasoning := reasoning_text(message).strip()) and reasoning not in text[region:text_end]:
-            notes.append(f"the template leaves the reasoning of message {i} out of the render: not trained")
-        turns.append((i, first, eot_start, end))
-    return _Located(ids, turns, notes, text, offsets)
+            located.notes.append(f"the template leaves the reasoning of message {i} out of the render: not trained")
+    return located
 
 
 def _by_prefix_diff(ctx: _Context) -> _Located:
     tokenizer, messages, kwargs = ctx.tokenizer, ctx.messages, ctx.kwargs
-    full, turns, prev_end = encode(tokenizer, render(tokenizer, messages, kwargs))[0], [], 0
+    full, prev_end = encode(tokenizer, render(tokenizer, messages, kwargs))[0], 0
+    located = _Located(full, [])
     for i, message in enumerate(messages):
         upto = full if i == len(messages) - 1 else encode(tokenizer, render(tokenizer, messages[: i + 1], kwargs))[0]
         if full[: len(upto)] != upto:
@@ -284,44 +308,64 @@ def _by_prefix_diff(ctx: _Context) -> _Located:
             if upto[: len(head)] != head or len(head) < prev_end:
                 raise _NotLocated(f"the generation prompt before assistant message {i} is not a prefix of that turn")
             k = ctx.trailing_start(full, len(head), len(upto))  # the reply's own tokens end here
-            eot_start, end = settle(full, k, (k, len(upto)), len(upto), ctx.facts(required=False), ctx.blank(full))
-            turns.append((i, len(head), eot_start, end))
+            _settle(ctx, located, i, len(head), k, (k, len(upto)), len(upto))
         prev_end = len(upto)
-    return _Located(full, turns)
+    return located
 
 
-_LOCATE = {MARKERS: _by_markers, TRL_TEMPLATE: _by_trl_template, OFFSETS: _by_offsets, PREFIX_DIFF: _by_prefix_diff}
+def _settle(ctx: _Context, located: _Located, owner: int, start: int, k: int, found, bound: int) -> bool:
+    """One located turn through the rule: its start moved past what the generation prompt holds (a token the reply
+    shares with the header is not trained), its end at its stop token (`end_of_turn.settle`). False: no stop."""
+    ids, offsets, facts = located.ids, located.offsets, ctx.facts(required=False)
+    if offsets is not None and start < len(ids):
+        head = head_end(located.text, offsets[start][0], facts)
+        first = next((j for j in range(start, k) if offsets[j][0] >= head), k)
+        if first > start and offsets[first - 1][1] > head and owner in ctx.trained:
+            located.merged.append(first - 1)
+        start = first
+    eot_start, end = settle(ids, k, found, bound, facts, ctx.blank(ids), ctx.stops)
+    located.turns.append((owner, start, eot_start, end))
+    return eot_start < end
+
+
+_LOCATE = {MARKERS: _by_markers, OFFSETS: _by_offsets, PREFIX_DIFF: _by_prefix_diff}
 
 
 def _assemble(ctx: _Context, located: _Located, method: str, train_eot: bool, ignore_index: int) -> ChatMask:
-    """Labels from located turns; a final reply that ends the render without an end-of-turn token gets one."""
-    ids, notes = list(located.ids), list(located.notes)
+    """Labels from located turns; a final reply without a stop token gets one right after it, trained."""
+    ids, notes, stops = list(located.ids), list(located.notes), ctx.stops
     labels = [ignore_index] * len(ids)
     trained = [t for t in located.turns if t[0] in ctx.trained]
     if any(start >= end for _, start, _, end in trained):
         raise _NotLocated("an assistant turn to train renders to no tokens")
     for _, start, eot_start, end in trained:
         labels[start : end if train_eot else eot_start] = ids[start : end if train_eot else eot_start]
-    appended, bare = 0, [t for t in trained if t[2] == t[3]] if train_eot else []
-    if bare and bare[-1][0] == len(ctx.messages) - 1 and not ctx.tokenizer.decode(ids[bare[-1][3] :]).strip():
-        eot = list(ctx.facts(required=False).closing) or [ctx.tokenizer.eos_token_id]
-        if eot[0] is not None:  # train the stop after the final reply (and any whitespace before it)
-            end, appended, bare = bare[-1][3], len(eot), bare[:-1]
-            ids, labels = ids + eot, labels[:end] + ids[end:] + eot
+    inserted, bare = None, [t for t in trained if t[2] == t[3]] if train_eot else []
+    tail = ids[bare[-1][3] :] if bare else []
+    if bare and bare[-1][0] == len(ctx.messages) - 1 and not any(stops.ends(i) for i in tail):
+        stop = final_stop(ctx.facts(required=False), stops, ctx.tokenizer.eos_token_id)
+        if stop is not None:  # the stop after the final reply (and any whitespace after it), before what follows
+            end = len(ids) if not ctx.tokenizer.decode(tail).strip() else bare[-1][3]
+            labels[bare[-1][3] : end] = ids[bare[-1][3] : end]
+            inserted, bare = (end, stop), bare[:-1]
+            ids, labels = ids[:end] + [stop] + ids[end:], labels[:end] + [stop] + labels[end:]
             notes.append(
-                f"the last reply has no end-of-turn token in the render: {ctx.tokenizer.decode(eot)!r} appended"
+                f"the last reply has no end-of-turn token in the render: {ctx.tokenizer.decode([stop])!r} appended"
             )
+    if bare and not stops.lenient:
+        raise _NoStop(no_stop(ctx.tokenizer, located.ids, bare[0][2], bare[0][0], stops))
     if bare:
         notes.append(f"assistant message {', '.join(str(t[0]) for t in bare)} has no end-of-turn token in the render")
-    explain = lambda: _reasons(ctx, located, train_eot) + [TRAINED] * appended  # noqa: E731
-    return ChatMask(ids, labels, None, method, "; ".join(notes) or None, explain)
+    explain = lambda: _reasons(ctx, located, train_eot, inserted)  # noqa: E731
+    return ChatMask(ids, labels, None, method, "; ".join(notes) or None, len(located.merged), explain)
 
 
-def _reasons(ctx: _Context, located: _Located, train_eot: bool) -> list[str]:
-    """Why each token is trained or not: the turn whose text it holds; the template's own tokens are `TEMPLATE`."""
+def _reasons(ctx: _Context, located: _Located, train_eot: bool, inserted: tuple[int, int] | None) -> list[str]:
+    """Why each token is trained or not: the turn whose text it holds, the stop token that ends it (and where that
+    stop comes from); the template's own tokens are `TEMPLATE`."""
     ids, text, offsets = located.ids, located.text, located.offsets
     reasons = [TEMPLATE] * len(ids)
-    if text is None:  # the marker ways: render the text once more
+    if text is None:  # the prefix diff: render the text once more
         try:
             text = render(ctx.tokenizer, ctx.messages, ctx.kwargs)
             rendered, offsets = encode(ctx.tokenizer, text)
@@ -334,7 +378,16 @@ def _reasons(ctx: _Context, located: _Located, train_eot: bool) -> list[str]:
             a, b = bisect_right([e for _, e in offsets], span[1]), bisect_left([s for s, _ in offsets], span[2])
             reasons[a:b] = [_ROLE_REASONS.get(message["role"], f"{message['role']} turn")] * (b - a)
     for owner, start, eot_start, end in located.turns:
-        cut = end if train_eot or owner not in ctx.trained else eot_start
-        trained = [TRAINED] * (cut - start) + [END_OF_TURN] * (end - cut)
-        reasons[start:end] = trained if owner in ctx.trained else [EARLIER_ASSISTANT] * (end - start)
+        if owner not in ctx.trained:
+            reasons[start:end] = [EARLIER_ASSISTANT] * (end - start)
+            continue
+        cut = end if train_eot else eot_start
+        reasons[start:end] = [TRAINED] * (cut - start) + [END_OF_TURN] * (end - cut)
+        if cut == end and end > eot_start and ctx.stops.ends(ids[end - 1]):
+            reasons[end - 1] = ctx.stops.reason(ids[end - 1])
+    for at in located.merged:
+        reasons[at] = MERGED_HEADER
+    if inserted is not None:
+        at, stop = inserted
+        reasons.insert(at, ctx.stops.reason(stop))
     return reasons

@@ -45,6 +45,7 @@ MASKING_FIELDS = (
     "instruction_template",
     "assistant_turns",
     "train_on_eot",
+    "stop_token_ids",
     "min_completion_tokens",
     "masked_row_policy",
     "max_masked_row_fraction",
@@ -252,6 +253,8 @@ def _data_command(command: str, arguments: type, argv: list[str]) -> tuple:
 
     Returns `(data_args, command_args, config, rows, tokenizer)`."""
     from .config import MaskedSFTConfig
+    from .options import MaskingOptions
+    from .stops import read_generation_config, with_model_stops
 
     parser = _parser(command, (DataArguments, arguments, _masking_arguments()))
     data_args, command_args, masking = _parse(parser, argv)
@@ -261,6 +264,11 @@ def _data_command(command: str, arguments: type, argv: list[str]) -> tuple:
     if split not in splits:
         parser.error(f"--dataset_train_split {split!r} not in the splits {sorted(splits)}")
     tokenizer = _tokenizer(data_args.tokenizer_name_or_path, splits, config.chat_template_path)
+    folder = data_args.tokenizer_name_or_path
+    if config.stop_token_ids is None and folder and (model_ids := read_generation_config(folder)) is not None:
+        # a local model folder: its generation_config.json gives the stop set, as the trainer reads it from the model
+        options = with_model_stops(tokenizer, MaskingOptions.from_args(config), model_ids)
+        config.stop_token_ids = list(options.stop_token_ids) if options.stop_token_ids is not None else None
     return data_args, command_args, config, splits[split], tokenizer
 
 

@@ -12,6 +12,7 @@ from transformers.utils import is_torch_bf16_gpu_available
 from trl import SFTConfig
 
 from .constraints import check_types, check_values
+from .policies import POLICY_CHOICES
 from .precision import has_accelerator
 
 __all__ = ["MaskedSFTConfig", "homework_lora_config", "trainer_config"]
@@ -72,6 +73,11 @@ class MaskedSFTConfig(SFTConfig):
         train_on_eot (`bool`, *optional*, defaults to `True`):
             Whether each trained assistant turn's end-of-turn token (e.g. `<|im_end|>`) is trained; a model that
             never sees it never learns to stop.
+        stop_token_ids (`list[int]`, *optional*):
+            The token ids that end generation, for the end-of-turn rule (`docs/chat_templates.md`): each trained
+            assistant turn ends with one of them. `None`: the trainer reads the model's
+            `generation_config.eos_token_id`; without a model (`inspect`, `audit`), the tokenizer's eos and the chat
+            template's end-of-turn token. The tokenizer's eos is always added.
         min_completion_tokens (`int`, *optional*):
             When set, a row that truncation at `max_length` would leave with fewer than this many completion tokens
             loses the start of its prompt instead, keeping as much of the completion as fits (all of it when it fits
@@ -148,7 +154,7 @@ class MaskedSFTConfig(SFTConfig):
             '`max_length`, empty completion, response template not found): `"error"` stops before training and '
             'names the rows; `"drop"` drops them; `"warn"` drops them with a warning naming the rows. Dropping fails '
             "when more than `max_masked_row_fraction` of a dataset would go.",
-            "choices": ["error", "drop", "warn"],
+            "choices": list(POLICY_CHOICES),
         },
     )
     max_masked_row_fraction: float = field(
@@ -166,7 +172,7 @@ class MaskedSFTConfig(SFTConfig):
             'trains them with a warning naming the rows, their lengths and the fix; `"drop"` drops them; '
             '`"error"` stops before training. `"warn"` and `"drop"` fail when more than '
             "`max_truncated_completion_fraction` of a dataset's rows are cut.",
-            "choices": ["error", "drop", "warn"],
+            "choices": list(POLICY_CHOICES),
         },
     )
     max_truncated_completion_fraction: float = field(
@@ -225,6 +231,15 @@ class MaskedSFTConfig(SFTConfig):
         metadata={
             "help": "Whether each trained assistant turn's end-of-turn token (e.g. `<|im_end|>`) is trained; a model "
             "that never sees it never learns to stop."
+        },
+    )
+    stop_token_ids: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "The token ids that end generation, for the end-of-turn rule: each trained assistant turn ends "
+            "with one of them. None: the trainer reads the model's `generation_config.eos_token_id`; without a model "
+            "(`inspect`, `audit`), the tokenizer's eos and the chat template's end-of-turn token. The tokenizer's eos "
+            "is always added."
         },
     )
     min_completion_tokens: int | None = field(

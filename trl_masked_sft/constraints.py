@@ -14,6 +14,7 @@ import math
 from typing import Any
 
 from .errors import ConfigError
+from .policies import POLICY_CHOICES, VERDICTS
 
 __all__ = ["check_masking_fields", "check_types", "check_values"]
 
@@ -52,8 +53,7 @@ _BOOLS = (
 )
 _OPTIONAL_BOOLS = ("completion_only_loss", "bf16", "fp16", "activation_checkpointing", "gradient_checkpointing")
 _CHOICES = {
-    "masked_row_policy": ("error", "drop", "warn"),
-    "truncated_completion_policy": ("error", "drop", "warn"),
+    **{verdict.policy_field: POLICY_CHOICES for verdict in VERDICTS},
     "assistant_turns": ("all", "last"),
     "truncation_mode": ("keep_start", "keep_end"),
     "packing_strategy": ("bfd", "bfd_split", "wrapped"),
@@ -255,22 +255,20 @@ def check_masking_fields(args: Any) -> None:
     """The fields the preparation pipeline reads, and how they combine (also for a plain `SFTConfig`)."""
     if hasattr(args, "truncation_mode"):
         _check_choice(args, "truncation_mode", _CHOICES["truncation_mode"])
-    for name in ("masked_row_policy", "truncated_completion_policy", "assistant_turns"):
+    for name in (*(verdict.policy_field for verdict in VERDICTS), "assistant_turns"):
         if hasattr(args, name):
             _check_choice(args, name, _CHOICES[name])
     for name, least in (("max_length", 2), ("min_completion_tokens", 1), ("dataset_num_proc", 1)):
         if hasattr(args, name):
             _check_int(args, name, least, optional=True)
-    for name, policy, example in (
-        ("max_masked_row_fraction", "masked_row_policy='drop'` drop", 0.1),
-        ("max_truncated_completion_fraction", "truncated_completion_policy='warn'` accept", 0.5),
-    ):
+    for verdict in VERDICTS:
+        name, says, example = verdict.fraction_field, verdict.fraction_says, verdict.default_fraction
         if hasattr(args, name):
             _check_number(args, name, 0.0, True, optional=False)
             if getattr(args, name) > 1:
                 raise ConfigError(
                     f"`{name}` must be a share between 0 and 1, got {getattr(args, name)!r}. Fix: e.g. {example} lets "
-                    f"`{policy} up to {example:.0%} of the rows."
+                    f"{says} up to {example:.0%} of the rows."
                 )
     for name in _NAMES:
         value = getattr(args, name, "x")

@@ -25,13 +25,30 @@ from __future__ import annotations
 import os
 import weakref
 from bisect import bisect_left, bisect_right
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .conversations import fit_content
+from .conversations import fit_content, reads_parts
 
-__all__ = ["TurnFacts", "cached", "encode", "probe", "render", "settle", "special_token_ids", "turn_end"]
+__all__ = [
+    "STOP_TOKEN",
+    "final_stop",
+    "given_stops",
+    "is_trained",
+    "no_stop",
+    "template_closing",
+    "Stops",
+    "TurnFacts",
+    "cached",
+    "encode",
+    "head_end",
+    "probe",
+    "render",
+    "settle",
+    "special_token_ids",
+    "turn_end",
+]
 
 _PROBE_ROLES = ("user", "assistant", "user")
 _PROBE_TEXTS = ("Probe question one", "Probe answer two", "Probe question three")
@@ -47,9 +64,39 @@ class TurnFacts:
     stop_ids: frozenset[int]  # special tokens of turn headers (and a bos printed before turns): never trained
     opener_ids: frozenset[int]  # special tokens that open a turn (the first of a user's or an assistant's header)
     ambiguous: str | None = None  # why the rule can't tell the reply's stop from the next turn's opening
+    generation: str = ""  # the whole generation prompt (Qwen3 without thinking: the header and an empty think block)
 
 
 NO_FACTS = TurnFacts("", (), frozenset(), frozenset())
+
+#: Where a stop token comes from (`Stops.sources`), shown in per-token reasons as `stop token (<source>)`.
+GENERATION_CONFIG, TOKENIZER_EOS, TEMPLATE_EOT, GIVEN = (
+    "generation_config",
+    "tokenizer eos",
+    "template",
+    "stop_token_ids",
+)
+STOP_TOKEN = "stop token ({})"
+#: The per-token reason of a trained token of a reply (a stop token's is `STOP_TOKEN` with its source).
+TRAINED = "trained"
+
+
+@dataclass(frozen=True)
+class Stops:
+    """The stop set of a run: the token ids that end generation, each with where it came from (`sources`).
+
+    `lenient` is the default set, when no stop set is given: the tokenizer's eos and the template's end-of-turn
+    tokens, where a turn whose end holds neither keeps the special tokens the template prints there (as before)."""
+
+    ids: frozenset[int]
+    sources: tuple[tuple[int, str], ...] = ()
+    lenient: bool = False
+
+    def ends(self, token: int) -> bool:
+        return token in self.ids
+
+    def reason(self, token: int) -> str:
+        return STOP_TOKEN.format(dict(self.sources).get(token, TEMPLATE_EOT))
 
 
 def cached(key: tuple, compute: Callable[[], Any], owner: Any = None) -> Any:
@@ -110,6 +157,9 @@ def probe(tokenizer, kwargs: dict, parts: bool, special: set[int]) -> TurnFacts:
         if ids[j] in special:  # the last special token of the user's header
             stop.add(ids[j])
             break
+    head = [i for i in ids[bisect_left(starts, a + len(_PROBE_TEXTS[0])) : bisect_left(starts, b)] if i in special]
+    if head and alone.endswith(tokenizer.decode(head[-1:])):  # GLM-Edge prints `<|assistant|>` after every render
+        stop.add(head[-1])  # the assistant header's token, also after the last message: never a reply's end
     bos = tokenizer.bos_token_id
     if bos is not None and bos in ids[bisect_left(starts, b + len(_PROBE_TEXTS[1])) : j + 1]:
         stop.add(bos)  # a bos printed between turns opens the next one: never part of a reply's end
@@ -119,7 +169,9 @@ def probe(tokenizer, kwargs: dict, parts: bool, special: set[int]) -> TurnFacts:
     openers = set(opening) | {next((i for i in ids[after:j] if i in special), -1)}  # assistant's and user's
     closing, ambiguous = _closing(tokenizer, kwargs, messages, full, (ids, offsets), k, special, stop)
     cut = header.find(tokenizer.decode(opening)) if opening else -1  # assistant turns start at the opening token
-    facts = TurnFacts(header[cut:] if cut >= 0 else "", closing, frozenset(stop), frozenset(openers), ambiguous)
+    head = header[cut:] if cut >= 0 else header  # DeepSeek's `<｜Assistant｜>` is an added token, not a special one
+    whole = generation[generation.find(head) :] if head and head in generation else head
+    facts = TurnFacts(head, closing, frozenset(stop), frozenset(openers), ambiguous, whole)
     return facts
 
 
@@ -160,24 +212,42 @@ def _closing(tokenizer, kwargs, messages, full, encoded, k, special, stop) -> tu
     return (), None
 
 
-def settle(ids: list[int], k: int, found: tuple[int, int], bound: int, facts: TurnFacts, blank) -> tuple[int, int]:
-    """The rule applied to one reply whose content ends before token `k`: `(eot_start, end)`, the end-of-turn tokens
-    to train. `found` is what the way that located the reply proposes; `bound` the first token of the next message;
-    `blank(i)`: token `i` is whitespace and not special. The template's closing right after the content (after any
-    blank tokens, which are trained with it) wins; else the closing inside `found`; else `found` without the
-    tokens that open a turn."""
-    n, (start, end) = len(facts.closing), found
-    if n:
-        p = k
-        while p < bound and blank(p):
-            p += 1
-        if p + n <= bound and tuple(ids[p : p + n]) == facts.closing:
-            return k, p + n
-        at = next((q for q in range(start, end - n + 1) if tuple(ids[q : q + n]) == facts.closing), None)
-        if at is not None:
-            return start, at + n
-    cut = next((q for q in range(start, end) if ids[q] in facts.stop_ids), end)
-    return start, cut
+def settle(
+    ids: list[int], k: int, found: tuple[int, int], bound: int, facts: TurnFacts, blank, stops: Stops
+) -> tuple[int, int]:
+    """The rule applied to one reply whose own tokens end before token `k`: `(eot_start, end)`, the tokens that end
+    it, trained with it; `(k, k)` when no stop token can end it. `found` is what the way that located the reply
+    proposes; `bound` the first token of the next message's text; `blank(i)`: token `i` is whitespace and not special.
+
+    Exactly one stop token is trained: the first token after the reply (past blank tokens, which are trained with it)
+    when it is in `stops`, be it the template's closing or the token that opens the next message (GLM's `<|user|>`);
+    else the first stop before the next message's text and before any token that opens a turn (a tool call between
+    the text and the stop is trained with the reply; GLM's `<|observation|>` after a tool call). Nothing after it is
+    trained, and no token that is not a stop."""
+    p = k
+    while p < bound and blank(p):
+        p += 1
+    if p < len(ids) and stops.ends(ids[p]):
+        return k, p + 1
+    for q in range(k, bound):
+        if stops.ends(ids[q]):
+            return q, q + 1
+        if ids[q] in facts.stop_ids:
+            break
+    start, end = found
+    if stops.lenient:  # the default set: the special tokens the way proposes, without any that opens a turn
+        return start, next((q for q in range(start, end) if ids[q] in facts.stop_ids), end)
+    return k, k
+
+
+def head_end(text: str, pos: int, facts: TurnFacts) -> int:
+    """Where the reply's own text starts, for a turn located at character `pos` of `text`: after the generation
+    prompt (or the shorter assistant header earlier turns render) that covers `pos`, else `pos`."""
+    for header in sorted({facts.generation, facts.header} - {""}, key=len, reverse=True):
+        for at in range(max(0, pos - len(header)), pos + 1):
+            if text.startswith(header, at):
+                return max(pos, at + len(header))
+    return pos
 
 
 def turn_end(special, facts: TurnFacts, ids, text, offsets, k: int, bound: int, has_text: bool) -> tuple[int, int]:
@@ -210,3 +280,48 @@ def trailing_start(special, decode, ids: list[int], start: int, end: int) -> int
     while e > start and (ids[e - 1] in special or not decode([ids[e - 1]]).strip()):
         e -= 1
     return e if special.intersection(ids[e:end]) else end
+
+
+def given_stops(ids: Sequence[int] | None, sources: Sequence[str] = ()) -> dict[int, str] | None:
+    """`{id: source}` for `chat_labels(stop_token_ids=...)` from `MaskingOptions.stop_token_ids`/`stop_sources`."""
+    return None if ids is None else dict(zip(ids, list(sources) or [GIVEN] * len(ids), strict=True))
+
+
+def is_trained(reason: str) -> bool:
+    """Whether a per-token reason (`ChatMask.reasons`) is a trained token's: `TRAINED` or a stop token's."""
+    return reason == TRAINED or reason.startswith(STOP_TOKEN[: STOP_TOKEN.index("{")])
+
+
+def final_stop(facts: TurnFacts, stops: Stops, eos: int | None) -> int | None:
+    """The stop to train after a final reply the template leaves without one: the template's closing, else the eos
+    (GLM-4.5, whose replies end with the next message's opener, ends its last reply with `<|endoftext|>`)."""
+    return next((i for i in facts.closing if stops.lenient or stops.ends(i)), eos)
+
+
+def no_stop(tokenizer, ids: list[int], k: int, owner: int, stops: Stops) -> str:
+    """The refusal of a row where no stop token ends assistant message `owner`, whose reply ends before token `k`."""
+    decode = tokenizer.decode
+    after = decode(ids[k : k + 3]) if k < len(ids) else "nothing"
+    name = getattr(tokenizer, "name_or_path", "") or ""
+    names = ", ".join(f"{decode([i])!r} ({source})" for i, source in stops.sources)
+    return (
+        f"the chat template{f' of {name!r}' if name else ''} prints {after!r} after assistant message {owner}, and "
+        f"none of it is in the stop set [{names}], so the model would never learn to end that reply. Fix: add the "
+        "token that ends a turn to `stop_token_ids` (or to the model's `generation_config.eos_token_id`), end each "
+        "reply with a stop token in the template (`chat_template_path`), or train only the last reply "
+        "(`assistant_turns='last'`)."
+    )
+
+
+def template_closing(tokenizer, **template_kwargs) -> list[int]:
+    """The end-of-turn tokens the chat template prints right after a reply (empty without a template, or when the
+    template can't render a user/assistant/user probe)."""
+    try:
+        kwargs = {
+            **template_kwargs,
+            "chat_template": tokenizer.get_chat_template(template_kwargs.get("chat_template")),
+        }
+        parts = reads_parts(lambda m: render(tokenizer, m, kwargs))
+        return list(probe(tokenizer, kwargs, parts, special_token_ids(tokenizer)).closing)
+    except Exception:  # noqa: BLE001 - no template, or one that raises: nothing to add
+        return []

@@ -1,5 +1,5 @@
-"""What a dataset looks like, decided once: its `Layout`, the checks of its values, and the tokenization of rows
-that are plain text (prompt/completion strings, or one text column).
+"""What a dataset looks like, decided once: its `Layout`, and the checks of its values (the tokenization of rows
+that are plain text is `text_rows`).
 
 Every check names the row, the column, the value seen and the fix. `[question, answer]` rows become prompt/completion
 rows, a numeric answer written `" <answer>{answer}</answer>"` wherever they enter (trainer, audit, inspector, CLI).
@@ -14,12 +14,9 @@ from typing import Any
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, Value
 
 from .errors import DatasetFormatError, DatasetTypeError
-from .hf_compat import column_names, first_row, in_memory_kwargs
-from .logs import get_logger
-from .masking import IGNORE_INDEX
+from .hf_compat import column_names, first_row
 from .options import MaskingOptions
 from .report import REASON
-from .text import whole_text
 from .values import (
     build_rows,
     check_list_rows,
@@ -28,7 +25,6 @@ from .values import (
     check_token_features,
     dataset_fix,
     describe,
-    find_unencodable,
     is_number,
     to_string,
     to_text,
@@ -36,13 +32,12 @@ from .values import (
 
 __all__ = [
     "Layout",
-    "appends_eos",
     "apply_formatting",
     "check_values",
     "coerce_dataset",
+    "coerce_datasets",
     "detect_layout",
     "format_answer",
-    "tokenize_text_rows",
 ]
 
 CONVERSATION_COLUMNS = ("messages", "conversations")
@@ -126,6 +121,17 @@ def detect_layout(
 def format_answer(answer: float) -> str:
     """The answer text of a numeric `[question, answer]` row: `<answer>{round(answer, 3)}</answer>`."""
     return f"<answer>{round(float(answer), 3)}</answer>"
+
+
+def coerce_datasets(train: Any, evaluation: Any, options: Any) -> tuple[Any, Any]:
+    """`coerce_dataset` on a trainer's train and eval datasets (a dict of eval datasets too), with `options`'s
+    prompt and completion columns."""
+    columns = {"prompt_column": options.prompt_column, "completion_column": options.completion_column}
+    if isinstance(evaluation, dict):
+        evaluation = {k: coerce_dataset(v, dataset_name=k, **columns) for k, v in evaluation.items()}
+    else:
+        evaluation = coerce_dataset(evaluation, dataset_name="eval", **columns)
+    return coerce_dataset(train, dataset_name="train", **columns), evaluation
 
 
 def coerce_dataset(data: Any, *, prompt_column: str, completion_column: str, dataset_name: str) -> Any:
@@ -307,94 +313,3 @@ def _check_columns(
             desc=f"Writing numbers in the {dataset_name} dataset as text",
         )
     return dataset, empty
-
-
-# ---------------------------------------------------------------------------------------------------- tokenization
-
-
-def tokenize_text_rows(
-    dataset: Dataset | IterableDataset,
-    tokenizer,
-    layout: Layout,
-    options: MaskingOptions,
-    dataset_name: str,
-) -> Dataset | IterableDataset:
-    """TRL's tokenization of string prompt/completion or text rows, batched, with the labels built in the same pass.
-
-    The result is what `SFTTrainer._prepare_dataset` (trl 1.16) builds from the same rows: the eos token appended
-    to each completion (or text) that lacks it; `input_ids` = tokens of prompt + completion; the completion starting
-    where the tokenized prompt and prompt + completion diverge; `labels` = `input_ids` with the prompt set to
-    `IGNORE_INDEX` when `completion_only`. It tokenizes 1000 rows per tokenizer call, where TRL makes four passes of
-    one row each.
-    """
-    from trl.data_utils import common_prefix_length
-
-    pairs = layout is Layout.PROMPT_COMPLETION
-    text_field, eos = options.text_field, tokenizer.eos_token
-    own_eos = appends_eos(tokenizer)
-    said: list[bool] = []
-
-    def with_eos(values: list[str], indices: list[int]) -> list[str]:
-        if not pairs:  # streamed text rows (prompt/completion rows were checked by `check_values`)
-            check_text(values, text_field, dataset_name, start=indices[0])
-        if own_eos:  # the tokenizer adds the eos itself: one more in the text would train two
-            return [value[: -len(eos)] if value.endswith(eos) else value for value in values]
-        return [value if eos is None or value.endswith(eos) else value + eos for value in values]
-
-    def encode(texts: list[str], indices: list[int]) -> list[list[int]]:
-        try:
-            return tokenizer(text=texts)["input_ids"]
-        except (TypeError, ValueError) as error:
-            bad = find_unencodable(texts)
-            if bad is None:
-                raise
-            raise DatasetTypeError(
-                f"Row {indices[bad[0]]} of the {dataset_name} dataset: its text is not valid Unicode (a lone surrogate "
-                f"at character {bad[1]}, as bytes decoded with errors='surrogateescape' leave). Fix: decode the source "
-                "with errors='replace', or remove the row."
-            ) from error
-
-    def tokenize(batch: dict[str, list], indices: list[int]) -> dict[str, list]:
-        if not pairs:
-            texts = with_eos(batch[text_field], indices)
-            ids = encode(texts, indices)
-            return {text_field: texts, "input_ids": ids, "labels": [list(row) for row in ids]}
-        completions = with_eos(batch["completion"], indices)
-        prompt_ids = encode(batch["prompt"], indices)
-        if own_eos:
-            prompt_ids = [ids[:-1] if ids and ids[-1] == tokenizer.eos_token_id else ids for ids in prompt_ids]
-        full_ids = encode([p + c for p, c in zip(batch["prompt"], completions, strict=True)], indices)
-        labels = []
-        for prompt, full in zip(prompt_ids, full_ids, strict=True):
-            start = common_prefix_length(prompt, full)
-            if start < len(prompt) and not said:
-                said.append(True)
-                _prefix_warning(whole_text(tokenizer, prompt[start:]))
-            labels.append([IGNORE_INDEX] * start + full[start:] if options.completion_only else list(full))
-        return {"completion": completions, "input_ids": full_ids, "labels": labels}
-
-    if isinstance(dataset, IterableDataset):
-        return dataset.map(tokenize, batched=True, with_indices=True)
-    num_proc = options.num_proc
-    kwargs = in_memory_kwargs(dataset) if not num_proc or num_proc <= 1 else {}  # num_proc > 1 hashes per shard
-    desc = f"Tokenizing {dataset_name} dataset"
-    return dataset.map(tokenize, batched=True, with_indices=True, num_proc=num_proc, desc=desc, **kwargs)
-
-
-def appends_eos(tokenizer) -> bool:
-    """Whether the tokenizer's post-processor appends the eos token to every text by itself (T5, some Llama and
-    Gemma setups): then the eos must not be appended to the text as well, or each row would train two."""
-    eos_id = tokenizer.eos_token_id
-    if eos_id is None:
-        return False
-    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
-    added = tokenizer("a")["input_ids"]
-    return len(added) > len(plain) and added[-1] == eos_id and plain[-1:] != [eos_id]
-
-
-def _prefix_warning(tail: str) -> None:
-    get_logger(__name__).warning(
-        "The tokenized prompt is not a prefix of the tokenized prompt+completion, usually because tokens merge across "
-        f"the boundary. The completion starts where they diverge; this end of the prompt is not trained: {tail!r}. "
-        "To avoid it, end the prompt on a token boundary (e.g. start the completion with a space). Shown once."
-    )

@@ -19,7 +19,7 @@ from typing import Any
 
 from datasets import Dataset
 
-from .chat import TRAINED, chat_labels
+from .chat import TRAINED, chat_labels, given_stops, is_trained
 from .conversations import conversation_of
 from .hints import Collator, Config, Rows, Tokenizer
 from .masking import IGNORE_INDEX, truncate_row
@@ -53,6 +53,13 @@ _HTML = {
     USER_LABELS: "#ffd8a8",
 }
 _MASKED_HTML = "#f6d2d2"
+
+
+def _colour(reason: str) -> str:
+    """The page's colour for a reason: a stop token's (`stop token (generation_config)`) is a trained token's."""
+    return _HTML.get(TRAINED if is_trained(reason) else reason, _MASKED_HTML)
+
+
 _CUBE = (0, 95, 135, 175, 215, 255)
 
 
@@ -68,8 +75,8 @@ def _xterm_index(colour: str) -> int:
 
 def _ansi(reason: str) -> str:
     """The terminal style of a reason: black on the page's colour for it; trained bold, truncated struck through."""
-    extra = {TRAINED: "1;", TRUNCATED: "9;"}.get(reason, "")
-    return f"\033[{extra}30;48;5;{_xterm_index(_HTML.get(reason, _MASKED_HTML))}m"
+    extra = {TRAINED: "1;", TRUNCATED: "9;"}.get(TRAINED if is_trained(reason) else reason, "")
+    return f"\033[{extra}30;48;5;{_xterm_index(_colour(reason))}m"
 
 
 # CSS class per reason: a fixed set, so nothing from the data (a role name) ever reaches a `class` attribute.
@@ -187,6 +194,7 @@ def inspect_rows(
                 messages,
                 assistant_turns=options.assistant_turns,
                 train_eot=options.train_on_eot,
+                stop_token_ids=given_stops(options.stop_token_ids, options.stop_sources),
                 trainable_from=first_trained,
             )
             chat = chat if chat.input_ids == list(ids) else None
@@ -199,7 +207,8 @@ def inspect_rows(
             elif row_reason:
                 reason = row_reason
             elif label != IGNORE_INDEX:
-                reason = TRAINED if pos > 0 else FIRST
+                reason = chat.reasons[pos] if chat is not None and is_trained(chat.reasons[pos]) else TRAINED
+                reason = reason if pos > 0 else FIRST
             elif chat is not None:
                 reason = chat.reasons[pos]
             elif pos < first:
@@ -207,7 +216,7 @@ def inspect_rows(
             else:
                 reason = "user turn" if options.instruction_template else USER_LABELS
             marks.tokens.append(
-                TokenMark(token, text.text, reason == TRAINED, reason, text.part, text.parts, text.group)
+                TokenMark(token, text.text, is_trained(reason), reason, text.part, text.parts, text.group)
             )
         if marks.trained_count == 0 and not problem:
             cut = len(kept) < len(ids)
@@ -269,7 +278,13 @@ def render_terminal(rows: Sequence[RowMarks], *, color: bool | None = None) -> s
             if color:
                 pieces.append(f"{_ansi(reason)}{shown}\033[0m")
             else:
-                tag = "TRAIN" if reason == TRAINED else visible(reason)
+                tag = (
+                    "TRAIN"
+                    if reason == TRAINED
+                    else f"TRAIN {visible(reason)}"
+                    if is_trained(reason)
+                    else visible(reason)
+                )
                 pieces.append(f"[{tag}]{shown}[/{tag}]")
         lines.append("".join(pieces))
         lines.append("")
@@ -286,15 +301,14 @@ def _esc(value: object) -> str:
 
 def _reason_class(reason: str) -> str:
     """The CSS class of a reason: from our fixed set, `r-other` for anything else (e.g. a role named by the data)."""
-    return "r-" + _REASON_CLASSES.get(reason, "other")
+    return "r-" + _REASON_CLASSES.get(TRAINED if is_trained(reason) else reason, "other")
 
 
 def render_legend_html(rows: Sequence[RowMarks]) -> str:
     """One coloured chip per reason that occurs in `rows`, for a legend."""
     reasons_seen = sorted({t.reason for row in rows for t in row.tokens})
     return "".join(
-        f'<span class="tok {_reason_class(r)}" style="background:{_HTML.get(r, _MASKED_HTML)}">{_esc(r)}</span> '
-        for r in reasons_seen
+        f'<span class="tok {_reason_class(r)}" style="background:{_colour(r)}">{_esc(r)}</span> ' for r in reasons_seen
     )
 
 
@@ -313,7 +327,7 @@ def render_row_html(row: RowMarks, *, anchor: str | None = None) -> str:
     for token in _collapse(row.tokens):
         shown = CONTINUATION if token.continues else shown_alone(token.text)
         text = _esc(shown).replace("\n", "↵<br>").replace(" ", "&nbsp;")
-        style = f"background:{_HTML.get(token.reason, _MASKED_HTML)}"
+        style = f"background:{_colour(token.reason)}"
         cls = "tok trained" if token.trained else f"tok masked {_reason_class(token.reason)}"
         cls += " cont" if token.continues else ""
         split = f"; part {token.part} of {token.parts} of {visible(token.group)!r}" if token.parts > 1 else ""

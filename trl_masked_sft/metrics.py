@@ -157,6 +157,7 @@ def audit_logs(report) -> dict[str, float]:
         "rows_completion_truncated",
         "rows_stop_token_not_supervised",
         "rows_stop_token_truncated",
+        "rows_merged_boundary",
         "rows_dropped",
         "supervised_tokens_min",
         "supervised_tokens_median",

@@ -9,6 +9,7 @@ from trl import SFTConfig
 
 from .config import MaskedSFTConfig
 from .constraints import check_masking_fields
+from .policies import VERDICTS, RowVerdict
 
 __all__ = ["MaskingOptions", "kept_defaults"]
 
@@ -32,6 +33,10 @@ class MaskingOptions:
     instruction_template: str | None = None
     assistant_turns: str = "all"
     train_on_eot: bool = True
+    #: the ids that end generation (`None`: the tokenizer's eos and the template's closing), and where each comes
+    #: from (`end_of_turn.GENERATION_CONFIG`, ...; empty: the config's `stop_token_ids`)
+    stop_token_ids: tuple[int, ...] | None = None
+    stop_sources: tuple[str, ...] = ()
     max_length: int | None = 128
     keep_end: bool = False
     min_completion_tokens: int | None = None
@@ -42,6 +47,17 @@ class MaskingOptions:
     #: the `MaskedSFTConfig` defaults kept that differ from `SFTConfig`'s, as `{field: (ours, SFTConfig's)}`
     inherited_defaults: tuple[tuple[str, Any, Any], ...] = ()
     num_proc: int | None = None
+    #: the policy fields of row verdicts that have no field above, `((config field, value), ...)`
+    more_policies: tuple[tuple[str, Any], ...] = ()
+
+    def policy_of(self, verdict: type[RowVerdict] | RowVerdict) -> tuple[str, float]:
+        """`verdict`'s policy and the largest share of rows its `drop`/`warn` accept, as the config set them."""
+        more = dict(self.more_policies)
+        name, fraction = verdict.policy_field, verdict.fraction_field
+        return (
+            getattr(self, name, more.get(name, verdict.default)),
+            getattr(self, fraction, more.get(fraction, verdict.default_fraction)),
+        )
 
     @classmethod
     def from_args(cls, args: Any) -> MaskingOptions:
@@ -68,6 +84,7 @@ class MaskingOptions:
             instruction_template=get("instruction_template"),
             assistant_turns=get("assistant_turns"),
             train_on_eot=get("train_on_eot"),
+            stop_token_ids=None if (stops := get("stop_token_ids")) is None else tuple(int(i) for i in stops),
             max_length=get("max_length"),
             keep_end=get("truncation_mode") == "keep_end",
             min_completion_tokens=get("min_completion_tokens"),
@@ -78,6 +95,12 @@ class MaskingOptions:
             max_truncated_completion_fraction=get("max_truncated_completion_fraction") if ours else 1.0,
             inherited_defaults=kept_defaults(args),
             num_proc=get("dataset_num_proc"),
+            more_policies=tuple(
+                (name, get(name))
+                for verdict in VERDICTS
+                for name in (verdict.policy_field, verdict.fraction_field)
+                if name not in cls.__dataclass_fields__
+            ),
         )
 
 

@@ -16,17 +16,15 @@ from typing import Any
 
 from datasets import Dataset, IterableDataset
 
-from .chat import chat_labels, special_token_ids
+from .chat import chat_labels, given_stops, special_token_ids
 from .context import fold_context, warn_unused_context
 from .conversations import to_messages
 from .distributed import run_on_main
 from .errors import (
     DatasetFormatError,
     ModelSetupError,
-    TruncatedCompletionError,
-    UnsupervisedRowsError,
 )
-from .formats import Layout, apply_formatting, check_values, coerce_dataset, detect_layout, tokenize_text_rows
+from .formats import Layout, apply_formatting, check_values, coerce_dataset, detect_layout
 from .hf_compat import column_names, map_rows
 from .hints import Collator, Config, FormattingFunc, Rows, Tokenizer
 from .logs import get_logger, warn
@@ -40,6 +38,7 @@ from .masking import (
     truncate_row,
 )
 from .options import MaskingOptions
+from .policies import VERDICTS, CutStopToken, FullyMasked, RowVerdict
 from .report import (
     AUDIT_COLUMNS,
     COUNT,
@@ -47,16 +46,17 @@ from .report import (
     FULL_FIRST,
     FULL_LENGTH,
     LENGTH,
+    MERGED,
+    MERGED_HEADER,
     REASON,
     STOP_CUT,
     STOP_OK,
     AuditReport,
-    StopTruncation,
     build_report,
 )
 from .streaming import check_stream
 from .text import clip_end, whole_text
-from .validation import RowAudit
+from .text_rows import tokenize_text_rows
 from .values import check_messages, check_token_row, parse_tools
 
 __all__ = ["PreparationPipeline", "PreparedDataset"]
@@ -76,9 +76,13 @@ class PreparedDataset:
     dataset: Dataset | IterableDataset
     layout: Layout
     report: AuditReport | None = None
-    verdict: RowAudit | None = None
+    verdict: FullyMasked | None = None
     supervised_counts: list[int] | None = None
-    stops: StopTruncation | None = None
+    stops: CutStopToken | None = None
+    #: every row verdict (`policies.VERDICTS`, in order); `verdict` and `stops` are the first two
+    verdicts: list[RowVerdict] = dataclasses.field(default_factory=list)
+    #: a streamed dataset's rows read and kept so far (`{"rows": n, "kept": n}`), growing as it is read
+    stream_counts: dict[str, int] | None = None
 
 
 def stop_token_ids(tokenizer) -> set[int]:
@@ -210,10 +214,16 @@ class PreparationPipeline:
                 messages,
                 assistant_turns=options.assistant_turns,
                 train_eot=options.train_on_eot,
+                stop_token_ids=given_stops(options.stop_token_ids, options.stop_sources),
                 trainable_from=first,
                 **kwargs,
             )
-            return {"input_ids": mask.input_ids, "labels": mask.labels, REASON: mask.row_reason}
+            return {
+                "input_ids": mask.input_ids,
+                "labels": mask.labels,
+                REASON: mask.row_reason,
+                MERGED_HEADER: mask.merged,
+            }
 
         columns = column_names(dataset)
         kwargs = (
@@ -267,7 +277,7 @@ class PreparationPipeline:
     def _audit(self, dataset, layout: Layout, dataset_name: str, empty_rows: set[int], enforce: bool):
         """Apply template masks, truncate, audit what each row trains on, apply `masked_row_policy`."""
         options, template = self.options, self.template
-        stop_ids = stop_token_ids(self.tokenizer)
+        stop_ids = stop_token_ids(self.tokenizer) | set(options.stop_token_ids or ())
 
         def mask_and_truncate(example, index):
             ids, labels = example["input_ids"], example["labels"]
@@ -303,59 +313,58 @@ class PreparationPipeline:
                 LENGTH: len(ids),
                 FULL_LENGTH: full_length,
                 STOP_CUT: bool(count) and stop_before and last not in stop_ids and len(ids) < full_length,
+                MERGED: bool(example.get(MERGED)),
             }
 
         if isinstance(dataset, IterableDataset):
             mapped = dataset.map(mask_and_truncate, with_indices=True)
-            return PreparedDataset(check_stream(mapped, options, dataset_name, enforce), layout)
+            checked, counts = check_stream(mapped, options, dataset_name, enforce)
+            return PreparedDataset(checked, layout, stream_counts=counts)
         dataset = map_rows(
             dataset,
             mask_and_truncate,
             desc=f"Checking supervised tokens of {dataset_name} dataset",
-            columns=["input_ids", "labels", REASON],
+            columns=["input_ids", "labels", REASON, MERGED],
             num_proc=options.num_proc,
         )
         # the audit columns as lists, read once (a `Column` is read row by row)
         audit_columns = dataset.select_columns([c for c in AUDIT_COLUMNS if c in dataset.column_names]).to_dict()
         # Audited once, on the main process; every rank gets the same verdict (and raises the same error).
-        report, verdict, stops = run_on_main(
+        report, verdicts = run_on_main(
             lambda: build_report(
                 audit_columns,
                 dataset_name=dataset_name,
                 max_length=options.max_length,
-                policy=options.masked_row_policy,
-                stop_policy=options.truncated_completion_policy,
+                policies={verdict.policy_field: options.policy_of(verdict)[0] for verdict in VERDICTS},
                 kept_defaults=options.inherited_defaults,
             )
         )
         dataset = dataset.remove_columns([c for c in AUDIT_COLUMNS if c in dataset.column_names])
-        for index in list(verdict.unsupervised)[:5]:
+        if layout.is_conversational and (stop := given_stops(options.stop_token_ids, options.stop_sources)):
+            report.stop_set = ", ".join(f"{self.tokenizer.decode([i])!r} ({source})" for i, source in stop.items())
+        masked = verdicts[0]
+        for index in list(masked.rows)[:5]:
             labels, ids = dataset[index]["labels"], dataset[index]["input_ids"]
             first = next((i for i, lab in enumerate(labels) if lab != IGNORE_INDEX), len(ids))
-            verdict.prompt_tails[index] = clip_end(whole_text(self.tokenizer, ids[:first]), 60)
-        prepared = PreparedDataset(dataset, layout, report, verdict, list(audit_columns[COUNT]), stops)
+            masked.prompt_tails[index] = clip_end(whole_text(self.tokenizer, ids[:first]), 60)
+        prepared = PreparedDataset(dataset, layout, report, masked, list(audit_columns[COUNT]), verdicts[1], verdicts)
         if not enforce:
             errors, dropped = [], set()
-            for check in (
-                lambda: verdict.enforce(options.masked_row_policy, options.max_masked_row_fraction),
-                lambda: stops.enforce(options.truncated_completion_policy, options.max_truncated_completion_fraction),
-            ):
+            for verdict in verdicts:
                 try:
-                    dropped |= check()
-                except (UnsupervisedRowsError, TruncatedCompletionError) as error:
+                    dropped |= verdict.enforce(*options.policy_of(verdict))
+                except verdict.error as error:
                     errors.append(str(error))
             report.rows_dropped, report.policy_error = len(dropped), "\n\n".join(errors) or None
             return prepared
         return self._enforce(prepared)
 
     def _enforce(self, prepared: PreparedDataset) -> PreparedDataset:
-        """Raise or drop the rows with no supervised token (`masked_row_policy`) and the rows whose stop token
-        truncation cut (`truncated_completion_policy`); log the audit."""
-        options, report, verdict, stops = self.options, prepared.report, prepared.verdict, prepared.stops
-        policy, stop_policy = options.masked_row_policy, options.truncated_completion_policy
-        drop = verdict.enforce(policy, options.max_masked_row_fraction)
-        drop_cut = stops.enforce(stop_policy, options.max_truncated_completion_fraction)
-        report.rows_dropped = len(drop | drop_cut)
+        """Apply each row verdict's policy (`masked_row_policy`, `truncated_completion_policy`, ...): raise, or drop
+        the rows; log the audit and what each policy did."""
+        options, report = self.options, prepared.report
+        drops = [verdict.enforce(*options.policy_of(verdict)) for verdict in prepared.verdicts]
+        report.rows_dropped = len(set().union(*drops))
         summary = report.summary()
         if options.inherited_defaults and not self._said_defaults:  # once per pipeline (train, then eval)
             kept = ", ".join(
@@ -366,20 +375,17 @@ class PreparationPipeline:
             )
             self._said_defaults = True
         logger.warning(summary)
-        if stops.rows:
-            done = "dropped them" if drop_cut else "trained as cut"
-            message = f"{stops.describe()}\n`truncated_completion_policy={stop_policy!r}`: {done}. {stops.fix()}"
-            if stop_policy == "warn":
-                warn(message, stacklevel=4)
-            else:
-                logger.info(message)
-        if drop:
-            message = f"{verdict.describe()}\nDropped them (`masked_row_policy={policy!r}`). {verdict.fix()}"
+        for verdict, dropped in reversed(list(zip(prepared.verdicts, drops, strict=True))):
+            policy = options.policy_of(verdict)[0]
+            message = verdict.outcome(policy, bool(dropped))
+            if message is None:
+                continue
             if policy == "warn":
                 warn(message, stacklevel=4)
             else:
                 logger.info(message)
-        if drop or drop_cut:
-            dataset, gone = prepared.dataset, drop | drop_cut
+        gone = set().union(*drops)
+        if gone:
+            dataset = prepared.dataset
             prepared.dataset = dataset.select([i for i in range(len(dataset)) if i not in gone])
         return prepared

@@ -19,7 +19,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["batches_per_process", "check_run_length"]
+__all__ = ["batches_per_process", "check_run_length", "check_stream_kept_rows"]
 
 
 def batches_per_process(rows: int, batch_size: int, world_size: int, drop_last: bool, split_batches: bool) -> int:
@@ -62,13 +62,13 @@ def _rows_text(rows: int, name: str, args: Any, report: Any, streamed: bool) -> 
     return what + (f" ({'; '.join(notes)})" if notes else "")
 
 
-def _check_dataset(dataset, name: str, args: Any, report: Any, *, train: bool) -> None:
+def _check_dataset(dataset, name: str, args: Any, report: Any, source: Any, *, train: bool) -> None:
     batch_field = "per_device_train_batch_size" if train else "per_device_eval_batch_size"
     batch_size, world_size = getattr(args, batch_field), args.world_size
     split = bool(getattr(getattr(args, "accelerator_config", None), "split_batches", False))
     streamed = not hasattr(dataset, "__len__")
-    if streamed:
-        rows = _streamed_rows(dataset, 1)
+    if streamed:  # the stream as given: reading the prepared one would mask (and count) its first row twice
+        rows = _streamed_rows((source or {}).get("source", dataset), 1)
         batches = rows
     else:
         rows = len(dataset)
@@ -77,7 +77,7 @@ def _check_dataset(dataset, name: str, args: Any, report: Any, *, train: bool) -
         return
     numbers = _numbers(args, batch_field, _rows_text(rows, name, args, report, streamed), train=train)
     if streamed:
-        fix = "check the stream's source and filters (rows the pre-flight policy drops are gone from it)"
+        fix = "check the stream's source and filters"
     else:
         per_step = batch_size if split else batch_size * world_size
         fixes = []
@@ -102,14 +102,36 @@ def _check_dataset(dataset, name: str, args: Any, report: Any, *, train: bool) -
     )
 
 
-def check_run_length(train_dataset, eval_dataset, args: Any, reports: dict[str, Any] | None = None) -> None:
+def check_run_length(
+    train_dataset,
+    eval_dataset,
+    args: Any,
+    reports: dict[str, Any] | None = None,
+    streams: dict[str, Any] | None = None,
+) -> None:
     """Refuse, before training, a train dataset that gives no optimizer step and an eval dataset (or any of a dict
     of them) that gives no batch, naming the rows, the batch size, the processes, the accumulation, drop_last and
-    `max_steps` (`ConfigError`). `reports` are the pre-flight audits by dataset name (their dropped rows are said)."""
-    reports = reports or {}
+    `max_steps` (`ConfigError`). `reports` are the pre-flight audits by dataset name (their dropped rows are said);
+    `streams` holds each streamed dataset as given, before preparation (`{name: {"source": dataset}}`): its first
+    row is read from there, so that the prepared stream masks and counts each row once."""
+    reports, streams = reports or {}, streams or {}
     if train_dataset is not None:
-        _check_dataset(train_dataset, "train", args, reports.get("train"), train=True)
+        _check_dataset(train_dataset, "train", args, reports.get("train"), streams.get("train"), train=True)
     evals = eval_dataset if isinstance(eval_dataset, dict) else {"eval": eval_dataset}
     for name, dataset in evals.items():
         if dataset is not None:
-            _check_dataset(dataset, name, args, reports.get(name), train=False)
+            _check_dataset(dataset, name, args, reports.get(name), streams.get(name), train=False)
+
+
+def check_stream_kept_rows(step: int, counts: dict[str, int] | None, args: Any) -> None:
+    """After a run of a streamed train dataset: refuse a run that ended at step 0 because the pre-flight policies
+    dropped every row read (`counts`: the stream's `rows` read and `kept`, from `streaming.check_stream`), which
+    transformers only logs. A stream with fewer than 10 rows never reaches the policies' largest share."""
+    if step > 0 or not counts or not counts["rows"] or counts["kept"]:
+        return
+    raise ConfigError(
+        f"The train dataset gives no optimizer step: 0 rows in the streamed train dataset once the pre-flight "
+        f"policies dropped all {counts['rows']} rows read (`masked_row_policy={args.masked_row_policy!r}`, "
+        f"`max_steps={args.max_steps}`), so training ended at step 0. Fix: follow the fix in the policy's warning "
+        "or log (e.g. raise `max_length`), or set `masked_row_policy='error'` to stop at the first such row."
+    )

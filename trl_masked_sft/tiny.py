@@ -96,5 +96,6 @@ def build_tiny_model(
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    end = tokenizer.get_vocab().get("<|im_end|>")  # as an Instruct model's, it stops at its template's turn end too
+    model.generation_config.eos_token_id = tokenizer.eos_token_id if end is None else [tokenizer.eos_token_id, end]
     return model

@@ -25,12 +25,11 @@ from .distributed import (
     sum_across_ranks,
     validate_batch_across_ranks,
 )
-from .formats import coerce_dataset
+from .formats import coerce_datasets
 from .health import TrainingHealthGuard
 from .hf_compat import checkpointing_on
 from .logs import get_logger, warn
 from .loss import SupervisedLoss, count_packed_tokens
-from .masking import IGNORE_INDEX
 from .metrics import MaskMetrics, audit_logs, batch_mask_stats, write_audit_text
 from .model_checks import (
     check_model_before_training,
@@ -44,8 +43,14 @@ from .packing import PACKED_TOKENS_KEY, PackingCollator, packing_blocker
 from .pipeline import PreparationPipeline
 from .precision import cpu_bf16_setup, resolve_cpu_bf16
 from .report import AuditReport, save_audits
-from .steps import check_run_length
-from .validation import check_collator_keeps_labels, check_prompt_learning, first_label_is_target
+from .steps import check_run_length, check_stream_kept_rows
+from .stops import add_to_generation_config, model_stop_ids, save_generation_config, with_model_stops
+from .validation import (
+    check_collator_ignore_index,
+    check_collator_keeps_labels,
+    check_prompt_learning,
+    first_label_is_target,
+)
 
 __all__ = ["MaskedSFTTrainer"]
 
@@ -93,6 +98,7 @@ class MaskedSFTTrainer(SFTTrainer):
     ) -> None:
         args = trainer_config(model, args)
         self._msft_options = options = MaskingOptions.from_args(args)
+        self._msft_model_stops = model_stop_ids(model)  # the stop set comes from the model (`stops.py`)
         self._msft_precision = resolve_cpu_bf16(model, args)  # said once training starts
         if not options.completion_only:
             warn(
@@ -104,30 +110,18 @@ class MaskedSFTTrainer(SFTTrainer):
         # `{% generation %}` markers) is off; completion-only is the product (`None`, TRL's "decide", means on).
         args.completion_only_loss, args.assistant_only_loss = options.completion_only, False
 
-        def coerce(data, name):
-            columns = {"prompt_column": options.prompt_column, "completion_column": options.completion_column}
-            return coerce_dataset(data, dataset_name=name, **columns)
-
-        train_dataset = coerce(train_dataset, "train")
-        if isinstance(eval_dataset, dict):
-            eval_dataset = {k: coerce(v, k) for k, v in eval_dataset.items()}
-        else:
-            eval_dataset = coerce(eval_dataset, "eval")
+        train_dataset, eval_dataset = coerce_datasets(train_dataset, eval_dataset, options)
 
         ensure_pad_token(getattr(processing_class, "tokenizer", processing_class))
         check_processing_class(model, processing_class, train_dataset)
-        if isinstance(data_collator, DataCollatorForCompletionOnlyLM) and data_collator.ignore_index != IGNORE_INDEX:
-            raise ValueError(
-                f"`data_collator` is DataCollatorForCompletionOnlyLM(ignore_index={data_collator.ignore_index}), but "
-                f"the trainer's loss ignores only {IGNORE_INDEX}: the other value would be trained on as a token id. "
-                "Fix: leave `ignore_index` at its default (-100) when training with MaskedSFTTrainer."
-            )
+        check_collator_ignore_index(data_collator)
         self._msft_collator = data_collator
         # Formatting is applied by the pipeline (also for datasets passed to `evaluate`), so that a formatting
         # function works with completion-only loss and a response-template collator, as in old TRL scripts.
         self._msft_formatting_func = formatting_func
         self._msft_pipeline: PreparationPipeline | None = None  # built once TRL has the tokenizer
         self._msft_audits: dict[str, AuditReport] = {}
+        self._msft_streams: dict[str, dict] = {}  # by name: the stream as given ("source") and its row counts
         if peft_config is not None or (not isinstance(model, str) and is_peft_model(model)):
             check_peft_setup(args, model, peft_config)
 
@@ -150,6 +144,7 @@ class MaskedSFTTrainer(SFTTrainer):
                 formatting_func=None,
             )
         self._msft_mask_metrics, self._msft_audit_logged = MaskMetrics(), False
+        add_to_generation_config(self.model, self._msft_options)  # the template's stop, where the model lacked it
         if (unsharded := fsdp_not_sharded(self)) is not None:
             logger.warning(unsharded)
         if data_collator is not None and options.completion_only:
@@ -164,9 +159,12 @@ class MaskedSFTTrainer(SFTTrainer):
     def _prepare_dataset(self, dataset, processing_class, args, packing, formatting_func, dataset_name):
         if getattr(self, "_skip_prepare_dataset", False):
             return super()._prepare_dataset(dataset, processing_class, args, packing, formatting_func, dataset_name)
+        streamed = isinstance(dataset, torch.utils.data.IterableDataset | IterableDataset)
+        if streamed:
+            self._msft_streams.setdefault(dataset_name, {})["source"] = dataset
         dataset, report = prepare_once(  # each node's main process prepares; its other ranks load the result
             lambda: self._msft_prepare(dataset, processing_class, args, packing, formatting_func, dataset_name),
-            streamed=isinstance(dataset, torch.utils.data.IterableDataset | IterableDataset),
+            streamed=streamed,
         )
         if report is not None:
             self._msft_audits[dataset_name] = report
@@ -177,6 +175,7 @@ class MaskedSFTTrainer(SFTTrainer):
         if self._msft_pipeline is None:  # here the tokenizer is known, also when `model` was given as a path
             collator = self._msft_collator
             matcher = collator.matcher if isinstance(collator, DataCollatorForCompletionOnlyLM) else None
+            self._msft_options = with_model_stops(self._tokenizer, self._msft_options, self._msft_model_stops)
             self._msft_pipeline = PreparationPipeline(self._tokenizer, self._msft_options, template=matcher)
         pipeline = self._msft_pipeline
         if packing and args.packing_strategy != "bfd":
@@ -190,11 +189,17 @@ class MaskedSFTTrainer(SFTTrainer):
             dataset, dataset_name, formatting_func=formatting_func or self._msft_formatting_func
         )
         dataset = prepared.dataset
+        if prepared.stream_counts is not None:
+            self._msft_streams.setdefault(dataset_name, {})["counts"] = prepared.stream_counts
         if packing:  # TRL packs (and shuffles) the prepared rows; its truncation is a no-op now
             dataset = super()._prepare_dataset(dataset, processing_class, args, packing, None, dataset_name)
         elif args.shuffle_dataset:
             dataset = dataset.shuffle(seed=args.seed)
         return dataset, prepared.report
+
+    def _save(self, output_dir: str | None = None, state_dict=None):
+        super()._save(output_dir, state_dict)  # an adapter's folder gets the generation config too
+        save_generation_config(self.model, output_dir or self.args.output_dir, self._msft_options)
 
     @property
     def audit_reports(self) -> dict[str, AuditReport]:
@@ -205,11 +210,13 @@ class MaskedSFTTrainer(SFTTrainer):
         check_model_before_training(self.model, self.args, self.train_dataset, self.processing_class)
         check_prompt_learning(self.model, activation_checkpointing=checkpointing_on(self.args))
         resume_from_checkpoint = agree_on_checkpoint(resume_from_checkpoint, self.args.output_dir, self.model)
-        check_run_length(self.train_dataset, self.eval_dataset, self.args, self._msft_audits)
+        check_run_length(self.train_dataset, self.eval_dataset, self.args, self._msft_audits, self._msft_streams)
         cpu_bf16_setup(self.model, self.args, note=self._msft_precision)
         if self.is_world_process_zero() and self._msft_audits:
             save_audits(self._msft_audits, Path(self.args.output_dir) / "masked_sft_audit.json")
-        return super().train(resume_from_checkpoint, *args, **kwargs)
+        output = super().train(resume_from_checkpoint, *args, **kwargs)
+        check_stream_kept_rows(self.state.global_step, self._msft_streams.get("train", {}).get("counts"), self.args)
+        return output
 
     def save_last_good_checkpoint(self) -> None:
         """Save a checkpoint of the current weights: the health guard's one way into the trainer."""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -13,11 +12,11 @@ from .errors import (
     AllMaskedBatchError,
     LabelsOverwrittenError,
     ModelSetupError,
-    UnsupervisedRowsError,
 )
 from .hf_compat import active_peft_config
 from .logs import warn
 from .masking import IGNORE_INDEX, count_supervised
+from .policies import COUNT, FULL_COUNT, FULL_FIRST, REASON, FullyMasked
 from .text import clip_end, whole_text
 
 __all__ = [
@@ -29,8 +28,6 @@ __all__ = [
     "first_label_is_target",
     "validate_batch",
 ]
-
-MASKED_ROW_POLICIES = ("error", "drop", "warn")
 
 
 def first_label_is_target(model) -> bool:
@@ -113,83 +110,8 @@ def validate_batch(
     )
 
 
-@dataclass
-class RowAudit:
-    """What the pre-flight pass found in one prepared dataset."""
-
-    dataset_name: str
-    num_rows: int
-    max_length: int | None
-    #: dataset index -> why the row has no supervised token
-    unsupervised: dict[int, str] = field(default_factory=dict)
-    #: dataset index -> decoded end of the prompt, for the message
-    prompt_tails: dict[int, str] = field(default_factory=dict)
-
-    @property
-    def share(self) -> float:
-        return len(self.unsupervised) / self.num_rows if self.num_rows else 0.0
-
-    def describe(self, limit: int = 5) -> str:
-        """How many rows, which (first few, with the end of their prompt), and why."""
-        counts: dict[str, int] = {}
-        for reason in self.unsupervised.values():
-            kind = "prompt truncated at max_length" if reason.startswith("prompt of") else reason
-            counts[kind] = counts.get(kind, 0) + 1
-        lines = [
-            f"{len(self.unsupervised)} of {self.num_rows} rows ({self.share:.1%}) of the {self.dataset_name} "
-            "dataset have no supervised token: "
-            + ", ".join(f"{n} {kind}" for kind, n in sorted(counts.items(), key=lambda kv: -kv[1]))
-            + "."
-        ]
-        for index in list(self.unsupervised)[:limit]:
-            tail = self.prompt_tails.get(index, "")
-            lines.append(f"  row {index}: {self.unsupervised[index]}; prompt ends {tail!r}")
-        if len(self.unsupervised) > limit:
-            lines.append(f"  ... and {len(self.unsupervised) - limit} more")
-        return "\n".join(lines)
-
-    def fix(self) -> str:
-        reasons = " ".join(self.unsupervised.values())
-        fixes = []
-        if "truncated at max_length" in reasons:
-            fixes.append(
-                f"raise `max_length` (now {self.max_length}) above the longest prompt plus a few answer tokens, or "
-                "shorten those prompts"
-            )
-        if "empty completion" in reasons:
-            fixes.append("fill in or remove the rows with an empty completion")
-        if "template not found" in reasons or "follows `response_template`" in reasons:
-            fixes.append("make `response_template` match the data exactly (spaces and newlines count)")
-        if "labels are all" in reasons:
-            fixes.append("check how the `labels` column was built: those rows mask every token")
-        if "chat turns not located" in reasons:
-            fixes.append(
-                "follow the fix each row's reason names (e.g. pass a `chat_template` with `{% generation %}` markers)"
-            )
-        drop = "set `masked_row_policy='drop'` (with `max_masked_row_fraction`) to drop such rows knowingly"
-        fixes.append(f"or {drop}" if fixes else drop)
-        return "Fix: " + "; ".join(fixes) + "."
-
-    def enforce(self, policy: str, max_fraction: float) -> set[int]:
-        """Apply `policy`; return the dataset indices to drop (empty when nothing is wrong). Raises on failure."""
-        if not self.unsupervised:
-            return set()
-        if policy == "error":
-            raise UnsupervisedRowsError(
-                f"{self.describe()}\nWith `masked_row_policy='error'` (the default) training stops here instead of "
-                f"training on nothing. {self.fix()}"
-            )
-        if len(self.unsupervised) == self.num_rows:
-            raise UnsupervisedRowsError(
-                f"{self.describe()}\nEvery row would be dropped (`masked_row_policy={policy!r}`), leaving nothing "
-                f"to train on. {self.fix()}"
-            )
-        if self.share > max_fraction:
-            raise UnsupervisedRowsError(
-                f"{self.describe()}\nThat is more than `max_masked_row_fraction` ({max_fraction:.1%}) allows with "
-                f"`masked_row_policy={policy!r}`. {self.fix()} (or raise `max_masked_row_fraction`)."
-            )
-        return set(self.unsupervised)
+#: The verdict on rows with no supervised token, under its former name (see `policies.FullyMasked`).
+RowAudit = FullyMasked
 
 
 def audit_labels(
@@ -202,7 +124,7 @@ def audit_labels(
     max_length: int | None,
     preset_reasons: Mapping[int, str] | None = None,
     ignore_index: int = IGNORE_INDEX,
-) -> RowAudit:
+) -> FullyMasked:
     """Find rows of a prepared (truncated) labels column with no supervised token and say why.
 
     `full_supervised` / `full_first` are each row's supervised count and first supervised position *before*
@@ -212,19 +134,15 @@ def audit_labels(
     """
     if supervised_counts is None:
         supervised_counts = [count_supervised(labels, ignore_index) for labels in labels_column]
-    audit = RowAudit(dataset_name=dataset_name, num_rows=len(supervised_counts), max_length=max_length)
     preset_reasons = preset_reasons or {}
-    for index, count in enumerate(supervised_counts):
-        if index in preset_reasons:
-            audit.unsupervised[index] = preset_reasons[index]
-        elif count == 0:
-            if full_supervised[index] > 0:
-                audit.unsupervised[index] = (
-                    f"prompt of {full_first[index]} tokens truncated at max_length {max_length}"
-                )
-            else:
-                audit.unsupervised[index] = f"labels are all {ignore_index} (no completion token)"
-    return audit
+    columns = {
+        COUNT: supervised_counts,
+        FULL_COUNT: full_supervised,
+        FULL_FIRST: full_first,
+        REASON: [preset_reasons.get(i, "") for i in range(len(supervised_counts))],
+    }
+    rows = FullyMasked.find(columns, taken=set(), ignore_index=ignore_index, max_length=max_length)
+    return FullyMasked(dataset_name, len(supervised_counts), max_length, rows)
 
 
 def collated_label_changes(
@@ -257,6 +175,17 @@ def collated_label_changes(
         extra += int(((got != ignore_index) & (expected == ignore_index))[1:].sum())
         missing += int(((got == ignore_index) & (expected != ignore_index))[1:].sum())
     return extra, missing
+
+
+def check_collator_ignore_index(collator) -> None:
+    """A `DataCollatorForCompletionOnlyLM` whose `ignore_index` is not the loss's would train that value as a token id."""
+    ignore = getattr(collator, "ignore_index", IGNORE_INDEX)
+    if type(collator).__name__ == "DataCollatorForCompletionOnlyLM" and ignore != IGNORE_INDEX:
+        raise ValueError(
+            f"`data_collator` is DataCollatorForCompletionOnlyLM(ignore_index={ignore}), but the trainer's loss "
+            f"ignores only {IGNORE_INDEX}: the other value would be trained on as a token id. Fix: leave "
+            "`ignore_index` at its default (-100) when training with MaskedSFTTrainer."
+        )
 
 
 def check_collator_keeps_labels(collator, dataset) -> None:

@@ -1,8 +1,11 @@
-"""Print the "Every refused input" section of docs/troubleshooting.md from the table of tests/test_bad_inputs.py.
+"""The tables of the "Every refused input" section of docs/troubleshooting.md, from tests/test_bad_inputs.py.
 
-Runs every case (about 20 s) and writes, per group, the error class, the start of the message and its fix:
+Runs every case (about 30 s) and writes, per group, the error class, the start of the message and its fix. The
+tables are everything after the section's introduction (from `FIRST_HEADING` to the end of the page);
+tests/test_docs.py fails when they differ from what this script writes now:
 
-    python3 tests/scripts/bad_inputs_table.py > /tmp/cases.md   # then paste it under "## Every refused input"
+    python3 tests/scripts/bad_inputs_table.py            # print the tables
+    python3 tests/scripts/bad_inputs_table.py --write    # write them into docs/troubleshooting.md
 """
 
 from __future__ import annotations
@@ -54,8 +57,17 @@ def _group(case: str, error: str) -> str:
     return "data"
 
 
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "troubleshooting.md"
+FIRST_HEADING = "### " + TITLES["data"]
+
+
+def _stable(text: str) -> str:
+    """The message as on any machine: the working folder as `.`, object addresses as `0x…`."""
+    return re.sub(r"0x[0-9a-f]{6,}", "0x…", text.replace(os.getcwd(), "."))
+
+
 def _short(text: str, limit: int) -> str:
-    text = " ".join(text.split()).replace("|", "\\|")
+    text = " ".join(_stable(text).split()).replace("|", "\\|")
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
@@ -82,7 +94,8 @@ def _run(case, act, base_tokenizer) -> tuple[str, str]:
     return "-", "(no error)"
 
 
-def main() -> None:
+def tables() -> str:
+    """The section's tables as they are now (everything from `FIRST_HEADING` to the end of the page)."""
     warnings.filterwarnings("ignore")
     logging.set_verbosity_error()
     datasets.disable_progress_bars()
@@ -100,7 +113,22 @@ def main() -> None:
                 head, fix = (message[: found.start()], message[found.start() :]) if found else (message, "")
             out.append(f"| `{case}` | `{error}` | {_short(head, 150)} | {_short(fix.strip(), 110)} |")
         out.append("")
-    print("\n".join(out))
+    return "\n".join(out)
+
+
+def on_the_page() -> str:
+    """The tables as docs/troubleshooting.md has them."""
+    page = PAGE.read_text()
+    return page[page.index(FIRST_HEADING) :].rstrip("\n")
+
+
+def main() -> None:
+    now = tables()
+    if "--write" in sys.argv[1:]:
+        page = PAGE.read_text()
+        PAGE.write_text(page[: page.index(FIRST_HEADING)] + now.rstrip("\n") + "\n")
+    else:
+        print(now)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,36 @@
+"""Docs that cannot go stale: the generated parts of docs/ are what their generators write now."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parent / "scripts"
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"_docs_{name}", SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_the_troubleshooting_tables_are_what_the_generator_writes_now():
+    """docs/troubleshooting.md's "Every refused input" tables equal tests/scripts/bad_inputs_table.py's output, case
+    by case (fix: `python3 tests/scripts/bad_inputs_table.py --write`)."""
+    sys.path.insert(0, str(SCRIPTS.parent))  # the generator imports test_bad_inputs
+    generator = _script("bad_inputs_table")
+    now, page = generator.tables().rstrip("\n").splitlines(), generator.on_the_page().splitlines()
+    stale = [line for line in page if line not in now]
+    missing = [line for line in now if line not in page]
+    assert not stale and not missing and now == page, (
+        f"docs/troubleshooting.md is stale: {len(stale)} lines differ from the generator's, {len(missing)} lines "
+        "are missing. Fix: run `python3 tests/scripts/bad_inputs_table.py --write`.\n"
+        + "\n".join(f"- {line}" for line in stale[:5])
+        + "\n"
+        + "\n".join(f"+ {line}" for line in missing[:5])
+    )
