@@ -16,6 +16,7 @@ from datasets import IterableDataset
 from trl import SFTTrainer
 
 from . import hints
+from .checkpoints import check_resume_supported
 from .collator import DataCollatorForCompletionOnlyLM
 from .config import trainer_config
 from .distributed import (
@@ -210,6 +211,7 @@ class MaskedSFTTrainer(SFTTrainer):
         check_model_before_training(self.model, self.args, self.train_dataset, self.processing_class)
         check_prompt_learning(self.model, activation_checkpointing=checkpointing_on(self.args))
         resume_from_checkpoint = agree_on_checkpoint(resume_from_checkpoint, self.args.output_dir, self.model)
+        check_resume_supported(resume_from_checkpoint, self.args)
         check_run_length(self.train_dataset, self.eval_dataset, self.args, self._msft_audits, self._msft_streams)
         cpu_bf16_setup(self.model, self.args, note=self._msft_precision)
         if self.is_world_process_zero() and self._msft_audits:
