@@ -1172,7 +1172,7 @@ CASES += [
         "train-on-eot-a-string",
         lambda r: r.make_config(train_on_eot="yes"),
         ConfigError,
-        r"`train_on_eot` must be True or False, got str 'yes'.*`train_on_eot=True`",
+        r"`train_on_eot` must be True or False, or one of .turn., .none., .last., .all., got str .yes..*`train_on_eot=True`",
     ),
     (
         "health-checks-a-string",

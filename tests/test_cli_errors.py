@@ -144,7 +144,7 @@ def test_inspect_and_audit_help_list_only_their_own_flags(command, capsys):
         assert flag in out
     for flag in ("--learning_rate", "--deepspeed", "--push_to_hub", "--optim"):
         assert flag not in out
-    assert len(out.splitlines()) < 150
+    assert len(out.splitlines()) < 175  # 157 with the chat controls (issue 24)
 
 
 def test_train_help_keeps_the_full_training_arguments(capsys):

@@ -22,6 +22,11 @@ NEW_FIELDS = (
     "instruction_template",
     "assistant_turns",
     "train_on_eot",
+    "train_roles",
+    "message_train_key",
+    "message_weight_key",
+    "reasoning",
+    "tool_calls",
     "min_completion_tokens",
     "health_checks",
     "pack_within_batch",
@@ -92,6 +97,15 @@ def test_argument_parser_accepts_the_new_fields(tmp_path):
         ["--output_dir", str(tmp_path), "--masked_row_policy", "drop", "--prompt_column", "question"]
     )
     assert config.masked_row_policy == "drop" and config.prompt_column == "question"
+
+
+@pytest.mark.parametrize(("given", "expected"), [("False", False), ("True", True), ("last", "last"), ("all", "all")])
+def test_argument_parser_reads_train_on_eot_as_a_bool_or_a_mode(tmp_path, given, expected):
+    """`--train_on_eot False` is the bool, `--train_on_eot last` the mode; `--train_roles` takes several roles."""
+    (config,) = HfArgumentParser(MaskedSFTConfig).parse_args_into_dataclasses(
+        ["--output_dir", str(tmp_path), "--train_on_eot", given, "--train_roles", "assistant", "tool"]
+    )
+    assert config.train_on_eot == expected and config.train_roles == ["assistant", "tool"]
 
 
 @pytest.mark.parametrize(

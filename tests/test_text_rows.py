@@ -227,3 +227,27 @@ def test_a_masked_sft_trainer_run_trains_exactly_the_completions(tmp_path):
     losses = [log["loss"] for log in trainer.train().metrics and trainer.state.log_history if "loss" in log]
     assert losses[-1] < losses[0]
     assert any(not b.equal(a) for b, a in zip(before, model.parameters(), strict=True))
+
+
+def test_a_tokenizer_that_spaces_every_text_alone_falls_back_to_trls_rule_and_says_so(capture_logs):
+    """A byte-level BPE with `add_prefix_space=True` puts `Ġ` before a completion alone, even after a special token:
+    no tokenization alone gives the completion's bytes, so TRL's rule applies, said truthfully and counted."""
+    from tokenizers import pre_tokenizers
+
+    from trl_masked_sft.tiny import build_tiny_tokenizer
+
+    base = build_tiny_tokenizer()
+    backend = Tokenizer.from_str(base.backend_tokenizer.to_str())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=base.bos_token, eos_token=base.eos_token, pad_token=base.pad_token
+    )
+    said = capture_logs("trl_masked_sft.text_rows")
+    rows = [("What is 2 kg in gr", "am?"), ("How many?", " 3")]
+    prepared = _prepare(tokenizer, rows)
+    for (prompt, completion), row in zip(rows, prepared.dataset, strict=True):
+        trained = [label for label in row["labels"] if label != IGNORE_INDEX]
+        assert trained == _trl_trained(tokenizer, prompt, completion)
+    assert prepared.report.rows_merged_boundary == 1
+    (line,) = [m for m in said if "merge" in m]
+    assert "the merged token is trained, with its prompt bytes" in line and "' gram'" in line

@@ -109,6 +109,12 @@ def _numbers_table(report, shown: set[int]) -> str:
         ("rows dropped", report.rows_dropped),
         *((verdict.policy_field, report.verdict_rows(verdict)[2]) for verdict in VERDICTS),
     ]
+    if weights := getattr(report, "token_weights", None):  # only when a message carries a weight
+        spread = f"{weights['min']:g} / {weights['mean']:.3g} / {weights['max']:g}"
+        lines += [
+            ("per-message weight on the supervised tokens, min / mean / max", spread),
+            ("supervised tokens whose weight is not 1", f"{weights['share_not_1']:.1%}"),
+        ]
     body = "".join(f'<tr><th>{_esc(name)}</th><td class="n">{_esc(value)}</td></tr>' for name, value in lines)
     table = f'<table class="numbers">{body}</table>'
     for verdict in VERDICTS:  # one section per row verdict that has rows

@@ -21,6 +21,7 @@ from functools import cached_property
 from itertools import groupby
 from typing import Any
 
+from .controls import EMPTIED, Plan, apply_plan, plan
 from .conversations import fit_content, is_empty_reply, message_spans, reads_parts, reasoning_text, unknown_roles
 from .end_of_turn import (
     GIVEN,
@@ -30,6 +31,7 @@ from .end_of_turn import (
     TRAINED,
     Stops,
     TurnFacts,
+    ambiguous_end,
     cached,
     encode,
     final_stop,
@@ -85,6 +87,7 @@ class ChatMask:
     note: str | None = None
     merged: int = 0  # trained turns whose first reply token merged with the header (that token is not trained)
     explain: Callable[[], list[str]] | None = field(default=None, repr=False, compare=False)
+    weights: list[float] | None = None  # per token, when a message carries a weight (`message_weight_key`)
 
     @cached_property
     def reasons(self) -> list[str]:
@@ -94,7 +97,8 @@ class ChatMask:
     def row_reason(self) -> str:
         """For the pre-flight audit: '' when trained, else `empty completion: ...` or `chat turns not located: ...`."""
         problem = self.problem or ""
-        return problem if not problem or problem.startswith(EMPTY_COMPLETION) else f"chat turns not located: {problem}"
+        kept = not problem or problem.startswith((EMPTY_COMPLETION, EMPTIED))
+        return problem if kept else f"chat turns not located: {problem}"
 
 
 @dataclass
@@ -117,13 +121,17 @@ def chat_labels(
     trainable_from: int = 0,
     methods: Sequence[str] | None = None,
     stop_token_ids: Sequence[int] | Mapping[int, str] | None = None,
+    controls: Any = None,
+    where: str = "A conversation",
     **template_kwargs: Any,
 ) -> ChatMask:
     """Labels that train the assistant turns of `messages` (`[{"role", "content"}, ...]`, see
     `conversations.to_messages`) only, under the tokenizer's chat template or `chat_template=`.
 
-    `assistant_turns` is `"all"` or `"last"`; `train_eot` trains each trained turn's end-of-turn token (appended to a
-    final reply the template leaves without one); messages before `trainable_from` are context (prompt/completion rows
+    `assistant_turns` is `"all"` or `"last"`; `train_eot` (`True`/`"turn"`, `False`/`"none"`, `"last"`, `"all"`)
+    trains each trained turn's end-of-turn token (inserted after a final reply the template leaves without one), none,
+    the final one's or every one; `controls` (`controls.ChatControls`) and the messages' `train`/`weight` keys choose
+    what trains (errors name the row as `where`); messages before `trainable_from` are context (prompt/completion rows
     pass `len(prompt)`); `methods` are the ways to try, in order (default `METHODS`); `stop_token_ids` are the ids
     that end generation (the model's `generation_config.eos_token_id`; a mapping gives each id's source), to which the
     tokenizer's eos is added; `None` means the tokenizer's eos and the template's end-of-turn tokens. `template_kwargs`
@@ -137,21 +145,22 @@ def chat_labels(
     key = (id(tokenizer), len(tokenizer), template, json.dumps(options, sort_keys=True, default=str))
     kwargs = {**template_kwargs, "chat_template": template}
     parts = cached(("parts", *key), lambda: reads_parts(lambda m: render(tokenizer, m, kwargs)), tokenizer)
-    messages = fit_content(messages, parts=parts)
-    chosen = [i for i, m in enumerate(messages) if m.get("role") == "assistant" and i >= trainable_from]
-    chosen = chosen[-1:] if assistant_turns == "last" else chosen
+    todo = plan(messages, controls, train_eot, where, assistant_turns=assistant_turns, trainable_from=trainable_from)
+    messages = fit_content(todo.messages, parts=parts)
+    chosen = [i for i in todo.chosen if messages[i].get("role") == "assistant"]
     empty = [i for i in chosen if is_empty_reply(messages[i])]
     given = dict(stop_token_ids) if isinstance(stop_token_ids, Mapping) else stop_token_ids
     given = None if given is None else given if isinstance(given, dict) else dict.fromkeys(given, GIVEN)
     ctx = _Context(tokenizer, messages, kwargs, key, parts, {i for i in chosen if i not in empty}, given)
+    ctx.plan, todo.chosen = todo if todo.active else None, [i for i in todo.chosen if i not in empty]
     tried: list[tuple[str, Exception]] = []
     which = ", ".join(map(str, empty))
-    if ctx.trained and (ambiguous := _ambiguous_end(ctx, template)):
+    if ctx.trained and (ambiguous := ambiguous_end(tokenizer, ctx.facts(required=False), template)):
         ids = encode(tokenizer, render(tokenizer, messages, kwargs))[0]
         return ChatMask(ids, [ignore_index] * len(ids), ambiguous)
-    for method in (methods or METHODS) if ctx.trained else ():
+    for method in (methods or METHODS) if ctx.trained or ctx.plan and todo.chosen else ():
         try:
-            mask = _assemble(ctx, _LOCATE[method](ctx), method, train_eot, ignore_index)
+            mask = _assemble(ctx, _LOCATE[method](ctx), method, todo.mode != "none", ignore_index)
         except _NoStop as error:  # every way finds the same turn ends: no other way can help
             ids = encode(tokenizer, render(tokenizer, messages, kwargs))[0]
             return ChatMask(ids, [ignore_index] * len(ids), f"{NO_STOP}: {error}", method)
@@ -166,24 +175,9 @@ def chat_labels(
     except Exception as error:  # noqa: BLE001 - the template can't render this row at all
         ids, unrenderable = [], error
     empty_reply = f"{EMPTY_COMPLETION}: the assistant reply to train (message {which}) has no content"
-    problem = _refusal(tried, unrenderable) if ctx.trained else empty_reply if empty else "no assistant turn to train"
+    nothing = f"{EMPTIED}: no message is left to train" if ctx.plan else "no assistant turn to train"
+    problem = _refusal(tried, unrenderable) if ctx.trained or tried else empty_reply if empty else nothing
     return ChatMask(ids, [ignore_index] * len(ids), problem + unknown_roles(messages, template))
-
-
-def _ambiguous_end(ctx: _Context, template: str) -> str | None:
-    """The refusal for a template whose end of turn the rule can't read (`TurnFacts.ambiguous`); marked templates
-    say it themselves."""
-    from trl.chat_template_utils import has_generation_markers
-
-    why = ctx.facts(required=False).ambiguous
-    if why is None or has_generation_markers(template):
-        return None
-    name = getattr(ctx.tokenizer, "name_or_path", "") or ""
-    return (
-        f"ambiguous end of turn: the chat template{f' of {name!r}' if name else ''} {why}. Fix: end each assistant "
-        "reply with its stop token in the template (e.g. `{{ message['content'] + eos_token }}`) and pass it with "
-        "`chat_template_path`, or wrap each reply and its stop token in {% generation %} ... {% endgeneration %}."
-    )
 
 
 def _refusal(tried: list[tuple[str, Exception]], unrenderable: Exception | None) -> str:
@@ -211,6 +205,7 @@ class _Context:
     parts: bool
     trained: set[int]
     given: dict[int, str] | None = None
+    plan: Plan | None = None  # the chat controls, when any is set (`controls.plan`)
 
     @cached_property
     def stops(self) -> Stops:
@@ -340,6 +335,9 @@ def _assemble(ctx: _Context, located: _Located, method: str, train_eot: bool, ig
         raise _NotLocated("an assistant turn to train renders to no tokens")
     for _, start, eot_start, end in trained:
         labels[start : end if train_eot else eot_start] = ids[start : end if train_eot else eot_start]
+    applied = apply_plan(ctx, located, labels, ignore_index) if ctx.plan else None
+    labels = applied.labels if applied else labels
+    trained = trained[-1:] if applied and ctx.plan.mode == "last" else trained
     inserted, bare = None, [t for t in trained if t[2] == t[3]] if train_eot else []
     tail = ids[bare[-1][3] :] if bare else []
     if bare and bare[-1][0] == len(ctx.messages) - 1 and not any(stops.ends(i) for i in tail):
@@ -356,8 +354,10 @@ def _assemble(ctx: _Context, located: _Located, method: str, train_eot: bool, ig
         raise _NoStop(no_stop(ctx.tokenizer, located.ids, bare[0][2], bare[0][0], stops))
     if bare:
         notes.append(f"assistant message {', '.join(str(t[0]) for t in bare)} has no end-of-turn token in the render")
-    explain = lambda: _reasons(ctx, located, train_eot, inserted)  # noqa: E731
-    return ChatMask(ids, labels, None, method, "; ".join(notes) or None, len(located.merged), explain)
+    applied = applied.inserted(inserted, ctx.plan.weights[trained[-1][0]] if inserted else None) if applied else None
+    explain = lambda: (applied.explain if applied else list)(_reasons(ctx, located, train_eot, inserted))  # noqa: E731
+    problem, weights = (applied.problem, applied.weights) if applied else (None, None)
+    return ChatMask(ids, labels, problem, method, "; ".join(notes) or None, len(located.merged), explain, weights)
 
 
 def _reasons(ctx: _Context, located: _Located, train_eot: bool, inserted: tuple[int, int] | None) -> list[str]:

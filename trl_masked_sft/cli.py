@@ -45,6 +45,11 @@ MASKING_FIELDS = (
     "instruction_template",
     "assistant_turns",
     "train_on_eot",
+    "train_roles",
+    "message_train_key",
+    "message_weight_key",
+    "reasoning",
+    "tool_calls",
     "stop_token_ids",
     "min_completion_tokens",
     "masked_row_policy",
@@ -109,7 +114,9 @@ def _masking_arguments() -> type:
     fields = []
     for name in MASKING_FIELDS:
         source = MaskedSFTConfig.__dataclass_fields__[name]
-        fields.append((name, hints[name], field(default=source.default, metadata=source.metadata)))
+        default = {"default": source.default} if source.default_factory is dataclasses.MISSING else {}
+        default = default or {"default_factory": source.default_factory}
+        fields.append((name, hints[name], field(**default, metadata=source.metadata)))
     return dataclasses.make_dataclass("MaskingArguments", fields)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Literal
 
 from transformers import TrainingArguments
 from transformers.trainer_utils import SaveStrategy
@@ -70,9 +71,28 @@ class MaskedSFTConfig(SFTConfig):
             For conversational (`messages`) datasets, which assistant turns are trained: `"all"` or `"last"`. Turns
             are located by rendering the conversation prefix by prefix, so any chat template works, with or without
             `{% generation %}` markers; system, user and tool turns are masked.
-        train_on_eot (`bool`, *optional*, defaults to `True`):
-            Whether each trained assistant turn's end-of-turn token (e.g. `<|im_end|>`) is trained; a model that
-            never sees it never learns to stop.
+        train_on_eot (`bool` or `str`, *optional*, defaults to `True`):
+            Which end-of-turn tokens (e.g. `<|im_end|>`) are trained: `True`/`"turn"` each trained turn's, `False`/
+            `"none"` none, `"last"` only the final trained turn's, `"all"` every one in the conversation, masked turns
+            too (Axolotl's `train_on_eos` values). A model that never sees its stop token never learns to stop.
+        train_roles (`list[str]`, *optional*, defaults to `["assistant"]`):
+            For conversational datasets, the roles whose messages are trained by default, e.g. `["assistant",
+            "tool"]`, or `["system", "user", "assistant"]` for the whole conversation; ShareGPT names (`gpt`, `human`)
+            count as the roles they become. A message's own `train` key overrides its role.
+        message_train_key (`str`, *optional*, defaults to `"train"`):
+            The message key that trains (`true`) or masks (`false`) one message whatever its role: all of its text,
+            plus its stop token when the template prints one.
+        message_weight_key (`str`, *optional*, defaults to `"weight"`):
+            The message key of a per-message loss weight (a number >= 0): its tokens count that many times in the
+            loss, `sum(w * CE) / sum(w)` over the supervised tokens of a step; 0 masks the message.
+        reasoning (`str`, *optional*, defaults to `"train"`):
+            `"train"` or `"mask"`: with `"mask"`, the reasoning of a trained reply (`reasoning_content`/`thinking`,
+            or `<think>...</think>` in the content) and the wrapper the template renders around it are masked; its
+            answer and stop token stay trained.
+        tool_calls (`str`, *optional*, defaults to `"train"`):
+            `"train"` or `"mask"`: with `"mask"`, the tool-call part of a trained reply is masked; a reply that is only
+            a tool call keeps its stop token trained. Tool results stay masked unless `train_roles` or a message's
+            `train` key says otherwise.
         stop_token_ids (`list[int]`, *optional*):
             The token ids that end generation, for the end-of-turn rule (`docs/chat_templates.md`): each trained
             assistant turn ends with one of them. `None`: the trainer reads the model's
@@ -226,11 +246,53 @@ class MaskedSFTConfig(SFTConfig):
             "choices": ["all", "last"],
         },
     )
-    train_on_eot: bool = field(
+    train_on_eot: Literal[True, False, "turn", "none", "last", "all"] = field(
         default=True,
         metadata={
-            "help": "Whether each trained assistant turn's end-of-turn token (e.g. `<|im_end|>`) is trained; a model "
-            "that never sees it never learns to stop."
+            "help": 'Which end-of-turn tokens (e.g. `<|im_end|>`) are trained: `True`/`"turn"` each trained turn\'s, '
+            '`False`/ `"none"` none, `"last"` only the final trained turn\'s, `"all"` every one in the conversation, '
+            "masked turns too (Axolotl's `train_on_eos` values). A model that never sees its stop token never learns "
+            "to stop."
+        },
+    )
+    train_roles: list[str] = field(
+        default_factory=lambda: ["assistant"],
+        metadata={
+            "help": 'For conversational datasets, the roles whose messages are trained by default, e.g. `["assistant", '
+            '"tool"]`, or `["system", "user", "assistant"]` for the whole conversation; ShareGPT names (`gpt`, '
+            "`human`) count as the roles they become. A message's own `train` key overrides its role."
+        },
+    )
+    message_train_key: str = field(
+        default="train",
+        metadata={
+            "help": "The message key that trains (`true`) or masks (`false`) one message whatever its role: all of its "
+            "text, plus its stop token when the template prints one."
+        },
+    )
+    message_weight_key: str = field(
+        default="weight",
+        metadata={
+            "help": "The message key of a per-message loss weight (a number >= 0): its tokens count that many times "
+            "in the loss, `sum(w * CE) / sum(w)` over the supervised tokens of a step; 0 masks the message."
+        },
+    )
+    reasoning: str = field(
+        default="train",
+        metadata={
+            "help": '`"train"` or `"mask"`: with `"mask"`, the reasoning of a trained reply (`reasoning_content`/'
+            "`thinking`, or `<think>...</think>` in the content) and the wrapper the template renders around it are "
+            "masked; its answer and stop token stay trained.",
+            "choices": ["train", "mask"],
+        },
+    )
+    tool_calls: str = field(
+        default="train",
+        metadata={
+            "help": '`"train"` or `"mask"`: with `"mask"`, the tool-call part of a trained reply is masked; a reply '
+            "that is only a tool call keeps its stop token trained. Tool results stay masked unless `train_roles` or "
+            "a message's `train` key says otherwise.",
+            "choices": ["train", "mask"],
         },
     )
     stop_token_ids: list[int] | None = field(

@@ -40,7 +40,6 @@ _NUMBERS = {
 }
 _OPTIONAL_NUMBERS = {"max_grad_norm": (0.0, True)}
 _BOOLS = (
-    "train_on_eot",
     "health_checks",
     "pack_within_batch",
     "packing",
@@ -55,6 +54,8 @@ _OPTIONAL_BOOLS = ("completion_only_loss", "bf16", "fp16", "activation_checkpoin
 _CHOICES = {
     **{verdict.policy_field: POLICY_CHOICES for verdict in VERDICTS},
     "assistant_turns": ("all", "last"),
+    "reasoning": ("train", "mask"),
+    "tool_calls": ("train", "mask"),
     "truncation_mode": ("keep_start", "keep_end"),
     "packing_strategy": ("bfd", "bfd_split", "wrapped"),
     "loss_type": ("nll", "dft", "chunked_nll"),
@@ -230,6 +231,47 @@ def _check_conflicts(args: Any) -> None:
         )
 
 
+#: `train_on_eot` values besides True/False (Axolotl's `train_on_eos` names).
+EOT_CHOICES = ("turn", "none", "last", "all")
+
+
+def _check_chat_controls(args: Any) -> None:
+    """`train_on_eot`, `train_roles` and the message keys of the chat controls."""
+    eot = getattr(args, "train_on_eot", True)
+    if not isinstance(eot, bool) and eot not in EOT_CHOICES:
+        fix = (
+            "`train_on_eot=True`"
+            if not isinstance(eot, str) or eot.lower() in ("yes", "true", "1")
+            else ("`train_on_eot=False`" if eot.lower() in ("no", "false", "0") else "one of them")
+        )
+        raise ConfigError(
+            f"`train_on_eot` must be True or False, or one of {', '.join(map(repr, EOT_CHOICES))}, got "
+            f"{_shown(eot)}.{_suggest(eot, EOT_CHOICES)} Fix: set {fix}."
+        )
+    roles = getattr(args, "train_roles", ["assistant"])
+    if (
+        isinstance(roles, str)
+        or not isinstance(roles, (list, tuple))
+        or not all(isinstance(r, str) and r for r in roles)
+    ):
+        raise ConfigError(
+            f"`train_roles` must be a list of role names, got {_shown(roles)}. Fix: e.g. `train_roles=['assistant']`, "
+            "or `['assistant', 'tool']`."
+        )
+    keys = [getattr(args, k, d) for k, d in (("message_train_key", "train"), ("message_weight_key", "weight"))]
+    for name, key in zip(("message_train_key", "message_weight_key"), keys, strict=True):
+        if not isinstance(key, str) or not key or key in ("role", "content"):
+            raise ConfigError(
+                f"`{name}` must be a message key other than 'role' and 'content', got {_shown(key)}. Fix: e.g. "
+                f"`{name}={name.split('_')[1]!r}`."
+            )
+    if keys[0] == keys[1]:
+        raise ConfigError(
+            f"`message_train_key` and `message_weight_key` are both {keys[0]!r}; one key can't hold a flag and a "
+            "weight. Fix: name two different keys."
+        )
+
+
 def check_values(args: Any) -> None:
     """Ranges and conflicts between fields, on the values `TrainingArguments.__post_init__` left."""
     check_masking_fields(args)
@@ -255,9 +297,10 @@ def check_masking_fields(args: Any) -> None:
     """The fields the preparation pipeline reads, and how they combine (also for a plain `SFTConfig`)."""
     if hasattr(args, "truncation_mode"):
         _check_choice(args, "truncation_mode", _CHOICES["truncation_mode"])
-    for name in (*(verdict.policy_field for verdict in VERDICTS), "assistant_turns"):
+    for name in (*(verdict.policy_field for verdict in VERDICTS), "assistant_turns", "reasoning", "tool_calls"):
         if hasattr(args, name):
             _check_choice(args, name, _CHOICES[name])
+    _check_chat_controls(args)
     for name, least in (("max_length", 2), ("min_completion_tokens", 1), ("dataset_num_proc", 1)):
         if hasattr(args, name):
             _check_int(args, name, least, optional=True)

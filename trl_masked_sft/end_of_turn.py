@@ -33,20 +33,21 @@ from .conversations import fit_content, reads_parts
 
 __all__ = [
     "STOP_TOKEN",
-    "final_stop",
-    "given_stops",
-    "is_trained",
-    "no_stop",
-    "template_closing",
     "Stops",
     "TurnFacts",
+    "ambiguous_end",
     "cached",
     "encode",
+    "final_stop",
+    "given_stops",
     "head_end",
+    "is_trained",
+    "no_stop",
     "probe",
     "render",
     "settle",
     "special_token_ids",
+    "template_closing",
     "turn_end",
 ]
 
@@ -325,3 +326,19 @@ def template_closing(tokenizer, **template_kwargs) -> list[int]:
         return list(probe(tokenizer, kwargs, parts, special_token_ids(tokenizer)).closing)
     except Exception:  # noqa: BLE001 - no template, or one that raises: nothing to add
         return []
+
+
+def ambiguous_end(tokenizer, facts: TurnFacts, template: str) -> str | None:
+    """The refusal for a template whose end of turn the rule can't read (`TurnFacts.ambiguous`); marked templates
+    say it themselves."""
+    from trl.chat_template_utils import has_generation_markers
+
+    if facts.ambiguous is None or has_generation_markers(template):
+        return None
+    name = getattr(tokenizer, "name_or_path", "") or ""
+    return (
+        f"ambiguous end of turn: the chat template{f' of {name!r}' if name else ''} {facts.ambiguous}. Fix: end each "
+        "assistant reply with its stop token in the template (e.g. `{{ message['content'] + eos_token }}`) and pass "
+        "it with `chat_template_path`, or wrap each reply and its stop token in {% generation %} ... "
+        "{% endgeneration %}."
+    )

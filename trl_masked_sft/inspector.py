@@ -20,9 +20,10 @@ from typing import Any
 from datasets import Dataset
 
 from .chat import TRAINED, chat_labels, given_stops, is_trained
+from .controls import EMPTIED, MASKED_BY_KEY, REASONING_MASKED, TOOL_CALL_MASKED, ZERO_WEIGHT
 from .conversations import conversation_of
 from .hints import Collator, Config, Rows, Tokenizer
-from .masking import IGNORE_INDEX, truncate_row
+from .masking import IGNORE_INDEX, WEIGHTS, truncate_row
 from .text import CONTINUATION, shown_alone, token_texts, visible
 
 __all__ = [
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 PROMPT, PADDING, TRUNCATED, USER_LABELS, FIRST = "prompt", "padding", "truncated", "masked in labels", "first token"
-_ROW_REASONS = ("response template not found", "chat turns not located", "empty completion")
+_ROW_REASONS = ("response template not found", "chat turns not located", "empty completion", EMPTIED)
 
 # One background colour per reason, for the page and the terminal alike (the terminal takes the nearest of its 256
 # colours); any other reason is a generic masked token.
@@ -51,6 +52,8 @@ _HTML = {
     PADDING: "#ffffff",
     TRUNCATED: "#f7b3b3",
     USER_LABELS: "#ffd8a8",
+    REASONING_MASKED: "#d9d2f6",
+    TOOL_CALL_MASKED: "#f6e0d2",
 }
 _MASKED_HTML = "#f6d2d2"
 
@@ -96,6 +99,11 @@ _REASON_CLASSES = {
     "response template not found": "notemplate",
     "chat turns not located": "unlocated",
     "empty completion": "empty",
+    MASKED_BY_KEY: "keyfalse",
+    ZERO_WEIGHT: "weight0",
+    REASONING_MASKED: "reasoning",
+    TOOL_CALL_MASKED: "toolcall",
+    EMPTIED: "emptied",
 }
 _CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
 
@@ -128,10 +136,19 @@ class RowMarks:
     index: int
     tokens: list[TokenMark] = field(default_factory=list)
     problem: str | None = None
+    #: per-message weights (`message_weight_key`): weight -> trained tokens with it; empty when the row has none
+    weights: dict[float, int] = field(default_factory=dict)
 
     @property
     def trained_count(self) -> int:
         return sum(t.trained for t in self.tokens)
+
+    @property
+    def header(self) -> str:
+        """`row N: k of n tokens trained`, and the weights of the trained tokens when a message carries one."""
+        said = f"row {self.index}: {self.trained_count} of {len(self.tokens)} tokens trained"
+        counts = ", ".join(f"{n} at weight {w:g}" for w, n in sorted(self.weights.items()))
+        return f"{said} ({counts})" if counts else said
 
 
 def _select(dataset: Any, start: int, rows: int) -> Any:
@@ -157,6 +174,7 @@ def inspect_rows(
     """
     import dataclasses
 
+    from .controls import ChatControls
     from .options import MaskingOptions
     from .pipeline import PreparationPipeline
 
@@ -196,10 +214,14 @@ def inspect_rows(
                 train_eot=options.train_on_eot,
                 stop_token_ids=given_stops(options.stop_token_ids, options.stop_sources),
                 trainable_from=first_trained,
+                controls=ChatControls.of(options),
             )
             chat = chat if chat.input_ids == list(ids) else None
         first = next((p for p in range(len(labels)) if labels[p] != IGNORE_INDEX), len(labels))
         marks = RowMarks(index=start + i, problem=problem)
+        for pos, weight in enumerate(prepared[i].get(WEIGHTS) or []):  # the weight column: weighted datasets only
+            if labels[pos] != IGNORE_INDEX and pos in kept and pos > 0:
+                marks.weights[weight] = marks.weights.get(weight, 0) + 1
         texts = token_texts(tokenizer, ids, special)
         for pos, (token, label, text) in enumerate(zip(ids, labels, texts, strict=True)):
             if pos not in kept:
@@ -270,7 +292,7 @@ def render_terminal(rows: Sequence[RowMarks], *, color: bool | None = None) -> s
         color = sys.stdout.isatty()
     lines = []
     for row in rows:
-        header = f"row {row.index}: {row.trained_count} of {len(row.tokens)} tokens trained"
+        header = row.header
         lines.append(visible(header + (f" — {row.problem}" if row.problem else "")))
         pieces = []
         for reason, text in _spans(_collapse(row.tokens)):
@@ -320,10 +342,7 @@ def render_row_html(row: RowMarks, *, anchor: str | None = None) -> str:
     """
     section_id = f' id="{_esc(anchor)}"' if anchor is not None else ""
     problem = f' <span class="problem">{_esc(row.problem)}</span>' if row.problem else ""
-    parts = [
-        f"<section{section_id}><h2>row {_esc(row.index)}: {row.trained_count} of {len(row.tokens)} tokens trained"
-        f'{problem}</h2><div class="row">'
-    ]
+    parts = [f'<section{section_id}><h2>{_esc(row.header)}{problem}</h2><div class="row">']
     for token in _collapse(row.tokens):
         shown = CONTINUATION if token.continues else shown_alone(token.text)
         text = _esc(shown).replace("\n", "↵<br>").replace(" ", "&nbsp;")

@@ -30,7 +30,14 @@ from .hf_compat import MASK_LOGITS_TO_KEEP
 from .logs import get_logger
 from .masking import IGNORE_INDEX
 
-__all__ = ["MAX_LOGITS", "SupervisedLoss", "count_packed_tokens", "kept_logits", "supervised_logits_are_exact"]
+__all__ = [
+    "MAX_LOGITS",
+    "SupervisedLoss",
+    "check_weighted_loss",
+    "count_packed_tokens",
+    "kept_logits",
+    "supervised_logits_are_exact",
+]
 
 logger = get_logger(__name__)
 
@@ -171,9 +178,17 @@ class SupervisedLoss:
             self._said.add(reason)
             logger.info(f"`score_supervised_only`: a batch takes TRL's path: {reason}.")
 
-    def __call__(self, model, inputs, return_outputs: bool = False, num_items_in_batch=None) -> torch.Tensor | None:
+    def __call__(
+        self, model, inputs, return_outputs: bool = False, num_items_in_batch=None, weights: torch.Tensor | None = None
+    ) -> Any:
+        """The loss (and, with `return_outputs`, the model's outputs); `None` when TRL's path must take the batch.
+        `weights` (the batch's `WEIGHTS`, laid out as `labels`) makes it `Σ w·CE / Σ w`, `num_items_in_batch` being
+        then the step's `Σ w`; a weighted batch is always scored here, with the full logits where the supervised
+        selection can't apply."""
         labels = inputs.get("labels")
-        if return_outputs or labels is None or "shift_labels" in inputs or self.blocker(model) is not None:
+        if weights is not None:
+            check_weighted_loss(self.trainer)
+        elif return_outputs or labels is None or "shift_labels" in inputs or self.blocker(model) is not None:
             return None
         trainer = self.trainer
         keep = torch.zeros_like(labels, dtype=torch.bool)
@@ -181,28 +196,38 @@ class SupervisedLoss:
         keep[:, :-1] = label_mask
         vocab = trainer.model.get_output_embeddings().weight.shape[0]
         num_kept = int(keep.sum())  # CPU only: no device sync
-        if num_kept * vocab > MAX_LOGITS:
-            self._say_once(f"more than {MAX_LOGITS:,} supervised logits in one batch")
-            return None
+        full = weights is not None and (return_outputs or self.blocker(model) is not None)
+        if num_kept * vocab > MAX_LOGITS and not full:
+            if weights is None:
+                self._say_once(f"more than {MAX_LOGITS:,} supervised logits in one batch")
+                return None
+            full = True
 
         mode = "train" if trainer.model.training else "eval"
         inputs["use_cache"] = False
         forward_inputs = {k: v for k, v in inputs.items() if k != "labels"}
-        logits = kept_logits(model, keep, **forward_inputs)  # (num_kept, vocab)
+        outputs = model(**forward_inputs) if full else None
+        # (num_kept, vocab): the supervised positions only, unless the whole batch's logits are needed
+        logits = outputs.logits[:, :-1][label_mask] if full else kept_logits(model, keep, **forward_inputs)
         targets = labels[:, 1:][label_mask]
         log_probs = -F.cross_entropy(logits.float(), targets, reduction="none")
         per_token_loss = -log_probs
         if trainer.args.loss_type == "dft":  # DFT, as TRL weighs it: each token's loss times its detached probability
             per_token_loss = per_token_loss * log_probs.exp().detach()
-        num_tokens = label_mask.sum() if num_items_in_batch is None else num_items_in_batch
-        loss = per_token_loss.sum() / torch.as_tensor(num_tokens).clamp(min=1)
+        if weights is None:
+            num_tokens = label_mask.sum() if num_items_in_batch is None else num_items_in_batch
+            loss = per_token_loss.sum() / torch.as_tensor(num_tokens).clamp(min=1)
+        else:  # Σ w·CE / Σ w; a batch (or step) with no weight left gives a finite zero
+            token_weights = weights[:, 1:][label_mask].to(per_token_loss.dtype)
+            total = torch.as_tensor(token_weights.sum() if num_items_in_batch is None else num_items_in_batch)
+            loss = (per_token_loss * token_weights).sum() / torch.where(total > 0, total, torch.ones_like(total))
         if trainer.args.average_tokens_across_devices and num_items_in_batch is not None:
             loss = loss * (trainer.accelerator.num_processes // trainer.get_tp_size())
 
         with torch.no_grad():
             entropy, correct = _entropy_and_top1(logits.detach(), targets)
         self._log(mode, inputs, label_mask.sum(), entropy, correct)
-        return loss
+        return (loss, outputs) if return_outputs else loss
 
     def _log(self, mode: str, inputs, num_valid_local, entropy_sum, num_correct) -> None:
         """`entropy`, `mean_token_accuracy` and `num_tokens`, gathered and averaged as TRL logs them."""
@@ -222,6 +247,27 @@ class SupervisedLoss:
                 raise ValueError("Expected 'attention_mask' or 'position_ids' in inputs.")
             trainer._total_train_tokens += gather(local).sum().item() // trainer._tp_size
         metrics["num_tokens"] = [trainer._total_train_tokens]
+
+
+def check_weighted_loss(trainer: Any) -> None:
+    """Raise where per-message weights can't be honoured: a loss other than the (weighted) token cross-entropy."""
+    args = trainer.args
+    why = (
+        "a `compute_loss_func`"
+        if trainer.compute_loss_func is not None
+        else "`label_smoothing_factor`"
+        if trainer.label_smoother is not None
+        else f"`loss_type={args.loss_type!r}`"
+        if getattr(args, "loss_type", "nll") not in ("nll", "dft")
+        else "an MoE auxiliary loss"
+        if getattr(trainer, "aux_loss_enabled", False)
+        else None
+    )
+    if why is not None:
+        raise ValueError(
+            f"The train data has per-message weights (`message_weight_key`), which the loss can't apply with {why}. "
+            "Fix: remove that setting, or drop the weights from the messages."
+        )
 
 
 def count_packed_tokens(trainer: Any, inputs, packed_tokens: int) -> None:

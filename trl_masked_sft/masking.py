@@ -13,6 +13,7 @@ from .errors import DatasetFormatError
 
 __all__ = [
     "IGNORE_INDEX",
+    "WEIGHTS",
     "TemplateMatcher",
     "apply_keep_mask",
     "clean_row",
@@ -33,6 +34,8 @@ __all__ = [
 
 #: The label of a position that is not trained: what `torch.nn.CrossEntropyLoss` and TRL's loss ignore.
 IGNORE_INDEX = -100
+#: The per-token loss weight column (floats, aligned with `labels`), present only when a message carries a weight.
+WEIGHTS = "loss_weights"
 
 # Left contexts a template commonly follows; BPE tokenizers merge its first characters with them differently.
 _CONTEXTS = ("\n", " ", "\n\n", ".", "?", ":", "a", "A", "1", ")", "\t")

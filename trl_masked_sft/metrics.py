@@ -164,7 +164,10 @@ def audit_logs(report) -> dict[str, float]:
         "supervised_tokens_max",
         "supervised_token_share",
     )
-    return {f"audit/{name}": float(getattr(report, name)) for name in names}
+    logs = {f"audit/{name}": float(getattr(report, name)) for name in names}
+    for key, value in (getattr(report, "token_weights", None) or {}).items():  # only when a message has a weight
+        logs[f"audit/token_weight_{key}"] = float(value)
+    return logs
 
 
 def write_audit_text(callbacks, report, step: int) -> None:

@@ -32,7 +32,14 @@ class MaskingOptions:
     response_template: str | None = None
     instruction_template: str | None = None
     assistant_turns: str = "all"
-    train_on_eot: bool = True
+    #: `True`/`"turn"`, `False`/`"none"`, `"last"` or `"all"` (see `MaskedSFTConfig.train_on_eot`)
+    train_on_eot: bool | str = True
+    #: the chat controls (see `controls.ChatControls`)
+    train_roles: tuple[str, ...] = ("assistant",)
+    message_train_key: str = "train"
+    message_weight_key: str = "weight"
+    reasoning: str = "train"
+    tool_calls: str = "train"
     #: the ids that end generation (`None`: the tokenizer's eos and the template's closing), and where each comes
     #: from (`end_of_turn.GENERATION_CONFIG`, ...; empty: the config's `stop_token_ids`)
     stop_token_ids: tuple[int, ...] | None = None
@@ -84,6 +91,11 @@ class MaskingOptions:
             instruction_template=get("instruction_template"),
             assistant_turns=get("assistant_turns"),
             train_on_eot=get("train_on_eot"),
+            train_roles=tuple(get("train_roles") if hasattr(args, "train_roles") else ("assistant",)),
+            message_train_key=get("message_train_key"),
+            message_weight_key=get("message_weight_key"),
+            reasoning=get("reasoning"),
+            tool_calls=get("tool_calls"),
             stop_token_ids=None if (stops := get("stop_token_ids")) is None else tuple(int(i) for i in stops),
             max_length=get("max_length"),
             keep_end=get("truncation_mode") == "keep_end",

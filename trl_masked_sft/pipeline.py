@@ -18,6 +18,7 @@ from datasets import Dataset, IterableDataset
 
 from .chat import chat_labels, given_stops, special_token_ids
 from .context import fold_context, warn_unused_context
+from .controls import ChatControls, carries_weights
 from .conversations import to_messages
 from .distributed import run_on_main
 from .errors import (
@@ -30,12 +31,12 @@ from .hints import Collator, Config, FormattingFunc, Rows, Tokenizer
 from .logs import get_logger, warn
 from .masking import (
     IGNORE_INDEX,
+    WEIGHTS,
     TemplateMatcher,
     clean_row,
     spans_to_labels,
     supervises_only_stop_tokens,
     supervision_stats,
-    truncate_row,
 )
 from .options import MaskingOptions
 from .policies import VERDICTS, CutStopToken, FullyMasked, RowVerdict
@@ -58,6 +59,7 @@ from .streaming import check_stream
 from .text import clip_end, whole_text
 from .text_rows import tokenize_text_rows
 from .values import check_messages, check_token_row, parse_tools
+from .weights import truncate_weighted, weight_spread
 
 __all__ = ["PreparationPipeline", "PreparedDataset"]
 
@@ -196,6 +198,8 @@ class PreparationPipeline:
         tokenizer, options = self.tokenizer, self.options
 
         streamed = isinstance(dataset, IterableDataset)  # a Dataset's messages were checked up front
+        controls = ChatControls.of(options)  # the weight column exists only when some message carries a weight
+        weighted = not streamed and carries_weights(dataset, controls.message_weight_key)
 
         def tokenize(example, index):
             kwargs = parse_tools(example, index, dataset_name)
@@ -216,14 +220,19 @@ class PreparationPipeline:
                 train_eot=options.train_on_eot,
                 stop_token_ids=given_stops(options.stop_token_ids, options.stop_sources),
                 trainable_from=first,
+                controls=controls,
+                where=f"Row {index} of the {dataset_name} dataset",
                 **kwargs,
             )
-            return {
+            row = {
                 "input_ids": mask.input_ids,
                 "labels": mask.labels,
                 REASON: mask.row_reason,
                 MERGED_HEADER: mask.merged,
             }
+            if weighted or mask.weights is not None:  # streamed rows: the collator counts a row without as 1.0
+                row[WEIGHTS] = mask.weights or [float(label != IGNORE_INDEX) for label in mask.labels]
+            return row
 
         columns = column_names(dataset)
         kwargs = (
@@ -293,18 +302,14 @@ class PreparationPipeline:
                     )
             full_count, first = supervision_stats(labels)
             full_length, stop_before = len(ids), _last_label(labels) in stop_ids
-            ids, labels = truncate_row(
-                ids,
-                labels,
-                options.max_length,
-                keep_end=options.keep_end,
-                min_completion=options.min_completion_tokens,
-            )
+            how = {"keep_end": options.keep_end, "min_completion": options.min_completion_tokens}
+            ids, labels, weights = truncate_weighted(ids, labels, example.get(WEIGHTS), options.max_length, **how)
             count = 0 if reason else supervision_stats(labels)[0]
             last = _last_label(labels)
             return {
                 "input_ids": ids,
                 "labels": labels,
+                **({WEIGHTS: weights} if weights is not None else {}),
                 FULL_COUNT: full_count,
                 FULL_FIRST: first,
                 REASON: reason,
@@ -324,7 +329,7 @@ class PreparationPipeline:
             dataset,
             mask_and_truncate,
             desc=f"Checking supervised tokens of {dataset_name} dataset",
-            columns=["input_ids", "labels", REASON, MERGED],
+            columns=["input_ids", "labels", REASON, MERGED, WEIGHTS],
             num_proc=options.num_proc,
         )
         # the audit columns as lists, read once (a `Column` is read row by row)
@@ -340,6 +345,8 @@ class PreparationPipeline:
             )
         )
         dataset = dataset.remove_columns([c for c in AUDIT_COLUMNS if c in dataset.column_names])
+        if WEIGHTS in dataset.column_names:  # the weight spread over the supervised tokens
+            report.token_weights = weight_spread(dataset.select_columns(["labels", WEIGHTS]).to_dict())
         if layout.is_conversational and (stop := given_stops(options.stop_token_ids, options.stop_sources)):
             report.stop_set = ", ".join(f"{self.tokenizer.decode([i])!r} ({source})" for i, source in stop.items())
         masked = verdicts[0]

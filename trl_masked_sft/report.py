@@ -73,6 +73,9 @@ class AuditReport:
     #: dataset index -> that row's lengths (first 50)
     stop_truncated_rows: dict[int, str] = field(default_factory=dict)
     truncated_completion_policy: str = "warn"
+    #: the spread of the per-message weights over the supervised tokens (`min`, `mean`, `max`, `share_not_1`), or
+    #: `None` when no message carries a weight (`message_weight_key`)
+    token_weights: dict[str, float] | None = None
     #: verdicts without fields of their own above: policy field -> `{"rows": count, "first_rows": {index: detail},
     #: "policy": policy}`
     more_verdicts: dict[str, dict] = field(default_factory=dict)
@@ -124,6 +127,17 @@ class AuditReport:
                 else ""
             )
             + (f" Stop set: {self.stop_set}." if self.stop_set else "")
+            + (f" {self.weights_line()}" if self.token_weights else "")
+        )
+
+    def weights_line(self) -> str:
+        """The weight spread in words ('' when unweighted)."""
+        w = self.token_weights
+        if not w:
+            return ""
+        return (
+            f"Per-message weights on the supervised tokens: min/mean/max {w['min']:g}/{w['mean']:.3g}/{w['max']:g}, "
+            f"{w['share_not_1']:.1%} of them not 1."
         )
 
     def to_dict(self) -> dict:

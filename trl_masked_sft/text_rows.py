@@ -14,6 +14,7 @@ audit. Where there is no merge, both tokenizations are the same ids.
 from __future__ import annotations
 
 from datasets import Dataset, IterableDataset
+from trl.data_utils import common_prefix_length
 
 from .errors import DatasetTypeError
 from .formats import Layout
@@ -49,6 +50,7 @@ def tokenize_text_rows(
     text_field, eos, eos_id = options.text_field, tokenizer.eos_token, tokenizer.eos_token_id
     own_eos = appends_eos(tokenizer)
     anchor = completion_anchor(tokenizer) if pairs else ""
+    skip = len(tokenizer(anchor, add_special_tokens=False)["input_ids"]) if anchor else 0
     said: list[bool] = []
 
     def with_eos(values: list[str], indices: list[int]) -> list[str]:
@@ -81,21 +83,31 @@ def tokenize_text_rows(
             return {text_field: texts, "input_ids": ids, "labels": [list(row) for row in ids]}
         prompts, completions = batch["prompt"], with_eos(batch["completion"], indices)
         prompt_ids = without_own_eos(encode(prompts, indices))
-        alone = encode([anchor + c for c in completions], indices, special=False)
-        skip = len(tokenizer(anchor, add_special_tokens=False)["input_ids"]) if anchor else 0
-        completion_ids = [ids[skip:] for ids in alone]
-        if own_eos:  # the eos the tokenizer appends to a whole text, taken off the text above
-            completion_ids = [ids + [eos_id] for ids in completion_ids]
         joint = encode([p + c for p, c in zip(prompts, completions, strict=True)], indices)
-        input_ids, labels, merged = [], [], []
-        for prompt, completion, together in zip(prompt_ids, completion_ids, joint, strict=True):
-            ids = prompt + completion
-            input_ids.append(ids)
-            labels.append([IGNORE_INDEX] * len(prompt) + completion if options.completion_only else list(ids))
-            merged.append(ids != together)
-            if merged[-1] and not said:
-                said.append(True)
-                _merge_warning(tokenizer, prompt, completion, together)
+        if anchor is None:  # no way to tokenize a completion alone without a byte it lacks: TRL's rule
+            starts = [
+                common_prefix_length(prompt, together) for prompt, together in zip(prompt_ids, joint, strict=True)
+            ]
+            merged = [start < len(prompt) for start, prompt in zip(starts, prompt_ids, strict=True)]
+            prompt_ids = [together[:start] for start, together in zip(starts, joint, strict=True)]
+            completion_ids = [together[start:] for start, together in zip(starts, joint, strict=True)]
+        else:
+            alone = encode([anchor + c for c in completions], indices, special=False)
+            completion_ids = [ids[skip:] for ids in alone]
+            if own_eos:  # the eos the tokenizer appends to a whole text, taken off the text above
+                completion_ids = [ids + [eos_id] for ids in completion_ids]
+            merged = [p + c != j for p, c, j in zip(prompt_ids, completion_ids, joint, strict=True)]
+        input_ids = [prompt + completion for prompt, completion in zip(prompt_ids, completion_ids, strict=True)]
+        labels = [
+            [IGNORE_INDEX] * len(prompt) + completion if options.completion_only else list(ids)
+            for prompt, completion, ids in zip(prompt_ids, completion_ids, input_ids, strict=True)
+        ]
+        if any(merged) and not said:
+            said.append(True)
+            i = merged.index(True)
+            _merge_warning(
+                tokenizer, prompts[i], batch["completion"][i], joint[i], prompt_ids[i], apart=anchor is not None
+            )
         return {"completion": completions, "input_ids": input_ids, "labels": labels, MERGED: merged}
 
     if isinstance(dataset, IterableDataset):
@@ -121,11 +133,11 @@ def _text_bytes(tokenizer, ids: list[int]) -> bytes:
     return b"".join(p if isinstance(p, bytes) else p.encode() for p in token_pieces(tokenizer, ids))
 
 
-def completion_anchor(tokenizer) -> str:
-    """The special token put before a completion tokenized alone, whose ids are then dropped: `""` where a text
-    tokenized alone holds exactly its own bytes (byte-level BPE: GPT-2, Llama 3, Qwen, SmolLM2); a special token
-    where the tokenizer would put a space before a text that starts the input (SentencePiece's `▁`), a byte the
-    completion does not have."""
+def completion_anchor(tokenizer) -> str | None:
+    """The text put before a completion tokenized alone, whose ids are then dropped: `""` where a text tokenized
+    alone holds exactly its own bytes (byte-level BPE: GPT-2, Llama 3, Qwen, SmolLM2, DeepSeek); a special token
+    where the tokenizer puts a space before a text that starts the input (SentencePiece's `▁`), a byte the
+    completion does not have; `None` where neither gives the completion's bytes (then TRL's rule applies)."""
     plain = tokenizer(_PROBE, add_special_tokens=False)["input_ids"]
     if _text_bytes(tokenizer, plain) == _PROBE.encode():
         return ""
@@ -138,18 +150,30 @@ def completion_anchor(tokenizer) -> str:
         ids = tokenizer(anchor + _PROBE, add_special_tokens=False)["input_ids"][skip:]
         if _text_bytes(tokenizer, ids) == _PROBE.encode():
             return anchor
-    return ""
+    return None
 
 
-def _merge_warning(tokenizer, prompt: list[int], completion: list[int], together: list[int]) -> None:
+def _merge_warning(
+    tokenizer, prompt: str, completion: str, together: list[int], prompt_ids: list[int], *, apart: bool
+):
     """Said once: a row whose prompt and completion merge into other tokens when tokenized together."""
-    same = next((i for i, (a, b) in enumerate(zip(prompt, together, strict=False)) if a != b), len(prompt))
-    shown = tokenizer.decode(together[same : same + 1])
+    same = common_prefix_length(prompt_ids, together)
+    where = (
+        f"(prompt ends {visible(clip_end(prompt, 30))!r}, completion starts {visible(clip_start(completion, 30))!r}; "
+        f"together: the token {visible(tokenizer.decode(together[same : same + 1]))!r})"
+    )
+    if apart:
+        said = (
+            "They are tokenized as generation sees them: the prompt's ids, then the completion's, so the prompt is "
+            "not trained and every byte of the completion is (TRL would train the merged token, prompt bytes and all)."
+        )
+    else:
+        said = (
+            "This tokenizer puts a space before any text tokenized alone, so they are tokenized together and the "
+            "completion starts where that differs from the prompt alone (TRL's rule): the merged token is trained, "
+            "with its prompt bytes. To avoid it, end the prompt on a token boundary (start the completion with a space)."
+        )
     get_logger(__name__).warning(
-        "A prompt and its completion merge across their boundary when tokenized together (prompt ends "
-        f"{visible(clip_end(tokenizer.decode(prompt), 30))!r}, completion starts "
-        f"{visible(clip_start(tokenizer.decode(completion), 30))!r}; together: the token {visible(shown)!r}). "
-        "They are tokenized as generation sees them: the prompt's ids, then the completion's, so the prompt is not "
-        "trained and every byte of the completion is (TRL would train the merged token, prompt bytes and all). The "
+        f"A prompt and its completion merge across their boundary when tokenized together {where}. {said} The "
         "pre-flight audit counts these rows (`rows_merged_boundary`). Shown once."
     )

@@ -31,6 +31,7 @@ from .health import TrainingHealthGuard
 from .hf_compat import checkpointing_on
 from .logs import get_logger, warn
 from .loss import SupervisedLoss, count_packed_tokens
+from .masking import WEIGHTS
 from .metrics import MaskMetrics, audit_logs, batch_mask_stats, write_audit_text
 from .model_checks import (
     check_model_before_training,
@@ -52,13 +53,14 @@ from .validation import (
     check_prompt_learning,
     first_label_is_target,
 )
+from .weights import WeightedBatches, collating, is_weighted, pack_weighted
 
 __all__ = ["MaskedSFTTrainer"]
 
 logger = get_logger(__name__)
 
 
-class MaskedSFTTrainer(SFTTrainer):
+class MaskedSFTTrainer(WeightedBatches, SFTTrainer):
     """`trl.SFTTrainer` with completion-only loss enforced and checked. Same constructor: swap the import.
 
     What it adds:
@@ -192,7 +194,9 @@ class MaskedSFTTrainer(SFTTrainer):
         dataset = prepared.dataset
         if prepared.stream_counts is not None:
             self._msft_streams.setdefault(dataset_name, {})["counts"] = prepared.stream_counts
-        if packing:  # TRL packs (and shuffles) the prepared rows; its truncation is a no-op now
+        if packing and is_weighted(dataset):  # TRL's packing would drop the weights
+            dataset = pack_weighted(dataset, args, dataset_name)
+        elif packing:  # TRL packs (and shuffles) the prepared rows; its truncation is a no-op now
             dataset = super()._prepare_dataset(dataset, processing_class, args, packing, None, dataset_name)
         elif args.shuffle_dataset:
             dataset = dataset.shuffle(seed=args.seed)
@@ -224,8 +228,6 @@ class MaskedSFTTrainer(SFTTrainer):
         """Save a checkpoint of the current weights: the health guard's one way into the trainer."""
         self._save_checkpoint(self.model_wrapped, trial=None)
 
-    # ------------------------------------------------------------------ checks around training
-
     # ------------------------------------------------------------------ in-batch packing (`pack_within_batch`)
 
     def _msft_packer(self) -> PackingCollator | None:
@@ -250,14 +252,8 @@ class MaskedSFTTrainer(SFTTrainer):
         return self._msft_packing
 
     def get_train_dataloader(self):
-        packer = self._msft_packer()
-        if packer is None:
+        with collating(self, self._msft_packer() or self.data_collator, self.train_dataset):
             return super().get_train_dataloader()
-        collator, self.data_collator = self.data_collator, packer
-        try:
-            return super().get_train_dataloader()
-        finally:
-            self.data_collator = collator
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         packed_tokens = inputs.pop(PACKED_TOKENS_KEY, None)
@@ -268,7 +264,8 @@ class MaskedSFTTrainer(SFTTrainer):
             where = f"{mode} batch at step {self.state.global_step}"
             first = first_label_is_target(model)
             validate_batch_across_ranks(inputs, where=where, tokenizer=self._tokenizer, first_label_is_target=first)
-        result = self._msft_loss(model, inputs, return_outputs, num_items_in_batch)  # None: TRL's path takes it
+        weights = inputs.pop(WEIGHTS, None)  # only in weighted batches, which `_msft_loss` always takes
+        result = self._msft_loss(model, inputs, return_outputs, num_items_in_batch, weights)  # None: TRL's path
         if result is None:
             result = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         if packed_tokens is not None and model.training:
