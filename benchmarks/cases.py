@@ -196,11 +196,14 @@ HEAD_FAST_CASES = [HeadCase(1, "chat", 4, 1)]  # CI smoke run, in one process (s
 
 @dataclass(frozen=True)
 class RealCase:
-    """The real-model case (`--real`): rows per optimizer step, timed steps (after one warm-up step), repeats."""
+    """The real-model case (`--real`): rows per optimizer step, timed steps (after one warm-up step), repeats, and the
+    rows: the homework's (`max_length` 128) or long ones (`--long`: about `LONG_TOKENS` tokens each, max_length 1024)."""
 
     batch: int
     steps: int
     repeats: int
+    data: str = "homework"
+    max_length: int = 128
 
     @property
     def rows(self) -> int:
@@ -212,3 +215,24 @@ class RealCase:
 REAL_CASE = RealCase(batch=32, steps=4, repeats=2)
 #: The smoke run (`--real --fast`): four rows a step, one timed step, in one process.
 REAL_FAST_CASE = RealCase(batch=4, steps=1, repeats=1)
+#: Long rows (`--real --long`, issue 25): 8 rows of about 580 tokens a step, max_length 1024, one timed step.
+REAL_LONG_CASE = RealCase(batch=8, steps=1, repeats=1, data="long", max_length=1024)
+#: Its smoke run: two long rows a step, one timed step.
+REAL_LONG_FAST_CASE = RealCase(batch=2, steps=1, repeats=1, data="long", max_length=1024)
+#: The long rows' prompt length in tokens (the completion adds a few), varied by up to ±`LONG_SPREAD`.
+LONG_TOKENS, LONG_SPREAD = 580, 20
+
+
+def long_rows(tokenizer, n: int, seed: int = 0) -> list[dict[str, str]]:
+    """`n` prompt/completion rows whose prompts are `LONG_TOKENS` ± `LONG_SPREAD` tokens of the filler text (cut
+    with `tokenizer`), each ending in a homework question; the completion is its `<answer>…</answer>`."""
+    rng = random.Random(seed)
+    questions = generate_rows(n, seed=seed)
+    rows = []
+    for question, answer in questions:
+        words = " ".join(rng.choice(_FILLER) for _ in range(LONG_TOKENS))
+        ids = tokenizer(words, add_special_tokens=False)["input_ids"]
+        length = LONG_TOKENS + rng.randint(-LONG_SPREAD, LONG_SPREAD) - len(tokenizer(question)["input_ids"])
+        prompt = tokenizer.decode(ids[:length]) + " " + question
+        rows.append({"prompt": prompt, "completion": " " + format_answer(answer)})
+    return rows

@@ -73,9 +73,15 @@ def make_model(tokenizer, size: Size):
             tokenizer, hidden_size=size.hidden, num_hidden_layers=size.layers, num_attention_heads=size.heads, seed=0
         )
         base.config.max_position_embeddings = 2048
+    return with_lora(base)
+
+
+def with_lora(base):
+    """`base` with the homework's LoRA adapter, seeded (the same for every contender), ready for activation
+    checkpointing with a frozen base as the homework does (`enable_input_require_grads`)."""
     torch.manual_seed(SEED)
     model = get_peft_model(base, homework_lora_config())
-    model.enable_input_require_grads()  # as the homework does for activation checkpointing with a frozen base
+    model.enable_input_require_grads()
     return model
 
 
@@ -215,11 +221,7 @@ def smollm2_shaped(tokenizer, layers: int, shape: dict[str, Any]):
 
 def head_model(tokenizer, layers: int, shape: dict[str, Any]):
     """`smollm2_shaped` with the homework's LoRA adapter (seeded), ready for activation checkpointing."""
-    model = smollm2_shaped(tokenizer, layers, shape)
-    torch.manual_seed(SEED)
-    model = get_peft_model(model, homework_lora_config())
-    model.enable_input_require_grads()
-    return model
+    return with_lora(smollm2_shaped(tokenizer, layers, shape))
 
 
 def head_trainer(key: str, model, data, tokenizer, settings: dict[str, Any]):
@@ -235,6 +237,8 @@ def head_trainer(key: str, model, data, tokenizer, settings: dict[str, Any]):
 
 REAL_CONTENDERS = {
     "masked": "MaskedSFTTrainer, MaskedSFTConfig defaults",
+    "masked_autocast": "MaskedSFTTrainer, `frozen_weights_bf16=False` (autocast casts the frozen float32 weights at "
+    "every product; ablation)",
     "trl_bf16": "trl.SFTTrainer, bf16 autocast (`bf16=True, use_cpu=True`), activation checkpointing off",
     "trl_fp32": "trl.SFTTrainer, float32, activation checkpointing off",
     "trl_defaults": "trl.SFTTrainer, SFTConfig defaults with `use_cpu=True` (reference)",
@@ -244,19 +248,30 @@ REAL_CONTENDERS = {
 REAL_TRL_CANDIDATES = ("trl_bf16", "trl_fp32")
 #: The float32 reference whose loss curve the others are compared with.
 REAL_REFERENCE = "trl_fp32"
-REAL_FAST_CONTENDERS = ("masked", "trl_bf16", "trl_fp32")
+REAL_FAST_CONTENDERS = ("masked", "masked_autocast", "trl_bf16", "trl_fp32")
+#: Long rows (`--long`, issue 25): the defaults (checkpointing decided by the memory estimate), the same with
+#: checkpointing forced off (the CPU default before), and TRL's defaults (checkpointing on).
+REAL_LONG_CONTENDERS = {
+    "masked": "MaskedSFTTrainer, MaskedSFTConfig defaults (checkpointing from the memory estimate)",
+    "masked_ckpt_off": "MaskedSFTTrainer, `activation_checkpointing=False` (the CPU default before issue 25)",
+    "trl_defaults": "trl.SFTTrainer, SFTConfig defaults with `use_cpu=True` (bf16, checkpointing on)",
+}
+#: The profiled runs (`--profile`): MaskedSFTTrainer with and without the frozen weights in bfloat16.
+PROFILE_CONTENDERS = ("masked", "masked_autocast")
+#: What each `masked*` key changes from MaskedSFTConfig's defaults.
+MASKED_VARIANTS: dict[str, dict[str, Any]] = {
+    "masked": {},
+    "masked_autocast": {"frozen_weights_bf16": False},
+    "masked_ckpt_off": {"activation_checkpointing": False},
+}
 
 
 def real_model(base):
     """A copy of the real `base` model with the homework's LoRA adapter (seeded: the same for every contender)."""
-    model = copy.deepcopy(base)
-    torch.manual_seed(SEED)
-    model = get_peft_model(model, homework_lora_config())
-    model.enable_input_require_grads()  # as the homework does, for activation checkpointing with a frozen base
-    return model
+    return with_lora(copy.deepcopy(base))
 
 
-def real_trainer(key: str, model, data, tokenizer, output_dir: str, batch: int, max_steps: int):
+def real_trainer(key: str, model, data, tokenizer, output_dir: str, batch: int, max_steps: int, max_length: int = 128):
     """The real-model contender `key` (a `REAL_CONTENDERS` key) on `data`.
 
     Every contender sets only what runs the benchmark (output, logging every step, no saving, `max_steps`, seed) and
@@ -273,12 +288,16 @@ def real_trainer(key: str, model, data, tokenizer, output_dir: str, batch: int, 
         "max_steps": max_steps,
         "seed": SEED,
     }
-    if key == "masked":
+    if key in MASKED_VARIANTS:
         default_batch = MaskedSFTConfig.__dataclass_fields__["per_device_train_batch_size"].default
         if batch != default_batch:  # the smoke run's smaller steps; the full case uses the default, 32
             run["per_device_train_batch_size"] = batch
-        return MaskedSFTTrainer(model, args=MaskedSFTConfig(**run), train_dataset=data, processing_class=tokenizer)
+        if max_length != MaskedSFTConfig.__dataclass_fields__["max_length"].default:  # long rows
+            run["max_length"] = max_length
+        args = MaskedSFTConfig(**run, **MASKED_VARIANTS[key])
+        return MaskedSFTTrainer(model, args=args, train_dataset=data, processing_class=tokenizer)
     run |= {"per_device_train_batch_size": batch, "use_cpu": True}
-    if key != "trl_defaults":
-        run |= {"learning_rate": 2e-4, "max_length": 128, "bf16": key == "trl_bf16", "gradient_checkpointing": False}
+    if key != "trl_defaults":  # SFTConfig's defaults: max_length 1024, bf16, checkpointing on, lr 2e-5
+        run |= {"learning_rate": 2e-4, "max_length": max_length, "bf16": key == "trl_bf16"}
+        run["gradient_checkpointing"] = False
     return SFTTrainer(model, args=SFTConfig(**run), train_dataset=data, processing_class=tokenizer)

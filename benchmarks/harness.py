@@ -381,3 +381,37 @@ def training_settings(args) -> dict[str, Any]:
         "batch": args.per_device_train_batch_size,
         "max_length": getattr(args, "max_length", None),
     }
+
+
+def linear_shapes(model) -> dict[tuple[int, int], int]:
+    """`{(in_features, out_features): how many}` of the model's linear layers (LoRA base layers counted, adapters not;
+    a tied LM head counted once)."""
+    shapes: dict[tuple[int, int], int] = {}
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear) and "lora_" not in name:
+            key = (module.in_features, module.out_features)
+            shapes[key] = shapes.get(key, 0) + 1
+    return shapes
+
+
+def model_shape_gflops(shapes: dict[tuple[int, int], int], tokens: int, dtype=torch.bfloat16, rounds: int = 3) -> dict:
+    """The machine's rate on this workload's own products: for each linear shape, `tokens` × in by in × out (the
+    forward) and `tokens` × out by out × in (the input gradient), in `dtype`; each product's fastest of `rounds`
+    (another job can only slow one), weighted by how often the model has the shape. The roofline of a step."""
+    generator = torch.Generator().manual_seed(0)
+    total_flops, total_seconds, per_shape = 0.0, 0.0, {}
+    for (n_in, n_out), count in sorted(shapes.items()):
+        for rows, cols in ((n_in, n_out), (n_out, n_in)):
+            x = torch.randn(tokens, rows, generator=generator).to(dtype)
+            w = torch.randn(rows, cols, generator=generator).to(dtype)
+            torch.mm(x, w)
+            fastest = float("inf")
+            for _ in range(rounds):
+                began = time.perf_counter()
+                torch.mm(x, w)
+                fastest = min(fastest, time.perf_counter() - began)
+            flops = 2 * tokens * rows * cols
+            per_shape[f"{tokens}x{rows}x{cols}"] = flops / fastest / 1e9
+            total_flops += count * flops
+            total_seconds += count * fastest
+    return {"gflops": total_flops / total_seconds / 1e9, "tokens": tokens, "per_shape": per_shape}

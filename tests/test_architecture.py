@@ -15,9 +15,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "trl_masked_sft"
 
 #: Lowest first. Modules of one layer never import each other.
 LAYERS: list[set[str]] = [
-    {"errors", "tiny", "hints", "text"},
+    {"errors", "tiny", "hints", "text", "provenance"},
     {"policies", "logs", "cli_errors"},
-    {"precision", "constraints"},
+    {"precision", "constraints", "memory"},
     {"config", "masking", "hf_compat", "conversations"},
     {"validation", "end_of_turn", "checkpoints", "model_checks", "packing", "loss", "values", "steps", "options"},
     {"weights"},

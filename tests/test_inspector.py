@@ -276,3 +276,30 @@ def test_non_ascii_rows_render_in_a_browser_as_whole_characters(tokenizer, confi
     assert "\ufffd" not in dom
     chromium(page, f"--screenshot={tmp_path / 'world.png'}", "--window-size=1000,700")
     assert (tmp_path / "world.png").stat().st_size > 0
+
+
+def test_inspecting_prepares_once_and_reads_why_from_the_preparation(tokenizer, config, monkeypatch):
+    """One pipeline, one preparation: truncation runs once per row and chat masking once per conversation; the
+    reasons come from what preparation recorded, not from running them again."""
+    import trl_masked_sft.pipeline as pipeline_module
+
+    calls = {"pipelines": 0, "truncate_row": 0, "chat_labels": 0}
+
+    def counted(name, function):
+        def count(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+
+        return count
+
+    init = pipeline_module.PreparationPipeline.__init__
+    monkeypatch.setattr(pipeline_module.PreparationPipeline, "__init__", counted("pipelines", init))
+    monkeypatch.setattr(pipeline_module, "truncate_row", counted("truncate_row", pipeline_module.truncate_row))
+    monkeypatch.setattr(pipeline_module, "chat_labels", counted("chat_labels", pipeline_module.chat_labels))
+    chat = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]
+    marks = inspect_rows(Dataset.from_dict({"messages": [chat] * 3}), tokenizer, config(max_length=8), rows=3)
+    assert calls == {"pipelines": 1, "truncate_row": 3, "chat_labels": 3}
+    assert {t.reason for t in marks[0].tokens} >= {"user turn", "truncated"}
+    calls.update(pipelines=0, truncate_row=0, chat_labels=0)
+    inspect_rows([["word " * 20, " <answer>1</answer>"]] * 2, tokenizer, config(max_length=10), rows=2)
+    assert calls == {"pipelines": 1, "truncate_row": 2, "chat_labels": 0}

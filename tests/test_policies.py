@@ -48,9 +48,6 @@ class ShortAnswer(RowVerdict):
     def fix(self) -> str:
         return "Fix: write longer answers, or set `short_answer_policy='drop'`."
 
-    def streamed_error(self, where, index):
-        return f"{where} trains {self.line(index)}. {self.fix()}"
-
 
 @pytest.fixture
 def with_short_answers(monkeypatch):
@@ -67,7 +64,7 @@ def test_every_verdict_has_the_same_interface():
         field = MaskedSFTConfig.__dataclass_fields__[verdict.policy_field]
         assert field.metadata["choices"] == list(POLICY_CHOICES) and field.default == verdict.default
         assert MaskedSFTConfig.__dataclass_fields__[verdict.fraction_field].default == verdict.default_fraction
-        for method in ("find", "describe", "fix", "enforce", "outcome", "streamed_error", "streamed_warning"):
+        for method in ("find", "describe", "fix", "enforce", "outcome", "streamed_error", "streamed_many"):
             assert callable(getattr(verdict, method))
 
 
@@ -88,7 +85,10 @@ def test_a_new_verdict_judges_streamed_rows(tokenizer, with_short_answers):
     """The streaming path loops over the same verdicts: the new one raises at its first row."""
     stream = IterableDataset.from_generator(lambda: iter(Dataset.from_dict(ROWS)))
     prepared = PreparationPipeline(tokenizer, MaskingOptions()).prepare(stream)
-    with pytest.raises(DatasetFormatError, match="row 2 of the streamed train dataset trains"):
+    with pytest.raises(
+        DatasetFormatError,
+        match=r"Row 2 of the streamed train dataset is judged by `short_answer_policy` \(\d supervised tokens\)",
+    ):
         list(prepared.dataset)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import get_peft_model
+from transformers import TrainerCallback
 
 from trl_masked_sft import MaskedSFTConfig, MaskedSFTTrainer, homework_lora_config
 from trl_masked_sft.precision import (
@@ -114,3 +115,167 @@ def test_the_config_keeps_the_users_choice_and_marks_only_an_unset_bf16(tmp_path
     assert unset._bf16_auto is True and unset.bf16 is False
     chosen = MaskedSFTConfig(output_dir=str(tmp_path), bf16=False)
     assert chosen._bf16_auto is False
+
+
+# ---------------------------------------------------------------------------------------------------- frozen weights
+
+
+_ROWS = [["What is 1 km in m?", 1000.0], ["What is 2 kg in g?", 2000.0], ["What is 3 h in min?", 180.0]] * 4
+
+
+def _snapshot(model) -> dict[str, tuple]:
+    """Each parameter and buffer: its object, dtype and a copy of its values."""
+    named = [*model.named_parameters(remove_duplicate=False), *model.named_buffers(remove_duplicate=False)]
+    return {name: (tensor, tensor.dtype, tensor.detach().clone()) for name, tensor in named}
+
+
+def _assert_given_back(model, before: dict[str, tuple]) -> None:
+    after = _snapshot(model)
+    assert set(after) == set(before)
+    for name, (tensor, dtype, values) in before.items():
+        now = after[name]
+        assert now[0] is tensor and now[1] == dtype, f"{name}: {now[1]} after training, {dtype} before"
+        if not tensor.requires_grad:
+            assert torch.equal(now[2], values), f"{name}: a frozen weight changed"
+
+
+class _Watch(TrainerCallback):
+    """Records the dtypes seen at each step; optionally raises, or runs the model outside autocast, at step 1."""
+
+    def __init__(self, raise_at_step: int | None = None, forward_outside_autocast=None):
+        self.seen: list[dict[str, torch.dtype]] = []
+        self.raise_at_step, self.forward = raise_at_step, forward_outside_autocast
+        self.outputs: list[torch.Tensor] = []
+
+    def on_step_end(self, args, state, control, model=None, optimizer=None, **kwargs):
+        dtypes = {name: param.dtype for name, param in model.named_parameters()}
+        dtypes |= {
+            f"state:{k}": v.dtype for s in optimizer.state.values() for k, v in s.items() if v.is_floating_point()
+        }
+        self.seen.append(dtypes)
+        if self.forward is not None:
+            self.outputs.append(self.forward(model))
+        if state.global_step == self.raise_at_step:
+            raise RuntimeError("stopped inside training")
+
+
+def _bf16_trainer(model, tokenizer, make_config, callback, **overrides):
+    args = make_config(bf16=True, use_cpu=True, **overrides)
+    return MaskedSFTTrainer(
+        model=model,
+        args=args,
+        train_dataset=_ROWS,
+        processing_class=tokenizer,
+        peft_config=homework_lora_config(),
+        callbacks=[callback],
+    )
+
+
+def test_frozen_weights_are_bf16_while_training_and_the_users_own_after(model, tokenizer, make_config):
+    """Under bf16 autocast the frozen linear weights are bfloat16 at every step; LoRA weights and the optimizer
+    state are float32; after `train()` every parameter and buffer is the user's object, dtype and value again."""
+    watch = _Watch()
+    trainer = _bf16_trainer(model, tokenizer, make_config, watch)
+    before = _snapshot(trainer.model)
+    trainer.train()
+    assert len(watch.seen) == 2
+    for dtypes in watch.seen:
+        base = {n: d for n, d in dtypes.items() if "base_layer" in n or n.endswith("lm_head.weight")}
+        assert base and set(base.values()) == {torch.bfloat16}, base
+        assert {d for n, d in dtypes.items() if "lora_" in n} == {torch.float32}
+        assert {d for n, d in dtypes.items() if n.startswith("state:")} == {torch.float32}
+        assert {d for n, d in dtypes.items() if "embed_tokens" in n or "norm" in n} == {torch.float32}
+    _assert_given_back(trainer.model, before)
+    hooks = sum(len(m._forward_pre_hooks) for m in trainer.model.modules())
+    assert hooks == 0, "the bfloat16 input hooks are removed with the copies"
+
+
+def test_a_failure_inside_training_still_gives_the_model_back(model, tokenizer, make_config):
+    """A callback that raises at step 1: the error reaches the caller, and the model has its own parameters back."""
+    watch = _Watch(raise_at_step=1)
+    trainer = _bf16_trainer(model, tokenizer, make_config, watch)
+    before = _snapshot(trainer.model)
+    with pytest.raises(RuntimeError, match="stopped inside training"):
+        trainer.train()
+    assert watch.seen[0]["base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"] == torch.bfloat16
+    _assert_given_back(trainer.model, before)
+
+
+def test_frozen_weights_bf16_false_keeps_them_float32(model, tokenizer, make_config):
+    """`frozen_weights_bf16=False`: autocast casts at each product, as in TRL; the weights stay float32."""
+    watch = _Watch()
+    trainer = _bf16_trainer(model, tokenizer, make_config, watch, frozen_weights_bf16=False)
+    trainer.train()
+    assert {d for n, d in watch.seen[0].items() if not n.startswith("state:")} == {torch.float32}
+
+
+def test_holding_the_frozen_weights_in_bf16_gives_the_losses_autocast_gives(tokenizer, make_config):
+    """The same products on the same bfloat16 values: the loss curve is autocast's to float rounding."""
+    from trl_masked_sft.tiny import build_tiny_model
+
+    curves = []
+    for frozen in (True, False):
+        trainer = _bf16_trainer(
+            build_tiny_model(tokenizer), tokenizer, make_config, _Watch(), frozen_weights_bf16=frozen, max_steps=3
+        )
+        trainer.train()
+        curves.append([e["loss"] for e in trainer.state.log_history if "loss" in e])
+    torch.testing.assert_close(torch.tensor(curves[0]), torch.tensor(curves[1]), rtol=1e-5, atol=0)
+
+
+def test_a_forward_outside_autocast_during_training_and_generate_after_work(model, tokenizer, make_config):
+    """A callback's own forward (no autocast) meets bfloat16 weights: inputs are cast for it and its logits come back
+    float32; `generate` after training runs on the float32 model."""
+    ids = tokenizer("What is 1 km in m?", return_tensors="pt")["input_ids"]
+
+    def forward(model):
+        with torch.no_grad():
+            return model(input_ids=ids).logits
+
+    watch = _Watch(forward_outside_autocast=forward)
+    trainer = _bf16_trainer(model, tokenizer, make_config, watch)
+    trainer.train()
+    assert [out.dtype for out in watch.outputs] == [torch.float32, torch.float32]
+    trainer.model.eval()
+    out = trainer.model.generate(input_ids=ids, max_new_tokens=3, do_sample=False)
+    assert out.shape[1] == ids.shape[1] + 3
+
+
+def test_a_tied_lm_head_gets_its_own_copy_and_is_tied_again_after(tokenizer, make_config):
+    """With tied embeddings the LM head gets a bfloat16 copy while the embedding stays float32; after training the
+    two are one parameter again."""
+    from trl_masked_sft.tiny import build_tiny_model
+
+    model = build_tiny_model(tokenizer)
+    model.config.tie_word_embeddings = True
+    model.tie_weights()
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    watch = _Watch()
+    trainer = _bf16_trainer(model, tokenizer, make_config, watch)
+    trainer.train()
+    dtypes = watch.seen[0]
+    assert dtypes["base_model.model.model.embed_tokens.weight"] == torch.float32
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert model.lm_head.weight.dtype == torch.float32
+
+
+def test_a_checkpoint_saved_mid_training_holds_the_users_float32_weights(model, tokenizer, make_config, tmp_path):
+    """A full model (no PEFT) with frozen layers, saved at every step: every tensor in the checkpoint is float32 and
+    equal to the user's frozen values."""
+    from safetensors.torch import load_file
+
+    for name, param in model.named_parameters():
+        param.requires_grad = "layers.1." in name  # the rest frozen by the user
+    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
+    args = make_config(bf16=True, use_cpu=True, save_strategy="steps", save_steps=1, save_total_limit=2, max_steps=2)
+    watch = _Watch()
+    trainer = MaskedSFTTrainer(
+        model=model, args=args, train_dataset=_ROWS, processing_class=tokenizer, callbacks=[watch]
+    )
+    trainer.train()
+    assert watch.seen[0]["model.layers.0.self_attn.q_proj.weight"] == torch.bfloat16  # the path was taken
+    saved = load_file(str(Path(args.output_dir) / "checkpoint-1" / "model.safetensors"))
+    assert {t.dtype for t in saved.values()} == {torch.float32}
+    for name, values in frozen.items():
+        if name in saved:
+            assert torch.equal(saved[name], values), name

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 
 import pytest
+import torch
 from homework import _logged_losses, batched_generate, parse_answer, score, to_prompt_completion
 from homework_data import generate_rows
 from template_families import trained_spans
@@ -17,7 +18,7 @@ from template_families import trained_spans
 from trl_masked_sft import MaskedSFTTrainer, chat_labels, homework_lora_config
 from trl_masked_sft.audit import prepare_dataset
 from trl_masked_sft.masking import IGNORE_INDEX
-from trl_masked_sft.precision import cpu_has_native_bf16, has_accelerator, torch_threads
+from trl_masked_sft.precision import cpu_has_native_bf16, frozen_weights_blocker, has_accelerator, torch_threads
 
 QUESTION = "Can you change 2 hour to its equivalent in min?"
 SYSTEM_PROMPT = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
@@ -143,8 +144,13 @@ def test_the_defaults_train_in_bf16_exactly_where_the_cpu_has_it(trained_runs):
 
 @pytest.mark.skipif(not cpu_has_native_bf16() or has_accelerator(), reason="the CPU has no native bf16")
 def test_the_bf16_loss_curve_follows_float32_within_one_and_a_half_percent(trained_runs):
-    """Step by step, the bf16 run's training loss is within 1.5% of the float32 run's (LoRA sums kept in float32)."""
+    """Step by step, the defaults' training loss is within 1.5% of the float32 run's: bf16 autocast with the frozen
+    weights held in bf16 during `train()` (issue 25) and the LoRA sums kept in float32; after training the model has
+    its float32 parameters back."""
     runs, _ = trained_runs
+    trainer = runs["default"][0]
+    assert frozen_weights_blocker(trainer) is None  # the frozen weights were held in bf16
+    assert {p.dtype for p in trainer.model.parameters()} == {torch.float32}
     bf16, fp32 = (
         _logged_losses(runs["default"][0].state.log_history),
         _logged_losses(runs["float32"][0].state.log_history),

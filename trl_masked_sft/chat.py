@@ -48,17 +48,12 @@ from .end_of_turn import (
 )
 from .hints import Tokenizer
 from .masking import IGNORE_INDEX
+from .provenance import EARLIER_ASSISTANT, EMPTY_COMPLETION, END_OF_TURN, MERGED_HEADER, SYSTEM, TEMPLATE, TOOL, USER
 
 __all__ = ["METHODS", "ChatMask", "chat_labels", "given_stops", "is_trained", "special_token_ids"]
 
-#: Reason codes for masked tokens of a conversation (see `ChatMask.reasons`).
-SYSTEM, USER, TOOL, TEMPLATE = "system turn", "user turn", "tool turn", "template"
-EARLIER_ASSISTANT, END_OF_TURN = "earlier assistant turn", "end of turn (not trained)"
+#: The reasons of a conversation's tokens (see `ChatMask.reasons`) are `provenance`'s: a new one goes there.
 _ROLE_REASONS = {"system": SYSTEM, "user": USER, "tool": TOOL, "ipython": TOOL, "function": TOOL}
-#: A reply token merged with the header into one token: left untrained (`ChatMask.merged` counts such turns).
-MERGED_HEADER = "merged with the header (not trained)"
-#: Row reason for a conversation whose replies to train are all empty (counted by the pre-flight audit).
-EMPTY_COMPLETION = "empty completion"
 #: Row reason for a conversation where no token of the stop set can end a reply to train.
 NO_STOP = "no stop token"
 #: The ways to locate assistant turns, in the order they are tried.

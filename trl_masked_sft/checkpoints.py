@@ -25,11 +25,9 @@ from transformers import TrainerState
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 from .errors import CheckpointError
-from .hf_compat import TRANSFORMERS_MAJOR
 from .logs import get_logger
 
 __all__ = [
-    "check_resume_supported",
     "checkpoint_problem",
     "checkpoint_steps",
     "check_checkpoint_fits",
@@ -267,18 +265,3 @@ def resolve_resume_checkpoint(
 
 def _listed(skipped: dict[str, str]) -> str:
     return "; ".join(f"{path} ({problem})" for path, problem in skipped.items())
-
-
-def check_resume_supported(checkpoint, args) -> None:
-    """Raise `CheckpointError` before resuming where the installed transformers can't: a run of several processes on
-    CPU (gloo) under transformers 4.x, whose checkpoint loading fails there with "don't know how to restore data
-    location of torch.storage.UntypedStorage (tagged with cpu:0)" (checked with 4.57.6; 5.x resumes)."""
-    if not checkpoint or TRANSFORMERS_MAJOR >= 5 or args.world_size <= 1 or args.device.type != "cpu":
-        return
-    import transformers
-
-    raise CheckpointError(
-        f"Resuming from {os.path.basename(str(checkpoint))} with {args.world_size} CPU processes needs transformers "
-        f"5.x: transformers {transformers.__version__} fails to load the checkpoint's tensors on CPU ranks. Fix: "
-        "`pip install -U 'transformers>=5'`, or resume with one process (then continue on several)."
-    )

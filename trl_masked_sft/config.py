@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import copy
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -16,7 +14,7 @@ from .constraints import check_types, check_values
 from .policies import POLICY_CHOICES
 from .precision import has_accelerator
 
-__all__ = ["MaskedSFTConfig", "homework_lora_config", "trainer_config"]
+__all__ = ["MaskedSFTConfig", "homework_lora_config"]
 
 
 @dataclass
@@ -26,8 +24,8 @@ class MaskedSFTConfig(SFTConfig):
 
     The defaults mirror the course homework this package grew from (LoRA SFT of SmolLM2-360M-Instruct on unit
     conversions): learning_rate 2e-4, num_train_epochs 3, per_device_train_batch_size 32, activation checkpointing
-    on (on a GPU or other accelerator; off on a CPU, whose memory is the host's and where recomputing costs a third
-    more time), save_strategy "epoch", save_total_limit 1, logging_steps 10, report_to "tensorboard", label_names
+    on (on a GPU or other accelerator; on a CPU the trainer decides from an estimate of the activation memory
+    against the machine's, `memory.py`), save_strategy "epoch", save_total_limit 1, logging_steps 10, report_to "tensorboard", label_names
     ["labels"], max_length 128, completion_only_loss True. `bf16` left unset is True where a GPU supports it; on a
     CPU with native bfloat16 units the trainer turns bfloat16 autocast on for a model of at least 20M parameters
     (`precision.py`), and the config constructs on a CPU-only machine.
@@ -119,6 +117,11 @@ class MaskedSFTConfig(SFTConfig):
             the same loss, gradients and logged metrics, without the head's work on prompt positions. Where it can't
             apply exactly (another device, a `compute_loss_func`, label smoothing, prompt-learning PEFT, DeepSpeed or
             FSDP, a model that can't keep a selection of logits) TRL's path is used, said once in the log.
+        frozen_weights_bf16 (`bool`, *optional*, defaults to `True`):
+            Under bf16 autocast, hold the frozen float32 weights of the linear layers in bfloat16 while `train()`
+            runs, instead of letting autocast cast them again at every matrix product (same numbers, fewer casts).
+            The model's own parameters are put back, unchanged, when training ends or fails; trainable weights, the
+            optimizer state and LoRA sums stay float32.
     """
 
     # Parameters whose default values differ from SFTConfig (the homework's settings)
@@ -131,7 +134,9 @@ class MaskedSFTConfig(SFTConfig):
         default=None,
         metadata={
             "help": "Trade compute for memory by recomputing activations in the backward pass. If not set, True "
-            "(the homework's setting) where a GPU or other accelerator is present and False on a CPU, unless the "
+            "(the homework's setting) where a GPU or other accelerator is present; on a CPU the trainer turns it on "
+            "only when its estimate of the activation memory (the longest batch's tokens x layers x hidden size x "
+            "bytes) exceeds a share of the machine's available memory, and says so in the log; unless the "
             "deprecated `gradient_checkpointing` says otherwise."
         },
     )
@@ -344,10 +349,22 @@ class MaskedSFTConfig(SFTConfig):
             "the log."
         },
     )
+    frozen_weights_bf16: bool = field(
+        default=True,
+        metadata={
+            "help": "Under bf16 autocast, hold the frozen float32 weights of the linear layers in bfloat16 while "
+            "`train()` runs, instead of letting autocast cast them again at every matrix product (same numbers, "
+            "fewer casts). The model's own parameters are put back, unchanged, when training ends or fails; "
+            "trainable weights, the optimizer state and LoRA sums stay float32."
+        },
+    )
 
     def __post_init__(self):
+        self._checkpointing_auto = False
         if self.activation_checkpointing is None and self.gradient_checkpointing is None:
             self.activation_checkpointing = not self.use_cpu and has_accelerator()
+            # Off on a CPU unless the trainer, which sees the model and the data, finds it needed (`memory.py`).
+            self._checkpointing_auto = not self.activation_checkpointing
         if "activation_checkpointing" not in TrainingArguments.__dataclass_fields__:
             # transformers 4.x knows only `gradient_checkpointing`: resolved as 5.x resolves the two names (the new
             # one wins when set), then mirrored, so either name reads the same and 4.x's Trainer sees the choice.
@@ -371,20 +388,3 @@ def homework_lora_config(**overrides):
     settings = {"r": 8, "lora_alpha": 32, "target_modules": "all-linear", "bias": "none", "task_type": "CAUSAL_LM"}
     settings.update(overrides)
     return LoraConfig(**settings)
-
-
-def trainer_config(model, args) -> MaskedSFTConfig | SFTConfig:
-    """The trainer's own copy of the config (the user's object is never changed), as TRL builds it."""
-    if args is None:
-        name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "model"
-        return MaskedSFTConfig(output_dir=f"{str(name).rstrip('/').split('/')[-1] or 'model'}-SFT")
-    if isinstance(args, TrainingArguments) and not isinstance(args, SFTConfig):
-        # As TRL does (it converts to SFTConfig): the fields TrainingArguments lacks take SFTConfig's defaults
-        # (e.g. max_length 1024), not the homework's.
-        dict_args = args.to_dict()
-        dict_args["hub_token"] = args.hub_token
-        sft_only = set(SFTConfig.__dataclass_fields__) - set(TrainingArguments.__dataclass_fields__)
-        defaults = {name: SFTConfig.__dataclass_fields__[name].default for name in sft_only}
-        defaults = {k: v for k, v in defaults.items() if v is not dataclasses.MISSING}
-        return MaskedSFTConfig(**{**defaults, **dict_args})
-    return copy.copy(args)

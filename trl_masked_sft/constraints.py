@@ -42,6 +42,7 @@ _OPTIONAL_NUMBERS = {"max_grad_norm": (0.0, True)}
 _BOOLS = (
     "health_checks",
     "pack_within_batch",
+    "frozen_weights_bf16",
     "packing",
     "padding_free",
     "assistant_only_loss",

@@ -23,6 +23,7 @@ from .conversations import SHAREGPT_ROLES, message_spans, reasoning_text
 from .end_of_turn import TRAINED, encode, render, settle
 from .errors import DatasetFormatError, DatasetTypeError
 from .masking import IGNORE_INDEX
+from .provenance import EMPTIED, END_OF_TURN, MASKED_BY_KEY, REASONING_MASKED, TOOL_CALL_MASKED, ZERO_WEIGHT
 
 __all__ = [
     "END_OF_TURN",
@@ -44,15 +45,6 @@ __all__ = [
     "read_controls",
 ]
 
-#: Per-token reasons (see `ChatMask.reasons`): an end-of-turn token a control leaves out, and the reasons the
-#: controls add (a trained token's is `end_of_turn.TRAINED`).
-END_OF_TURN = "end of turn (not trained)"
-MASKED_BY_KEY = "message train: false"
-ZERO_WEIGHT = "message weight 0"
-REASONING_MASKED = "reasoning (reasoning='mask')"
-#: Row reason of a conversation the controls leave with nothing to train (a fully masked row, `masked_row_policy`).
-EMPTIED = "masked by the chat controls"
-TOOL_CALL_MASKED = "tool call (tool_calls='mask')"
 #: `train_on_eot` values, as Axolotl's `train_on_eos` names them; `True`/`False` are `"turn"`/`"none"`.
 EOT_MODES = ("turn", "none", "last", "all")
 

@@ -30,10 +30,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from .conversations import fit_content, reads_parts
+from .provenance import GENERATION_CONFIG, GIVEN, STOP_TOKEN, TEMPLATE_EOT, TOKENIZER_EOS, TRAINED, is_trained
 
 __all__ = [
+    "GENERATION_CONFIG",
+    "GIVEN",
     "STOP_TOKEN",
     "Stops",
+    "TEMPLATE_EOT",
+    "TOKENIZER_EOS",
+    "TRAINED",
     "TurnFacts",
     "ambiguous_end",
     "cached",
@@ -70,16 +76,8 @@ class TurnFacts:
 
 NO_FACTS = TurnFacts("", (), frozenset(), frozenset())
 
-#: Where a stop token comes from (`Stops.sources`), shown in per-token reasons as `stop token (<source>)`.
-GENERATION_CONFIG, TOKENIZER_EOS, TEMPLATE_EOT, GIVEN = (
-    "generation_config",
-    "tokenizer eos",
-    "template",
-    "stop_token_ids",
-)
-STOP_TOKEN = "stop token ({})"
-#: The per-token reason of a trained token of a reply (a stop token's is `STOP_TOKEN` with its source).
-TRAINED = "trained"
+#: Where a stop token comes from (`Stops.sources`: `GENERATION_CONFIG`, `TOKENIZER_EOS`, `TEMPLATE_EOT`, `GIVEN`),
+#: shown in per-token reasons as `STOP_TOKEN` with the source; these and `TRAINED` are `provenance`'s reasons.
 
 
 @dataclass(frozen=True)
@@ -286,11 +284,6 @@ def trailing_start(special, decode, ids: list[int], start: int, end: int) -> int
 def given_stops(ids: Sequence[int] | None, sources: Sequence[str] = ()) -> dict[int, str] | None:
     """`{id: source}` for `chat_labels(stop_token_ids=...)` from `MaskingOptions.stop_token_ids`/`stop_sources`."""
     return None if ids is None else dict(zip(ids, list(sources) or [GIVEN] * len(ids), strict=True))
-
-
-def is_trained(reason: str) -> bool:
-    """Whether a per-token reason (`ChatMask.reasons`) is a trained token's: `TRAINED` or a stop token's."""
-    return reason == TRAINED or reason.startswith(STOP_TOKEN[: STOP_TOKEN.index("{")])
 
 
 def final_stop(facts: TurnFacts, stops: Stops, eos: int | None) -> int | None:

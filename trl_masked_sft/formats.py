@@ -14,15 +14,17 @@ from typing import Any
 from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, Value
 
 from .errors import DatasetFormatError, DatasetTypeError
-from .hf_compat import column_names, first_row
+from .hf_compat import column_names, first_row, map_rows
+from .masking import clean_row
 from .options import MaskingOptions
-from .report import REASON
+from .policies import REASON
 from .values import (
     build_rows,
     check_list_rows,
     check_messages,
     check_text,
     check_token_features,
+    check_token_row,
     dataset_fix,
     describe,
     is_number,
@@ -35,6 +37,7 @@ __all__ = [
     "apply_formatting",
     "check_values",
     "coerce_dataset",
+    "clean_pretokenized",
     "coerce_datasets",
     "detect_layout",
     "format_answer",
@@ -313,3 +316,25 @@ def _check_columns(
             desc=f"Writing numbers in the {dataset_name} dataset as text",
         )
     return dataset, empty
+
+
+def clean_pretokenized(dataset: Any, dataset_name: str, completion_only: bool, num_proc: int | None) -> Any:
+    """Pre-tokenized rows: lengths checked, padding trimmed, `completion_mask`/`prompt_length` merged into the
+    labels (TRL would ignore them next to `labels` and train on the prompt), labels = ids where none are given."""
+    typed = isinstance(dataset, Dataset)  # its features were checked: flat int lists
+
+    def tidy(example, index):
+        check_token_row(example, index, dataset_name, typed=typed)
+        ids, labels = clean_row(example, row=f"{index} of the {dataset_name} dataset", completion_only=completion_only)
+        return {"input_ids": ids, "labels": labels if labels is not None else list(ids)}
+
+    masks = ("attention_mask", "prompt_length", "completion_mask", "assistant_masks")
+    drop = [c for c in masks if c in column_names(dataset)]
+    return map_rows(
+        dataset,
+        tidy,
+        desc=f"Checking pre-tokenized {dataset_name} dataset",
+        columns=["input_ids", "labels", *masks],
+        remove_columns=drop,
+        num_proc=num_proc,
+    )

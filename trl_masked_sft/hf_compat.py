@@ -4,6 +4,7 @@ or 5.x) can do."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -16,6 +17,7 @@ __all__ = [
     "MASK_LOGITS_TO_KEEP",
     "TRANSFORMERS_MAJOR",
     "active_peft_config",
+    "check_resume_supported",
     "checkpointing_on",
     "column_names",
     "first_row",
@@ -126,3 +128,18 @@ def active_peft_config(model) -> Any:
     while hasattr(model, "module") and not hasattr(model, "active_peft_config"):
         model = model.module
     return getattr(model, "active_peft_config", None)
+
+
+def check_resume_supported(checkpoint, args) -> None:
+    """Raise `CheckpointError` before resuming where the installed transformers can't: a run of several processes on
+    CPU (gloo) under transformers 4.x, whose checkpoint loading fails there with "don't know how to restore data
+    location of torch.storage.UntypedStorage (tagged with cpu:0)" (checked with 4.57.6; 5.x resumes)."""
+    if not checkpoint or TRANSFORMERS_MAJOR >= 5 or args.world_size <= 1 or args.device.type != "cpu":
+        return
+    from .errors import CheckpointError
+
+    raise CheckpointError(
+        f"Resuming from {os.path.basename(str(checkpoint))} with {args.world_size} CPU processes needs transformers "
+        f"5.x: transformers {transformers.__version__} fails to load the checkpoint's tensors on CPU ranks. Fix: "
+        "`pip install -U 'transformers>=5'`, or resume with one process (then continue on several)."
+    )

@@ -19,11 +19,28 @@ from typing import Any
 
 from datasets import Dataset
 
-from .chat import TRAINED, chat_labels, given_stops, is_trained
-from .controls import EMPTIED, MASKED_BY_KEY, REASONING_MASKED, TOOL_CALL_MASKED, ZERO_WEIGHT
-from .conversations import conversation_of
 from .hints import Collator, Config, Rows, Tokenizer
-from .masking import IGNORE_INDEX, WEIGHTS, truncate_row
+from .masking import IGNORE_INDEX, WEIGHTS
+from .provenance import (
+    EMPTIED,
+    EMPTY_COMPLETION,
+    FIRST,
+    FULL_IDS,
+    MASKED_BY_KEY,
+    NOT_LOCATED,
+    PADDING,
+    PROMPT,
+    REASONING_MASKED,
+    TEMPLATE_NOT_FOUND,
+    TOOL_CALL_MASKED,
+    TRAINED,
+    TRUNCATED,
+    USER_LABELS,
+    WHY,
+    ZERO_WEIGHT,
+    decode,
+    is_trained,
+)
 from .text import CONTINUATION, shown_alone, token_texts, visible
 
 __all__ = [
@@ -37,8 +54,6 @@ __all__ = [
     "render_terminal",
 ]
 
-PROMPT, PADDING, TRUNCATED, USER_LABELS, FIRST = "prompt", "padding", "truncated", "masked in labels", "first token"
-_ROW_REASONS = ("response template not found", "chat turns not located", "empty completion", EMPTIED)
 
 # One background colour per reason, for the page and the terminal alike (the terminal takes the nearest of its 256
 # colours); any other reason is a generic masked token.
@@ -96,9 +111,9 @@ _REASON_CLASSES = {
     USER_LABELS: "labels",
     PADDING: "padding",
     TRUNCATED: "truncated",
-    "response template not found": "notemplate",
-    "chat turns not located": "unlocated",
-    "empty completion": "empty",
+    TEMPLATE_NOT_FOUND: "notemplate",
+    NOT_LOCATED: "unlocated",
+    EMPTY_COMPLETION: "empty",
     MASKED_BY_KEY: "keyfalse",
     ZERO_WEIGHT: "weight0",
     REASONING_MASKED: "reasoning",
@@ -170,83 +185,40 @@ def inspect_rows(
     """Mark every token of `rows` rows (from `start`) with whether it is trained and why not.
 
     `config` is a `MaskedSFTConfig` (defaults when `None`): its templates, columns, `max_length` and truncation
-    options apply as in training.
+    options apply as in training. The rows are prepared once, by the training pipeline, which records why each token
+    is trained or masked (`provenance`); nothing is worked out again here.
     """
-    import dataclasses
-
-    from .controls import ChatControls
-    from .options import MaskingOptions
     from .pipeline import PreparationPipeline
 
-    options = MaskingOptions.from_args(config)
     raw = _select(dataset, start, rows)
-    # Prepared without truncation, so truncated tokens can be shown; `truncate_row` then says which are cut.
-    untruncated = dataclasses.replace(options, max_length=None, masked_row_policy="warn")
-    pipeline = PreparationPipeline.from_config(tokenizer, config, data_collator=data_collator)
-    pipeline = PreparationPipeline(tokenizer, untruncated, template=pipeline.template)
+    pipeline = PreparationPipeline.from_config(tokenizer, config, data_collator=data_collator, explain=True)
     prepared = pipeline.prepare(raw, "train", enforce=False)
-    prepared, verdict, prepared_layout = prepared.dataset, prepared.verdict, prepared.layout
+    dataset_rows, verdict, max_length = prepared.dataset, prepared.verdict, pipeline.options.max_length
     raw_rows = raw if isinstance(raw, list) else [raw[i] for i in range(len(raw))]
     special = set(tokenizer.all_special_ids)
     out = []
-    for i in range(len(prepared)):
-        ids, labels = prepared[i]["input_ids"], prepared[i]["labels"]
+    for i in range(len(dataset_rows)):
+        row = dataset_rows[i]
+        ids, reasons = row[FULL_IDS], decode(row[WHY])
         problem = verdict.unsupervised.get(i)
-        row_reason = problem if problem and problem.startswith(_ROW_REASONS) else None
-        if row_reason and row_reason.startswith("chat turns not located"):
-            row_reason = "chat turns not located"
-        kept_positions, _ = truncate_row(
-            list(range(len(ids))),
-            labels,
-            options.max_length,
-            keep_end=options.keep_end,
-            min_completion=options.min_completion_tokens,
-        )
-        kept = set(kept_positions)
-        raw_row = raw_rows[i] if isinstance(raw_rows[i], dict) else {}
-        chat = None
-        if prepared_layout.is_conversational and row_reason is None:
-            messages, first_trained = conversation_of(raw_row)
-            chat = chat_labels(
-                tokenizer,
-                messages,
-                assistant_turns=options.assistant_turns,
-                train_eot=options.train_on_eot,
-                stop_token_ids=given_stops(options.stop_token_ids, options.stop_sources),
-                trainable_from=first_trained,
-                controls=ChatControls.of(options),
-            )
-            chat = chat if chat.input_ids == list(ids) else None
-        first = next((p for p in range(len(labels)) if labels[p] != IGNORE_INDEX), len(labels))
+        if problem and problem.startswith("prompt of"):  # said below, as the inspector always has
+            problem = None
         marks = RowMarks(index=start + i, problem=problem)
-        for pos, weight in enumerate(prepared[i].get(WEIGHTS) or []):  # the weight column: weighted datasets only
-            if labels[pos] != IGNORE_INDEX and pos in kept and pos > 0:
+        labels = row["labels"]
+        for pos, weight in enumerate(row.get(WEIGHTS) or []):  # the weight column: weighted datasets only
+            if labels[pos] != IGNORE_INDEX and pos > 0:
                 marks.weights[weight] = marks.weights.get(weight, 0) + 1
         texts = token_texts(tokenizer, ids, special)
-        for pos, (token, label, text) in enumerate(zip(ids, labels, texts, strict=True)):
-            if pos not in kept:
-                reason = TRUNCATED
-            elif row_reason:
-                reason = row_reason
-            elif label != IGNORE_INDEX:
-                reason = chat.reasons[pos] if chat is not None and is_trained(chat.reasons[pos]) else TRAINED
-                reason = reason if pos > 0 else FIRST
-            elif chat is not None:
-                reason = chat.reasons[pos]
-            elif pos < first:
-                reason = PROMPT
-            else:
-                reason = "user turn" if options.instruction_template else USER_LABELS
+        for token, reason, text in zip(ids, reasons, texts, strict=True):
             marks.tokens.append(
                 TokenMark(token, text.text, is_trained(reason), reason, text.part, text.parts, text.group)
             )
         if marks.trained_count == 0 and not problem:
-            cut = len(kept) < len(ids)
+            cut = len(row["input_ids"]) < len(ids)
             marks.problem = (
-                f"no supervised token after truncation at max_length {options.max_length}"
-                if cut
-                else ("no supervised token")
+                f"no supervised token after truncation at max_length {max_length}" if cut else "no supervised token"
             )
+        raw_row = raw_rows[i] if isinstance(raw_rows[i], dict) else {}
         mask = raw_row.get("attention_mask")
         if mask is not None and not all(mask):
             pad_text = tokenizer.pad_token or "<pad>"

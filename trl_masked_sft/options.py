@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from transformers import TrainingArguments
 from trl import SFTConfig
 
 from .config import MaskedSFTConfig
 from .constraints import check_masking_fields
 from .policies import VERDICTS, RowVerdict
 
-__all__ = ["MaskingOptions", "kept_defaults"]
+__all__ = ["MaskingOptions", "kept_defaults", "trainer_config"]
 
 
 @dataclass(frozen=True)
@@ -136,3 +139,20 @@ def kept_defaults(args: Any) -> tuple[tuple[str, Any, Any], ...]:
         if plain(getattr(args, name)) == plain(ours) and plain(ours) != plain(theirs):
             kept.append((name, plain(ours), plain(theirs)))
     return tuple(kept)
+
+
+def trainer_config(model, args) -> MaskedSFTConfig | SFTConfig:
+    """The trainer's own copy of the config (the user's object is never changed), as TRL builds it."""
+    if args is None:
+        name = model if isinstance(model, str) else getattr(model.config, "_name_or_path", "") or "model"
+        return MaskedSFTConfig(output_dir=f"{str(name).rstrip('/').split('/')[-1] or 'model'}-SFT")
+    if isinstance(args, TrainingArguments) and not isinstance(args, SFTConfig):
+        # As TRL does (it converts to SFTConfig): the fields TrainingArguments lacks take SFTConfig's defaults
+        # (e.g. max_length 1024), not the homework's.
+        dict_args = args.to_dict()
+        dict_args["hub_token"] = args.hub_token
+        sft_only = set(SFTConfig.__dataclass_fields__) - set(TrainingArguments.__dataclass_fields__)
+        defaults = {name: SFTConfig.__dataclass_fields__[name].default for name in sft_only}
+        defaults = {k: v for k, v in defaults.items() if v is not dataclasses.MISSING}
+        return MaskedSFTConfig(**{**defaults, **dict_args})
+    return copy.copy(args)

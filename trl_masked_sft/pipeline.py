@@ -11,21 +11,21 @@ It needs a tokenizer and the masking options, no model and no trainer: `MaskedSF
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass
-from typing import Any
 
 from datasets import Dataset, IterableDataset
 
 from .chat import chat_labels, given_stops, special_token_ids
 from .context import fold_context, warn_unused_context
 from .controls import ChatControls, carries_weights
-from .conversations import to_messages
+from .conversations import conversation_of
 from .distributed import run_on_main
 from .errors import (
     DatasetFormatError,
     ModelSetupError,
 )
-from .formats import Layout, apply_formatting, check_values, coerce_dataset, detect_layout
+from .formats import Layout, apply_formatting, check_values, clean_pretokenized, coerce_dataset, detect_layout
 from .hf_compat import column_names, map_rows
 from .hints import Collator, Config, FormattingFunc, Rows, Tokenizer
 from .logs import get_logger, warn
@@ -33,14 +33,13 @@ from .masking import (
     IGNORE_INDEX,
     WEIGHTS,
     TemplateMatcher,
-    clean_row,
     spans_to_labels,
     supervises_only_stop_tokens,
     supervision_stats,
+    truncate_row,
 )
 from .options import MaskingOptions
-from .policies import VERDICTS, CutStopToken, FullyMasked, RowVerdict
-from .report import (
+from .policies import (
     AUDIT_COLUMNS,
     COUNT,
     FULL_COUNT,
@@ -52,13 +51,17 @@ from .report import (
     REASON,
     STOP_CUT,
     STOP_OK,
-    AuditReport,
-    build_report,
+    VERDICTS,
+    CutStopToken,
+    FullyMasked,
+    RowVerdict,
 )
+from .provenance import WHY, encode, truncate_explained
+from .report import AuditReport, build_report
 from .streaming import check_stream
 from .text import clip_end, whole_text
 from .text_rows import tokenize_text_rows
-from .values import check_messages, check_token_row, parse_tools
+from .values import check_messages, parse_tools
 from .weights import truncate_weighted, weight_spread
 
 __all__ = ["PreparationPipeline", "PreparedDataset"]
@@ -102,15 +105,6 @@ def _last_label(labels: list[int]) -> int | None:
     return next((lab for lab in reversed(labels) if lab != IGNORE_INDEX), None)
 
 
-def _messages(example: dict[str, Any], layout: Layout, **where: Any) -> tuple[list[dict], int]:
-    """The conversation of a row, in any shape `conversations.to_messages` reads (role/content or ShareGPT
-    `from`/`value`, content as text or text parts), and the index of its first trainable message."""
-    if layout is Layout.CONVERSATIONAL_PROMPT_COMPLETION:  # only the completion's replies are trained
-        prompt = to_messages(example["prompt"], **where)
-        return prompt + to_messages(example["completion"], **where), len(prompt)
-    return to_messages(example, **where), 0
-
-
 class PreparationPipeline:
     """Prepares datasets for completion-only training from a tokenizer and `MaskingOptions`, without a model.
 
@@ -119,7 +113,12 @@ class PreparationPipeline:
     """
 
     def __init__(
-        self, tokenizer: Tokenizer, options: MaskingOptions, *, template: TemplateMatcher | None = None
+        self,
+        tokenizer: Tokenizer,
+        options: MaskingOptions,
+        *,
+        template: TemplateMatcher | None = None,
+        explain: bool = False,
     ) -> None:
         text_tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # a processor carries its tokenizer
         if not callable(text_tokenizer) or not hasattr(text_tokenizer, "eos_token"):
@@ -136,15 +135,22 @@ class PreparationPipeline:
         if template is None and options.response_template is not None:
             template = TemplateMatcher(tokenizer, options.response_template, options.instruction_template)
         self.template = template
+        #: keep why each token is trained or masked beside the ids (`provenance.WHY`, `FULL_IDS`): for the inspector
+        self.explain = explain
         self._said_no_boundary = self._said_defaults = False
 
     @classmethod
     def from_config(
-        cls, tokenizer: Tokenizer, config: Config = None, *, data_collator: Collator | None = None
+        cls,
+        tokenizer: Tokenizer,
+        config: Config = None,
+        *,
+        data_collator: Collator | None = None,
+        explain: bool = False,
     ) -> PreparationPipeline:
         """A pipeline for `config` (defaults when `None`), masking by `data_collator`'s template if it has one."""
         matcher = getattr(data_collator, "matcher", None) if getattr(data_collator, "has_template", False) else None
-        return cls(tokenizer, MaskingOptions.from_args(config), template=matcher)
+        return cls(tokenizer, MaskingOptions.from_args(config), template=matcher, explain=explain)
 
     # ------------------------------------------------------------------------------------------------ the steps
 
@@ -190,7 +196,7 @@ class PreparationPipeline:
         elif layout.is_conversational:
             dataset = self._tokenize_conversations(dataset, layout, dataset_name)
         else:
-            dataset = self._clean_pretokenized(dataset, dataset_name)
+            dataset = clean_pretokenized(dataset, dataset_name, self.options.completion_only, self.options.num_proc)
         return self._audit(dataset, layout, dataset_name, empty_rows, enforce)
 
     def _tokenize_conversations(self, dataset, layout: Layout, dataset_name: str):
@@ -207,12 +213,12 @@ class PreparationPipeline:
                 for column in ("messages", "prompt", "completion"):
                     if isinstance(example.get(column), list):
                         check_messages([example[column]], dataset_name, start=index, column=column)
-            messages, first = _messages(example, layout, row=index, dataset_name=dataset_name)
+            messages, first = conversation_of(example, row=index, dataset_name=dataset_name)
             if not options.chat:  # `completion_only_loss=False`: the whole conversation is trained
                 ids = list(
                     tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)["input_ids"]
                 )
-                return {"input_ids": ids, "labels": list(ids), REASON: ""}
+                return {"input_ids": ids, "labels": list(ids), REASON: "", **({WHY: []} if self.explain else {})}
             mask = chat_labels(
                 tokenizer,
                 messages,
@@ -232,6 +238,8 @@ class PreparationPipeline:
             }
             if weighted or mask.weights is not None:  # streamed rows: the collator counts a row without as 1.0
                 row[WEIGHTS] = mask.weights or [float(label != IGNORE_INDEX) for label in mask.labels]
+            if self.explain:  # the turns' reasons (a row refused as a whole needs none)
+                row[WHY] = [] if mask.row_reason else encode(mask.reasons)
             return row
 
         columns = column_names(dataset)
@@ -241,31 +249,6 @@ class PreparationPipeline:
             else {}
         )
         return dataset.map(tokenize, with_indices=True, remove_columns=columns, **kwargs)
-
-    def _clean_pretokenized(self, dataset, dataset_name: str):
-        """Pre-tokenized rows: lengths checked, padding trimmed, `completion_mask`/`prompt_length` merged into the
-        labels (TRL would ignore them next to `labels` and train on the prompt), labels = ids where none are given."""
-        completion_only = self.options.completion_only
-
-        typed = isinstance(dataset, Dataset)  # its features were checked: flat int lists
-
-        def tidy(example, index):
-            check_token_row(example, index, dataset_name, typed=typed)
-            ids, labels = clean_row(
-                example, row=f"{index} of the {dataset_name} dataset", completion_only=completion_only
-            )
-            return {"input_ids": ids, "labels": labels if labels is not None else list(ids)}
-
-        masks = ("attention_mask", "prompt_length", "completion_mask", "assistant_masks")
-        drop = [c for c in masks if c in column_names(dataset)]
-        return map_rows(
-            dataset,
-            tidy,
-            desc=f"Checking pre-tokenized {dataset_name} dataset",
-            columns=["input_ids", "labels", *masks],
-            remove_columns=drop,
-            num_proc=self.options.num_proc,
-        )
 
     def _say_if_nothing_to_mask(self, layout: Layout, columns: list[str]) -> None:
         """Text or full-sequence pre-tokenized rows with no template have no prompt to mask: say so once."""
@@ -287,6 +270,8 @@ class PreparationPipeline:
         """Apply template masks, truncate, audit what each row trains on, apply `masked_row_policy`."""
         options, template = self.options, self.template
         stop_ids = stop_token_ids(self.tokenizer) | set(options.stop_token_ids or ())
+        cut = {"keep_end": options.keep_end, "min_completion": options.min_completion_tokens}
+        truncate = functools.partial(truncate_row, max_length=options.max_length, **cut)
 
         def mask_and_truncate(example, index):
             ids, labels = example["input_ids"], example["labels"]
@@ -302,8 +287,15 @@ class PreparationPipeline:
                     )
             full_count, first = supervision_stats(labels)
             full_length, stop_before = len(ids), _last_label(labels) in stop_ids
-            how = {"keep_end": options.keep_end, "min_completion": options.min_completion_tokens}
-            ids, labels, weights = truncate_weighted(ids, labels, example.get(WEIGHTS), options.max_length, **how)
+            why, weights = {}, example.get(WEIGHTS)
+            if self.explain:  # truncated once, by position, so that the cut tokens can be shown
+                instruction = options.instruction_template is not None
+                weights = truncate_weighted(ids, labels, weights, options.max_length, **cut)[2]
+                ids, labels, why = truncate_explained(
+                    ids, labels, truncate, reason, example.get(WHY), instruction, IGNORE_INDEX
+                )
+            else:
+                ids, labels, weights = truncate_weighted(ids, labels, weights, options.max_length, **cut)
             count = 0 if reason else supervision_stats(labels)[0]
             last = _last_label(labels)
             return {
@@ -319,6 +311,7 @@ class PreparationPipeline:
                 FULL_LENGTH: full_length,
                 STOP_CUT: bool(count) and stop_before and last not in stop_ids and len(ids) < full_length,
                 MERGED: bool(example.get(MERGED)),
+                **why,
             }
 
         if isinstance(dataset, IterableDataset):
@@ -329,7 +322,7 @@ class PreparationPipeline:
             dataset,
             mask_and_truncate,
             desc=f"Checking supervised tokens of {dataset_name} dataset",
-            columns=["input_ids", "labels", REASON, MERGED, WEIGHTS],
+            columns=["input_ids", "labels", REASON, MERGED, WEIGHTS, WHY],
             num_proc=options.num_proc,
         )
         # the audit columns as lists, read once (a `Column` is read row by row)

@@ -144,14 +144,35 @@ class RowVerdict:
 
     # The streaming path: one row at a time, `where` = "row 7 of the streamed train dataset".
 
+    def streamed_is(self, index: int) -> str:
+        """What is wrong with streamed row `index`, after its name: "has no supervised token: ..."."""
+        return f"is judged by `{self.policy_field}` ({self.line(index)})"
+
+    #: what the rows judged so far were, after "3 of the first 12 rows of the streamed train dataset"
+    streamed_were: ClassVar[str] = "were judged"
+
+    def latest(self, where: str, index: int) -> str:
+        return f"{where}, {self.line(index)}"
+
     def streamed_error(self, where: str, index: int) -> str:
-        raise NotImplementedError
+        return (
+            f"{_capital(where)} {self.streamed_is(index)}. With `{self.policy_field}='error'`{self.on_error}. "
+            f"{self.fix()}"
+        )
 
     def streamed_many(self, count: int, read: int, where: str, index: int, policy: str, max_fraction: float) -> str:
-        raise NotImplementedError
+        return (
+            f"{count} of the first {read} rows of the streamed {self.dataset_name} dataset {self.streamed_were} "
+            f"(latest: {self.latest(where, index)}): more than `{self.fraction_field}` ({max_fraction:.1%}) allows "
+            f"with `{self.policy_field}={policy!r}`. {self.fix()}"
+        )
 
     def streamed_warning(self, where: str, index: int, max_fraction: float) -> str:
-        raise NotImplementedError
+        done = "Kept" if self.warn_keeps else "Dropped"
+        return (
+            f"{done} {where}: {self.line(index)}. Later rows like it are {done.lower()} without a warning while they "
+            f"stay within `{self.fraction_field}` ({max_fraction:.1%}). {self.fix()}"
+        )
 
 
 def _capital(text: str) -> str:
@@ -236,18 +257,10 @@ class FullyMasked(RowVerdict):
     def too_many(self, policy: str, max_fraction: float) -> str:
         return f"{super().too_many(policy, max_fraction)}. {self.fix()} (or raise `{self.fraction_field}`)."
 
-    def streamed_error(self, where: str, index: int) -> str:
-        return (
-            f"{_capital(where)} has no supervised token: {self.rows[index]}. With `{self.policy_field}='error'`"
-            f"{self.on_error}. {self.fix()}"
-        )
+    streamed_were = "had no supervised token"
 
-    def streamed_many(self, count, read, where, index, policy, max_fraction) -> str:
-        return (
-            f"{count} of the first {read} rows of the streamed {self.dataset_name} dataset had no supervised token "
-            f"(latest: {where}, {self.rows[index]}): more than `{self.fraction_field}` ({max_fraction:.1%}) allows "
-            f"with `{self.policy_field}={policy!r}`. {self.fix()}"
-        )
+    def streamed_is(self, index: int) -> str:
+        return f"has no supervised token: {self.rows[index]}"
 
     def streamed_warning(self, where: str, index: int, max_fraction: float) -> str:
         return (
@@ -325,18 +338,13 @@ class CutStopToken(RowVerdict):
         done = "dropped them" if dropped else "trained as cut"
         return f"{self.describe()}\n`{self.policy_field}={policy!r}`: {done}. {self.fix()}"
 
-    def streamed_error(self, where: str, index: int) -> str:
-        return (
-            f"{_capital(where)} loses its stop token to truncation ({self.row_line(index)}). With "
-            f"`{self.policy_field}='error'`{self.on_error}. {self.fix()}"
-        )
+    streamed_were = "lost their stop token to truncation"
 
-    def streamed_many(self, count, read, where, index, policy, max_fraction) -> str:
-        return (
-            f"{count} of the first {read} rows of the streamed {self.dataset_name} dataset lost their stop token to "
-            f"truncation (latest: {self.row_line(index)}): more than `{self.fraction_field}` ({max_fraction:.1%}) "
-            f"allows with `{self.policy_field}={policy!r}`. {self.fix()}"
-        )
+    def streamed_is(self, index: int) -> str:
+        return f"loses its stop token to truncation ({self.row_line(index)})"
+
+    def latest(self, where: str, index: int) -> str:
+        return self.row_line(index)
 
     def streamed_warning(self, where: str, index: int, max_fraction: float) -> str:
         return (

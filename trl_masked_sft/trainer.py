@@ -16,9 +16,7 @@ from datasets import IterableDataset
 from trl import SFTTrainer
 
 from . import hints
-from .checkpoints import check_resume_supported
 from .collator import DataCollatorForCompletionOnlyLM
-from .config import trainer_config
 from .distributed import (
     agree_on_checkpoint,
     fsdp_not_sharded,
@@ -28,10 +26,11 @@ from .distributed import (
 )
 from .formats import coerce_datasets
 from .health import TrainingHealthGuard
-from .hf_compat import checkpointing_on
+from .hf_compat import check_resume_supported, checkpointing_on
 from .logs import get_logger, warn
 from .loss import SupervisedLoss, count_packed_tokens
 from .masking import WEIGHTS
+from .memory import checkpointing_by_memory
 from .metrics import MaskMetrics, audit_logs, batch_mask_stats, write_audit_text
 from .model_checks import (
     check_model_before_training,
@@ -40,10 +39,10 @@ from .model_checks import (
     ensure_pad_token,
     quiet_peft_checkpointing_probe,
 )
-from .options import MaskingOptions
+from .options import MaskingOptions, trainer_config
 from .packing import PACKED_TOKENS_KEY, PackingCollator, packing_blocker
 from .pipeline import PreparationPipeline
-from .precision import cpu_bf16_setup, resolve_cpu_bf16
+from .precision import resolve_cpu_bf16, training_precision, weights_as_given
 from .report import AuditReport, save_audits
 from .steps import check_run_length, check_stream_kept_rows
 from .stops import add_to_generation_config, model_stop_ids, save_generation_config, with_model_stops
@@ -152,7 +151,7 @@ class MaskedSFTTrainer(WeightedBatches, SFTTrainer):
             logger.warning(unsharded)
         if data_collator is not None and options.completion_only:
             check_collator_keeps_labels(self.data_collator, self.train_dataset)
-        self._msft_loss = SupervisedLoss(self)  # the loss on supervised positions only (`score_supervised_only`)
+        self._msft_loss, self._msft_checkpointing = SupervisedLoss(self), checkpointing_by_memory(self)
         self._msft_health = TrainingHealthGuard(self) if getattr(self.args, "health_checks", True) else None
         if self._msft_health is not None:
             self.add_callback(self._msft_health)
@@ -217,18 +216,20 @@ class MaskedSFTTrainer(WeightedBatches, SFTTrainer):
         resume_from_checkpoint = agree_on_checkpoint(resume_from_checkpoint, self.args.output_dir, self.model)
         check_resume_supported(resume_from_checkpoint, self.args)
         check_run_length(self.train_dataset, self.eval_dataset, self.args, self._msft_audits, self._msft_streams)
-        cpu_bf16_setup(self.model, self.args, note=self._msft_precision)
         if self.is_world_process_zero() and self._msft_audits:
             save_audits(self._msft_audits, Path(self.args.output_dir) / "masked_sft_audit.json")
-        output = super().train(resume_from_checkpoint, *args, **kwargs)
+        with training_precision(self, (self._msft_precision, self._msft_checkpointing)):  # puts the weights back
+            output = super().train(resume_from_checkpoint, *args, **kwargs)
         check_stream_kept_rows(self.state.global_step, self._msft_streams.get("train", {}).get("counts"), self.args)
         return output
+
+    def _save_checkpoint(self, model, trial):
+        with weights_as_given(self):  # saved from the user's float32 weights, not the bfloat16 copies
+            super()._save_checkpoint(model, trial)
 
     def save_last_good_checkpoint(self) -> None:
         """Save a checkpoint of the current weights: the health guard's one way into the trainer."""
         self._save_checkpoint(self.model_wrapped, trial=None)
-
-    # ------------------------------------------------------------------ in-batch packing (`pack_within_batch`)
 
     def _msft_packer(self) -> PackingCollator | None:
         """The packing collator for training batches, or `None` where packing is off, unsupported or not exact."""

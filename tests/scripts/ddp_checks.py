@@ -28,9 +28,11 @@ from trl_masked_sft import (  # noqa: E402
     MaskedSFTConfig,
     MaskedSFTTrainer,
     PreparationPipeline,
-    homework_lora_config,
 )
 from trl_masked_sft.tiny import build_tiny_model, build_tiny_tokenizer  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tiny_run, beside this script
+from tiny_run import tiny_config, tiny_trainer  # noqa: E402
 
 out = sys.argv[1] if __name__ == "__main__" else ""
 rows = [[f"How many meters are there in {i} km?", f" <answer>{i * 1000}</answer>"] for i in range(1, 33)]
@@ -44,45 +46,14 @@ METRIC_KEYS = ("supervised_tokens", "masked_share", "padding_share", "num_tokens
 def metrics_trainer(output_dir: str, *, accumulation: int) -> MaskedSFTTrainer:
     """Rows of different lengths, 2 per batch, in-batch packing; with 2 processes x accumulation 2, or 1 x 4, each
     optimizer step sees the same 8 rows in the same 2-row micro-batches (accelerate hands process r batch r, r+2...)."""
-    config = MaskedSFTConfig(
-        output_dir=output_dir,
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
-        per_device_train_batch_size=2,
-        gradient_accumulation_steps=accumulation,
-        max_steps=2,
-        logging_steps=1,
-        disable_tqdm=True,
-        activation_checkpointing=False,
-        dataloader_pin_memory=False,
-        seed=5,
+    config = tiny_config(
+        output_dir, per_device_train_batch_size=2, gradient_accumulation_steps=accumulation, max_steps=2, seed=5
     )
-    torch.manual_seed(0)
-    return MaskedSFTTrainer(
-        build_tiny_model(tokenizer),
-        args=config,
-        train_dataset=METRIC_ROWS,
-        processing_class=tokenizer,
-        peft_config=homework_lora_config(r=4),
-    )
+    return tiny_trainer(config, tokenizer, METRIC_ROWS, seed=0)
 
 
 def config(name: str, **overrides) -> MaskedSFTConfig:
-    settings = {
-        "output_dir": os.path.join(out, name),
-        "use_cpu": True,
-        "report_to": "none",
-        "save_strategy": "no",
-        "per_device_train_batch_size": 4,
-        "max_steps": 4,
-        "logging_steps": 1,
-        "disable_tqdm": True,
-        "activation_checkpointing": False,
-        "dataloader_pin_memory": False,
-    }
-    settings.update(overrides)
-    return MaskedSFTConfig(**settings)
+    return tiny_config(os.path.join(out, name), **{"per_device_train_batch_size": 4, "max_steps": 4, **overrides})
 
 
 # Count the pre-flight audits each rank computes (the pipeline runs them through `run_on_main`).
@@ -115,32 +86,16 @@ def scenario_preflight():
 
 
 def scenario_masked():
-    model = build_tiny_model(tokenizer)
-    trainer = MaskedSFTTrainer(
-        model,
-        args=config("masked"),
-        train_dataset=rows,
-        processing_class=tokenizer,
-        data_collator=masking_collator,
-        peft_config=homework_lora_config(r=4),
-    )
-    trainer.train()
+    tiny_trainer(config("masked"), tokenizer, rows, data_collator=masking_collator).train()
 
 
 def scenario_nan():
-    model = build_tiny_model(tokenizer)
-    trainer = MaskedSFTTrainer(
-        model,
-        args=config("nan"),
-        train_dataset=rows,
-        processing_class=tokenizer,
-        peft_config=homework_lora_config(r=4),
-    )
+    trainer = tiny_trainer(config("nan"), tokenizer, rows)
 
     def hook(module, args, output):
         return output * float("nan") if rank() == 1 and trainer.state.global_step + 1 == 2 else output
 
-    model.get_input_embeddings().register_forward_hook(hook)
+    trainer.model.get_input_embeddings().register_forward_hook(hook)
     trainer.train()
 
 

@@ -15,8 +15,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from trl_masked_sft import MaskedSFTConfig, MaskedSFTTrainer, homework_lora_config  # noqa: E402
-from trl_masked_sft.tiny import build_tiny_model, build_tiny_tokenizer  # noqa: E402
+from trl_masked_sft.tiny import build_tiny_tokenizer  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tiny_run, beside this script
+from tiny_run import tiny_config, tiny_trainer  # noqa: E402
 
 out = sys.argv[1]
 tokenizer = build_tiny_tokenizer()
@@ -26,31 +28,17 @@ rows = [
 
 
 def run(on: bool) -> dict:
-    config = MaskedSFTConfig(
-        output_dir=os.path.join(out, str(on)),
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
+    config = tiny_config(
+        os.path.join(out, str(on)),
         per_device_train_batch_size=4,
         gradient_accumulation_steps=2,
         max_steps=3,
-        logging_steps=1,
-        disable_tqdm=True,
-        activation_checkpointing=False,
-        dataloader_pin_memory=False,
         optim="sgd",
         learning_rate=1e-3,
         seed=1,
         score_supervised_only=on,
     )
-    torch.manual_seed(0)
-    trainer = MaskedSFTTrainer(
-        build_tiny_model(tokenizer),
-        args=config,
-        train_dataset=rows,
-        processing_class=tokenizer,
-        peft_config=homework_lora_config(r=4),
-    )
+    trainer = tiny_trainer(config, tokenizer, rows, seed=0)
     trainer.train()
     keys = ("loss", "grad_norm", "entropy", "mean_token_accuracy", "num_tokens")
     logs = [{k: e[k] for k in keys} for e in trainer.state.log_history if "loss" in e]

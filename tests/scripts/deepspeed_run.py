@@ -15,17 +15,15 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from trl_masked_sft import (  # noqa: E402
-    DataCollatorForCompletionOnlyLM,
-    MaskedSFTConfig,
-    MaskedSFTTrainer,
-    homework_lora_config,
-)
-from trl_masked_sft.tiny import build_tiny_model, build_tiny_tokenizer  # noqa: E402
+from trl_masked_sft import DataCollatorForCompletionOnlyLM, MaskedSFTTrainer  # noqa: E402
+from trl_masked_sft.tiny import build_tiny_tokenizer  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tiny_run, beside this script
+from tiny_run import HOMEWORK_ROWS, tiny_config, tiny_trainer  # noqa: E402
 
 out = sys.argv[1]
 tokenizer = build_tiny_tokenizer()
-rows = [[f"How many meters are there in {i} km?", f" <answer>{i * 1000}</answer>"] for i in range(1, 17)]
+rows = HOMEWORK_ROWS
 
 
 def rank() -> int:
@@ -33,26 +31,8 @@ def rank() -> int:
 
 
 def trainer(name: str, **kwargs) -> MaskedSFTTrainer:
-    config = MaskedSFTConfig(
-        output_dir=os.path.join(out, name),
-        use_cpu=True,
-        report_to="none",
-        save_strategy="no",
-        per_device_train_batch_size=2,
-        max_steps=2,
-        logging_steps=1,
-        disable_tqdm=True,
-        activation_checkpointing=False,
-        dataloader_pin_memory=False,
-    )
-    return MaskedSFTTrainer(
-        build_tiny_model(tokenizer),
-        args=config,
-        train_dataset=rows,
-        processing_class=tokenizer,
-        peft_config=homework_lora_config(r=4),
-        **kwargs,
-    )
+    config = tiny_config(os.path.join(out, name), per_device_train_batch_size=2, max_steps=2)
+    return tiny_trainer(config, tokenizer, rows, **kwargs)
 
 
 def masking_collator(features):

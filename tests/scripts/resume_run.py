@@ -16,8 +16,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from transformers import TrainerState  # noqa: E402
 
-from trl_masked_sft import MaskedSFTConfig, MaskedSFTTrainer, homework_lora_config  # noqa: E402
-from trl_masked_sft.tiny import build_tiny_model, build_tiny_tokenizer  # noqa: E402
+from trl_masked_sft import MaskedSFTTrainer, homework_lora_config  # noqa: E402
+from trl_masked_sft.tiny import build_tiny_tokenizer  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tiny_run, beside this script
+from tiny_run import HOMEWORK_ROWS, tiny_config, tiny_trainer  # noqa: E402
 
 KILL_WHILE_SAVING_STEP = 9
 MAX_STEPS = 10
@@ -27,30 +30,18 @@ def build_trainer(output_dir: str) -> MaskedSFTTrainer:
     """A LoRA run of 10 steps over 2.5 epochs, checkpoints every 3 steps, everything seeded."""
     torch.set_num_threads(1)  # the same reduction order in the test process and in the subprocess
     tokenizer = build_tiny_tokenizer()
-    rows = [[f"How many meters are there in {i} km?", f" <answer>{i * 1000}</answer>"] for i in range(1, 17)]
-    config = MaskedSFTConfig(
-        output_dir=output_dir,
-        use_cpu=True,
-        report_to="none",
+    config = tiny_config(
+        output_dir,
         per_device_train_batch_size=4,
         max_steps=MAX_STEPS,
         learning_rate=5e-3,
-        logging_steps=1,
         save_strategy="steps",
         save_steps=3,
         save_total_limit=None,
-        activation_checkpointing=False,
-        disable_tqdm=True,
-        dataloader_pin_memory=False,
         seed=7,
     )
-    return MaskedSFTTrainer(
-        build_tiny_model(tokenizer),
-        args=config,
-        train_dataset=rows,
-        processing_class=tokenizer,
-        peft_config=homework_lora_config(r=4, lora_dropout=0.1),  # dropout: the RNG state must be restored too
-    )
+    # dropout: the RNG state must be restored too
+    return tiny_trainer(config, tokenizer, HOMEWORK_ROWS, lora=homework_lora_config(r=4, lora_dropout=0.1))
 
 
 if __name__ == "__main__":

@@ -20,40 +20,30 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from trl_masked_sft import MaskedSFTConfig, MaskedSFTTrainer, homework_lora_config  # noqa: E402
-from trl_masked_sft.tiny import build_tiny_model, build_tiny_tokenizer  # noqa: E402
+from trl_masked_sft import MaskedSFTTrainer  # noqa: E402
+from trl_masked_sft.tiny import build_tiny_tokenizer  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tiny_run, beside this script
+from tiny_run import HOMEWORK_ROWS, tiny_config, tiny_trainer  # noqa: E402
 
 out = sys.argv[1]
 node = int(os.environ["GROUP_RANK"])
 tokenizer = build_tiny_tokenizer()
-rows = [[f"How many meters are there in {i} km?", f" <answer>{i * 1000}</answer>"] for i in range(1, 17)]
+rows = HOMEWORK_ROWS
 
 
 def trainer(scenario: str, max_steps: int, **overrides) -> MaskedSFTTrainer:
-    config = MaskedSFTConfig(
-        output_dir=os.path.join(out, scenario, f"node{node}"),
-        use_cpu=True,
-        report_to="none",
+    config = tiny_config(
+        os.path.join(out, scenario, f"node{node}"),
         per_device_train_batch_size=2,
         max_steps=max_steps,
-        logging_steps=1,
         save_strategy="steps",
         save_steps=2,
         save_total_limit=None,
-        disable_tqdm=True,
-        activation_checkpointing=False,
-        dataloader_pin_memory=False,
         seed=3,
         **overrides,
     )
-    torch.manual_seed(0)
-    return MaskedSFTTrainer(
-        build_tiny_model(tokenizer),
-        args=config,
-        train_dataset=rows,
-        processing_class=tokenizer,
-        peft_config=homework_lora_config(r=4),
-    )
+    return tiny_trainer(config, tokenizer, rows, seed=0)
 
 
 def resume(scenario: str, **overrides) -> dict:
