@@ -28,12 +28,18 @@ from trl import SFTConfig, SFTTrainer
 from trl_masked_sft import MaskedSFTConfig, MaskedSFTTrainer, homework_lora_config
 from trl_masked_sft.tiny import build_tiny_model
 
+#: The name `TrainingArguments` gives activation checkpointing: transformers 4.x knows only `gradient_checkpointing`.
+CHECKPOINTING = (
+    "activation_checkpointing"
+    if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+    else "gradient_checkpointing"
+)
 #: The homework's training settings, which are MaskedSFTConfig's defaults, given explicitly to every contender so
 #: that all train alike; one epoch; no TensorBoard, no checkpoints.
 SHARED = {
     "learning_rate": 2e-4,
     "num_train_epochs": 1,
-    "activation_checkpointing": True,
+    CHECKPOINTING: True,
     "logging_steps": 10,
     "report_to": "none",
     "save_strategy": "no",
@@ -94,9 +100,7 @@ def contenders(tokenizer, size: Size, rows, chat) -> list[Contender]:
 
     def masked_config(output_dir: str, **extra) -> MaskedSFTConfig:
         # Only what differs from MaskedSFTConfig's defaults (its defaults are the homework's settings).
-        settings = {
-            k: v for k, v in SHARED.items() if k not in ("learning_rate", "activation_checkpointing", "logging_steps")
-        }
+        settings = {k: v for k, v in SHARED.items() if k not in ("learning_rate", CHECKPOINTING, "logging_steps")}
         settings["per_device_train_batch_size"] = size.batch
         return MaskedSFTConfig(output_dir=output_dir, **{**settings, **extra})
 
@@ -130,7 +134,13 @@ def contenders(tokenizer, size: Size, rows, chat) -> list[Contender]:
         return Dataset.from_list(chat)
 
     chat_extra = {"max_length": 1024, "per_device_train_batch_size": size.chat_batch}
-    grouped = {"train_sampling_strategy": "group_by_length"}
+    # transformers 4.x names the length-grouped sampler `group_by_length=True`
+    fields = TrainingArguments.__dataclass_fields__
+    grouped = (
+        {"train_sampling_strategy": "group_by_length"}
+        if "train_sampling_strategy" in fields
+        else {"group_by_length": True}
+    )
     return [
         Contender(
             "homework", "homework pattern: pad-128 rows + transformers.Trainer", "homework", homework_trainer, "hw"

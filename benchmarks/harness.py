@@ -84,21 +84,36 @@ class StepTimer(TrainerCallback):
 
 
 class Counter:
-    """Counts the positions and supervised tokens each training forward pass of the model sees (no host sync)."""
+    """Counts the positions and supervised tokens each training forward pass of the model sees (no host sync).
+
+    `attach(model)` hooks the model (positions; supervised tokens from `labels`) and its LM head (the rows it projects
+    when `score_supervised_only` hands it only the kept positions, flattened: no labels are passed then)."""
 
     def __init__(self):
         self.positions = 0
         self.supervised: list[torch.Tensor] = []
 
+    def attach(self, model) -> Callable[[], None]:
+        """Install the hooks; returns the function that removes them."""
+        handles = [
+            model.register_forward_pre_hook(self, with_kwargs=True),
+            model.get_output_embeddings().register_forward_hook(self._head),
+        ]
+        return lambda: [handle.remove() for handle in handles]
+
     def __call__(self, module, args, kwargs):
-        ids, labels, keep = kwargs.get("input_ids"), kwargs.get("labels"), kwargs.get("logits_to_keep")
+        ids, labels = kwargs.get("input_ids"), kwargs.get("labels")
         if torch.is_grad_enabled() and isinstance(ids, torch.Tensor):
             self.positions += ids.numel()
             if isinstance(labels, torch.Tensor):
                 self.supervised.append((labels[..., 1:] != -100).sum())
-            elif isinstance(keep, torch.Tensor) and keep.dtype == torch.bool:
-                # `score_supervised_only` passes no labels: the kept positions are those whose next label counts
-                self.supervised.append(keep.sum())
+        return None
+
+    def _head(self, module, args, output):
+        # a `(kept, hidden)` input: the positions whose next label counts (transformers 5.x selects them through a
+        # boolean `logits_to_keep`, 4.x through a pre-hook on the head); full rows come as `(batch, seq, hidden)`
+        if torch.is_grad_enabled() and args and isinstance(args[0], torch.Tensor) and args[0].dim() == 2:
+            self.supervised.append(torch.tensor(args[0].shape[0]))
         return None
 
     def supervised_total(self) -> int:
@@ -128,7 +143,7 @@ def train_once(key: str, build: Callable[[Any, str], Any], model, workdir: Path)
     """Build the trainer of contender `key` (`build(model, output_dir)`) on `model`, train it, return the run and the
     trainer."""
     counter = Counter()
-    handle = model.register_forward_pre_hook(counter, with_kwargs=True)
+    detach = counter.attach(model)
     preflight: list[float] = []
     start = time.perf_counter()
     with timed_preflight(preflight):
@@ -144,7 +159,7 @@ def train_once(key: str, build: Callable[[Any, str], Any], model, workdir: Path)
     if torch.cuda.is_available():
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    handle.remove()
+    detach()
     run = Run(
         key=key,
         seconds=seconds,
@@ -305,11 +320,11 @@ def measure_training(trainer, model, device: str = "cpu") -> dict[str, Any]:
     growth during `train()`, the peak RSS of the process, the loss and the positions and supervised tokens seen."""
     timer, counter = StepTimer(), Counter()
     trainer.add_callback(timer)
-    handle = model.register_forward_pre_hook(counter, with_kwargs=True)
+    detach = counter.attach(model)
     base = memory_mark(device)
     output = trainer.train()
     growth = memory_peak(device) - base
-    handle.remove()
+    detach()
     return {
         "growth_mib": growth,
         "peak_rss_mib": proc_status_kib("VmHWM") / 1024,
@@ -361,7 +376,7 @@ def training_settings(args) -> dict[str, Any]:
     precision = "bf16 autocast" if args.bf16 else "fp16 autocast" if args.fp16 else "float32"
     return {
         "precision": precision,
-        "checkpointing": bool(args.activation_checkpointing or args.gradient_checkpointing),
+        "checkpointing": bool(getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing),
         "learning_rate": args.learning_rate,
         "batch": args.per_device_train_batch_size,
         "max_length": getattr(args, "max_length", None),

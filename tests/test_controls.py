@@ -23,6 +23,7 @@ from trl_masked_sft.controls import (
     ChatControls,
 )
 from trl_masked_sft.errors import ConfigError, DatasetTypeError
+from trl_masked_sft.hf_compat import TRANSFORMERS_MAJOR
 
 REASONED = [
     {"role": "user", "content": "2+2?"},
@@ -198,6 +199,8 @@ def test_reasoning_mask_on_glm45():
 @pytest.mark.parametrize("key", ["reasoning_content", "thinking"])
 def test_reasoning_mask_on_gptoss_masks_the_analysis_channel(key):
     """gpt-oss: the `analysis` channel up to the final channel's header is masked; `<|channel|>final…` trains."""
+    if key == "reasoning_content" and TRANSFORMERS_MAJOR < 5:
+        pytest.skip("transformers 4.x does not copy `reasoning_content` into the `thinking` gpt-oss's template reads")
     messages = [REASONED[0], {"role": "assistant", key: "Add two and two.", "content": "4"}]
     full = "<|channel|>analysis<|message|>Add two and two.<|end|><|start|>assistant"  # after the prompt
     assert _runs(_gptoss(), messages) == [f"{full}<|channel|>final<|message|>4<|return|>"]

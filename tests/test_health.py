@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from transformers import TrainerCallback, TrainerControl, TrainerState
 
 from trl_masked_sft import MaskedSFTTrainer, TrainingHealthError, TrainingHealthGuard, homework_lora_config
+from trl_masked_sft.hf_compat import TRANSFORMERS_MAJOR
 
 
 def qa_rows(n: int = 32) -> list[list]:
@@ -101,7 +102,11 @@ def test_infinite_gradient_with_finite_loss_stops_naming_the_gradient_norm(token
     trainer, _ = _lora_trainer(tokenizer, model, make_config)
     param = next(p for n, p in trainer.model.named_parameters() if "lora_B" in n)
     param.register_hook(lambda g: torch.full_like(g, float("inf")) if trainer.state.global_step == 1 else g)
-    with pytest.raises(TrainingHealthError, match=r"(?s)step 2: the gradient norm is inf .*while the loss is [\d.]+"):
+    # transformers 4.x calls `on_pre_optimizer_step` after clipping, which turns the inf gradients into NaN (inf * 0)
+    norm = "inf" if TRANSFORMERS_MAJOR >= 5 else "nan"
+    with pytest.raises(
+        TrainingHealthError, match=rf"(?s)step 2: the gradient norm is {norm} .*while the loss is [\d.]+"
+    ):
         trainer.train()
     assert trainer.state.global_step == 1
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from datasets import Dataset
 
+from trl_masked_sft.hf_compat import TRANSFORMERS_MAJOR
 from trl_masked_sft.metrics import BatchMaskStats, MaskMetrics, audit_logs, batch_mask_stats
 from trl_masked_sft.packing import pack_rows
 from trl_masked_sft.report import AuditReport
@@ -145,7 +146,8 @@ def test_the_trainer_hook_puts_the_mask_scalars_in_tensorboard(tokenizer, model,
     monkeypatch.setenv("TENSORBOARD_LOGGING_DIR", str(tmp_path / "tb"))
     rows = {"prompt": [f"What is {i} kg in g?" for i in range(4)], "completion": [f" {i}000 g" for i in range(4)]}
     data = Dataset.from_dict(rows)
-    args = make_config(report_to="tensorboard", max_steps=1, eval_strategy="steps", eval_steps=1)
+    folder = {"logging_dir": str(tmp_path / "tb")} if TRANSFORMERS_MAJOR < 5 else {}  # 4.x reads no variable
+    args = make_config(report_to="tensorboard", max_steps=1, eval_strategy="steps", eval_steps=1, **folder)
     trainer = MaskedSFTTrainer(
         model=model, args=args, train_dataset=data, eval_dataset=data, processing_class=tokenizer
     )

@@ -74,8 +74,12 @@ def test_reentrant_checkpointing_with_frozen_embeddings_gets_input_grads_and_say
 ):
     """User-enabled reentrant checkpointing + frozen embeddings: fixed at train() and logged, and the layers train."""
     model.get_input_embeddings().requires_grad_(False)
-    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
-    model.disable_input_require_grads()  # as a model prepared by hand might be
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+    else:  # transformers 4.x's name
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": True})
+    if hasattr(model, "_require_grads_hook"):  # 5.x's enable adds it; 4.x's does so only for a PEFT model
+        model.disable_input_require_grads()  # as a model prepared by hand might be
     config = make_config(activation_checkpointing=False, max_steps=1, optim="sgd", learning_rate=0.1)
     trainer = MaskedSFTTrainer(model, args=config, train_dataset=qa_rows(), processing_class=tokenizer)
     before = model.model.layers[0].mlp.up_proj.weight.detach().clone()

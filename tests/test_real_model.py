@@ -33,6 +33,21 @@ def _trained_text(tokenizer, input_ids, labels) -> str:
     return tokenizer.decode([t for t, label in zip(input_ids, labels, strict=True) if label != IGNORE_INDEX])
 
 
+def test_the_converted_tokenizer_reads_the_gguf_file_alike_on_transformers_4_and_5(smollm2_dir, smollm2_tokenizer):
+    """On either transformers line the cached folder (one per line) holds SmolLM2's byte-level BPE tokenizer: no
+    token added in front of plain text, `<|im_end|>` its eos and pad, the same ids and a faithful decode."""
+    from smollm2 import folder_name
+
+    assert smollm2_dir.name == folder_name()
+    text = "What is 2+2? ▁ café  x\n"
+    assert smollm2_tokenizer("What is 2+2?")["input_ids"] == [1780, 314, 216, 34, 27, 34, 47]
+    assert smollm2_tokenizer.eos_token == smollm2_tokenizer.pad_token == "<|im_end|>"
+    assert smollm2_tokenizer.decode(smollm2_tokenizer(text)["input_ids"]) == text
+    ids = smollm2_tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=True)
+    ids = ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids
+    assert ids[-6:] == [1, 4093, 198, 6004, 2, 198]
+
+
 def test_a_plain_homework_row_trains_the_answer_and_the_stop_token_only(smollm2_tokenizer):
     """`[question, 120.0]` as raw text: the question is masked; ` <answer>120.0</answer><|im_end|>` is trained."""
     dataset, report, _ = prepare_dataset([[QUESTION, 120.0]], smollm2_tokenizer)

@@ -16,6 +16,7 @@ import torch
 
 from trl_masked_sft import CheckpointError
 from trl_masked_sft.checkpoints import last_complete_checkpoint, resolve_resume_checkpoint
+from trl_masked_sft.hf_compat import TRANSFORMERS_MAJOR
 
 SCRIPT = Path(__file__).parent / "scripts" / "resume_run.py"
 
@@ -170,6 +171,9 @@ def two_nodes(tmp_path_factory) -> tuple[list[dict], str]:
 def test_two_nodes_with_their_own_checkpoints_resume_from_the_same_one(two_nodes):
     """`save_on_each_node=True`, separate output_dirs: both ranks resume from checkpoint-4 and train steps 5-6."""
     ranks, _ = two_nodes
+    if TRANSFORMERS_MAJOR < 5:  # 4.x can't load a checkpoint on CPU ranks: refused before, naming the fix
+        assert all("needs transformers 5.x" in r["per_node"]["message"] for r in ranks), ranks
+        return
     for result in ranks:
         assert result["per_node"]["resumed_from"] == "checkpoint-4"
         assert result["per_node"]["steps"][-2:] == [5, 6] and result["per_node"]["last_step"] == 6
@@ -179,7 +183,10 @@ def test_two_nodes_with_their_own_checkpoints_resume_from_the_same_one(two_nodes
 def test_a_node_without_the_newest_checkpoint_makes_every_rank_resume_from_an_older_one(two_nodes):
     """Node 1's checkpoint-4 is incomplete: every rank resumes from checkpoint-2, said once (by rank 0)."""
     ranks, log = two_nodes
-    assert [r["lagging"]["resumed_from"] for r in ranks] == ["checkpoint-2", "checkpoint-2"]
+    if TRANSFORMERS_MAJOR < 5:  # as above: the ranks agree, then the resume is refused on 4.x
+        assert all("Resuming from checkpoint-2 with 2 CPU processes" in r["lagging"]["message"] for r in ranks)
+    else:
+        assert [r["lagging"]["resumed_from"] for r in ranks] == ["checkpoint-2", "checkpoint-2"]
     assert log.count("Resuming every rank from checkpoint-2") == 1
     assert "node 1" in log and "checkpoint-4: it has no readable `trainer_state.json`" in log
 

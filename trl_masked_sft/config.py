@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from transformers import TrainingArguments
 from transformers.trainer_utils import SaveStrategy
 from transformers.utils import is_torch_bf16_gpu_available
 from trl import SFTConfig
@@ -364,6 +365,12 @@ class MaskedSFTConfig(SFTConfig):
             self.activation_checkpointing = not self.use_cpu and has_accelerator()
             # Off on a CPU unless the trainer, which sees the model and the data, finds it needed (`memory.py`).
             self._checkpointing_auto = not self.activation_checkpointing
+        if "activation_checkpointing" not in TrainingArguments.__dataclass_fields__:
+            # transformers 4.x knows only `gradient_checkpointing`: resolved as 5.x resolves the two names (the new
+            # one wins when set), then mirrored, so either name reads the same and 4.x's Trainer sees the choice.
+            if self.activation_checkpointing is None:
+                self.activation_checkpointing = bool(self.gradient_checkpointing)
+            self.gradient_checkpointing = self.activation_checkpointing
         check_types(self)  # before transformers converts or compares them: a typo fails there with no fix
         self._bf16_auto = False
         if self.bf16 is None and not self.fp16:

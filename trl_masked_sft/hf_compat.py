@@ -1,14 +1,45 @@
-"""The seams to `datasets` and PEFT: column names of any dataset, a fast per-row `map` that keeps untouched columns,
-and the active adapter config of a (wrapped) model."""
+"""The seams to `datasets`, PEFT and the transformers line: column names of any dataset, a fast per-row `map` that
+keeps untouched columns, the active adapter config of a (wrapped) model, and what the installed transformers (4.56+
+or 5.x) can do."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import transformers
 from datasets import Dataset, IterableDataset
+from transformers import modeling_utils
 
-__all__ = ["active_peft_config", "column_names", "first_row", "in_memory_kwargs", "map_rows"]
+__all__ = [
+    "COUNTS_UNSHIFTED_LABELS",
+    "MASK_LOGITS_TO_KEEP",
+    "TRANSFORMERS_MAJOR",
+    "active_peft_config",
+    "check_resume_supported",
+    "checkpointing_on",
+    "column_names",
+    "first_row",
+    "in_memory_kwargs",
+    "map_rows",
+]
+
+#: The installed transformers' major version: 4 (4.56.2 and later, as TRL 1.x supports) or 5.
+TRANSFORMERS_MAJOR = int(transformers.__version__.split(".")[0])
+#: Whether causal LMs take a boolean `(batch, seq_len)` `logits_to_keep` (transformers 5.x's `slice_logits_to_keep`);
+#: 4.x models take an int or a 1-D tensor of positions kept in every row.
+MASK_LOGITS_TO_KEEP = hasattr(modeling_utils, "slice_logits_to_keep")
+#: Whether `Trainer` counts the loss's divisor (`num_items_in_batch`) over the labels before the causal shift, so a
+#: row's supervised first token counts though it is never a target (4.x); 5.x counts `labels[..., 1:]`.
+COUNTS_UNSHIFTED_LABELS = TRANSFORMERS_MAJOR < 5
+
+
+def checkpointing_on(args) -> bool:
+    """Whether `args` turn activation checkpointing on: `activation_checkpointing` (transformers 5.x, which mirrors
+    the deprecated `gradient_checkpointing` into it), else `gradient_checkpointing` (4.x's only name)."""
+    value = getattr(args, "activation_checkpointing", None)
+    return bool(getattr(args, "gradient_checkpointing", False) if value is None else value)
 
 
 def column_names(dataset: Dataset | IterableDataset) -> list[str]:
@@ -97,3 +128,18 @@ def active_peft_config(model) -> Any:
     while hasattr(model, "module") and not hasattr(model, "active_peft_config"):
         model = model.module
     return getattr(model, "active_peft_config", None)
+
+
+def check_resume_supported(checkpoint, args) -> None:
+    """Raise `CheckpointError` before resuming where the installed transformers can't: a run of several processes on
+    CPU (gloo) under transformers 4.x, whose checkpoint loading fails there with "don't know how to restore data
+    location of torch.storage.UntypedStorage (tagged with cpu:0)" (checked with 4.57.6; 5.x resumes)."""
+    if not checkpoint or TRANSFORMERS_MAJOR >= 5 or args.world_size <= 1 or args.device.type != "cpu":
+        return
+    from .errors import CheckpointError
+
+    raise CheckpointError(
+        f"Resuming from {os.path.basename(str(checkpoint))} with {args.world_size} CPU processes needs transformers "
+        f"5.x: transformers {transformers.__version__} fails to load the checkpoint's tensors on CPU ranks. Fix: "
+        "`pip install -U 'transformers>=5'`, or resume with one process (then continue on several)."
+    )

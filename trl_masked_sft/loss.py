@@ -3,9 +3,11 @@
 TRL 1.16 computes `SFTTrainer`'s loss through a fused LM head (`trl.trainer.utils.add_fused_lm_head`). On CUDA/XPU
 with Triton it projects only the positions whose next-token label is supervised; on every other device, CPU included,
 it projects every position and zeroes the prompt's afterwards. On completion-only data that is most of the head's
-work and memory. Here the model itself projects only the supervised positions: transformers 5.24 causal LMs take a
+work and memory. Here the model itself projects only the supervised positions: transformers 5.x causal LMs take a
 boolean `(batch, seq_len)` `logits_to_keep` and return the logits of its true positions only, flattened, with the
-model's own logit scaling and soft-capping. The loss, `entropy`, `mean_token_accuracy` and `num_tokens` are then
+model's own logit scaling and soft-capping. Transformers 4.x models take only an int or one row of positions, so there
+a pre-hook on the LM head module hands it the same boolean selection of the hidden states (the model's scaling and
+soft-capping still follow); the one-time probe checks either way against the full forward. The loss, `entropy`, `mean_token_accuracy` and `num_tokens` are then
 computed as TRL computes them (same normalisation by `num_items_in_batch`, same metric definitions).
 
 Where it can't apply exactly — another device, a `compute_loss_func`, label smoothing, an MoE auxiliary loss,
@@ -17,15 +19,25 @@ a model whose forward can't keep a boolean selection of logits, logits wanted by
 from __future__ import annotations
 
 import inspect
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from .hf_compat import MASK_LOGITS_TO_KEEP
 from .logs import get_logger
 from .masking import IGNORE_INDEX
 
-__all__ = ["MAX_LOGITS", "SupervisedLoss", "check_weighted_loss", "count_packed_tokens", "supervised_logits_are_exact"]
+__all__ = [
+    "MAX_LOGITS",
+    "SupervisedLoss",
+    "check_weighted_loss",
+    "count_packed_tokens",
+    "kept_logits",
+    "supervised_logits_are_exact",
+]
 
 logger = get_logger(__name__)
 
@@ -35,9 +47,43 @@ MAX_LOGITS = 2**27
 _ENTROPY_CHUNK = 2**24  # logits per block when computing the entropy (bounds its temporaries)
 
 
+def kept_logits(model, keep: torch.Tensor, **inputs) -> torch.Tensor:
+    """`model(**inputs)`'s logits of the true positions of the boolean `(batch, seq_len)` `keep`, `(num_kept, vocab)`:
+    through `logits_to_keep=keep` on transformers 5.x, through a pre-hook on the LM head module on 4.x."""
+    if MASK_LOGITS_TO_KEEP:
+        return model(**inputs, logits_to_keep=keep).logits
+    with _head_sees_only(model, keep):
+        return model(**inputs).logits
+
+
+@contextmanager
+def _head_sees_only(model, keep: torch.Tensor) -> Iterator[None]:
+    """While open, the LM head module projects only `hidden_states[keep]` of a `(batch, seq_len, hidden)` input;
+    any other input (a model that slices before its head) passes unchanged, and the probe then finds the mismatch."""
+    head = _unwrapped(model).get_output_embeddings()
+
+    def select(module, args):
+        hidden = args[0]
+        if hidden.dim() == 3 and hidden.shape[:2] == keep.shape:
+            return (hidden[keep], *args[1:])
+        return None
+
+    handle = head.register_forward_pre_hook(select)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _unwrapped(model):
+    while hasattr(model, "module") and not hasattr(model, "get_output_embeddings"):
+        model = model.module  # DDP
+    return model
+
+
 def supervised_logits_are_exact(model, *, tolerance: float = 1e-4) -> bool:
-    """Whether `model(..., logits_to_keep=mask)` with a boolean `(batch, seq_len)` mask returns the logits of the
-    mask's true positions, flattened in row order, as the full forward gives them.
+    """Whether `kept_logits(model, mask)` with a boolean `(batch, seq_len)` mask returns the logits of the mask's
+    true positions, flattened in row order, as the full forward gives them.
 
     Runs the model (eval mode, no gradients) on two deterministic rows of six tokens. `tolerance` is relative to the
     largest logit. Any error counts as a failure.
@@ -55,7 +101,7 @@ def supervised_logits_are_exact(model, *, tolerance: float = 1e-4) -> bool:
     try:
         with torch.no_grad():
             full = model(input_ids=input_ids, use_cache=False).logits.float()
-            kept = model(input_ids=input_ids, use_cache=False, logits_to_keep=keep).logits.float()
+            kept = kept_logits(model, keep, input_ids=input_ids, use_cache=False).float()
     except Exception:  # a model that can't keep a boolean selection trains on TRL's path
         return False
     finally:
@@ -119,10 +165,12 @@ class SupervisedLoss:
         if getattr(getattr(unwrapped, "active_peft_config", None), "is_prompt_learning", False):
             return "prompt-learning PEFT adds virtual tokens in front of every row"
         base = unwrapped.get_base_model() if hasattr(unwrapped, "get_base_model") else unwrapped
-        if "logits_to_keep" not in inspect.signature(type(base).forward).parameters:
+        if MASK_LOGITS_TO_KEEP and "logits_to_keep" not in inspect.signature(type(base).forward).parameters:
             return f"{type(base).__name__}.forward takes no `logits_to_keep`"
         if base.get_output_embeddings() is None or not supervised_logits_are_exact(unwrapped):
-            return f"{type(base).__name__} does not return the logits of a boolean `logits_to_keep` selection"
+            if MASK_LOGITS_TO_KEEP:
+                return f"{type(base).__name__} does not return the logits of a boolean `logits_to_keep` selection"
+            return f"{type(base).__name__} does not give the logits of its LM head's selected positions"
         return None
 
     def _say_once(self, reason: str) -> None:
@@ -159,7 +207,8 @@ class SupervisedLoss:
         inputs["use_cache"] = False
         forward_inputs = {k: v for k, v in inputs.items() if k != "labels"}
         outputs = model(**forward_inputs) if full else None
-        logits = outputs.logits[:, :-1][label_mask] if full else model(**forward_inputs, logits_to_keep=keep).logits
+        # (num_kept, vocab): the supervised positions only, unless the whole batch's logits are needed
+        logits = outputs.logits[:, :-1][label_mask] if full else kept_logits(model, keep, **forward_inputs)
         targets = labels[:, 1:][label_mask]
         log_probs = -F.cross_entropy(logits.float(), targets, reduction="none")
         per_token_loss = -log_probs

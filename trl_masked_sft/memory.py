@@ -105,7 +105,10 @@ def checkpointing_by_memory(trainer) -> str | None:
     )
     if needed:
         args.activation_checkpointing = True
-        kwargs = dict(args.activation_checkpointing_kwargs or {})
+        # transformers 4.x names the kwargs `gradient_checkpointing_kwargs` only
+        kwargs = dict(
+            getattr(args, "activation_checkpointing_kwargs", None) or args.gradient_checkpointing_kwargs or {}
+        )
         model = trainer.model  # as `Trainer.__init__` enables it, which ran before the data were known
         if hasattr(model, "activation_checkpointing_enable"):
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs or None)

@@ -23,6 +23,7 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from .errors import ModelSetupError
+from .hf_compat import checkpointing_on
 from .logs import get_logger, warn
 
 __all__ = [
@@ -143,11 +144,14 @@ def quiet_peft_checkpointing_probe() -> Iterator[None]:
 
 
 def _checkpointing_on(model, args) -> bool:
-    # transformers >= 5.24 mirrors the deprecated `gradient_checkpointing` into `activation_checkpointing`.
-    if getattr(args, "activation_checkpointing", False):
+    if checkpointing_on(args):
         return True
     base = model.get_base_model() if _is_peft_model(model) else model
-    return bool(getattr(base, "is_activation_checkpointing", False))
+    # transformers 5.x names the model's flag `is_activation_checkpointing`; 4.x `is_gradient_checkpointing` (which
+    # 5.x deprecates, so it is read only where the new one is missing).
+    if hasattr(base, "is_activation_checkpointing"):
+        return bool(base.is_activation_checkpointing)
+    return bool(getattr(base, "is_gradient_checkpointing", False))
 
 
 def _ensure_input_grads(model, args) -> None:

@@ -8,6 +8,8 @@ the same positions as without packing. The flash-attention implementations read 
 `position_ids` but only from a single row, so for them the batch is packed into one row. The first label of each
 original row is set to `ignore_index`: after the causal shift it would be predicted from the previous row's last
 token (unpacked, position 0 is never a target), so the supervised tokens, their count and the loss are unchanged.
+transformers 4.x's `Trainer` counts a supervised first label in the loss's divisor all the same, so there a batch with
+such a row (text or whole-sequence loss) is padded, not packed; completion-only batches are packed on both lines.
 
 Whether a model honours packed `position_ids` is not assumed: `packing_is_exact` runs the model once on a few short
 rows, packed and unpacked, and packing is used only when the two agree. Prompt-learning PEFT models (prompt tuning,
@@ -24,7 +26,7 @@ from typing import Any
 
 import torch
 
-from .hf_compat import active_peft_config
+from .hf_compat import COUNTS_UNSHIFTED_LABELS, active_peft_config
 from .logs import get_logger
 from .masking import IGNORE_INDEX
 
@@ -192,6 +194,12 @@ class PackingCollator:
     def __call__(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
         first = examples[0] if examples else {}
         if "labels" not in first or "seq_lengths" in first:
+            return self.fallback(examples)
+        if COUNTS_UNSHIFTED_LABELS and any(
+            len(e["labels"]) and int(e["labels"][0]) != self.ignore_index for e in examples
+        ):
+            # transformers 4.x counts a supervised first label in the loss's divisor; packing masks it (it would be
+            # a target in a packed row), which would change the loss: such batches are padded as TRL pads them.
             return self.fallback(examples)
         return pack_rows(
             [example["input_ids"] for example in examples],

@@ -26,6 +26,7 @@ from .distributed import (
 )
 from .formats import coerce_datasets
 from .health import TrainingHealthGuard
+from .hf_compat import check_resume_supported, checkpointing_on
 from .logs import get_logger, warn
 from .loss import SupervisedLoss, count_packed_tokens
 from .masking import WEIGHTS
@@ -211,8 +212,9 @@ class MaskedSFTTrainer(WeightedBatches, SFTTrainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args, **kwargs):
         check_model_before_training(self.model, self.args, self.train_dataset, self.processing_class)
-        check_prompt_learning(self.model, activation_checkpointing=bool(self.args.activation_checkpointing))
+        check_prompt_learning(self.model, activation_checkpointing=checkpointing_on(self.args))
         resume_from_checkpoint = agree_on_checkpoint(resume_from_checkpoint, self.args.output_dir, self.model)
+        check_resume_supported(resume_from_checkpoint, self.args)
         check_run_length(self.train_dataset, self.eval_dataset, self.args, self._msft_audits, self._msft_streams)
         if self.is_world_process_zero() and self._msft_audits:
             save_audits(self._msft_audits, Path(self.args.output_dir) / "masked_sft_audit.json")

@@ -108,7 +108,9 @@ def weighted_num_items(trainer: Any, batches: Sequence[dict], device, count):
     args = trainer.args
     if args.average_tokens_across_devices and args.world_size > 1:
         total = trainer.accelerator.gather(total).sum()
-    return total / (trainer.get_tp_size() * trainer.get_cp_size() * trainer.get_sp_size())
+    # transformers 4.x has no context or sequence parallelism (no `get_cp_size`/`get_sp_size`): those count as 1
+    sizes = [getattr(trainer, f"get_{kind}_size", lambda: 1)() for kind in ("tp", "cp", "sp")]
+    return total / (sizes[0] * sizes[1] * sizes[2])
 
 
 def is_weighted(dataset: Any) -> bool:
