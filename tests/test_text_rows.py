@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerFast
 from trl.data_utils import common_prefix_length
 
 from trl_masked_sft import DataCollatorForCompletionOnlyLM, MaskedSFTConfig, PreparationPipeline
+from trl_masked_sft.hf_compat import TRANSFORMERS_MAJOR
 from trl_masked_sft.masking import IGNORE_INDEX
 from trl_masked_sft.metrics import audit_logs
 from trl_masked_sft.text import token_pieces
@@ -229,6 +230,11 @@ def test_a_masked_sft_trainer_run_trains_exactly_the_completions(tmp_path):
     assert any(not b.equal(a) for b, a in zip(before, model.parameters(), strict=True))
 
 
+@pytest.mark.skipif(
+    TRANSFORMERS_MAJOR < 5,
+    reason="transformers 4.x's PreTrainedTokenizerFast resets the pre-tokenizer's add_prefix_space: there this "
+    "tokenizer does not space a text alone, so the rule of the other tests applies (checked on 4.57.6)",
+)
 def test_a_tokenizer_that_spaces_every_text_alone_falls_back_to_trls_rule_and_says_so(capture_logs):
     """A byte-level BPE with `add_prefix_space=True` puts `Ġ` before a completion alone, even after a special token:
     no tokenization alone gives the completion's bytes, so TRL's rule applies, said truthfully and counted."""

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +18,7 @@ from .end_of_turn import GENERATION_CONFIG, GIVEN, TEMPLATE_EOT, TOKENIZER_EOS, 
 from .logs import get_logger, warn
 from .options import MaskingOptions
 
-__all__ = ["model_stop_ids", "read_generation_config", "save_generation_config", "with_model_stops"]
+__all__ = ["model_stop_ids", "read_generation_config", "generation_config_saved", "with_model_stops"]
 
 logger = get_logger(__name__)
 
@@ -47,7 +49,7 @@ def model_stop_ids(model: Any) -> list[int] | None:
 def with_model_stops(tokenizer: Any, options: MaskingOptions, model_ids: list[int] | None) -> MaskingOptions:
     """`options` with the run's stop set: the config's `stop_token_ids`, else the model's generation config, plus
     the tokenizer's eos. With the model's set, a template end-of-turn token it lacks (a base model trained with an
-    Instruct template) is said once and added: it is trained, and `save_generation_config` writes it."""
+    Instruct template) is said once and added: it is trained, and `generation_config_saved` writes it."""
     if not options.chat or (options.stop_token_ids is None and model_ids is None):
         return options  # the default: the tokenizer's eos and the template's own end-of-turn token
     given = options.stop_token_ids is not None
@@ -83,13 +85,19 @@ def add_to_generation_config(model: Any, options: MaskingOptions) -> None:
     config = _generation_config(model)
     if not added or config is None:
         return
-    ids = _ids(config.eos_token_id) or []
+    ids = list(dict.fromkeys(_ids(config.eos_token_id) or []))  # transformers 4.x may hold an id twice
     config.eos_token_id = ids + [i for i in added if i not in ids]
 
 
-def save_generation_config(model: Any, output_dir: str | Path, options: MaskingOptions) -> None:
-    """Write the model's generation config beside a saved PEFT adapter (`save_pretrained` writes it for a whole
-    model, not for an adapter) when the run added stop tokens to it."""
+@contextmanager
+def generation_config_saved(model: Any, output_dir: str | Path, options: MaskingOptions) -> Iterator[None]:
+    """Around a save: the model's stop ids listed once (transformers 4.57's `_align_special_tokens` prepends the
+    tokenizer's eos to `generation_config.eos_token_id` even when the list holds it), and afterwards the generation
+    config written beside a saved PEFT adapter (`save_pretrained` writes it for a whole model, not for an adapter)
+    when the run added stop tokens to it."""
     config = _generation_config(model)
+    if config is not None and isinstance(config.eos_token_id, list):
+        config.eos_token_id = list(dict.fromkeys(config.eos_token_id))
+    yield
     if config is not None and hasattr(model, "get_base_model") and TEMPLATE_EOT in options.stop_sources:
         config.save_pretrained(output_dir)

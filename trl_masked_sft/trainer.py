@@ -45,7 +45,7 @@ from .pipeline import PreparationPipeline
 from .precision import resolve_cpu_bf16, training_precision, weights_as_given
 from .report import AuditReport, save_audits
 from .steps import check_run_length, check_stream_kept_rows
-from .stops import add_to_generation_config, model_stop_ids, save_generation_config, with_model_stops
+from .stops import add_to_generation_config, generation_config_saved, model_stop_ids, with_model_stops
 from .validation import (
     check_collator_ignore_index,
     check_collator_keeps_labels,
@@ -202,8 +202,8 @@ class MaskedSFTTrainer(WeightedBatches, SFTTrainer):
         return dataset, prepared.report
 
     def _save(self, output_dir: str | None = None, state_dict=None):
-        super()._save(output_dir, state_dict)  # an adapter's folder gets the generation config too
-        save_generation_config(self.model, output_dir or self.args.output_dir, self._msft_options)
+        with generation_config_saved(self.model, output_dir or self.args.output_dir, self._msft_options):
+            super()._save(output_dir, state_dict)  # an adapter's folder gets the generation config too
 
     @property
     def audit_reports(self) -> dict[str, AuditReport]:
