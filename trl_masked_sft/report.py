@@ -9,39 +9,18 @@ from pathlib import Path
 
 from .masking import IGNORE_INDEX
 from .policies import (
-    AUDIT_COLUMNS,
     COUNT,
     FULL_COUNT,
-    FULL_FIRST,
-    FULL_LENGTH,
     LENGTH,
     MERGED,
     MERGED_HEADER,
-    REASON,
-    STOP_CUT,
     STOP_OK,
     CutStopToken,
     RowVerdict,
     find_verdicts,
 )
 
-__all__ = [
-    "AUDIT_COLUMNS",
-    "COUNT",
-    "FULL_COUNT",
-    "FULL_FIRST",
-    "FULL_LENGTH",
-    "LENGTH",
-    "MERGED",
-    "MERGED_HEADER",
-    "REASON",
-    "STOP_CUT",
-    "STOP_OK",
-    "AuditReport",
-    "StopTruncation",
-    "build_report",
-    "save_audits",
-]
+__all__ = ["AuditReport", "StopTruncation", "build_report", "save_audits"]
 
 #: The verdict on rows whose stop token truncation cut, under its former name.
 StopTruncation = CutStopToken
