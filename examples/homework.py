@@ -342,6 +342,16 @@ def _directory_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
 
 
+def _warmup(warmup: float) -> dict:
+    """`--warmup` as the installed transformers takes it: 5.x reads a float below 1 in `warmup_steps` as a share of
+    the steps; 4.x takes only a whole number of steps there, and the share as `warmup_ratio`."""
+    from trl_masked_sft.hf_compat import TRANSFORMERS_MAJOR
+
+    if TRANSFORMERS_MAJOR >= 5:
+        return {"warmup_steps": warmup}
+    return {"warmup_ratio": warmup} if 0 < warmup < 1 else {"warmup_steps": int(warmup)}
+
+
 def run_homework(
     output_dir: str | Path = "outputs/homework",
     *,
@@ -428,7 +438,7 @@ def run_homework(
         max_steps=max_steps,
         learning_rate=learning_rate,
         lr_scheduler_type=lr_scheduler_type,
-        warmup_steps=warmup,
+        **_warmup(warmup),
         per_device_train_batch_size=batch_size,
         logging_steps=logging_steps,
         logging_first_step=True,
