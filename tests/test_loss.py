@@ -3,12 +3,6 @@ changes — the loss, the gradients and TRL's logged metrics equal TRL's own pat
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +11,7 @@ from datasets import Dataset
 from peft import PromptTuningConfig
 from transformers import LlamaForCausalLM
 from transformers.modeling_outputs import CausalLMOutputWithPast
+from two_ranks import run_two_ranks
 
 import trl_masked_sft.loss as loss_module
 from trl_masked_sft import MaskedSFTTrainer, homework_lora_config
@@ -284,27 +279,7 @@ def test_two_processes_train_exactly_as_trls_path(tmp_path):
     """Under DDP (2 CPU processes, gloo), accumulation and packing: the same logs and adapter weights on both paths,
     the same on both ranks."""
     script = Path(__file__).parent / "scripts" / "ddp_loss.py"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), str(script), str(tmp_path),
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_OFFLINE": "1"}
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
-    )
-    try:
-        log, _ = process.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        log, _ = process.communicate()
-        pytest.fail(f"2-process run did not finish in 300 s:\n{log[-3000:]}")
-    files = [tmp_path / f"rank{r}.json" for r in (0, 1)]
-    assert all(f.is_file() for f in files), f"exit code {process.returncode}:\n{log[-3000:]}"
-    ranks = [json.loads(f.read_text()) for f in files]
+    ranks = run_two_ranks(script, tmp_path)
     assert [r["world_size"] for r in ranks] == [2, 2]
     for rank in ranks:
         assert rank["on"]["path"] is None and rank["off"]["path"] == "`score_supervised_only=False`"

@@ -4,16 +4,13 @@ to the number of processes; without weights nothing changes (no column, the same
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from two_ranks import run_two_ranks
 
 from trl_masked_sft import MaskedSFTTrainer, PreparationPipeline, chat_labels, homework_lora_config
 from trl_masked_sft.errors import DatasetFormatError, DatasetTypeError
@@ -121,27 +118,7 @@ def test_two_processes_train_as_one_on_weighted_rows(tmp_path, tokenizer, make_c
     """2 CPU processes (gloo) × 4 rows × accumulation 2 log the same weighted losses and end with the same adapter
     weights as 1 process × 8 rows × accumulation 2 (1e-5)."""
     script = Path(__file__).parent / "scripts" / "ddp_weights.py"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(port), str(script), str(tmp_path),
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_OFFLINE": "1"}
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
-    process = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True
-    )
-    try:
-        log, _ = process.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        log, _ = process.communicate()
-        pytest.fail(f"2-process run did not finish in 300 s:\n{log[-3000:]}")
-    files = [tmp_path / f"rank{r}.json" for r in (0, 1)]
-    assert all(f.is_file() for f in files), f"exit code {process.returncode}:\n{log[-3000:]}"
-    ranks = [json.loads(f.read_text()) for f in files]
+    ranks = run_two_ranks(script, tmp_path)
     sys.path.insert(0, str(script.parent))
     try:
         from ddp_weights import run  # the same run, in this one process, 8 rows per micro-batch
