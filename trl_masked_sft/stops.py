@@ -85,7 +85,7 @@ def add_to_generation_config(model: Any, options: MaskingOptions) -> None:
     config = _generation_config(model)
     if not added or config is None:
         return
-    ids = list(dict.fromkeys(_ids(config.eos_token_id) or []))  # transformers 4.x may hold an id twice
+    ids = _ids(config.eos_token_id) or []
     config.eos_token_id = ids + [i for i in added if i not in ids]
 
 
