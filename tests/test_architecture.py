@@ -13,50 +13,75 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "trl_masked_sft"
 
-#: Lowest first. Modules of one layer never import each other.
+#: Lowest first. Modules of one layer never import each other. A subpackage's modules are named with a dot
+#: (`chat.labels`); the subpackage itself (`chat`, its `__init__.py`) sits above them, since importing any of its
+#: modules from outside runs its `__init__.py` first.
 LAYERS: list[set[str]] = [
     {"errors", "tiny", "hints", "text", "provenance"},
-    {"policies", "logs", "cli_errors"},
-    {"precision", "constraints", "memory"},
-    {"config", "masking", "hf_compat", "conversations"},
-    {"validation", "end_of_turn", "checkpoints", "model_checks", "packing", "loss", "values", "steps", "options"},
+    {"policies", "logs", "cli.errors"},
+    {"precision", "config_checks", "memory"},
+    {"config", "masking", "hf_compat", "chat.conversations"},
+    {
+        "batch_checks",
+        "chat.end_of_turn",
+        "checkpoints",
+        "model_checks",
+        "packing",
+        "loss",
+        "row_checks",
+        "steps",
+        "options",
+    },
     {"weights"},
-    {"report", "distributed", "collator", "metrics", "controls", "context"},
-    {"formats", "health", "streaming", "stops", "chat"},
-    {"text_rows"},
-    {"pipeline", "sources"},
+    {"report", "distributed", "collator", "metrics", "chat.controls", "context"},
+    {"formats", "run_checks", "streaming", "chat.labels"},
+    {"text_rows", "chat"},
+    {"pipeline", "stops", "cli.sources"},
     {"audit", "inspector"},
     {"trainer", "audit_html"},
-    {"cli", "__init__"},
+    {"cli.main", "__init__"},
+    {"cli"},
     {"__main__"},
 ]
 MAX_LINES, MAX_TRAINER_LINES = 400, 300
+MODULES = sorted(PACKAGE.rglob("*.py"))
 
 
 def _layer_of(module: str) -> int:
     for level, names in enumerate(LAYERS):
         if module in names:
             return level
-    raise AssertionError(f"trl_masked_sft/{module}.py has no layer in tests/test_architecture.py: give it one.")
+    raise AssertionError(f"trl_masked_sft module `{module}` has no layer in tests/test_architecture.py: give it one.")
+
+
+def _name(path: Path) -> str:
+    """`chat.labels` for `chat/labels.py`, `chat` for `chat/__init__.py`, `__init__` for the package root's."""
+    parts = path.relative_to(PACKAGE).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" and len(parts) > 1 else parts)
 
 
 def _imports(path: Path) -> set[str]:
-    """The package modules `path` imports, at module level or inside functions."""
+    """The package modules `path` imports, at module level or inside functions; importing `chat.labels` from
+    outside `chat/` imports `chat` (its `__init__.py`) too."""
+    here = path.relative_to(PACKAGE).parent.parts  # the (sub)package `path` is in
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.ImportFrom):
-            if node.level == 1 and node.module:
-                found.add(node.module.split(".")[0])
-            elif node.level == 1:
-                found.update(alias.name for alias in node.names)
-            elif node.level == 0 and (node.module or "").startswith("trl_masked_sft."):
-                found.add(node.module.split(".")[1])
+        if isinstance(node, ast.ImportFrom) and node.level:
+            base = here[: len(here) - node.level + 1]
+            if node.module:
+                found.add(".".join([*base, node.module]))
+            else:
+                found.update(".".join([*base, alias.name]) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("trl_masked_sft."):
+            found.add(node.module.split(".", 1)[1])
         elif isinstance(node, ast.Import):
-            found.update(a.name.split(".")[1] for a in node.names if a.name.startswith("trl_masked_sft."))
-    return found
+            found.update(a.name.split(".", 1)[1] for a in node.names if a.name.startswith("trl_masked_sft."))
+    module = _name(path)
+    parents = {n.split(".")[0] for n in found if "." in n and module.split(".")[0] != n.split(".")[0]}
+    return (found | parents) - {module}
 
 
-GRAPH = {path.stem: _imports(path) for path in sorted(PACKAGE.glob("*.py"))}
+GRAPH = {_name(path): _imports(path) for path in MODULES}
 
 
 @pytest.mark.parametrize("module", sorted(GRAPH))
@@ -68,7 +93,7 @@ def test_each_module_imports_only_lower_layers(module):
 
 def test_only_the_package_root_and_the_cli_import_the_trainer():
     """Everything else prepares, checks or reports without a trainer."""
-    assert sorted(m for m, deps in GRAPH.items() if "trainer" in deps) == ["__init__", "cli"]
+    assert sorted(m for m, deps in GRAPH.items() if "trainer" in deps) == ["__init__", "cli.main"]
 
 
 def test_the_import_graph_has_no_cycle():
@@ -89,24 +114,24 @@ def test_the_import_graph_has_no_cycle():
             visit(module, [])
 
 
-@pytest.mark.parametrize("path", sorted(PACKAGE.glob("*.py")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE)))
 def test_no_module_is_over_its_size(path):
     """At most 400 lines a module, 300 for the trainer: sizes that show the design."""
     limit = MAX_TRAINER_LINES if path.stem == "trainer" else MAX_LINES
     lines = len(path.read_text().splitlines())
-    assert lines <= limit, f"{path.name} has {lines} lines (limit {limit})"
+    assert lines <= limit, f"{path.relative_to(PACKAGE)} has {lines} lines (limit {limit})"
 
 
 def test_nothing_builds_a_trainer_without_its_constructor():
     """No `__new__` tricks: preparing data needs no trainer at all."""
-    offenders = [p.name for p in PACKAGE.glob("*.py") if "__new__(" in p.read_text()]
+    offenders = [p.name for p in MODULES if "__new__(" in p.read_text()]
     assert offenders == []
 
 
 def test_the_ignore_index_is_defined_once():
     """`masking.IGNORE_INDEX` is the one -100 in code: no module assigns or compares with its own."""
     offenders = []
-    for path in sorted(PACKAGE.glob("*.py")):
+    for path in MODULES:
         for node in ast.walk(ast.parse(path.read_text())):
             is_minus_100 = (
                 isinstance(node, ast.UnaryOp)

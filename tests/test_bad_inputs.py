@@ -252,7 +252,7 @@ def _folder(r: Run, *names: str) -> str:
 
 
 def _cli(*argv: str):
-    from trl_masked_sft.cli import run  # `main` reports the errors as `error:` lines; `run` lets them through
+    from trl_masked_sft.cli.main import run  # `main` reports the errors as `error:` lines; `run` lets them through
 
     return run(list(argv))
 
@@ -1755,7 +1755,7 @@ def test_malformed_input_fails_early_with_our_message(tokenizer, make_config, tm
 
 def test_valid_edge_cases_pass_the_data_checks(tokenizer, model, make_config):
     """A tool-call message with no content, and -100 labels, are valid: the new checks let them through."""
-    from trl_masked_sft.values import check_messages
+    from trl_masked_sft.row_checks import check_messages
 
     tool_call = {"role": "assistant", "content": None, "tool_calls": [{"function": {"name": "f", "arguments": "{}"}}]}
     check_messages([[{"role": "user", "content": "hi"}, tool_call]], "train")
@@ -1812,7 +1812,7 @@ def test_numbers_among_strings_in_a_list_of_dicts_are_written_as_text(tokenizer)
 
 def test_a_cli_folder_keeps_valid_and_test_rows_apart(tmp_path, capsys):
     """train/valid/test files are three splits; `valid` is not read as `test`, and no row is lost."""
-    from trl_masked_sft.cli import load_rows
+    from trl_masked_sft.cli.sources import load_rows
 
     for name, count in (("train", 3), ("valid", 2), ("test", 1)):
         lines = [f'{{"prompt": "{name} {i}?", "completion": " x"}}' for i in range(count)]
@@ -1824,7 +1824,7 @@ def test_a_cli_folder_keeps_valid_and_test_rows_apart(tmp_path, capsys):
 
 def test_a_cli_folder_without_test_uses_valid_as_test_and_says_so(tmp_path, capsys):
     """With no test file, `valid` also answers to `test` (TRL's default test split), said on stdout."""
-    from trl_masked_sft.cli import load_rows
+    from trl_masked_sft.cli.sources import load_rows
 
     for name in ("train", "valid"):
         (tmp_path / f"{name}.jsonl").write_text(f'{{"prompt": "{name}?", "completion": " x"}}\n')

@@ -7,7 +7,7 @@ from datasets import Dataset
 from template_families import byte_level_tokenizer, family_tokenizer, trained_runs
 
 from trl_masked_sft import MaskedSFTTrainer, UnsupervisedRowsError
-from trl_masked_sft.chat import END_OF_TURN, SYSTEM, TOOL, USER, chat_labels, is_trained
+from trl_masked_sft.chat.labels import END_OF_TURN, SYSTEM, TOOL, USER, chat_labels, is_trained
 from trl_masked_sft.tiny import build_tiny_model, build_tiny_tokenizer
 
 # Templates written for these tests in the layout of each family (not copied from any model repository).

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from trl_masked_sft.cli import main
-from trl_masked_sft.cli_errors import DEBUG_ENV, as_flags, pop_debug
+from trl_masked_sft.cli.errors import DEBUG_ENV, as_flags, pop_debug
 from trl_masked_sft.tiny import build_tiny_model, build_tiny_tokenizer
 
 REPO = Path(__file__).resolve().parents[1]

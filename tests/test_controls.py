@@ -14,7 +14,7 @@ from real_vocab import require, trl_template
 from template_families import trained_runs, trained_spans
 
 from trl_masked_sft import MaskedSFTConfig, PreparationPipeline, chat_labels, inspect_rows
-from trl_masked_sft.controls import (
+from trl_masked_sft.chat.controls import (
     EMPTIED,
     MASKED_BY_KEY,
     REASONING_MASKED,

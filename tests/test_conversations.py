@@ -13,8 +13,8 @@ from trl_masked_sft import (
     PreparationPipeline,
     UnsupervisedRowsError,
 )
-from trl_masked_sft.chat import EMPTY_COMPLETION, chat_labels
-from trl_masked_sft.conversations import (
+from trl_masked_sft.chat.labels import EMPTY_COMPLETION, chat_labels
+from trl_masked_sft.chat.conversations import (
     content_text,
     conversation_of,
     is_empty_reply,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from trl_masked_sft.end_of_turn import Stops, TurnFacts, head_end, settle
+from trl_masked_sft.chat.end_of_turn import Stops, TurnFacts, head_end, settle
 
 BOS, EOS, SPACE, NEXT, USER, OBSERVATION, ASSISTANT = 1, 2, 9, 7, 11, 12, 13
 #: The default stop set (the eos and the template's closing), and GLM-4.5's (eos, `<|user|>`, `<|observation|>`).

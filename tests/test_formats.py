@@ -170,7 +170,7 @@ def test_the_completion_column_help_states_the_real_number_rules():
     """`--completion_column`'s help says what preparation does: `str()` in a column, 3 decimals in a pair's answer."""
     from trl_masked_sft import MaskedSFTConfig
     from trl_masked_sft.formats import format_answer
-    from trl_masked_sft.values import to_text
+    from trl_masked_sft.row_checks import to_text
 
     help_text = MaskedSFTConfig.__dataclass_fields__["completion_column"].metadata["help"]
     assert "written with `str()`" in help_text and "round(answer, 3)" in help_text

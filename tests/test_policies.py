@@ -11,7 +11,7 @@ from datasets import Dataset, IterableDataset
 
 from trl_masked_sft import MaskedSFTConfig, MaskingOptions, PreparationPipeline, policies
 from trl_masked_sft.audit_html import render_audit_html
-from trl_masked_sft.constraints import _CHOICES
+from trl_masked_sft.config_checks import _CHOICES
 from trl_masked_sft.errors import DatasetFormatError
 from trl_masked_sft.policies import COUNT, POLICY_CHOICES, VERDICTS, RowVerdict
 

@@ -160,7 +160,7 @@ def qa_file(tmp_path):
 
 def run_cli(argv: list[str], capsys) -> tuple[int, str]:
     """Exit code and stderr of `trl-masked-sft ARGV`, run in this process; errors propagate (`run`, not `main`)."""
-    from trl_masked_sft.cli import run
+    from trl_masked_sft.cli.main import run
 
     try:
         code = run(argv)

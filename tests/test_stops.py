@@ -17,7 +17,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from trl_masked_sft import MaskedSFTConfig, MaskedSFTTrainer, chat_labels
-from trl_masked_sft.chat import METHODS, OFFSETS, PREFIX_DIFF
+from trl_masked_sft.chat.labels import METHODS, OFFSETS, PREFIX_DIFF
 
 GLM_SPECIAL = ["[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>"]
 TWO = [

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what type checkers (and tests/test_architecture.py's import graph) see
     from .audit import audit_dataset, prepare_dataset
+    from .batch_checks import validate_batch
     from .chat import ChatMask, chat_labels
     from .collator import DataCollatorForCompletionOnlyLM
     from .config import MaskedSFTConfig
@@ -34,14 +35,13 @@ if TYPE_CHECKING:  # what type checkers (and tests/test_architecture.py's import
         UnsupervisedRowsError,
     )
     from .formats import Layout as Layout  # compatibility, not in __all__
-    from .health import TrainingHealthGuard
     from .inspector import inspect_rows, render_html, render_terminal
     from .masking import IGNORE_INDEX as IGNORE_INDEX  # compatibility, not in __all__
     from .options import MaskingOptions as MaskingOptions  # compatibility, not in __all__
     from .pipeline import PreparationPipeline, PreparedDataset
     from .report import AuditReport
+    from .run_checks import TrainingHealthGuard
     from .trainer import MaskedSFTTrainer
-    from .validation import validate_batch
 
 __version__ = "0.1.0"
 
@@ -86,13 +86,13 @@ _HOMES = {
     "MaskingOptions": "options",
     **dict.fromkeys((name for name in __all__ if name.endswith(("Error", "Warning"))), "errors"),
     "Layout": "formats",
-    "TrainingHealthGuard": "health",
+    "TrainingHealthGuard": "run_checks",
     **dict.fromkeys(("inspect_rows", "render_html", "render_terminal"), "inspector"),
     "IGNORE_INDEX": "masking",
     **dict.fromkeys(("PreparationPipeline", "PreparedDataset"), "pipeline"),
     "AuditReport": "report",
     "MaskedSFTTrainer": "trainer",
-    "validate_batch": "validation",
+    "validate_batch": "batch_checks",
 }
 
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from datasets import Dataset, IterableDataset
 
+from .batch_checks import RowAudit
 from .hints import Collator, Config, Rows, Tokenizer
 from .pipeline import PreparationPipeline
 from .report import AuditReport
-from .validation import RowAudit
 
 __all__ = ["audit_dataset", "prepare_dataset"]
 

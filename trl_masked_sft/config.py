@@ -10,7 +10,7 @@ from transformers.trainer_utils import SaveStrategy
 from transformers.utils import is_torch_bf16_gpu_available
 from trl import SFTConfig
 
-from .constraints import check_types, check_values
+from .config_checks import check_types, check_values
 from .policies import POLICY_CHOICES
 from .precision import has_accelerator
 

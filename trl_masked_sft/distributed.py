@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 
 import torch
 
+from .batch_checks import validate_batch
 from .checkpoints import (
     check_checkpoint_fits,
     checkpoint_problem,
@@ -37,7 +38,6 @@ from .checkpoints import (
 from .errors import AllMaskedBatchError, CheckpointError
 from .logs import get_logger
 from .masking import IGNORE_INDEX
-from .validation import validate_batch
 
 __all__ = [
     "agree_on_checkpoint",

@@ -18,7 +18,7 @@ from .hf_compat import column_names, first_row, map_rows
 from .masking import clean_row
 from .options import MaskingOptions
 from .policies import REASON
-from .values import (
+from .row_checks import (
     build_rows,
     check_list_rows,
     check_messages,

@@ -11,7 +11,7 @@ from transformers import TrainingArguments
 from trl import SFTConfig
 
 from .config import MaskedSFTConfig
-from .constraints import check_masking_fields
+from .config_checks import check_masking_fields
 from .policies import VERDICTS, RowVerdict
 
 __all__ = ["MaskingOptions", "kept_defaults", "trainer_config"]

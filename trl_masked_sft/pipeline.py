@@ -16,10 +16,11 @@ from dataclasses import dataclass
 
 from datasets import Dataset, IterableDataset
 
-from .chat import chat_labels, given_stops, special_token_ids
+from .chat import chat_labels
+from .chat.controls import ChatControls, carries_weights
+from .chat.conversations import conversation_of
+from .chat.end_of_turn import given_stops, special_token_ids
 from .context import fold_context, warn_unused_context
-from .controls import ChatControls, carries_weights
-from .conversations import conversation_of
 from .distributed import run_on_main
 from .errors import (
     DatasetFormatError,
@@ -58,10 +59,10 @@ from .policies import (
 )
 from .provenance import WHY, encode, truncate_explained
 from .report import AuditReport, build_report
+from .row_checks import check_messages, parse_tools
 from .streaming import check_stream
 from .text import clip_end, whole_text
 from .text_rows import tokenize_text_rows
-from .values import check_messages, parse_tools
 from .weights import truncate_weighted, weight_spread
 
 __all__ = ["PreparationPipeline", "PreparedDataset"]

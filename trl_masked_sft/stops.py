@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from .end_of_turn import GENERATION_CONFIG, GIVEN, TEMPLATE_EOT, TOKENIZER_EOS, template_closing
+from .chat.end_of_turn import GENERATION_CONFIG, GIVEN, TEMPLATE_EOT, TOKENIZER_EOS, template_closing
 from .logs import get_logger, warn
 from .options import MaskingOptions
 

@@ -23,8 +23,8 @@ from .logs import get_logger
 from .masking import IGNORE_INDEX
 from .options import MaskingOptions
 from .policies import MERGED
+from .row_checks import check_text, find_unencodable
 from .text import clip_end, clip_start, token_pieces, visible
-from .values import check_text, find_unencodable
 
 __all__ = ["appends_eos", "completion_anchor", "tokenize_text_rows"]
 

@@ -16,6 +16,12 @@ from datasets import IterableDataset
 from trl import SFTTrainer
 
 from . import hints
+from .batch_checks import (
+    check_collator_ignore_index,
+    check_collator_keeps_labels,
+    check_prompt_learning,
+    first_label_is_target,
+)
 from .collator import DataCollatorForCompletionOnlyLM
 from .distributed import (
     agree_on_checkpoint,
@@ -25,7 +31,6 @@ from .distributed import (
     validate_batch_across_ranks,
 )
 from .formats import coerce_datasets
-from .health import TrainingHealthGuard
 from .hf_compat import check_resume_supported, checkpointing_on
 from .logs import get_logger, warn
 from .loss import SupervisedLoss, count_packed_tokens
@@ -44,14 +49,9 @@ from .packing import PACKED_TOKENS_KEY, PackingCollator, packing_blocker
 from .pipeline import PreparationPipeline
 from .precision import resolve_cpu_bf16, training_precision, weights_as_given
 from .report import AuditReport, save_audits
+from .run_checks import TrainingHealthGuard
 from .steps import check_run_length, check_stream_kept_rows
 from .stops import add_to_generation_config, generation_config_saved, model_stop_ids, with_model_stops
-from .validation import (
-    check_collator_ignore_index,
-    check_collator_keeps_labels,
-    check_prompt_learning,
-    first_label_is_target,
-)
 from .weights import WeightedBatches, collating, is_weighted, pack_weighted
 
 __all__ = ["MaskedSFTTrainer"]

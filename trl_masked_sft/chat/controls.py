@@ -19,11 +19,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import DatasetFormatError, DatasetTypeError
+from ..masking import IGNORE_INDEX
+from ..provenance import EMPTIED, END_OF_TURN, MASKED_BY_KEY, REASONING_MASKED, TOOL_CALL_MASKED, ZERO_WEIGHT
 from .conversations import SHAREGPT_ROLES, message_spans, reasoning_text
 from .end_of_turn import TRAINED, encode, render, settle
-from .errors import DatasetFormatError, DatasetTypeError
-from .masking import IGNORE_INDEX
-from .provenance import EMPTIED, END_OF_TURN, MASKED_BY_KEY, REASONING_MASKED, TOOL_CALL_MASKED, ZERO_WEIGHT
 
 __all__ = [
     "END_OF_TURN",

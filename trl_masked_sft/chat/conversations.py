@@ -23,7 +23,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from .errors import DatasetFormatError, DatasetTypeError
+from ..errors import DatasetFormatError, DatasetTypeError
 
 __all__ = [
     "SHAREGPT_ROLES",

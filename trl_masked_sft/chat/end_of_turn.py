@@ -29,8 +29,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..provenance import GENERATION_CONFIG, GIVEN, STOP_TOKEN, TEMPLATE_EOT, TOKENIZER_EOS, TRAINED, is_trained
 from .conversations import fit_content, reads_parts
-from .provenance import GENERATION_CONFIG, GIVEN, STOP_TOKEN, TEMPLATE_EOT, TOKENIZER_EOS, TRAINED, is_trained
 
 __all__ = [
     "GENERATION_CONFIG",

@@ -21,6 +21,9 @@ from functools import cached_property
 from itertools import groupby
 from typing import Any
 
+from ..hints import Tokenizer
+from ..masking import IGNORE_INDEX
+from ..provenance import EARLIER_ASSISTANT, EMPTY_COMPLETION, END_OF_TURN, MERGED_HEADER, SYSTEM, TEMPLATE, TOOL, USER
 from .controls import EMPTIED, Plan, apply_plan, plan
 from .conversations import fit_content, is_empty_reply, message_spans, reads_parts, reasoning_text, unknown_roles
 from .end_of_turn import (
@@ -46,9 +49,6 @@ from .end_of_turn import (
     trailing_start,
     turn_end,
 )
-from .hints import Tokenizer
-from .masking import IGNORE_INDEX
-from .provenance import EARLIER_ASSISTANT, EMPTY_COMPLETION, END_OF_TURN, MERGED_HEADER, SYSTEM, TEMPLATE, TOOL, USER
 
 __all__ = ["METHODS", "ChatMask", "chat_labels", "given_stops", "is_trained", "special_token_ids"]
 

@@ -20,7 +20,7 @@ import shlex
 import sys
 from collections.abc import Iterable
 
-from .errors import MaskedSFTError
+from ..errors import MaskedSFTError
 
 __all__ = ["DEBUG_ENV", "EXPECTED", "as_flags", "pop_debug", "report"]
 

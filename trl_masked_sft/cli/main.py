@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cli_errors import DEBUG_ENV, EXPECTED, as_flags, pop_debug
-from .cli_errors import report as report_error
-from .logs import is_main_process
+from ..logs import is_main_process
+from .errors import DEBUG_ENV, EXPECTED, as_flags, pop_debug
+from .errors import report as report_error
 from .sources import DEMO, check_model_source, demo_tokenizer, load_rows, load_tokenizer
 
 __all__ = ["load_rows", "main", "run"]
@@ -108,7 +108,7 @@ def _masking_arguments() -> type:
     """A dataclass of `MaskedSFTConfig`'s `MASKING_FIELDS` (same types, defaults and help), for `inspect`/`audit`."""
     import typing
 
-    from .config import MaskedSFTConfig
+    from ..config import MaskedSFTConfig
 
     hints = typing.get_type_hints(MaskedSFTConfig)
     fields = []
@@ -211,9 +211,9 @@ def _tokenizer(name: str | None, splits: dict[str, Any], chat_template_path: str
 def _train(argv: list[str]) -> int:
     from trl import ModelConfig, ScriptArguments, get_peft_config
 
-    from .config import MaskedSFTConfig
-    from .precision import has_accelerator, torch_threads
-    from .trainer import MaskedSFTTrainer
+    from ..config import MaskedSFTConfig
+    from ..precision import has_accelerator, torch_threads
+    from ..trainer import MaskedSFTTrainer
 
     parser = _parser("train", (ScriptArguments, MaskedSFTConfig, ModelConfig))
     script_args, training_args, model_args = _parse(parser, argv)
@@ -228,7 +228,7 @@ def _train(argv: list[str]) -> int:
     if script_args.dataset_train_split not in splits:
         parser.error(f"--dataset_train_split {script_args.dataset_train_split!r} not in the splits {sorted(splits)}")
     if demo:
-        from .tiny import build_tiny_model
+        from ..tiny import build_tiny_model
 
         processing_class = demo_tokenizer(splits)
         model = build_tiny_model(processing_class, hidden_size=128, num_hidden_layers=2)
@@ -259,9 +259,9 @@ def _data_command(command: str, arguments: type, argv: list[str]) -> tuple:
     """Parse an `inspect`/`audit` command line; load the split and the tokenizer it names.
 
     Returns `(data_args, command_args, config, rows, tokenizer)`."""
-    from .config import MaskedSFTConfig
-    from .options import MaskingOptions
-    from .stops import read_generation_config, with_model_stops
+    from ..config import MaskedSFTConfig
+    from ..options import MaskingOptions
+    from ..stops import read_generation_config, with_model_stops
 
     parser = _parser(command, (DataArguments, arguments, _masking_arguments()))
     data_args, command_args, masking = _parse(parser, argv)
@@ -280,7 +280,7 @@ def _data_command(command: str, arguments: type, argv: list[str]) -> tuple:
 
 
 def _inspect(argv: list[str]) -> int:
-    from .inspector import inspect_rows, render_html, render_terminal
+    from ..inspector import inspect_rows, render_html, render_terminal
 
     data_args, inspect_args, config, rows, tokenizer = _data_command("inspect", InspectArguments, argv)
     rows = inspect_rows(rows, tokenizer, config, rows=inspect_args.rows, start=inspect_args.start)
@@ -294,8 +294,8 @@ def _inspect(argv: list[str]) -> int:
 
 def _audit_page(prepared, rows, tokenizer, config) -> str:
     """The audit page: per-row supervised counts of the prepared rows, and the masks of the five worst rows."""
-    from .audit_html import render_audit_html, worst_row_indices
-    from .inspector import RowMarks, inspect_rows
+    from ..audit_html import render_audit_html, worst_row_indices
+    from ..inspector import RowMarks, inspect_rows
 
     counts = prepared.supervised_counts
     worst = []
@@ -308,7 +308,7 @@ def _audit_page(prepared, rows, tokenizer, config) -> str:
 
 
 def _audit(argv: list[str]) -> int:
-    from .pipeline import PreparationPipeline
+    from ..pipeline import PreparationPipeline
 
     data_args, audit_args, config, rows, tokenizer = _data_command("audit", AuditArguments, argv)
     pipeline = PreparationPipeline.from_config(tokenizer, config)

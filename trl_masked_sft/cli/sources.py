@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .errors import DataSourceError
-from .logs import is_main_process
+from ..errors import DataSourceError
+from ..logs import is_main_process
 
 __all__ = ["DEMO", "check_model_source", "load_rows", "load_tokenizer", "demo_tokenizer"]
 
@@ -45,7 +45,7 @@ def _homework_pairs(path: Path) -> list | None:
 def _load_split_file(path: Path):
     from datasets import load_dataset
 
-    from .formats import coerce_dataset
+    from ..formats import coerce_dataset
 
     pairs = _homework_pairs(path)
     if pairs is not None:
@@ -127,7 +127,7 @@ def load_rows(name: str, config: str | None = None) -> dict[str, Any]:
 
 
 def demo_tokenizer(splits: dict[str, Any]):
-    from .tiny import build_tiny_tokenizer
+    from ..tiny import build_tiny_tokenizer
 
     corpus = []
     for row in list(splits["train"])[:2000]:
