@@ -6,7 +6,7 @@ import pytest
 from datasets import Dataset, IterableDataset
 
 from trl_masked_sft import ConfigError, MaskedSFTTrainer
-from trl_masked_sft.steps import batches_per_process
+from trl_masked_sft.run_checks import batches_per_process
 
 
 def rows(n: int) -> list[dict]:

@@ -49,8 +49,7 @@ from .packing import PACKED_TOKENS_KEY, PackingCollator, packing_blocker
 from .pipeline import PreparationPipeline
 from .precision import resolve_cpu_bf16, training_precision, weights_as_given
 from .report import AuditReport, save_audits
-from .run_checks import TrainingHealthGuard
-from .steps import check_run_length, check_stream_kept_rows
+from .run_checks import TrainingHealthGuard, check_run_length, check_stream_kept_rows
 from .stops import add_to_generation_config, generation_config_saved, model_stop_ids, with_model_stops
 from .weights import WeightedBatches, collating, is_weighted, pack_weighted
 
