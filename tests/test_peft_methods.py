@@ -17,9 +17,9 @@ from transformers import TrainerControl, TrainerState
 
 from trl_masked_sft import AllMaskedBatchError, MaskedSFTTrainer, TrainingHealthGuard, validate_batch
 from trl_masked_sft.hf_compat import TRANSFORMERS_MAJOR
+from trl_masked_sft.model_checks import first_label_is_target
 from trl_masked_sft.packing import packing_is_exact, virtual_token_count
 from trl_masked_sft.tiny import build_tiny_model
-from trl_masked_sft.batch_checks import first_label_is_target
 
 VIRTUAL = 4
 
@@ -157,7 +157,7 @@ def test_health_guard_counts_label_zero_under_prompt_tuning(tokenizer, tmp_path)
 def test_prefix_tuning_under_activation_checkpointing_is_refused_naming_the_field(tokenizer):
     """Prefix tuning with `activation_checkpointing=True` raises `ModelSetupError` naming the field and the fix."""
     from trl_masked_sft import ModelSetupError
-    from trl_masked_sft.batch_checks import check_prompt_learning
+    from trl_masked_sft.model_checks import check_prompt_learning
 
     model = get_peft_model(build_tiny_model(tokenizer), PEFT_CONFIGS["prefix_tuning"]())
 
@@ -169,7 +169,7 @@ def test_prefix_tuning_under_activation_checkpointing_is_refused_naming_the_fiel
 @pytest.mark.parametrize("method", ["prompt_tuning", "p_tuning"])
 def test_prompt_and_p_tuning_are_allowed_under_activation_checkpointing(tokenizer, method):
     """Prompt tuning and p-tuning train under activation checkpointing: the check lets them through."""
-    from trl_masked_sft.batch_checks import check_prompt_learning
+    from trl_masked_sft.model_checks import check_prompt_learning
 
     model = get_peft_model(build_tiny_model(tokenizer), PEFT_CONFIGS[method]())
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from trl_masked_sft import AllMaskedBatchError, UnsupervisedRowsError, validate_batch
-from trl_masked_sft.batch_checks import RowAudit, audit_labels
+from trl_masked_sft.audit import RowAudit, audit_labels
 
 IGNORE = -9
 

@@ -1,4 +1,5 @@
-"""Checks that stop a run from training on nothing: `validate_batch` (every batch) and the row audit (pre-flight)."""
+"""Checks of batches: `validate_batch` (every batch has a supervised token) and the user collator's batches (they keep
+the prepared labels and the loss's ignore index)."""
 
 from __future__ import annotations
 
@@ -11,60 +12,16 @@ from datasets import Dataset
 from .errors import (
     AllMaskedBatchError,
     LabelsOverwrittenError,
-    ModelSetupError,
 )
-from .hf_compat import active_peft_config
 from .logs import warn
-from .masking import IGNORE_INDEX, count_supervised
-from .policies import COUNT, FULL_COUNT, FULL_FIRST, REASON, FullyMasked
+from .masking import IGNORE_INDEX
 from .text import clip_end, whole_text
 
 __all__ = [
-    "RowAudit",
-    "audit_labels",
     "check_collator_keeps_labels",
-    "check_prompt_learning",
     "collated_label_changes",
-    "first_label_is_target",
     "validate_batch",
 ]
-
-
-def first_label_is_target(model) -> bool:
-    """Whether `model` trains the first label of each row.
-
-    A causal LM predicts token `i` from the tokens before it, so label 0 is never a target; but prompt tuning and
-    p-tuning (PEFT prompt learning) prepend virtual tokens to each row, with `ignore_index` labels, so the row's label
-    0 is then predicted from the last virtual token and trained. Prefix tuning gives its virtual tokens as a
-    key/value prefix and adds no position: label 0 stays untrained. Wrappers with a `.module` (DDP) are looked
-    through.
-    """
-    config = active_peft_config(model)
-    if config is None or not getattr(config, "is_prompt_learning", False):
-        return False
-    return str(getattr(config, "peft_type", "")).split(".")[-1] != "PREFIX_TUNING"
-
-
-def check_prompt_learning(model, *, activation_checkpointing: bool) -> None:
-    """Raise `ModelSetupError` when a prompt-learning adapter can't train as set up: prefix tuning under activation
-    checkpointing.
-
-    Prefix tuning hands its virtual tokens to every layer as a key/value cache; activation checkpointing turns the
-    cache off, so the attention mask keeps the virtual positions while the keys lose them and the first forward pass
-    fails with a raw shape error (PEFT 0.21, transformers 5.24; huggingface/peft#869, the check proposed upstream in
-    huggingface/peft#2191 is not merged: drop this one once PEFT raises its own error).
-    """
-    config = active_peft_config(model)
-    if not activation_checkpointing or config is None:
-        return
-    if str(getattr(config, "peft_type", "")).split(".")[-1] == "PREFIX_TUNING":
-        raise ModelSetupError(
-            f"Prefix tuning (`PrefixTuningConfig`, {config.num_virtual_tokens} virtual tokens) can't train with "
-            "`activation_checkpointing=True`: checkpointing turns off the key/value cache that carries the virtual "
-            "tokens, and the forward pass fails on mismatched shapes. Fix: set `activation_checkpointing=False` (or "
-            "the deprecated `gradient_checkpointing=False`), or use prompt tuning, p-tuning or LoRA, which do work "
-            "with checkpointing."
-        )
 
 
 def validate_batch(
@@ -108,41 +65,6 @@ def validate_batch(
         "check the template against a decoded row, or let `MaskedSFTTrainer` build the labels (pass no "
         f"`data_collator`).{detail}"
     )
-
-
-#: The verdict on rows with no supervised token, under its former name (see `policies.FullyMasked`).
-RowAudit = FullyMasked
-
-
-def audit_labels(
-    labels_column: Sequence[Sequence[int]] | None = None,
-    *,
-    supervised_counts: Sequence[int] | None = None,
-    full_supervised: Sequence[int],
-    full_first: Sequence[int | None],
-    dataset_name: str,
-    max_length: int | None,
-    preset_reasons: Mapping[int, str] | None = None,
-    ignore_index: int = IGNORE_INDEX,
-) -> FullyMasked:
-    """Find rows of a prepared (truncated) labels column with no supervised token and say why.
-
-    `full_supervised` / `full_first` are each row's supervised count and first supervised position *before*
-    truncation, which tells a truncated prompt from a row that never had an answer. `preset_reasons` names rows
-    already known to be bad (empty completion, template not found). Pass `supervised_counts` instead of
-    `labels_column` when the per-row counts are already known.
-    """
-    if supervised_counts is None:
-        supervised_counts = [count_supervised(labels, ignore_index) for labels in labels_column]
-    preset_reasons = preset_reasons or {}
-    columns = {
-        COUNT: supervised_counts,
-        FULL_COUNT: full_supervised,
-        FULL_FIRST: full_first,
-        REASON: [preset_reasons.get(i, "") for i in range(len(supervised_counts))],
-    }
-    rows = FullyMasked.find(columns, taken=set(), ignore_index=ignore_index, max_length=max_length)
-    return FullyMasked(dataset_name, len(supervised_counts), max_length, rows)
 
 
 def collated_label_changes(

@@ -9,6 +9,9 @@
 - `check_processing_class` (at construction): a tokenizer can be found, and it has an eos token to end completions.
 - `check_gradients_reached` (after the first backward pass, before the optimizer step): every trainable parameter
   received a gradient.
+- `check_prompt_learning` (at `train()`): a prefix-tuning adapter is not set up with activation checkpointing.
+- `first_label_is_target`: whether the model trains a row's first label (prompt tuning, p-tuning), which the batch
+  check and the health guard count.
 
 Each failure raises `ModelSetupError` naming the parameters and the fix; a partial problem warns (`MaskedSFTWarning`).
 """
@@ -23,17 +26,19 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from .errors import ModelSetupError
-from .hf_compat import checkpointing_on
+from .hf_compat import active_peft_config, checkpointing_on
 from .logs import get_logger, warn
 
 __all__ = [
     "ensure_pad_token",
     "check_peft_setup",
+    "check_prompt_learning",
     "adapter_parameters",
     "check_gradients_reached",
     "check_model_before_training",
     "check_processing_class",
     "check_token_ids",
+    "first_label_is_target",
     "quiet_peft_checkpointing_probe",
 ]
 
@@ -339,3 +344,40 @@ def ensure_pad_token(tokenizer) -> None:
         f"The tokenizer had no pad token; set `pad_token` to the eos token {tokenizer.eos_token!r}. The eos token "
         "that ends each completion stays supervised: padding is found by length, not by id."
     )
+
+
+def first_label_is_target(model) -> bool:
+    """Whether `model` trains the first label of each row.
+
+    A causal LM predicts token `i` from the tokens before it, so label 0 is never a target; but prompt tuning and
+    p-tuning (PEFT prompt learning) prepend virtual tokens to each row, with `ignore_index` labels, so the row's label
+    0 is then predicted from the last virtual token and trained. Prefix tuning gives its virtual tokens as a
+    key/value prefix and adds no position: label 0 stays untrained. Wrappers with a `.module` (DDP) are looked
+    through.
+    """
+    config = active_peft_config(model)
+    if config is None or not getattr(config, "is_prompt_learning", False):
+        return False
+    return str(getattr(config, "peft_type", "")).split(".")[-1] != "PREFIX_TUNING"
+
+
+def check_prompt_learning(model, *, activation_checkpointing: bool) -> None:
+    """Raise `ModelSetupError` when a prompt-learning adapter can't train as set up: prefix tuning under activation
+    checkpointing.
+
+    Prefix tuning hands its virtual tokens to every layer as a key/value cache; activation checkpointing turns the
+    cache off, so the attention mask keeps the virtual positions while the keys lose them and the first forward pass
+    fails with a raw shape error (PEFT 0.21, transformers 5.24; huggingface/peft#869, the check proposed upstream in
+    huggingface/peft#2191 is not merged: drop this one once PEFT raises its own error).
+    """
+    config = active_peft_config(model)
+    if not activation_checkpointing or config is None:
+        return
+    if str(getattr(config, "peft_type", "")).split(".")[-1] == "PREFIX_TUNING":
+        raise ModelSetupError(
+            f"Prefix tuning (`PrefixTuningConfig`, {config.num_virtual_tokens} virtual tokens) can't train with "
+            "`activation_checkpointing=True`: checkpointing turns off the key/value cache that carries the virtual "
+            "tokens, and the forward pass fails on mismatched shapes. Fix: set `activation_checkpointing=False` (or "
+            "the deprecated `gradient_checkpointing=False`), or use prompt tuning, p-tuning or LoRA, which do work "
+            "with checkpointing."
+        )

@@ -31,13 +31,12 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from .batch_checks import first_label_is_target
 from .checkpoints import last_complete_checkpoint
 from .distributed import process_info
 from .errors import ConfigError, TrainingHealthError
 from .logs import get_logger
 from .masking import IGNORE_INDEX
-from .model_checks import check_gradients_reached
+from .model_checks import check_gradients_reached, first_label_is_target
 
 __all__ = ["TrainingHealthGuard", "batches_per_process", "check_run_length", "check_stream_kept_rows"]
 

@@ -19,8 +19,6 @@ from . import hints
 from .batch_checks import (
     check_collator_ignore_index,
     check_collator_keeps_labels,
-    check_prompt_learning,
-    first_label_is_target,
 )
 from .collator import DataCollatorForCompletionOnlyLM
 from .distributed import (
@@ -41,7 +39,9 @@ from .model_checks import (
     check_model_before_training,
     check_peft_setup,
     check_processing_class,
+    check_prompt_learning,
     ensure_pad_token,
+    first_label_is_target,
     quiet_peft_checkpointing_probe,
 )
 from .options import MaskingOptions, trainer_config
