@@ -1,4 +1,5 @@
-"""`formats.py`: the layout decided once, value checks, and the batched tokenization compared with TRL's own."""
+"""`layout.py`, `formats.py` and `row_checks.py`: the layout decided once, rows coerced, value checks, and the batched
+tokenization compared with TRL's own."""
 
 from __future__ import annotations
 
@@ -7,13 +8,9 @@ from datasets import Dataset, IterableDataset
 from trl import SFTConfig, SFTTrainer
 
 from trl_masked_sft import DatasetFormatError, DatasetTypeError, MaskingOptions
-from trl_masked_sft.formats import (
-    Layout,
-    apply_formatting,
-    check_values,
-    coerce_dataset,
-    detect_layout,
-)
+from trl_masked_sft.formats import apply_formatting, coerce_dataset
+from trl_masked_sft.layout import Layout, detect_layout
+from trl_masked_sft.row_checks import check_values
 from trl_masked_sft.text_rows import tokenize_text_rows
 from trl_masked_sft.tiny import build_tiny_model, build_tiny_tokenizer
 

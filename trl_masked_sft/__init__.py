@@ -34,8 +34,8 @@ if TYPE_CHECKING:  # what type checkers (and tests/test_architecture.py's import
         TruncatedCompletionError,
         UnsupervisedRowsError,
     )
-    from .formats import Layout as Layout  # compatibility, not in __all__
     from .inspector import inspect_rows, render_html, render_terminal
+    from .layout import Layout as Layout  # compatibility, not in __all__
     from .masking import IGNORE_INDEX as IGNORE_INDEX  # compatibility, not in __all__
     from .options import MaskingOptions as MaskingOptions  # compatibility, not in __all__
     from .pipeline import PreparationPipeline, PreparedDataset
@@ -85,7 +85,7 @@ _HOMES = {
     **dict.fromkeys(("MaskedSFTConfig", "homework_lora_config"), "config"),
     "MaskingOptions": "options",
     **dict.fromkeys((name for name in __all__ if name.endswith(("Error", "Warning"))), "errors"),
-    "Layout": "formats",
+    "Layout": "layout",
     "TrainingHealthGuard": "run_checks",
     **dict.fromkeys(("inspect_rows", "render_html", "render_terminal"), "inspector"),
     "IGNORE_INDEX": "masking",

@@ -1,5 +1,6 @@
-"""What a dataset looks like, decided once: its `Layout`, and the checks of its values (the tokenization of rows
-that are plain text is `text_rows`).
+"""The forms rows come in besides a `datasets.Dataset`, turned into one: Python lists of `[question, answer]` pairs or
+of dicts (`coerce_dataset`), a `formatting_func`'s texts (`apply_formatting`), and pre-tokenized rows tidied for the
+labels (`clean_pretokenized`). The layout of the result is decided in `layout`, its values checked in `row_checks`.
 
 Every check names the row, the column, the value seen and the fix. `[question, answer]` rows become prompt/completion
 rows, a numeric answer written `" <answer>{answer}</answer>"` wherever they enter (trainer, audit, inspector, CLI).
@@ -8,115 +9,22 @@ rows, a numeric answer written `" <answer>{answer}</answer>"` wherever they ente
 from __future__ import annotations
 
 from collections.abc import Sequence
-from enum import Enum
 from typing import Any
 
-from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict, Value
+from datasets import Dataset, DatasetDict, IterableDataset, IterableDatasetDict
 
 from .errors import DatasetFormatError, DatasetTypeError
 from .hf_compat import column_names, first_row, map_rows
 from .masking import clean_row
-from .options import MaskingOptions
-from .policies import REASON
-from .row_checks import (
-    build_rows,
-    check_list_rows,
-    check_messages,
-    check_text,
-    check_token_features,
-    check_token_row,
-    dataset_fix,
-    describe,
-    is_number,
-    to_string,
-    to_text,
-)
+from .row_checks import check_messages, check_token_row, describe, find_unencodable, is_number, to_text
 
 __all__ = [
-    "Layout",
     "apply_formatting",
-    "check_values",
-    "coerce_dataset",
     "clean_pretokenized",
+    "coerce_dataset",
     "coerce_datasets",
-    "detect_layout",
     "format_answer",
 ]
-
-CONVERSATION_COLUMNS = ("messages", "conversations")
-
-
-class Layout(Enum):
-    """The shapes of rows the preparation pipeline takes; each goes its own way to `(input_ids, labels)`."""
-
-    PROMPT_COMPLETION = "prompt/completion strings"
-    CONVERSATION = "conversation (`messages` or `conversations`)"
-    CONVERSATIONAL_PROMPT_COMPLETION = "prompt/completion given as messages"
-    TEXT = "text"
-    PRETOKENIZED = "pre-tokenized (`input_ids`)"
-
-    @property
-    def is_conversational(self) -> bool:
-        return self in (Layout.CONVERSATION, Layout.CONVERSATIONAL_PROMPT_COMPLETION)
-
-
-def detect_layout(
-    dataset: Dataset | IterableDataset, options: MaskingOptions, dataset_name: str, *, template: bool = False
-) -> Layout:
-    """The dataset's layout, from its columns (and first row): the one place it is decided.
-
-    In order: pre-tokenized `input_ids`; the `dataset_text_field` column when it is set to another name than TRL's
-    default `"text"`, or when a response template (`template`: the collator's or `response_template`) is there to
-    mask it, as old TRL scripts kept `prompt`/`target` beside `text`; a conversation column; the prompt and
-    completion columns (`prompt_column`, `completion_column`), as strings or as lists of messages; the text column.
-    Anything else raises, naming the columns seen and the fields to set.
-    """
-    columns = column_names(dataset)
-    prompt, completion, text = options.prompt_column, options.completion_column, options.text_field
-    if "input_ids" in columns:
-        layout = Layout.PRETOKENIZED
-        boundaries = {"labels", "completion_mask", "prompt_length", "assistant_masks"}
-        if prompt in columns and completion in columns and not boundaries & set(columns):
-            raise DatasetFormatError(
-                f"The {dataset_name} dataset has `input_ids` beside `{prompt}`/`{completion}` but no `labels` or "
-                "`completion_mask`: tokenized rows are trained as given, so these would train the prompt too. Fix: "
-                "drop the stale column (`dataset.remove_columns(['input_ids'])`) so the prompt and completion are "
-                "tokenized and masked here, or add a `completion_mask` (or `labels`) to the tokenized rows."
-            )
-    elif text in columns and (text != "text" or template):
-        layout = Layout.TEXT
-    elif any(c in columns for c in CONVERSATION_COLUMNS):
-        layout = Layout.CONVERSATION
-    elif prompt in columns and completion in columns:
-        row = first_row(dataset) or {}
-        messages = isinstance(row.get(prompt), list) and isinstance(row.get(completion), list)
-        layout = Layout.CONVERSATIONAL_PROMPT_COMPLETION if messages else Layout.PROMPT_COMPLETION
-    elif prompt in columns or completion in columns:
-        missing, field_name = (completion, "completion_column") if prompt in columns else (prompt, "prompt_column")
-        template_fix = "pass a response-template collator or set `response_template` (they mask its prompt)"
-        also = f"; or, to train the `{text}` column, {template_fix}" if text in columns else ""
-        raise DatasetFormatError(
-            f"The {dataset_name} dataset has no `{missing}` column (columns: {columns}). Fix: set `{field_name}` to "
-            f"the column that holds the {'completion' if prompt in columns else 'prompt'}{also}."
-        )
-    elif text in columns:
-        layout = Layout.TEXT
-    else:
-        raise DatasetFormatError(
-            f"The {dataset_name} dataset has columns {columns}, none of which MaskedSFTTrainer can train on: it "
-            f"looks for `{prompt}` + `{completion}` (`prompt_column`, `completion_column`), `{text}` "
-            "(`dataset_text_field`), `messages`, or pre-tokenized `input_ids`. Fix: set `prompt_column`/"
-            "`completion_column` to your column names, e.g. MaskedSFTConfig(prompt_column='question', "
-            "completion_column='answer')."
-        )
-    if options.assistant_only and not layout.is_conversational:
-        raise DatasetFormatError(
-            f"`assistant_only_loss=True`, but the {dataset_name} dataset is {layout.value}, not conversational; "
-            "assistant turns exist only in conversations (as TRL says too). Fix: drop `assistant_only_loss` (prompt/"
-            "completion rows train the completion only by default), or give the rows as `messages`."
-        )
-    return layout
-
 
 # ---------------------------------------------------------------------------------------------------- Python rows
 
@@ -217,105 +125,100 @@ def apply_formatting(dataset: Dataset | IterableDataset, formatting_func, datase
     return mapped.select_columns(["text"]) if isinstance(mapped, Dataset) else mapped
 
 
-# ---------------------------------------------------------------------------------------------------- value checks
+def _kind(value: Any) -> str | None:
+    """The kind Arrow stores a value as (None for a null, which any column takes)."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        return "str"
+    if isinstance(value, dict):
+        return "dict"
+    if isinstance(value, (list, tuple)):
+        return "list"
+    return type(value).__name__
 
 
-def check_values(
-    dataset: Dataset | IterableDataset, layout: Layout, options: MaskingOptions, dataset_name: str
-) -> tuple[Dataset | IterableDataset, set[int]]:
-    """Check the values the layout reads; rename the prompt/completion columns to `prompt`/`completion`.
+def check_list_rows(rows: Sequence[dict], dataset_name: str, text_columns: Sequence[str]) -> list[dict]:
+    """A list of dict rows that `Dataset.from_list` stores without losing or refusing a value.
 
-    Returns the dataset and the indices of rows whose completion is empty (the pre-flight audit reports them under
-    `masked_row_policy`; a streaming dataset marks them in a column instead).
+    `from_list` takes its columns from the first row (a key missing there is dropped from every row) and fails inside
+    Arrow on a column mixing kinds (a string here, a list there). Both raise here naming the row. Numbers in the
+    text columns are written as strings, as the prompt/completion check would.
     """
-    if layout is Layout.PRETOKENIZED:
-        check_token_features(getattr(dataset, "features", None), dataset_name)
-        return dataset, set()
-    if layout is Layout.CONVERSATION:
-        if "messages" in column_names(dataset) and isinstance(dataset, Dataset):
-            check_messages(dataset["messages"], dataset_name)
-        return dataset, set()
-    if layout is Layout.TEXT:
-        if isinstance(dataset, Dataset) and not _all_strings(dataset, options.text_field):
-            check_text(dataset[options.text_field], options.text_field, dataset_name)
-        return dataset, set()
-    columns = column_names(dataset)
-    renames = {
-        old: new
-        for old, new in ((options.prompt_column, "prompt"), (options.completion_column, "completion"))
-        if old != new
-    }
-    for old, new in renames.items():
-        if new in columns:
+    keys: dict[str, int] = {}
+    for i, row in enumerate(rows):
+        for key in row:
+            keys.setdefault(key, i)
+    kinds: dict[str, tuple[str, int]] = {}
+    converted = []
+    for i, row in enumerate(rows):
+        missing = [key for key in keys if key not in row]
+        if missing:
+            key = missing[0]
             raise DatasetFormatError(
-                f"The {dataset_name} dataset has both `{old}` (`{new}_column`) and `{new}` columns. Fix: drop or "
-                f"rename `{new}`."
+                f"Row {i} of the {dataset_name} dataset has no `{key}` key, which row {keys[key]} has; a list of "
+                f"dicts needs the same keys in every row (a key missing from row 0 would be dropped from all rows). "
+                f"Fix: give row {i} a `{key}` (None for a missing value), or remove the row."
             )
-    if renames:
-        dataset = dataset.rename_columns(renames)
-    shown = (options.prompt_column, options.completion_column)
-    if layout is Layout.CONVERSATIONAL_PROMPT_COMPLETION:
-        if isinstance(dataset, Dataset):
-            for column, name in zip(("prompt", "completion"), shown, strict=True):
-                check_messages(dataset[column], dataset_name, column=name)
-        return dataset, set()
-    if isinstance(dataset, IterableDataset):
-        kwargs = {"dataset_name": dataset_name, "shown": shown}
-        return dataset.map(_check_example, with_indices=True, fn_kwargs=kwargs), set()
-    return _check_columns(dataset, dataset_name, *shown)
+        row = {
+            k: to_text(v, row=i, column=k, dataset_name=dataset_name)
+            if k in text_columns and _kind(v) == "number"
+            else v
+            for k, v in row.items()
+        }
+        for key, value in row.items():
+            kind = _kind(value)
+            if kind is None:
+                continue
+            seen = kinds.setdefault(key, (kind, i))
+            if seen[0] != kind:
+                raise DatasetTypeError(
+                    f"Row {i} of the {dataset_name} dataset: `{key}` is {describe(value)}, but row {seen[1]} holds "
+                    f"a {seen[0]}; a column holds one kind of value. Fix: convert row {i}'s `{key}` to a {seen[0]}, "
+                    "or remove the row."
+                )
+        converted.append(row)
+    return converted
 
 
-def _all_strings(dataset: Dataset, column: str) -> bool:
-    """A string column without nulls, read from the Arrow metadata (no pass over the rows)."""
-    feature = dataset.features.get(column)
-    if getattr(feature, "dtype", None) not in ("string", "large_string"):
-        return False
-    return dataset.data.column(column).null_count == 0
+def build_rows(build, rows: list[dict], dataset_name: str):
+    """`build()` (e.g. `Dataset.from_list`), with a value Arrow can't store reported by row: text that is not valid
+    Unicode, or a conversation whose messages mix kinds."""
+    try:
+        return build()
+    except (UnicodeEncodeError, ValueError, TypeError) as error:
+        for i, row in enumerate(rows):
+            bad = find_unencodable(list(row.values()))
+            if bad is not None:
+                column = list(row)[bad[0]]
+                raise DatasetTypeError(
+                    f"Row {i} of the {dataset_name} dataset: `{column}` is not valid Unicode (a lone surrogate at "
+                    f"character {bad[1]}, as bytes decoded with errors='surrogateescape' leave). Fix: decode the "
+                    "source with errors='replace', or remove the row."
+                ) from error
+        for key in rows[0] if rows else ():  # a conversation whose messages mix kinds: name the row
+            if any(isinstance(row.get(key), list) and row[key] and isinstance(row[key][0], dict) for row in rows):
+                check_messages([row.get(key) for row in rows], dataset_name, column=key)
+        raise DatasetTypeError(
+            f"The {dataset_name} dataset's rows can't be stored as a dataset: {error}. Fix: give each column one "
+            "kind of value (strings, numbers or lists), or build a `datasets.Dataset` yourself."
+        ) from error
 
 
-def _check_example(example: dict, index: int, dataset_name: str, shown: tuple[str, str]) -> dict:
-    """Row check for streaming datasets, as the rows are read. An empty completion is marked for the pre-flight
-    check, which applies `masked_row_policy` as it reads the rows."""
-    completion = to_string(example["completion"], row=index, column=shown[1], dataset_name=dataset_name)
-    return {
-        "prompt": to_string(example["prompt"], row=index, column=shown[0], dataset_name=dataset_name),
-        "completion": completion,
-        REASON: "empty completion" if not completion.strip() else "",
-    }
-
-
-def _check_columns(
-    dataset: Dataset, dataset_name: str, prompt_column: str, completion_column: str
-) -> tuple[Dataset, set[int]]:
-    prompts, completions = dataset["prompt"], dataset["completion"]
-    converted = False
-    empty: set[int] = set()
-    for column, values, shown in (("prompt", prompts, prompt_column), ("completion", completions, completion_column)):
-        for i, value in enumerate(values):
-            if not isinstance(value, str):
-                to_string(value, row=i, column=shown, dataset_name=dataset_name)
-                converted = True
-            elif column == "completion" and not value.strip():
-                empty.add(i)
-    if len(empty) == len(completions) > 1:  # one row alone is that row's problem, reported by the pre-flight pass
-        raise DatasetFormatError(
-            f"Every completion in the {dataset_name} dataset (`{completion_column}`) is empty (all {len(empty)} "
-            "rows), so there is nothing to train on. Fix: point `completion_column` at the column that holds the "
-            "answers."
-        )
-    if converted:  # numbers: `str()` here, with the columns typed as strings (`map` would cast them back)
-        features = dataset.features.copy()
-        features["prompt"] = features["completion"] = Value("string")
-        dataset = dataset.map(
-            lambda ex, i: {
-                "prompt": to_text(ex["prompt"], row=i, column=prompt_column, dataset_name=dataset_name),
-                "completion": to_text(ex["completion"], row=i, column=completion_column, dataset_name=dataset_name),
-            },
-            with_indices=True,
-            features=features,
-            desc=f"Writing numbers in the {dataset_name} dataset as text",
-        )
-    return dataset, empty
+def dataset_fix(data: Any) -> str:
+    if isinstance(data, dict):
+        return "a dict of columns becomes a dataset with `datasets.Dataset.from_dict(data)`"
+    if isinstance(data, (str, bytes)):
+        return "load the file first, e.g. `datasets.load_dataset('json', data_files=path, split='train')`"
+    if hasattr(data, "to_dict") and hasattr(data, "columns"):
+        return "convert the DataFrame with `datasets.Dataset.from_pandas(df)`"
+    if hasattr(data, "__iter__"):
+        return "pass `list(rows)`, or `datasets.IterableDataset.from_generator(...)` to stream"
+    return "pass a `datasets.Dataset`, an `IterableDataset`, or a list of dicts or `[question, answer]` pairs"
 
 
 def clean_pretokenized(dataset: Any, dataset_name: str, completion_only: bool, num_proc: int | None) -> Any:

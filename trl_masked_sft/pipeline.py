@@ -26,9 +26,10 @@ from .errors import (
     DatasetFormatError,
     ModelSetupError,
 )
-from .formats import Layout, apply_formatting, check_values, clean_pretokenized, coerce_dataset, detect_layout
+from .formats import apply_formatting, clean_pretokenized, coerce_dataset
 from .hf_compat import column_names, map_rows
 from .hints import Collator, Config, FormattingFunc, Rows, Tokenizer
+from .layout import Layout, detect_layout
 from .logs import get_logger, warn
 from .masking import (
     IGNORE_INDEX,
@@ -59,7 +60,7 @@ from .policies import (
 )
 from .provenance import WHY, encode, truncate_explained
 from .report import AuditReport, build_report
-from .row_checks import check_messages, parse_tools
+from .row_checks import check_messages, check_values, parse_tools
 from .streaming import check_stream
 from .text import clip_end, whole_text
 from .text_rows import tokenize_text_rows

@@ -1,7 +1,8 @@
 """The checks of row values: each names the row, the column, the value seen and the fix.
 
-Pure functions on Python values (no dataset, no tokenizer), called by `formats` and the preparation pipeline before
-a value can fail inside Arrow, a tokenizer, a chat template or torch's embedding lookup.
+Pure functions on Python values (no tokenizer), called by `formats`, `text_rows` and the preparation pipeline before a
+value can fail inside Arrow, a tokenizer, a chat template or torch's embedding lookup; and `check_values`, which runs
+the ones a dataset's layout reads over its columns.
 """
 
 from __future__ import annotations
@@ -11,17 +12,21 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from datasets import Dataset, IterableDataset, Value
+
 from .errors import DatasetFormatError, DatasetTypeError
+from .hf_compat import column_names
+from .layout import Layout
 from .masking import IGNORE_INDEX
+from .options import MaskingOptions
+from .policies import REASON
 
 __all__ = [
-    "build_rows",
-    "check_list_rows",
     "check_messages",
     "check_text",
     "check_token_features",
     "check_token_row",
-    "dataset_fix",
+    "check_values",
     "describe",
     "find_unencodable",
     "is_number",
@@ -40,23 +45,6 @@ def describe(value: Any) -> str:
 def is_number(value: Any) -> bool:
     """A finite int or float (not a bool)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _kind(value: Any) -> str | None:
-    """The kind Arrow stores a value as (None for a null, which any column takes)."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "bool"
-    if isinstance(value, (int, float)):
-        return "number"
-    if isinstance(value, str):
-        return "str"
-    if isinstance(value, dict):
-        return "dict"
-    if isinstance(value, (list, tuple)):
-        return "list"
-    return type(value).__name__
 
 
 def to_text(value: Any, *, row: int | str, column: str, dataset_name: str) -> Any:
@@ -104,49 +92,6 @@ def find_unencodable(texts: Sequence[Any]) -> tuple[int, int] | None:
             except UnicodeEncodeError as error:
                 return i, error.start
     return None
-
-
-def check_list_rows(rows: Sequence[dict], dataset_name: str, text_columns: Sequence[str]) -> list[dict]:
-    """A list of dict rows that `Dataset.from_list` stores without losing or refusing a value.
-
-    `from_list` takes its columns from the first row (a key missing there is dropped from every row) and fails inside
-    Arrow on a column mixing kinds (a string here, a list there). Both raise here naming the row. Numbers in the
-    text columns are written as strings, as the prompt/completion check would.
-    """
-    keys: dict[str, int] = {}
-    for i, row in enumerate(rows):
-        for key in row:
-            keys.setdefault(key, i)
-    kinds: dict[str, tuple[str, int]] = {}
-    converted = []
-    for i, row in enumerate(rows):
-        missing = [key for key in keys if key not in row]
-        if missing:
-            key = missing[0]
-            raise DatasetFormatError(
-                f"Row {i} of the {dataset_name} dataset has no `{key}` key, which row {keys[key]} has; a list of "
-                f"dicts needs the same keys in every row (a key missing from row 0 would be dropped from all rows). "
-                f"Fix: give row {i} a `{key}` (None for a missing value), or remove the row."
-            )
-        row = {
-            k: to_text(v, row=i, column=k, dataset_name=dataset_name)
-            if k in text_columns and _kind(v) == "number"
-            else v
-            for k, v in row.items()
-        }
-        for key, value in row.items():
-            kind = _kind(value)
-            if kind is None:
-                continue
-            seen = kinds.setdefault(key, (kind, i))
-            if seen[0] != kind:
-                raise DatasetTypeError(
-                    f"Row {i} of the {dataset_name} dataset: `{key}` is {describe(value)}, but row {seen[1]} holds "
-                    f"a {seen[0]}; a column holds one kind of value. Fix: convert row {i}'s `{key}` to a {seen[0]}, "
-                    "or remove the row."
-                )
-        converted.append(row)
-    return converted
 
 
 def check_text(values: Sequence[Any], text_field: str, dataset_name: str, start: int = 0) -> None:
@@ -294,18 +239,6 @@ def to_string(value, *, row: int, column: str, dataset_name: str) -> str:
     return text
 
 
-def dataset_fix(data: Any) -> str:
-    if isinstance(data, dict):
-        return "a dict of columns becomes a dataset with `datasets.Dataset.from_dict(data)`"
-    if isinstance(data, (str, bytes)):
-        return "load the file first, e.g. `datasets.load_dataset('json', data_files=path, split='train')`"
-    if hasattr(data, "to_dict") and hasattr(data, "columns"):
-        return "convert the DataFrame with `datasets.Dataset.from_pandas(df)`"
-    if hasattr(data, "__iter__"):
-        return "pass `list(rows)`, or `datasets.IterableDataset.from_generator(...)` to stream"
-    return "pass a `datasets.Dataset`, an `IterableDataset`, or a list of dicts or `[question, answer]` pairs"
-
-
 def check_token_features(features, dataset_name: str) -> None:
     """`input_ids` and `labels` are flat lists of integers, read from the features (a float, string or nested
     column fails deep inside torch otherwise). A streaming dataset without features is checked row by row."""
@@ -336,25 +269,102 @@ def check_token_features(features, dataset_name: str) -> None:
             )
 
 
-def build_rows(build, rows: list[dict], dataset_name: str):
-    """`build()` (e.g. `Dataset.from_list`), with a value Arrow can't store reported by row: text that is not valid
-    Unicode, or a conversation whose messages mix kinds."""
-    try:
-        return build()
-    except (UnicodeEncodeError, ValueError, TypeError) as error:
-        for i, row in enumerate(rows):
-            bad = find_unencodable(list(row.values()))
-            if bad is not None:
-                column = list(row)[bad[0]]
-                raise DatasetTypeError(
-                    f"Row {i} of the {dataset_name} dataset: `{column}` is not valid Unicode (a lone surrogate at "
-                    f"character {bad[1]}, as bytes decoded with errors='surrogateescape' leave). Fix: decode the "
-                    "source with errors='replace', or remove the row."
-                ) from error
-        for key in rows[0] if rows else ():  # a conversation whose messages mix kinds: name the row
-            if any(isinstance(row.get(key), list) and row[key] and isinstance(row[key][0], dict) for row in rows):
-                check_messages([row.get(key) for row in rows], dataset_name, column=key)
-        raise DatasetTypeError(
-            f"The {dataset_name} dataset's rows can't be stored as a dataset: {error}. Fix: give each column one "
-            "kind of value (strings, numbers or lists), or build a `datasets.Dataset` yourself."
-        ) from error
+# ---------------------------------------------------------------------------------------------------- the values a layout reads
+
+
+def check_values(
+    dataset: Dataset | IterableDataset, layout: Layout, options: MaskingOptions, dataset_name: str
+) -> tuple[Dataset | IterableDataset, set[int]]:
+    """Check the values the layout reads; rename the prompt/completion columns to `prompt`/`completion`.
+
+    Returns the dataset and the indices of rows whose completion is empty (the pre-flight audit reports them under
+    `masked_row_policy`; a streaming dataset marks them in a column instead).
+    """
+    if layout is Layout.PRETOKENIZED:
+        check_token_features(getattr(dataset, "features", None), dataset_name)
+        return dataset, set()
+    if layout is Layout.CONVERSATION:
+        if "messages" in column_names(dataset) and isinstance(dataset, Dataset):
+            check_messages(dataset["messages"], dataset_name)
+        return dataset, set()
+    if layout is Layout.TEXT:
+        if isinstance(dataset, Dataset) and not _all_strings(dataset, options.text_field):
+            check_text(dataset[options.text_field], options.text_field, dataset_name)
+        return dataset, set()
+    columns = column_names(dataset)
+    renames = {
+        old: new
+        for old, new in ((options.prompt_column, "prompt"), (options.completion_column, "completion"))
+        if old != new
+    }
+    for old, new in renames.items():
+        if new in columns:
+            raise DatasetFormatError(
+                f"The {dataset_name} dataset has both `{old}` (`{new}_column`) and `{new}` columns. Fix: drop or "
+                f"rename `{new}`."
+            )
+    if renames:
+        dataset = dataset.rename_columns(renames)
+    shown = (options.prompt_column, options.completion_column)
+    if layout is Layout.CONVERSATIONAL_PROMPT_COMPLETION:
+        if isinstance(dataset, Dataset):
+            for column, name in zip(("prompt", "completion"), shown, strict=True):
+                check_messages(dataset[column], dataset_name, column=name)
+        return dataset, set()
+    if isinstance(dataset, IterableDataset):
+        kwargs = {"dataset_name": dataset_name, "shown": shown}
+        return dataset.map(_check_example, with_indices=True, fn_kwargs=kwargs), set()
+    return _check_columns(dataset, dataset_name, *shown)
+
+
+def _all_strings(dataset: Dataset, column: str) -> bool:
+    """A string column without nulls, read from the Arrow metadata (no pass over the rows)."""
+    feature = dataset.features.get(column)
+    if getattr(feature, "dtype", None) not in ("string", "large_string"):
+        return False
+    return dataset.data.column(column).null_count == 0
+
+
+def _check_example(example: dict, index: int, dataset_name: str, shown: tuple[str, str]) -> dict:
+    """Row check for streaming datasets, as the rows are read. An empty completion is marked for the pre-flight
+    check, which applies `masked_row_policy` as it reads the rows."""
+    completion = to_string(example["completion"], row=index, column=shown[1], dataset_name=dataset_name)
+    return {
+        "prompt": to_string(example["prompt"], row=index, column=shown[0], dataset_name=dataset_name),
+        "completion": completion,
+        REASON: "empty completion" if not completion.strip() else "",
+    }
+
+
+def _check_columns(
+    dataset: Dataset, dataset_name: str, prompt_column: str, completion_column: str
+) -> tuple[Dataset, set[int]]:
+    prompts, completions = dataset["prompt"], dataset["completion"]
+    converted = False
+    empty: set[int] = set()
+    for column, values, shown in (("prompt", prompts, prompt_column), ("completion", completions, completion_column)):
+        for i, value in enumerate(values):
+            if not isinstance(value, str):
+                to_string(value, row=i, column=shown, dataset_name=dataset_name)
+                converted = True
+            elif column == "completion" and not value.strip():
+                empty.add(i)
+    if len(empty) == len(completions) > 1:  # one row alone is that row's problem, reported by the pre-flight pass
+        raise DatasetFormatError(
+            f"Every completion in the {dataset_name} dataset (`{completion_column}`) is empty (all {len(empty)} "
+            "rows), so there is nothing to train on. Fix: point `completion_column` at the column that holds the "
+            "answers."
+        )
+    if converted:  # numbers: `str()` here, with the columns typed as strings (`map` would cast them back)
+        features = dataset.features.copy()
+        features["prompt"] = features["completion"] = Value("string")
+        dataset = dataset.map(
+            lambda ex, i: {
+                "prompt": to_text(ex["prompt"], row=i, column=prompt_column, dataset_name=dataset_name),
+                "completion": to_text(ex["completion"], row=i, column=completion_column, dataset_name=dataset_name),
+            },
+            with_indices=True,
+            features=features,
+            desc=f"Writing numbers in the {dataset_name} dataset as text",
+        )
+    return dataset, empty

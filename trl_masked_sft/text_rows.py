@@ -17,8 +17,8 @@ from datasets import Dataset, IterableDataset
 from trl.data_utils import common_prefix_length
 
 from .errors import DatasetTypeError
-from .formats import Layout
 from .hf_compat import in_memory_kwargs
+from .layout import Layout
 from .logs import get_logger
 from .masking import IGNORE_INDEX
 from .options import MaskingOptions
