@@ -3,9 +3,12 @@ heavy until a name is used."""
 
 from __future__ import annotations
 
+import importlib
 import inspect
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -71,6 +74,23 @@ def test_an_unknown_name_is_an_attribute_error():
     """A typo fails as a missing attribute does, naming it."""
     with pytest.raises(AttributeError, match="MaskedSFTTrainr"):
         trl_masked_sft.MaskedSFTTrainr  # noqa: B018
+
+
+@pytest.mark.parametrize("old, new", sorted(trl_masked_sft._MOVED.items()))
+def test_a_renamed_module_imports_under_its_old_name(old, new):
+    """`import trl_masked_sft.validation` (and every old name in `_MOVED`) gives the module it became, itself."""
+    assert importlib.import_module(f"trl_masked_sft.{old}") is importlib.import_module(f"trl_masked_sft.{new}")
+
+
+def test_the_subpackages_keep_their_entry_points_where_they_were():
+    """`from trl_masked_sft.chat import chat_labels` and the console script `trl_masked_sft.cli:main` still resolve."""
+    from trl_masked_sft.chat import chat_labels
+    from trl_masked_sft.cli import main
+
+    assert chat_labels is trl_masked_sft.chat_labels
+    pyproject = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
+    module, name = re.search(r'^trl-masked-sft = "([\w.]+):(\w+)"$', pyproject, re.M).groups()
+    assert getattr(importlib.import_module(module), name) is main
 
 
 def test_importing_the_package_loads_no_heavy_library():

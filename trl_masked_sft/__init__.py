@@ -3,12 +3,14 @@
 Names are imported on first use (module `__getattr__`), so `import trl_masked_sft` and `trl-masked-sft --help` do not
 load torch, transformers or TRL. `__all__` is what a TRL user needs; `homework_lora_config` (the course recipe's
 LoRA settings), `MaskingOptions`, `Layout` and `IGNORE_INDEX` stay importable from here for scripts written against
-0.1.0, but are not part of it.
+0.1.0, but are not part of it. Modules renamed since 0.1.0 import under their old names too (`_MOVED`).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # what type checkers (and tests/test_architecture.py's import graph) see
@@ -107,3 +109,42 @@ def __getattr__(name: str) -> Any:
 
 def __dir__() -> list[str]:
     return sorted({*globals(), *_HOMES})
+
+
+#: Modules renamed since 0.1.0 (issue 26), old name → the module it became: `import trl_masked_sft.validation` gives
+#: `trl_masked_sft.batch_checks` itself, loaded on first use. `chat` and `cli` are subpackages whose `__init__` keeps
+#: their entry points (`chat_labels`, `main`).
+_MOVED = {
+    "constraints": "config_checks",
+    "values": "row_checks",
+    "validation": "batch_checks",
+    "health": "run_checks",
+    "steps": "run_checks",
+    "end_of_turn": "chat.end_of_turn",
+    "conversations": "chat.conversations",
+    "controls": "chat.controls",
+    "cli_errors": "cli.errors",
+    "sources": "cli.sources",
+}
+
+
+class _MovedModules:
+    """Finds `trl_masked_sft.<old name>` and loads it as the module it became; any other name is left to the others."""
+
+    @staticmethod
+    def find_spec(fullname: str, path: Any = None, target: Any = None) -> Any:
+        package, _, old = fullname.rpartition(".")
+        if package != __name__ or old not in _MOVED:
+            return None
+        return importlib.util.spec_from_loader(fullname, _MovedModules)
+
+    @staticmethod
+    def create_module(spec: Any) -> Any:
+        return importlib.import_module(f"{__name__}.{_MOVED[spec.name.rpartition('.')[2]]}")
+
+    @staticmethod
+    def exec_module(module: Any) -> None:
+        """Nothing to run: the module was loaded under its new name."""
+
+
+sys.meta_path.insert(0, _MovedModules)  # first: an old file left on the path (an older install) must not win
