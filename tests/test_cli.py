@@ -86,10 +86,12 @@ def test_inspect_colours_when_asked(qa_file, capsys):
     assert "\033[1;30;48;5;" in capsys.readouterr().out  # trained: bold, on the page's green (256 colours)
 
 
-def test_console_script_runs_as_a_module():
-    """`python -m trl_masked_sft --help` works (what `accelerate launch -m` uses)."""
+@pytest.mark.parametrize("module", ["trl_masked_sft", "trl_masked_sft.cli"])
+def test_console_script_runs_as_a_module(module):
+    """`python -m trl_masked_sft --help` works (what `accelerate launch -m` uses), and so does the older
+    `-m trl_masked_sft.cli`."""
     out = subprocess.run(
-        [sys.executable, "-m", "trl_masked_sft", "--help"], capture_output=True, text=True, timeout=120, check=True
+        [sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120, check=True
     )
     assert "trl-masked-sft" in out.stdout
 

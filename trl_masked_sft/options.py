@@ -37,14 +37,14 @@ class MaskingOptions:
     assistant_turns: str = "all"
     #: `True`/`"turn"`, `False`/`"none"`, `"last"` or `"all"` (see `MaskedSFTConfig.train_on_eot`)
     train_on_eot: bool | str = True
-    #: the chat controls (see `controls.ChatControls`)
+    #: the chat controls (see `chat.controls.ChatControls`)
     train_roles: tuple[str, ...] = ("assistant",)
     message_train_key: str = "train"
     message_weight_key: str = "weight"
     reasoning: str = "train"
     tool_calls: str = "train"
     #: the ids that end generation (`None`: the tokenizer's eos and the template's closing), and where each comes
-    #: from (`end_of_turn.GENERATION_CONFIG`, ...; empty: the config's `stop_token_ids`)
+    #: from (`chat.end_of_turn.GENERATION_CONFIG`, ...; empty: the config's `stop_token_ids`)
     stop_token_ids: tuple[int, ...] | None = None
     stop_sources: tuple[str, ...] = ()
     max_length: int | None = 128

@@ -1,7 +1,7 @@
 """The preparation pipeline: raw rows in; token ids, labels, the audit report and the policy's verdict out.
 
     rows --coerce_dataset--> Dataset --detect_layout--> Layout --check_values--> checked rows
-         --tokenize (formats: text; chat: conversations; masking.clean_row: pre-tokenized)--> input_ids + labels
+         --tokenize (text_rows: text; chat: conversations; masking.clean_row: pre-tokenized)--> input_ids + labels
          --templates, truncation (masking)--> final labels --audit (report)--> AuditReport + masked_row_policy
 
 It needs a tokenizer and the masking options, no model and no trainer: `MaskedSFTTrainer._prepare_dataset`,

@@ -50,7 +50,7 @@ TEMPLATE_NOT_FOUND, NOT_LOCATED, EMPTY_COMPLETION = (
     "chat turns not located",
     ("empty completion"),
 )
-#: The chat controls' reasons (`controls`): a message's `train: false`, its weight 0, a reasoning block or a tool
+#: The chat controls' reasons (`chat.controls`): a message's `train: false`, its weight 0, a reasoning block or a tool
 #: call masked by `reasoning='mask'`/`tool_calls='mask'`; and the row reason of a conversation they leave with
 #: nothing to train (a fully masked row, under `masked_row_policy`).
 MASKED_BY_KEY, ZERO_WEIGHT = "message train: false", "message weight 0"

@@ -1,8 +1,9 @@
 """The stop set of a run, from the model: its `generation_config.eos_token_id`, the tokenizer's eos, and the chat
 template's end-of-turn token when the model would not stop on it (said before training, saved with the model).
 
-The end-of-turn rule itself (which stop token each trained turn ends with) is `end_of_turn.settle`; this module only
-decides which ids the run passes to it (`MaskingOptions.stop_token_ids`) and writes them where generation reads them.
+The end-of-turn rule itself (which stop token each trained turn ends with) is `chat.end_of_turn.settle`; this module
+only decides which ids the run passes to it (`MaskingOptions.stop_token_ids`) and writes them where generation reads
+them.
 """
 
 from __future__ import annotations

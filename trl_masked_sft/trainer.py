@@ -71,7 +71,7 @@ class MaskedSFTTrainer(WeightedBatches, SFTTrainer):
     - `label_names=["labels"]` for PEFT models; a pad token when the tokenizer has none (the eos, said in the log);
     - a check that a user `data_collator` does not overwrite the prepared labels;
     - model checks at `train()` (`model_checks.py`), resuming only from complete checkpoints (`checkpoints.py`);
-    - `TrainingHealthGuard` (`health_checks=True`, `health.py`) and, under several processes, the same verdict on
+    - `TrainingHealthGuard` (`health_checks=True`, `run_checks.py`) and, under several processes, the same verdict on
       every rank (`distributed.py`); in-batch packing (`pack_within_batch`, `packing.py`);
     - the loss on CPU with only the supervised positions through the LM head (`score_supervised_only`, `loss.py`).
 

@@ -5,7 +5,7 @@
     trl-masked-sft audit --dataset_name data.jsonl --tokenizer_name_or_path ./tok --max_length 256
 
 `train` runs unchanged under `accelerate launch -m trl_masked_sft.cli train ...`. `main` is the console script: it
-reports a mistake as one `error:` line (`cli_errors.py`; `--debug` for the traceback); `run` is the same without
+reports a mistake as one `error:` line (`cli/errors.py`; `--debug` for the traceback); `run` is the same without
 that boundary. Nothing heavy (torch, transformers, TRL) is imported before a command needs it, so `--help` answers at
 once; `inspect` and `audit` take only the masking fields of `MaskedSFTConfig` (`MASKING_FIELDS`) as flags.
 """
@@ -348,7 +348,7 @@ def run(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """The `trl-masked-sft` console script: `run`, with our errors and the predictable ones from the libraries below
-    reported as one `error: <message>` line on stderr (exit code 1), not a traceback (`cli_errors.py`)."""
+    reported as one `error: <message>` line on stderr (exit code 1), not a traceback (`cli/errors.py`)."""
     argv, debug = pop_debug(list(sys.argv[1:] if argv is None else argv))
     _FLAGS.clear()
     if debug:
@@ -360,7 +360,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
