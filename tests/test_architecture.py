@@ -7,6 +7,7 @@ here, which is the moment to decide what it may depend on.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,14 @@ def _imports(path: Path) -> set[str]:
 
 
 GRAPH = {_name(path): _imports(path) for path in MODULES}
+
+
+def test_the_readme_table_of_where_things_live_names_modules_that_exist():
+    """Each `x.py` or `chat/x.py` in README's "Where things live" is a file of the package: a rename updates it."""
+    readme = (PACKAGE.parent / "README.md").read_text()
+    table = readme.split("### Where things live", 1)[1].split("\n\n", 2)[1]
+    named = set(re.findall(r"`([a-z_]+(?:/[a-z_]+)?\.py)`", table))
+    assert len(named) > 10 and sorted(n for n in named if not (PACKAGE / n).exists()) == []
 
 
 def test_every_layer_name_is_a_module():
