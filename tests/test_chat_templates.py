@@ -42,8 +42,8 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from transformers import PreTrainedTokenizerFast
 from trl.chat_template_utils import get_training_chat_template, supports_tool_calling
 
-from trl_masked_sft.chat.labels import MARKERS, METHODS, OFFSETS, PREFIX_DIFF, chat_labels, is_trained
 from trl_masked_sft.chat.conversations import content_text, fit_content, message_spans
+from trl_masked_sft.chat.labels import MARKERS, METHODS, OFFSETS, PREFIX_DIFF, chat_labels, is_trained
 
 TEMPLATES = Path(trl.__file__).parent / "chat_templates"
 FAMILIES = sorted(p.name[: -len("_training.jinja")] for p in TEMPLATES.glob("*_training.jinja"))

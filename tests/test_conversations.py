@@ -13,7 +13,6 @@ from trl_masked_sft import (
     PreparationPipeline,
     UnsupervisedRowsError,
 )
-from trl_masked_sft.chat.labels import EMPTY_COMPLETION, chat_labels
 from trl_masked_sft.chat.conversations import (
     content_text,
     conversation_of,
@@ -22,6 +21,7 @@ from trl_masked_sft.chat.conversations import (
     template_roles,
     to_messages,
 )
+from trl_masked_sft.chat.labels import EMPTY_COMPLETION, chat_labels
 from trl_masked_sft.tiny import CHATML_TEMPLATE, build_tiny_tokenizer
 
 SHAREGPT = [
