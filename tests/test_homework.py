@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import re
@@ -12,7 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 from homework import (
+    ADAPTER_LIMIT_MB,
     QUESTION_TEMPLATES,
+    RECIPES,
     batched_generate,
     build_demo_model,
     convert,
@@ -534,6 +537,47 @@ def test_the_example_script_runs_on_the_real_homework_files(tmp_path, monkeypatc
     assert metrics["data"] == str(HOMEWORK_DATA.resolve()) and metrics["num_train"] == 1000
     assert metrics["demo_model"] is False and metrics["parameters"] == 134_515_008 and metrics["steps"] == 3
     assert metrics["train_tokens"] > 0 and metrics["train_tokens_per_second"] > 0
+    # the default recipe is the sweep's best, with activation checkpointing on (the main job's memory)
+    assert metrics["recipe"] == "best" and metrics["activation_checkpointing"] is True
+    best = RECIPES["best"]
+    assert (metrics["learning_rate"], metrics["batch_size"], metrics["lora_r"]) == (
+        best["learning_rate"],
+        best["batch_size"],
+        best["lora_r"],
+    )
+    assert metrics["lr_scheduler_type"] == "cosine" and metrics["adapter_mb"] < ADAPTER_LIMIT_MB
+
+
+def _example_cli():
+    spec = importlib.util.spec_from_file_location("train_homework_cli", REPO / "examples" / "train_homework.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_example_runs_the_best_recipe_for_a_real_model_and_the_homeworks_for_the_demo():
+    """`--recipe`: unset, a real model gets the sweep's best settings and the demo model the homework's (with its own
+    learning rate); `--recipe homework` gives the homework's; any flag given wins over the recipe."""
+    cli = _example_cli()
+    real = cli.settings(cli.parse_args([]))
+    assert real == {key: RECIPES["best"][key] for key in real}
+    demo = cli.settings(cli.parse_args(["--model", "tiny-demo"]))
+    assert demo == {**{key: RECIPES["homework"][key] for key in demo}, "learning_rate": None}
+    homework = cli.settings(cli.parse_args(["--recipe", "homework", "--epochs", "2", "--lora-r", "4"]))
+    assert homework == {**{key: RECIPES["homework"][key] for key in homework}, "epochs": 2.0, "lora_r": 4}
+    assert cli.settings(cli.parse_args(["--batch-size", "8"]))["batch_size"] == 8
+    with pytest.raises(SystemExit):
+        cli.parse_args(["--recipe", "fastest"])
+
+
+def test_the_best_recipes_adapter_fits_the_homeworks_limit():
+    """The best recipe's LoRA rank on all linear layers of SmolLM2-135M (30 layers, 576 wide, MLP 1536, 3 KV heads
+    of 64) in float32 stays under the homework's 20 MB."""
+    r, layers = RECIPES["best"]["lora_r"], 30
+    per_layer = sum(
+        i + o for i, o in [(576, 576), (576, 192), (576, 192), (576, 576), (576, 1536), (576, 1536), (1536, 576)]
+    )
+    assert r * per_layer * layers * 4 / 1e6 < ADAPTER_LIMIT_MB
 
 
 def test_phase_peaks_report_each_phase_its_child_processes_and_the_run_peak():
