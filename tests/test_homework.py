@@ -555,14 +555,17 @@ def _example_cli():
     return module
 
 
-def test_the_example_runs_the_best_recipe_for_a_real_model_and_the_homeworks_for_the_demo():
-    """`--recipe`: unset, a real model gets the sweep's best settings and the demo model the homework's (with its own
-    learning rate); `--recipe homework` gives the homework's; any flag given wins over the recipe."""
+def test_the_example_runs_the_best_recipe_for_smollm2_135m_and_the_homeworks_for_other_models():
+    """`--recipe`: unset, SmolLM2-135M gets the sweep's best settings, the demo model the homework's (with its own
+    learning rate) and any other model the homework's; `--recipe homework` gives the homework's; any flag given wins
+    over the recipe."""
     cli = _example_cli()
     real = cli.settings(cli.parse_args([]))
     assert real == {key: RECIPES["best"][key] for key in real}
     demo = cli.settings(cli.parse_args(["--model", "tiny-demo"]))
     assert demo == {**{key: RECIPES["homework"][key] for key in demo}, "learning_rate": None}
+    other = cli.settings(cli.parse_args(["--model", "HuggingFaceTB/SmolLM2-360M-Instruct"]))
+    assert other == {key: RECIPES["homework"][key] for key in other}
     homework = cli.settings(cli.parse_args(["--recipe", "homework", "--epochs", "2", "--lora-r", "4"]))
     assert homework == {**{key: RECIPES["homework"][key] for key in homework}, "epochs": 2.0, "lora_r": 4}
     assert cli.settings(cli.parse_args(["--batch-size", "8"]))["batch_size"] == 8
