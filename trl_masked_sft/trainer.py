@@ -26,7 +26,7 @@ from .distributed import (
 )
 from .formats import coerce_datasets
 from .health import TrainingHealthGuard
-from .hf_compat import check_resume_supported, checkpointing_on
+from .hf_compat import accelerator_precision, check_resume_supported, checkpointing_on
 from .logs import get_logger, warn
 from .loss import SupervisedLoss, count_packed_tokens
 from .masking import WEIGHTS
@@ -200,6 +200,10 @@ class MaskedSFTTrainer(WeightedBatches, SFTTrainer):
         elif args.shuffle_dataset:
             dataset = dataset.shuffle(seed=args.seed)
         return dataset, prepared.report
+
+    def create_accelerator_and_postprocess(self):
+        with accelerator_precision(self.args):  # transformers 4.x: the config's own precision, not a leaked one
+            return super().create_accelerator_and_postprocess()
 
     def _save(self, output_dir: str | None = None, state_dict=None):
         with generation_config_saved(self.model, output_dir or self.args.output_dir, self._msft_options):
