@@ -35,7 +35,7 @@ MASK_LOGITS_TO_KEEP = hasattr(modeling_utils, "slice_logits_to_keep")
 #: Whether `Trainer` counts the loss's divisor (`num_items_in_batch`) over the labels before the causal shift, so a
 #: row's supervised first token counts though it is never a target (4.x); 5.x counts `labels[..., 1:]`.
 COUNTS_UNSHIFTED_LABELS = TRANSFORMERS_MAJOR < 5
-#: `ACCELERATE_MIXED_PRECISION` as this process started with it (`accelerate launch --mixed_precision ...` sets it).
+#: `ACCELERATE_MIXED_PRECISION` when this package was imported: the launcher's (`accelerate launch --mixed_precision`).
 _LAUNCH_PRECISION = os.environ.get("ACCELERATE_MIXED_PRECISION")
 
 
@@ -46,8 +46,8 @@ def accelerator_precision(args) -> Iterator[None]:
 
     Transformers 4.x's `TrainingArguments.__post_init__` writes its bf16/fp16 choice into that process-wide variable
     and takes the variable as the default of every later config, so after one bf16 config in a process a
-    `bf16=False` run trained under bf16 autocast (checked with 4.57.6). 5.x only reads the variable: a no-op there.
-    Goes when 4.x support does.
+    `bf16=False` run trained under bf16 autocast (checked with 4.57.6; huggingface/transformers#29510, fixed in 5.0.0
+    by #41697: 5.x only reads the variable). A no-op on 5.x; goes when 4.x support does.
     """
     if TRANSFORMERS_MAJOR >= 5:
         yield
