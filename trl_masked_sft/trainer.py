@@ -127,7 +127,7 @@ class MaskedSFTTrainer(WeightedBatches, SFTTrainer):
         if peft_config is not None or (not isinstance(model, str) and is_peft_model(model)):
             check_peft_setup(args, model, peft_config)
 
-        with quiet_peft_checkpointing_probe():  # peft 0.21 + transformers 5.24: see its docstring
+        with quiet_peft_checkpointing_probe(), accelerator_precision(args):  # peft 0.21; transformers 4.x: docstrings
             super().__init__(
                 model=model,
                 args=args,
@@ -200,10 +200,6 @@ class MaskedSFTTrainer(WeightedBatches, SFTTrainer):
         elif args.shuffle_dataset:
             dataset = dataset.shuffle(seed=args.seed)
         return dataset, prepared.report
-
-    def create_accelerator_and_postprocess(self):
-        with accelerator_precision(self.args):  # transformers 4.x: the config's own precision, not a leaked one
-            return super().create_accelerator_and_postprocess()
 
     def _save(self, output_dir: str | None = None, state_dict=None):
         with generation_config_saved(self.model, output_dir or self.args.output_dir, self._msft_options):
