@@ -10,7 +10,7 @@
   `score_supervised_only` loss around the model call);
 - `checks and metrics`: what `MaskedSFTTrainer.compute_loss` does around the loss (`validate_batch`, mask metrics);
 - `backward`: `accelerator.backward` (every module's backward; checkpointed layers recompute their forward here);
-- `optimizer`: gradient clipping and `optimizer.step()`;
+- `optimizer`: gradient clipping (the accelerator's `clip_grad_norm_`) and `optimizer.step()`;
 - `rest`: the step's wall time less all of the above (logging, scheduler, callbacks, zeroing gradients).
 
 On a CPU every operation is synchronous, so wall-clock timers around a call measure its work. Forward hooks that fire
@@ -77,7 +77,10 @@ class StepProfile(TrainerCallback):
                 self._in_backward = False
 
         trainer.accelerator.backward = timed_backward
-        trainer._clip_grad_norm = self._timed(trainer._clip_grad_norm, "optimizer")
+        # Gradient clipping: transformers 5.x calls it through `Trainer._clip_grad_norm`, 4.x inline; both through
+        # the accelerator's `clip_grad_norm_`, before `on_pre_optimizer_step` (so never counted twice).
+        accelerator = trainer.accelerator
+        accelerator.clip_grad_norm_ = self._timed(accelerator.clip_grad_norm_, "optimizer")
         trainer.add_callback(self)
         return self
 

@@ -5,6 +5,7 @@ Timings are never asserted here (CI machines are shared and noisy); `benchmarks/
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -12,6 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from trl_masked_sft import MaskedSFTTrainer, homework_lora_config
 
 REPO = Path(__file__).resolve().parents[1]
 HOMEWORK_TRAIN = REPO.parent / "shared" / "data" / "unit_conversion" / "train.json"
@@ -187,6 +190,26 @@ def _run_real(tmp_path, *flags: str) -> tuple[dict, str]:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return json.loads((tmp_path / "r.json").read_text()), done.stdout
+
+
+def test_the_step_profile_breaks_a_tiny_clipped_run_into_its_parts(tokenizer, model, make_config):
+    """`StepProfile` on this transformers line (4.x clips inline, 5.x in `Trainer._clip_grad_norm`): a tiny LoRA run
+    with gradient clipping trains, every part is there and none negative, the parts sum to the mean timed step."""
+    spec = importlib.util.spec_from_file_location("step_profile", REPO / "benchmarks" / "step_profile.py")
+    step_profile = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(step_profile)
+    args = make_config(max_steps=4, max_grad_norm=1.0, per_device_train_batch_size=4)
+    rows = [[f"What is {i} km in m?", 1000.0 * i] for i in range(16)]
+    trainer = MaskedSFTTrainer(
+        model=model, args=args, train_dataset=rows, processing_class=tokenizer, peft_config=homework_lora_config(r=4)
+    )
+    profile = step_profile.StepProfile().attach(trainer)
+    trainer.train()
+    parts = profile.record()["parts"]
+    assert list(parts) == PROFILE_PARTS
+    assert all(value >= 0 for value in parts.values()) and parts["optimizer"] > 0 and parts["backward"] > 0
+    assert len(profile.steps) == 3  # the first step is the warm-up
+    assert sum(parts.values()) == pytest.approx(sum(profile.steps) / len(profile.steps))
 
 
 @pytest.mark.slow

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 import torch
 from peft import get_peft_model
 from transformers import TrainerCallback
+from trl import SFTConfig
 
 from trl_masked_sft import MaskedSFTConfig, MaskedSFTTrainer, homework_lora_config
 from trl_masked_sft.precision import (
@@ -93,6 +95,38 @@ def test_an_explicit_bf16_false_is_never_overridden(make_config):
     big = torch.nn.Linear(5000, 5000)  # 25M parameters
     args = make_config(bf16=False)
     assert resolve_cpu_bf16(big, args) is None and args.bf16 is False
+
+
+@pytest.mark.parametrize("launched", [None, "no", "bf16"])
+def test_building_a_config_leaves_the_mixed_precision_variable_as_it_was(launched, make_config, monkeypatch):
+    """`MaskedSFTConfig(bf16=True)` leaves `ACCELERATE_MIXED_PRECISION` as it found it (transformers 4.x's
+    `TrainingArguments` writes it, and a process started from this one, e.g. a killed run resumed here, read it)."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launched or "no")  # recorded: put back as found after the test
+    if launched is None:
+        monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")
+    make_config(bf16=True, use_cpu=True)
+    make_config(bf16=False)
+    assert os.environ.get("ACCELERATE_MIXED_PRECISION") == launched
+
+
+@pytest.mark.parametrize("earlier", [MaskedSFTConfig, SFTConfig])
+def test_a_float32_run_after_a_bf16_config_in_the_same_process_trains_in_float32(
+    earlier, model, tokenizer, make_config, monkeypatch
+):
+    """Each trainer's accelerator takes its own config's precision: transformers 4.x writes a bf16 config's choice
+    into `ACCELERATE_MIXED_PRECISION`, where every later config read it back (a float32 run trained in bf16)."""
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")  # recorded: put back as found after the test (a plain
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION")  # `SFTConfig` on 4.x writes it)
+    earlier(output_dir=str(make_config().output_dir), bf16=True, use_cpu=True, report_to="none")
+    rows = [["What is 1 km in m?", 1000.0]] * 8
+    float32 = MaskedSFTTrainer(
+        model=model, args=make_config(bf16=False), train_dataset=rows, processing_class=tokenizer
+    )
+    assert float32.args.bf16 is False and float32.accelerator.mixed_precision == "no"
+    bf16 = MaskedSFTTrainer(
+        model=model, args=make_config(bf16=True, use_cpu=True), train_dataset=rows, processing_class=tokenizer
+    )
+    assert bf16.accelerator.mixed_precision == "bf16"
 
 
 @pytest.mark.skipif(has_accelerator(), reason="the CPU rule applies only where no accelerator is present")

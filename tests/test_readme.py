@@ -37,6 +37,7 @@ PAGES = {"README.md": README, **{page: (REPO / page).read_text(encoding="utf-8")
 PYTHONS = ("python", "python3")
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:e[+-]?\d+)?")
+QUOTED_NUMBER = re.compile(rf"'({NUMBER.pattern})'")
 
 
 def _blocks(text: str) -> list[tuple[str, str, str]]:
@@ -177,11 +178,12 @@ def test_launcher_commands_use_flags_the_launchers_know():
 
 
 def _shape(line: str) -> str:
-    """A printed line with its numbers (and any model output after ` -> `) left out."""
+    """A printed line with its numbers (and any model output after ` -> `) left out. A number the training log prints
+    quoted (transformers 5.x: `'loss': '1.153'`) or bare (4.x: `'loss': 1.1529`) reads the same."""
     line = line.rstrip()
     if " -> " in line:
         line = line.split(" -> ")[0] + " -> …"
-    return NUMBER.sub("N", line)
+    return NUMBER.sub("N", QUOTED_NUMBER.sub(r"\1", line))
 
 
 def _matches(expected: list[str], printed: list[str]) -> bool:

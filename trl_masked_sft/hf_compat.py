@@ -5,7 +5,8 @@ or 5.x) can do."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import transformers
@@ -16,6 +17,7 @@ __all__ = [
     "COUNTS_UNSHIFTED_LABELS",
     "MASK_LOGITS_TO_KEEP",
     "TRANSFORMERS_MAJOR",
+    "accelerator_precision",
     "active_peft_config",
     "check_resume_supported",
     "checkpointing_on",
@@ -33,6 +35,33 @@ MASK_LOGITS_TO_KEEP = hasattr(modeling_utils, "slice_logits_to_keep")
 #: Whether `Trainer` counts the loss's divisor (`num_items_in_batch`) over the labels before the causal shift, so a
 #: row's supervised first token counts though it is never a target (4.x); 5.x counts `labels[..., 1:]`.
 COUNTS_UNSHIFTED_LABELS = TRANSFORMERS_MAJOR < 5
+#: `ACCELERATE_MIXED_PRECISION` when this package was imported: the launcher's (`accelerate launch --mixed_precision`).
+_LAUNCH_PRECISION = os.environ.get("ACCELERATE_MIXED_PRECISION")
+
+
+@contextmanager
+def accelerator_precision(args) -> Iterator[None]:
+    """While open (the trainer builds its `Accelerator` inside), `ACCELERATE_MIXED_PRECISION` says `args`' own
+    precision: `fp16` or `bf16` where set, else the launcher's value (or `no`); the variable is put back after.
+
+    Transformers 4.x's `TrainingArguments.__post_init__` writes its bf16/fp16 choice into that process-wide variable
+    and takes the variable as the default of every later config, so after one bf16 config in a process a
+    `bf16=False` run trained under bf16 autocast (checked with 4.57.6; huggingface/transformers#29510, fixed in 5.0.0
+    by #41697: 5.x only reads the variable). A no-op on 5.x; goes when 4.x support does.
+    """
+    if TRANSFORMERS_MAJOR >= 5:
+        yield
+        return
+    previous = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    own = "fp16" if args.fp16 else "bf16" if args.bf16 else (_LAUNCH_PRECISION or "no")
+    os.environ["ACCELERATE_MIXED_PRECISION"] = own
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("ACCELERATE_MIXED_PRECISION", None)
+        else:
+            os.environ["ACCELERATE_MIXED_PRECISION"] = previous
 
 
 def checkpointing_on(args) -> bool:

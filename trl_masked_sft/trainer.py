@@ -29,7 +29,7 @@ from .distributed import (
     validate_batch_across_ranks,
 )
 from .formats import coerce_datasets
-from .hf_compat import check_resume_supported, checkpointing_on
+from .hf_compat import accelerator_precision, check_resume_supported, checkpointing_on
 from .logs import get_logger, warn
 from .loss import SupervisedLoss, count_packed_tokens
 from .masking import WEIGHTS
@@ -126,7 +126,7 @@ class MaskedSFTTrainer(WeightedBatches, SFTTrainer):
         if peft_config is not None or (not isinstance(model, str) and is_peft_model(model)):
             check_peft_setup(args, model, peft_config)
 
-        with quiet_peft_checkpointing_probe():  # peft 0.21 + transformers 5.24: see its docstring
+        with quiet_peft_checkpointing_probe(), accelerator_precision(args):  # peft 0.21; transformers 4.x: docstrings
             super().__init__(
                 model=model,
                 args=args,

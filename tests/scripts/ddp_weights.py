@@ -11,6 +11,8 @@ import sys
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import dataclasses  # noqa: E402
+
 import torch  # noqa: E402
 
 from trl_masked_sft import MaskedSFTConfig, MaskedSFTTrainer, homework_lora_config  # noqa: E402
@@ -27,6 +29,17 @@ def rows(n: int = 48) -> list[dict]:
             reply["weight"] = WEIGHTS[i % len(WEIGHTS)]
         out.append({"messages": [{"role": "user", "content": f"Question {i}: repeat {'please ' * (i % 5)}."}, reply]})
     return out
+
+
+#: transformers 5.x's `train_sampling_strategy="sequential"`; 4.x has no such field and always shuffles (RandomSampler).
+SEQUENTIAL = "train_sampling_strategy" in {f.name for f in dataclasses.fields(MaskedSFTConfig)}
+
+
+class InDataOrder(MaskedSFTTrainer):
+    """On transformers 4.x: the rows in the data's order, as `train_sampling_strategy="sequential"` gives on 5.x."""
+
+    def _get_train_sampler(self, train_dataset=None):
+        return torch.utils.data.SequentialSampler(train_dataset if train_dataset is not None else self.train_dataset)
 
 
 def run(out: str, batch_size: int) -> dict:
@@ -47,10 +60,10 @@ def run(out: str, batch_size: int) -> dict:
         learning_rate=1e-2,
         seed=1,
         shuffle_dataset=False,
-        train_sampling_strategy="sequential",
+        **({"train_sampling_strategy": "sequential"} if SEQUENTIAL else {}),
     )
     torch.manual_seed(0)
-    trainer = MaskedSFTTrainer(
+    trainer = (MaskedSFTTrainer if SEQUENTIAL else InDataOrder)(
         build_tiny_model(tokenizer),
         args=config,
         train_dataset=rows(),
