@@ -36,7 +36,7 @@ from homework_data import (
     homework_splits,
     load_homework_data,
 )
-from rss import PhasePeaks
+from rss import PhasePeaks, release_freed_memory
 from smollm2 import MODEL_ALIAS as SMOLLM2_ALIAS
 from smollm2 import load_smollm2
 from transformers import TrainerCallback
@@ -309,6 +309,19 @@ def load_named_model(
 # ---------------------------------------------------------------------------------------------------- the run
 
 
+#: Training gives the allocator's free memory back every this many steps (`release_freed_memory`).
+RELEASE_EVERY = 10
+
+
+class _ReleaseFreedMemory(TrainerCallback):
+    """Every `RELEASE_EVERY` steps, give the memory freed by the steps before back to the system, so a long run's RSS
+    does not creep up with the allocator's free blocks (docs/homework.md, memory)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step % RELEASE_EVERY == 0:
+            release_freed_memory()
+
+
 class _EpochScores(TrainerCallback):
     """Scores the evaluation rows at the end of each epoch (the accuracy curve); `seconds` is the time it took."""
 
@@ -481,6 +494,7 @@ def run_homework(
             peft_config=homework_lora_config(r=lora_r, lora_alpha=lora_alpha, target_modules=target_modules),
         )
 
+    trainer.add_callback(_ReleaseFreedMemory())
     curve = _EpochScores(tokenizer, eval_rows, max_new_tokens, prompt_format, log) if score_each_epoch else None
     if curve is not None:
         trainer.add_callback(curve)

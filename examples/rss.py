@@ -12,7 +12,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-__all__ = ["PhasePeaks", "current_peak_bytes", "reset_peak"]
+__all__ = ["PhasePeaks", "current_peak_bytes", "release_freed_memory", "reset_peak"]
 
 _STATUS = "/proc/self/status"
 _CLEAR_REFS = "/proc/self/clear_refs"
@@ -31,6 +31,25 @@ def current_peak_bytes() -> int:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
+
+
+def release_freed_memory() -> bool:
+    """Give the memory the C allocator holds free back to the system: glibc's `malloc_trim(0)`, which also returns
+    free pages inside the heap. Freed tensors stay with the allocator otherwise, so a long run's RSS creeps up step
+    by step (docs/homework.md, memory). False where there is no glibc (macOS, Windows, musl): nothing is done."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes = [ctypes.c_size_t]
+    trim(0)
+    return True
 
 
 def reset_peak() -> bool:
@@ -53,6 +72,8 @@ class PhasePeaks:
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
+        """Run a phase: what earlier phases freed is given back first (`release_freed_memory`), then its peak."""
+        release_freed_memory()
         if self.per_phase:
             reset_peak()
         try:

@@ -31,7 +31,7 @@ from homework import (
     to_prompt_completion,
 )
 from homework_data import homework_statistics, measure_statistics
-from rss import PhasePeaks
+from rss import PhasePeaks, release_freed_memory
 
 from trl_masked_sft import homework_lora_config
 from trl_masked_sft.errors import DatasetFormatError
@@ -581,6 +581,27 @@ def test_the_best_recipes_adapter_fits_the_homeworks_limit():
         i + o for i, o in [(576, 576), (576, 192), (576, 192), (576, 576), (576, 1536), (576, 1536), (1536, 576)]
     )
     assert r * per_layer * layers * 4 / 1e6 < ADAPTER_LIMIT_MB
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/status", encoding="ascii") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim is Linux-only")
+def test_release_freed_memory_gives_back_what_the_allocator_keeps():
+    """200 MB freed in the middle of the heap (a live block above them keeps glibc from trimming its top by itself)
+    stays resident until `release_freed_memory` gives it back."""
+    blocks = [bytearray(64 * 1024) for _ in range(3200)]  # below glibc's mmap threshold: on the heap
+    keep = bytearray(64 * 1024)  # the heap's top stays in use
+    for block in blocks:
+        block[::4096] = b"x" * len(block[::4096])  # touch every page
+    del blocks
+    before = _rss_bytes()
+    assert release_freed_memory() is True
+    after = _rss_bytes()
+    assert before - after > 150e6, (before, after)
+    del keep
 
 
 def test_phase_peaks_report_each_phase_its_child_processes_and_the_run_peak():
