@@ -50,6 +50,7 @@ __all__ = [
     "ADAPTER_LIMIT_MB",
     "BEST_RECIPE",
     "RECIPES",
+    "recipe_text",
     "DEMO_LEARNING_RATE",
     "DEMO_MODEL",
     "HOMEWORK_MODEL",
@@ -368,7 +369,7 @@ def _directory_mb(path: Path) -> float:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / 1e6
 
 
-def _recipe_text(recipe: dict[str, Any]) -> str:
+def recipe_text(recipe: dict[str, Any]) -> str:
     """A recipe's settings in words: "lr 0.001, 6 epochs, batch 16, cosine schedule, warmup 0.05, LoRA r 16"."""
     return (
         f"lr {recipe['learning_rate']:g}, {recipe['epochs']:g} epochs, batch {recipe['batch_size']}, "
@@ -525,7 +526,7 @@ def run_homework(
         log(f"After training:  accuracy {after['accuracy']:.3f}, answer_rate {after['answer_rate']:.3f}")
         if not demo and model_name_or_path == SMOLLM2_ALIAS:
             log(
-                f"The recipe `--recipe {BEST_RECIPE['name']}` ({_recipe_text(RECIPES[BEST_RECIPE['name']])}) reaches "
+                f"The recipe `--recipe {BEST_RECIPE['name']}` ({recipe_text(RECIPES[BEST_RECIPE['name']])}) reaches "
                 f"accuracy {BEST_RECIPE['accuracy']:.2f}, answer_rate {BEST_RECIPE['answer_rate']:.2f} on the "
                 f"homework's files after {BEST_RECIPE['train_minutes']} minutes of training on a 2-core CPU "
                 "(docs/homework.md, the recipe sweep)."

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from homework import DEMO_MODEL, HOMEWORK_MODEL, PROMPT_FORMATS, RECIPES, run_homework
+from homework import DEMO_MODEL, HOMEWORK_MODEL, PROMPT_FORMATS, RECIPES, recipe_text, run_homework
 from smollm2 import MODEL_ALIAS as SMOLLM2
 
 
@@ -44,10 +44,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--recipe",
         choices=tuple(RECIPES),
         default=None,
-        help="The settings below, by name: best (lr 1e-3, 6 epochs, batch 16, cosine schedule with 5%% warmup, LoRA "
-        "r 16; the best the recipe sweep measured for SmolLM2-135M on the homework's files) or homework (the "
-        "homework's own: lr 2e-4, 3 epochs, batch 32, linear schedule, LoRA r 8). Default: best for smollm2-135m, "
-        "homework for any other model. A flag given below wins.",
+        help=f"The settings below, by name: best ({recipe_text(RECIPES['best'])}; the best the recipe sweep measured "
+        f"for SmolLM2-135M on the homework's files) or homework (the homework's own: "
+        f"{recipe_text(RECIPES['homework'])}). Default: best for smollm2-135m, homework for any other model. A flag "
+        "given below wins.",
     )
     parser.add_argument("--epochs", type=float, default=None, help="Training epochs (default: the recipe's).")
     parser.add_argument(
