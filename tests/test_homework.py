@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import re
 import subprocess
 import sys
@@ -14,6 +15,7 @@ import pytest
 import torch
 from homework import (
     ADAPTER_LIMIT_MB,
+    BENCHMARK_QUESTIONS,
     QUESTION_TEMPLATES,
     RECIPES,
     batched_generate,
@@ -28,8 +30,10 @@ from homework import (
     parse_answer,
     run_homework,
     score,
+    scores_text,
     to_prompt_completion,
 )
+from homework import _evaluate as evaluate
 from homework_data import homework_statistics, measure_statistics
 from rss import PhasePeaks, release_freed_memory
 
@@ -417,6 +421,25 @@ def test_batched_generation_needs_a_pad_token(demo):
         batched_generate(model, tokenizer, ["What is 1 kg in g?"])
 
 
+def test_scoring_more_than_the_homeworks_100_questions_also_scores_its_first_100(demo, one_thread):
+    """Over 120 questions the metrics hold the score of all 120 and, under `first_100`, that of the first 100 (the
+    homework's `benchmark()` count), equal to scoring those 100 on their own; over 100 there is no second score."""
+    model, tokenizer, rows = demo
+    questions = rows[:120]
+    metrics, _ = evaluate(model, tokenizer, questions, 8)
+    alone, _ = evaluate(model, tokenizer, questions[:BENCHMARK_QUESTIONS], 8)
+    assert metrics["first_100"] == alone and "first_100" not in alone
+    replies = batched_generate(model, tokenizer, [q for q, _ in questions], max_new_tokens=8)
+    assert {k: metrics[k] for k in ("accuracy", "answer_rate")} == score(
+        [parse_answer(r) for r in replies], [t for _, t in questions]
+    )
+    text = scores_text({"accuracy": 0.592, "answer_rate": 1.0, "first_100": {"accuracy": 0.63, "answer_rate": 0.99}})
+    assert text == (
+        "accuracy 0.592, answer_rate 1.000 (the first 100, the homework's benchmark: accuracy 0.630, answer_rate 0.990)"
+    )
+    assert scores_text(alone) == f"accuracy {alone['accuracy']:.3f}, answer_rate {alone['answer_rate']:.3f}"
+
+
 def test_load_model_names_the_model_and_the_fix_when_it_cannot_load():
     """An unreachable model name raises OSError pointing to a local folder or the demo model."""
     with pytest.raises(OSError, match=r"(?s)'no-such-org/no-such-model'.*leave out --model"):
@@ -571,6 +594,26 @@ def test_the_example_runs_the_best_recipe_for_smollm2_135m_and_the_homeworks_for
     assert cli.settings(cli.parse_args(["--batch-size", "8"]))["batch_size"] == 8
     with pytest.raises(SystemExit):
         cli.parse_args(["--recipe", "fastest"])
+
+
+@pytest.mark.parametrize("given", [None, "1024"])
+def test_the_example_bounds_onednns_kernel_cache_unless_the_user_set_it(given):
+    """Importing the example script sets `ONEDNN_PRIMITIVE_CACHE_CAPACITY` to 32 before torch loads, and keeps a
+    value set outside; torch loads after it."""
+    script = (
+        "import importlib.util, os, sys\n"
+        f"spec = importlib.util.spec_from_file_location('cli', {str(REPO / 'examples' / 'train_homework.py')!r})\n"
+        "assert 'torch' not in sys.modules\n"
+        "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+        "print(os.environ['ONEDNN_PRIMITIVE_CACHE_CAPACITY'], 'torch' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_PRIMITIVE_CACHE_CAPACITY"}
+    if given is not None:
+        env["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] = given
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "examples"), env.get("PYTHONPATH", "")])
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == [given or "32", "True"]
 
 
 def test_the_best_recipes_adapter_fits_the_homeworks_limit():
