@@ -24,7 +24,6 @@ from contextlib import contextmanager
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from .hf_compat import MASK_LOGITS_TO_KEEP
 from .logs import get_logger
@@ -210,7 +209,10 @@ class SupervisedLoss:
         # (num_kept, vocab): the supervised positions only, unless the whole batch's logits are needed
         logits = outputs.logits[:, :-1][label_mask] if full else kept_logits(model, keep, **forward_inputs)
         targets = labels[:, 1:][label_mask]
-        log_probs = -F.cross_entropy(logits.float(), targets, reduction="none")
+        # `cross_entropy`'s own steps (log-softmax in float32, then the target's entry), kept so that the entropy
+        # below reads the same log-probabilities instead of three more passes over the logits
+        all_log_probs = logits.float().log_softmax(dim=-1)
+        log_probs = all_log_probs.gather(1, targets[:, None]).squeeze(1)
         per_token_loss = -log_probs
         if trainer.args.loss_type == "dft":  # DFT, as TRL weighs it: each token's loss times its detached probability
             per_token_loss = per_token_loss * log_probs.exp().detach()
@@ -225,7 +227,7 @@ class SupervisedLoss:
             loss = loss * (trainer.accelerator.num_processes // trainer.get_tp_size())
 
         with torch.no_grad():
-            entropy, correct = _entropy_and_top1(logits.detach(), targets)
+            entropy, correct = _entropy_and_top1(all_log_probs.detach(), targets)
         self._log(mode, inputs, label_mask.sum(), entropy, correct)
         return (loss, outputs) if return_outputs else loss
 
@@ -286,13 +288,13 @@ def count_packed_tokens(trainer: Any, inputs, packed_tokens: int) -> None:
     trainer._metrics["train"]["num_tokens"] = [trainer._total_train_tokens]
 
 
-def _entropy_and_top1(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The summed entropy of each row's distribution and how many rows' first argmax is their target."""
-    entropy = logits.new_zeros((), dtype=torch.float32)
-    rows = max(1, _ENTROPY_CHUNK // max(1, logits.size(-1)))
-    for start in range(0, logits.size(0), rows):
-        block = logits[start : start + rows].float()
-        log_z = torch.logsumexp(block, dim=-1)
-        entropy += (log_z - (torch.softmax(block, dim=-1) * block).sum(-1)).sum()
-    correct = (logits.argmax(dim=-1) == targets).sum() if logits.size(0) else targets.new_zeros(())
+def _entropy_and_top1(log_probs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The summed entropy `-Σ p·log p` of each row's distribution, from its float32 log-probabilities, and how many
+    rows' first argmax is their target (the log-probabilities order the vocabulary as the logits do)."""
+    entropy = log_probs.new_zeros((), dtype=torch.float32)
+    rows = max(1, _ENTROPY_CHUNK // max(1, log_probs.size(-1)))
+    for start in range(0, log_probs.size(0), rows):
+        block = log_probs[start : start + rows]
+        entropy -= (block.exp() * block).sum()
+    correct = (log_probs.argmax(dim=-1) == targets).sum() if log_probs.size(0) else targets.new_zeros(())
     return entropy, correct
