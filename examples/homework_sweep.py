@@ -51,10 +51,10 @@ def _load() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def run_one(name: str, flags: list[str], data_dir: str, out_root: Path, threads: int | None = None) -> dict:
-    """Run `train_homework.py` with `flags` in a child process; return its JSON line (also when it failed)."""
-    out = out_root / name
-    command = [
+def sweep_command(flags: list[str], data_dir: str, out: Path) -> list[str]:
+    """The `train_homework.py` command of one run: scored as the homework's `benchmark()` scores (the first 100 valid
+    questions, whatever the example's default), after each epoch, the untrained model not scored."""
+    return [
         sys.executable,
         str(_HERE / "train_homework.py"),
         "--data-dir",
@@ -62,10 +62,18 @@ def run_one(name: str, flags: list[str], data_dir: str, out_root: Path, threads:
         "--output-dir",
         str(out),
         "--no-progress-bar",
+        "--num-eval",
+        "100",
         "--score-each-epoch",
         "--no-score-before",
         *flags,
     ]
+
+
+def run_one(name: str, flags: list[str], data_dir: str, out_root: Path, threads: int | None = None) -> dict:
+    """Run `train_homework.py` with `flags` in a child process; return its JSON line (also when it failed)."""
+    out = out_root / name
+    command = sweep_command(flags, data_dir, out)
     load_before = _load()
     started = time.time()
     with open(out_root / f"{name}.log", "w", encoding="utf-8") as log_file:

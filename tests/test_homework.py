@@ -616,6 +616,18 @@ def test_the_example_bounds_onednns_kernel_cache_unless_the_user_set_it(given):
     assert result.stdout.split() == [given or "32", "True"]
 
 
+def test_the_sweep_scores_the_homeworks_100_questions_whatever_the_examples_default():
+    """The sweep's table is on the first 100 valid questions (the homework's `benchmark()`); the example now scores 500
+    by default, so each sweep run asks for 100, and the example's parser reads it so."""
+    from homework_sweep import PLAN, sweep_command
+
+    name, flags = next(iter(PLAN.items()))
+    command = sweep_command(flags, "data", Path("out") / name)
+    args = _example_cli().parse_args(command[2:])
+    assert args.num_eval == BENCHMARK_QUESTIONS and args.score_each_epoch and args.no_score_before
+    assert _example_cli().parse_args([]).num_eval == 500
+
+
 def test_the_best_recipes_adapter_fits_the_homeworks_limit():
     """The best recipe's LoRA rank on all linear layers of SmolLM2-135M (30 layers, 576 wide, MLP 1536, 3 KV heads
     of 64) in float32 stays under the homework's 20 MB."""
