@@ -359,7 +359,7 @@ class _EpochScores(TrainerCallback):
             prompt_format,
             log,
         )
-        self.points: list[dict[str, float]] = []
+        self.points: list[dict[str, Any]] = []  # a score over more than 100 questions holds `first_100` too
         self.seconds = 0.0
         self.started = time.perf_counter()
 
@@ -374,10 +374,7 @@ class _EpochScores(TrainerCallback):
         minutes = (began - self.started - self.seconds) / 60
         self.seconds += time.perf_counter() - began
         self.points.append({"epoch": round(state.epoch, 3), "train_minutes": minutes, **metrics})
-        self.log(
-            f"Epoch {state.epoch:.2f} ({minutes:.1f} min of training): accuracy {metrics['accuracy']:.3f}, "
-            f"answer_rate {metrics['answer_rate']:.3f}"
-        )
+        self.log(f"Epoch {state.epoch:.2f} ({minutes:.1f} min of training): {scores_text(metrics)}")
 
 
 def _logged_losses(log_history: list[dict]) -> list[float]:
@@ -427,7 +424,7 @@ def run_homework(
     warmup: float = 0.0,
     batch_size: int = 32,
     max_steps: int = -1,
-    num_eval: int = 100,
+    num_eval: int = 500,
     seed: int = 0,
     num_generated: tuple[int, int] = (1000, 1000),
     max_new_tokens: int = 32,
@@ -555,7 +552,8 @@ def run_homework(
                 f"accuracy {BEST_RECIPE['accuracy_500']:.3f}, answer_rate {BEST_RECIPE['answer_rate_500']:.3f} on the "
                 f"first 500 valid questions of the homework's files (accuracy {BEST_RECIPE['accuracy']:.2f}, "
                 f"answer_rate {BEST_RECIPE['answer_rate']:.2f} on the first 100, the homework's benchmark) after "
-                f"{BEST_RECIPE['train_minutes']} minutes of training on a 2-core CPU (docs/homework.md, the recipe sweep)."
+                f"{BEST_RECIPE['train_minutes']} minutes of training on a 2-core CPU "
+                "(docs/homework.md, the recipe sweep)."
             )
         if curve is not None:
             curve.points.append({"epoch": round(trainer.state.epoch, 3), "train_minutes": train_seconds / 60, **after})

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-__all__ = ["PLAN", "main", "parse_args", "run_one"]
+__all__ = ["PLAN", "main", "parse_args", "run_one", "sweep_command"]
 
 _HERE = Path(__file__).resolve().parent
 

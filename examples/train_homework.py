@@ -17,8 +17,8 @@ import os
 
 # oneDNN keeps a compiled kernel for every input shape it has seen, up to 1,024 of them. Packed batches and generation
 # bring a new shape at nearly every step, so that cache keeps growing: it added 0.39 GB to the main job's peak (2.52
-# against 2.13 GB). Thirty-two kernels keep it bounded at the same speed (docs/homework.md, memory). This has to be
-# set before torch loads; a value set outside wins.
+# against 2.13 GB). Thirty-two kernels keep it bounded at the same speed (docs/homework.md, memory). oneDNN reads it
+# inside torch, so it is set before torch is imported; a value set outside wins.
 os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "32")
 
 from homework import DEMO_MODEL, HOMEWORK_MODEL, PROMPT_FORMATS, RECIPES, recipe_text, run_homework

@@ -423,7 +423,8 @@ def test_batched_generation_needs_a_pad_token(demo):
 
 def test_scoring_more_than_the_homeworks_100_questions_also_scores_its_first_100(demo, one_thread):
     """Over 120 questions the metrics hold the score of all 120 and, under `first_100`, that of the first 100 (the
-    homework's `benchmark()` count), equal to scoring those 100 on their own; over 100 there is no second score."""
+    homework's `benchmark()` count), equal to scoring those 100 on their own; at 100 or fewer there is no second
+    score."""
     model, tokenizer, rows = demo
     questions = rows[:120]
     metrics, _ = evaluate(model, tokenizer, questions, 8)

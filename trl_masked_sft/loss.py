@@ -227,7 +227,8 @@ class SupervisedLoss:
             loss = loss * (trainer.accelerator.num_processes // trainer.get_tp_size())
 
         with torch.no_grad():
-            entropy, correct = _entropy_and_top1(all_log_probs.detach(), targets)
+            entropy = _entropy(all_log_probs.detach())
+            correct = (logits.argmax(dim=-1) == targets).sum() if logits.size(0) else targets.new_zeros(())
         self._log(mode, inputs, label_mask.sum(), entropy, correct)
         return (loss, outputs) if return_outputs else loss
 
@@ -288,13 +289,12 @@ def count_packed_tokens(trainer: Any, inputs, packed_tokens: int) -> None:
     trainer._metrics["train"]["num_tokens"] = [trainer._total_train_tokens]
 
 
-def _entropy_and_top1(log_probs: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The summed entropy `-Σ p·log p` of each row's distribution, from its float32 log-probabilities, and how many
-    rows' first argmax is their target (the log-probabilities order the vocabulary as the logits do)."""
+def _entropy(log_probs: torch.Tensor) -> torch.Tensor:
+    """The summed entropy `-Σ p·log p` of each row's distribution, from its float32 log-probabilities (TRL writes it
+    `logsumexp - Σ softmax·logits`, the same quantity; this form sums non-negative terms, with no cancellation)."""
     entropy = log_probs.new_zeros((), dtype=torch.float32)
     rows = max(1, _ENTROPY_CHUNK // max(1, log_probs.size(-1)))
     for start in range(0, log_probs.size(0), rows):
         block = log_probs[start : start + rows]
         entropy -= (block.exp() * block).sum()
-    correct = (log_probs.argmax(dim=-1) == targets).sum() if log_probs.size(0) else targets.new_zeros(())
-    return entropy, correct
+    return entropy
