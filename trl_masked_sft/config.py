@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -13,7 +12,7 @@ from trl import SFTConfig
 
 from .config_checks import check_types, check_values
 from .policies import POLICY_CHOICES
-from .precision import has_accelerator
+from .precision import has_accelerator, precision_variable_kept
 
 __all__ = ["MaskedSFTConfig", "homework_lora_config"]
 
@@ -378,14 +377,12 @@ class MaskedSFTConfig(SFTConfig):
             self.bf16 = not self.use_cpu and is_torch_bf16_gpu_available()
             # Left to the trainer, which sees the model: bfloat16 autocast on a CPU that has it (`precision.py`).
             self._bf16_auto = not self.bf16
-        launched = os.environ.get("ACCELERATE_MIXED_PRECISION")
-        super().__post_init__()
-        # transformers 4.x writes its bf16/fp16 choice there, where every later config in this process and every
-        # process started from it read it back (huggingface/transformers#29510, fixed in 5.0.0): put it back. The
-        # trainer hands its accelerator this config's own precision (`hf_compat.accelerator_precision`).
-        os.environ.pop("ACCELERATE_MIXED_PRECISION", None) if launched is None else os.environ.update(
-            ACCELERATE_MIXED_PRECISION=launched
-        )
+        # transformers 4.x writes its bf16/fp16 choice into ACCELERATE_MIXED_PRECISION, where every later config in
+        # this process and every process started from it read it back (huggingface/transformers#29510, fixed in
+        # 5.0.0): it is put back. The trainer hands its accelerator this config's own precision
+        # (`hf_compat.accelerator_precision`).
+        with precision_variable_kept():
+            super().__post_init__()
         check_values(self)
 
 

@@ -13,6 +13,8 @@ import transformers
 from datasets import Dataset, IterableDataset
 from transformers import modeling_utils
 
+from .precision import PRECISION_VARIABLE, precision_variable_kept
+
 __all__ = [
     "COUNTS_UNSHIFTED_LABELS",
     "MASK_LOGITS_TO_KEEP",
@@ -36,7 +38,7 @@ MASK_LOGITS_TO_KEEP = hasattr(modeling_utils, "slice_logits_to_keep")
 #: row's supervised first token counts though it is never a target (4.x); 5.x counts `labels[..., 1:]`.
 COUNTS_UNSHIFTED_LABELS = TRANSFORMERS_MAJOR < 5
 #: `ACCELERATE_MIXED_PRECISION` when this package was imported: the launcher's (`accelerate launch --mixed_precision`).
-_LAUNCH_PRECISION = os.environ.get("ACCELERATE_MIXED_PRECISION")
+_LAUNCH_PRECISION = os.environ.get(PRECISION_VARIABLE)
 
 
 @contextmanager
@@ -52,16 +54,9 @@ def accelerator_precision(args) -> Iterator[None]:
     if TRANSFORMERS_MAJOR >= 5:
         yield
         return
-    previous = os.environ.get("ACCELERATE_MIXED_PRECISION")
-    own = "fp16" if args.fp16 else "bf16" if args.bf16 else (_LAUNCH_PRECISION or "no")
-    os.environ["ACCELERATE_MIXED_PRECISION"] = own
-    try:
+    with precision_variable_kept():
+        os.environ[PRECISION_VARIABLE] = "fp16" if args.fp16 else "bf16" if args.bf16 else (_LAUNCH_PRECISION or "no")
         yield
-    finally:
-        if previous is None:
-            os.environ.pop("ACCELERATE_MIXED_PRECISION", None)
-        else:
-            os.environ["ACCELERATE_MIXED_PRECISION"] = previous
 
 
 def checkpointing_on(args) -> bool:

@@ -22,7 +22,9 @@ weights, the optimizer state, embeddings, norms and the LoRA sums stay float32.
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 
@@ -35,16 +37,36 @@ logger = get_logger(__name__)
 
 __all__ = [
     "MIN_BF16_PARAMETERS",
+    "PRECISION_VARIABLE",
     "FrozenWeightsInBf16",
     "frozen_weights_blocker",
     "cpu_has_native_bf16",
     "has_accelerator",
     "keep_adapter_sums_in_float32",
+    "precision_variable_kept",
     "resolve_cpu_bf16",
     "torch_threads",
     "training_precision",
     "weights_as_given",
 ]
+
+#: Where `accelerate launch --mixed_precision` names the precision for its processes, and where transformers 4.x's
+#: configs write their own bf16/fp16 choice (huggingface/transformers#29510; `hf_compat.accelerator_precision`).
+PRECISION_VARIABLE = "ACCELERATE_MIXED_PRECISION"
+
+
+@contextlib.contextmanager
+def precision_variable_kept() -> Iterator[None]:
+    """`PRECISION_VARIABLE` put back as it was (its value, or unset) when the block ends, whatever the block wrote."""
+    previous = os.environ.get(PRECISION_VARIABLE)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(PRECISION_VARIABLE, None)
+        else:
+            os.environ[PRECISION_VARIABLE] = previous
+
 
 #: Below this many parameters a model trains as fast or faster in float32 on a CPU (measured in the README).
 MIN_BF16_PARAMETERS = 20_000_000
