@@ -43,7 +43,7 @@ logger = get_logger(__name__)
 #: Above this many logits (positions × vocabulary) in one batch, TRL's chunked head takes the batch: it never holds
 #: more than a `4096 × 32768` tile, and a batch this full of supervised positions gains little from skipping prompts.
 MAX_LOGITS = 2**27
-_ENTROPY_CHUNK = 2**24  # logits per block when computing the entropy (bounds its temporaries)
+_ENTROPY_CHUNK = 2**24  # log-probabilities per block when computing the entropy (bounds its temporaries)
 
 
 def kept_logits(model, keep: torch.Tensor, **inputs) -> torch.Tensor:
